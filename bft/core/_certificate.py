@@ -1,0 +1,141 @@
+"""Verdict certificates: self-contained proof of a verdict, checkable offline.
+
+A certificate is the client's signed request plus at least f+1 matching signed
+replies.  Each reply carries the agreed vote set, so the verifier also
+re-applies the cluster's verdict rule to the signed votes: a certificate is
+valid only if the verdict follows from votes that the replicas really signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ._codec import pack, request_digest
+from ._config import ClusterConfig
+from ._crypto import Verifier
+from ._errors import CertificateError, RemoteProtocolError
+from ._messages import MAX_REPLICAS, Decision, Reply, Request, Vote
+from ._schema import ListOf, Nested, check_schema_matches_fields, record_from_wire, record_to_wire
+from ._verdict import decide
+
+import msgpack
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictCertificate:
+    request: Request
+    replies: tuple[Reply, ...]
+    SCHEMA: ClassVar = (
+        ("request", Nested(Request)),
+        ("replies", ListOf(Nested(Reply), MAX_REPLICAS, min_length=1)),
+    )
+
+    @property
+    def decision(self) -> Decision:
+        return self.replies[0].decision
+
+    @property
+    def reason(self) -> str:
+        return self.replies[0].reason
+
+    @property
+    def seq(self) -> int:
+        return self.replies[0].seq
+
+    @property
+    def votes(self) -> tuple[Vote, ...]:
+        return self.replies[0].votes
+
+    def verify(self, config: ClusterConfig) -> None:
+        """Raise ``CertificateError`` naming the first problem; return None if the certificate holds."""
+        verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+        try:
+            verifier.verify(self.request)
+            digest = request_digest(config.cluster_id, self.request)
+            self._check_replies(verifier, digest, config.reply_quorum)
+            self._check_votes(verifier, digest, config)
+        except RemoteProtocolError as error:
+            raise CertificateError(f"invalid signature or signer: {error.detail or error.reason}") from None
+        expected = decide(config.rules[self.request.risk], self.votes, self.replies[0].timestamp_ms,
+                          self.request.deadline_ms)
+        if expected != (self.decision, self.reason):
+            raise CertificateError(f"the votes imply {expected[0].value} ({expected[1]}), the replies say {self.decision.value}")
+
+    def is_valid(self, config: ClusterConfig) -> bool:
+        try:
+            self.verify(config)
+        except CertificateError:
+            return False
+        return True
+
+    def _check_replies(self, verifier: Verifier, digest: bytes, reply_quorum: int) -> None:
+        outcome = self.replies[0].outcome()
+        if (outcome[0], outcome[1], outcome[2]) != (self.request.client_id, self.request.request_number, digest):
+            raise CertificateError("the replies are for a different request")
+        if any(reply.outcome() != outcome for reply in self.replies):
+            raise CertificateError("the replies do not all state the same verdict")
+        replica_ids = {reply.replica_id for reply in self.replies}
+        if len(replica_ids) != len(self.replies) or len(replica_ids) < reply_quorum:
+            raise CertificateError(f"{len(replica_ids)} distinct replicas replied, {reply_quorum} needed")
+        for reply in self.replies:
+            verifier.verify(reply)
+
+    def _check_votes(self, verifier: Verifier, digest: bytes, config: ClusterConfig) -> None:
+        replica_ids = [vote.replica_id for vote in self.votes]
+        if replica_ids != sorted(set(replica_ids)) or len(replica_ids) < config.quorum:
+            raise CertificateError(f"the vote set must hold at least {config.quorum} votes from distinct replicas")
+        for vote in self.votes:
+            if vote.request_digest != digest:
+                raise CertificateError(f"replica {vote.replica_id}'s vote is for another request")
+            verifier.verify(vote)
+
+    # ------------------------------------------------------------- serialization
+
+    def to_bytes(self) -> bytes:
+        return pack(record_to_wire(self))
+
+    @staticmethod
+    def from_bytes(data: bytes) -> "VerdictCertificate":
+        """Parse canonical certificate bytes; any malformation raises ``CertificateError``."""
+        try:
+            plain = msgpack.unpackb(data, raw=False, max_map_len=0, max_ext_len=0)
+            certificate = record_from_wire(VerdictCertificate, plain, "certificate")
+        except RemoteProtocolError as error:
+            raise CertificateError(f"malformed certificate: {error.detail}") from None
+        except Exception as error:
+            raise CertificateError(f"malformed certificate: {type(error).__name__}") from None
+        if certificate.to_bytes() != data:
+            raise CertificateError("certificate bytes are not canonical")
+        return certificate
+
+    def to_json(self) -> str:
+        """Readable summary plus the canonical bytes; only the bytes are trusted on reading."""
+        summary: dict[str, Any] = {
+            "decision": self.decision.value, "reason": self.reason, "seq": self.seq,
+            "client_id": self.request.client_id, "request_number": self.request.request_number,
+            "risk": self.request.risk.value, "action": json.loads(self.request.action),
+            "votes": [{"replica": v.replica_id, "decision": v.decision.value, "reason": v.reason} for v in self.votes],
+            "signers": [reply.replica_id for reply in self.replies],
+            "certificate": base64.b64encode(self.to_bytes()).decode(),
+        }
+        return json.dumps(summary, indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "VerdictCertificate":
+        """Parse ``to_json`` output and check the readable fields agree with the signed bytes."""
+        try:
+            summary = json.loads(text)
+            certificate = VerdictCertificate.from_bytes(base64.b64decode(summary["certificate"], validate=True))
+        except CertificateError:
+            raise
+        except (ValueError, KeyError, TypeError) as error:
+            raise CertificateError(f"malformed certificate JSON: {error}") from None
+        if json.loads(certificate.to_json()) != summary:
+            raise CertificateError("the readable fields do not match the signed certificate")
+        return certificate
+
+
+check_schema_matches_fields(VerdictCertificate)

@@ -1,0 +1,95 @@
+"""The sans-IO client: signs requests, collects replies, builds certificates.
+
+A verdict is accepted only with f+1 matching, validly signed replies (so at
+least one comes from a correct replica), and only after the resulting
+certificate verifies in full.  Anything else is a refusal, which callers must
+treat as DENY.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ._certificate import VerdictCertificate
+from ._codec import request_digest
+from ._config import ClusterConfig
+from ._crypto import Signer, Verifier
+from ._errors import CertificateError, LocalProtocolError, RemoteProtocolError
+from ._messages import MAX_ACTION_BYTES, Reply, Request, Risk
+
+
+def canonical_action(action: Mapping[str, Any] | str) -> str:
+    """The one JSON text for an action object: sorted keys, no spaces."""
+    value = json.loads(action) if isinstance(action, str) else action
+    if not isinstance(value, Mapping):
+        raise LocalProtocolError("an action must be a JSON object")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > MAX_ACTION_BYTES:
+        raise LocalProtocolError(f"the action is larger than {MAX_ACTION_BYTES} bytes")
+    return text
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    request: Request
+    digest: bytes
+    replies: dict[int, Reply]
+
+
+class ClientCore:
+    def __init__(self, config: ClusterConfig, client_id: str, seed: bytes, first_request_number: int = 1) -> None:
+        if client_id not in config.client_keys:
+            raise LocalProtocolError(f"client {client_id!r} is not in the cluster configuration")
+        assert first_request_number >= 1
+        self.config = config
+        self.client_id = client_id
+        self._signer = Signer(config.cluster_id, seed)
+        self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+        self._next_number = first_request_number
+        self._outstanding: dict[int, _Outstanding] = {}
+        self.rejected_replies = 0
+
+    @property
+    def outstanding(self) -> tuple[Request, ...]:
+        return tuple(entry.request for entry in self._outstanding.values())
+
+    def new_request(self, action: Mapping[str, Any] | str, risk: Risk, deadline_ms: int) -> Request:
+        """A signed request with a fresh number; the caller sends it to every replica."""
+        request = self._signer.sign(Request(self.client_id, self._next_number, risk,
+                                            canonical_action(action), deadline_ms, bytes(64)))
+        self._next_number += 1
+        digest = request_digest(self.config.cluster_id, request)
+        self._outstanding[request.request_number] = _Outstanding(request, digest, {})
+        return request
+
+    def on_reply(self, reply: Reply) -> VerdictCertificate | None:
+        """Record a reply; return a verified certificate once f+1 replicas agree."""
+        entry = self._outstanding.get(reply.request_number)
+        if entry is None or reply.client_id != self.client_id or reply.request_digest != entry.digest:
+            return None
+        try:
+            self._verifier.verify(reply)
+        except RemoteProtocolError:
+            self.rejected_replies += 1
+            return None
+        entry.replies.setdefault(reply.replica_id, reply)
+        matching = tuple(r for _, r in sorted(entry.replies.items()) if r.outcome() == reply.outcome())
+        if len(matching) < self.config.reply_quorum:
+            return None
+        certificate = VerdictCertificate(entry.request, matching)
+        try:
+            certificate.verify(self.config)
+        except CertificateError:
+            self.rejected_replies += len(matching)
+            return None
+        del self._outstanding[reply.request_number]
+        return certificate
+
+    def expire(self, now_ms: int) -> tuple[Request, ...]:
+        """Forget and return requests whose deadline passed without a certificate: they are refused."""
+        expired = tuple(e.request for e in self._outstanding.values() if e.request.deadline_ms < now_ms)
+        for request in expired:
+            del self._outstanding[request.request_number]
+        return expired

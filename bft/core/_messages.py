@@ -1,0 +1,295 @@
+"""Protocol messages: frozen, slotted records with a strict wire schema.
+
+Every record lists its fields once, in ``SCHEMA``, as (name, kind) pairs in
+dataclass order (checked at import).  Signed messages end with a
+``signature`` field; what is signed is everything else, prefixed with a
+domain tag, the cluster id and the message type (see ``_crypto``), so a
+signature cannot be replayed as another message type or in another cluster.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ._schema import Bytes, Enum, Int, ListOf, Nested, Text, check_schema_matches_fields
+
+# Hard protocol maxima.  Configured limits (``Limits``) may be tighter, never looser.
+MAX_REPLICAS = 128
+MAX_ID_BYTES = 64
+MAX_ACTION_BYTES = 32 * 1024
+MAX_REASON_BYTES = 200
+MAX_BATCH_ENTRIES = 256
+MAX_PREPARED_PROOFS = 1024
+DIGEST_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+class Risk(enum.Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class Decision(enum.Enum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+def _json_object_problem(text: str) -> str | None:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        return f"action is not valid JSON ({error.msg})"
+    if not isinstance(value, dict):
+        return "action must be a JSON object"
+    return None
+
+
+def _identifier_problem(text: str) -> str | None:
+    if not text.isprintable() or text != text.strip():
+        return "identifier must be printable with no surrounding spaces"
+    return None
+
+
+DIGEST = Bytes(DIGEST_BYTES, DIGEST_BYTES)
+SIGNATURE = Bytes(SIGNATURE_BYTES, SIGNATURE_BYTES)
+REPLICA_ID = Int(0, MAX_REPLICAS - 1)
+CLIENT_ID = Text(MAX_ID_BYTES, min_length=1, check=_identifier_problem)
+REASON = Text(MAX_REASON_BYTES)
+SEQ = Int(0, 2**63 - 1)
+VIEW = Int(0, 2**63 - 1)
+TIME_MS = Int(0, 2**63 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A client's question: may ``action`` (a JSON object) run, at ``risk``, before ``deadline_ms``?"""
+
+    client_id: str
+    request_number: int
+    risk: Risk
+    action: str
+    deadline_ms: int
+    signature: bytes
+    TAG: ClassVar[int] = 1
+    SCHEMA: ClassVar = (
+        ("client_id", CLIENT_ID),
+        ("request_number", Int(1, 2**63 - 1)),
+        ("risk", Enum(Risk)),
+        ("action", Text(MAX_ACTION_BYTES, check=_json_object_problem)),
+        ("deadline_ms", TIME_MS),
+        ("signature", SIGNATURE),
+    )
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Exactly-once identity of the request."""
+        return (self.client_id, self.request_number)
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One replica's signed policy decision on one request (independent of view)."""
+
+    request_digest: bytes
+    decision: Decision
+    reason: str
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 2
+    SCHEMA: ClassVar = (
+        ("request_digest", DIGEST),
+        ("decision", Enum(Decision)),
+        ("reason", REASON),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEntry:
+    """A request with the signed votes the primary proposes it with."""
+
+    request: Request
+    votes: tuple[Vote, ...]
+    SCHEMA: ClassVar = (
+        ("request", Nested(Request)),
+        ("votes", ListOf(Nested(Vote), MAX_REPLICAS)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one sequence number orders.  An empty batch is the no-op a new view fills gaps with."""
+
+    timestamp_ms: int
+    entries: tuple[BatchEntry, ...]
+    SCHEMA: ClassVar = (
+        ("timestamp_ms", TIME_MS),
+        ("entries", ListOf(Nested(BatchEntry), MAX_BATCH_ENTRIES)),
+    )
+
+
+NULL_BATCH = Batch(timestamp_ms=0, entries=())
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepare:
+    view: int
+    seq: int
+    batch: Batch
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 3
+    SCHEMA: ClassVar = (
+        ("view", VIEW),
+        ("seq", SEQ),
+        ("batch", Nested(Batch)),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    view: int
+    seq: int
+    batch_digest: bytes
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 4
+    SCHEMA: ClassVar = (
+        ("view", VIEW),
+        ("seq", SEQ),
+        ("batch_digest", DIGEST),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    view: int
+    seq: int
+    batch_digest: bytes
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 5
+    SCHEMA: ClassVar = Prepare.SCHEMA
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A replica's signed statement that it executed ``request_digest`` at ``seq`` with this verdict.
+
+    It carries the agreed vote set, so f+1 matching replies form a certificate
+    that an auditor can re-check against the verdict rule offline.
+    """
+
+    client_id: str
+    request_number: int
+    request_digest: bytes
+    seq: int
+    timestamp_ms: int
+    decision: Decision
+    reason: str
+    votes: tuple[Vote, ...]
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 6
+    SCHEMA: ClassVar = (
+        ("client_id", CLIENT_ID),
+        ("request_number", Int(1, 2**63 - 1)),
+        ("request_digest", DIGEST),
+        ("seq", SEQ),
+        ("timestamp_ms", TIME_MS),
+        ("decision", Enum(Decision)),
+        ("reason", REASON),
+        ("votes", ListOf(Nested(Vote), MAX_REPLICAS)),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+    def outcome(self) -> tuple:
+        """Everything replicas must agree on for their replies to match."""
+        return (self.client_id, self.request_number, self.request_digest, self.seq,
+                self.timestamp_ms, self.decision, self.reason, self.votes)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    seq: int
+    state_digest: bytes
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 7
+    SCHEMA: ClassVar = (
+        ("seq", SEQ),
+        ("state_digest", DIGEST),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedProof:
+    """Evidence that a batch prepared: its pre-prepare and a quorum of matching prepares."""
+
+    preprepare: PrePrepare
+    prepares: tuple[Prepare, ...]
+    SCHEMA: ClassVar = (
+        ("preprepare", Nested(PrePrepare)),
+        ("prepares", ListOf(Nested(Prepare), MAX_REPLICAS)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    new_view: int
+    stable_seq: int
+    stable_proof: tuple[Checkpoint, ...]
+    prepared: tuple[PreparedProof, ...]
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 8
+    SCHEMA: ClassVar = (
+        ("new_view", VIEW),
+        ("stable_seq", SEQ),
+        ("stable_proof", ListOf(Nested(Checkpoint), MAX_REPLICAS)),
+        ("prepared", ListOf(Nested(PreparedProof), MAX_PREPARED_PROOFS)),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewView:
+    view: int
+    view_changes: tuple[ViewChange, ...]
+    preprepares: tuple[PrePrepare, ...]
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 9
+    SCHEMA: ClassVar = (
+        ("view", VIEW),
+        ("view_changes", ListOf(Nested(ViewChange), MAX_REPLICAS)),
+        ("preprepares", ListOf(Nested(PrePrepare), MAX_PREPARED_PROOFS)),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+SIGNED_MESSAGE_TYPES = (Request, Vote, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView)
+MESSAGE_TYPE_BY_TAG = {message_type.TAG: message_type for message_type in SIGNED_MESSAGE_TYPES}
+Message = Request | Vote | PrePrepare | Prepare | Commit | Reply | Checkpoint | ViewChange | NewView
+ReplicaMessage = Vote | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView
+
+assert len(MESSAGE_TYPE_BY_TAG) == len(SIGNED_MESSAGE_TYPES), "message tags must be unique"
+for _record_type in (*SIGNED_MESSAGE_TYPES, BatchEntry, Batch, PreparedProof):
+    check_schema_matches_fields(_record_type)
+for _signed_type in SIGNED_MESSAGE_TYPES:
+    assert _signed_type.SCHEMA[-1][0] == "signature", _signed_type

@@ -1,0 +1,433 @@
+"""The sans-IO PBFT replica: inputs in, ``Ready`` out; no I/O, no clock, no randomness.
+
+Inputs:
+- ``submit(request)``: a client's request arrived.
+- ``step(message)``: a message from another replica arrived.
+- ``record_decision(digest, decision, reason)``: this replica's policy answered
+  a request listed earlier in ``Ready.evaluate`` (the driver runs the policy, so
+  it can enforce the policy deadline and map errors to DENY).
+- ``tick(now_ms)``: one tick of the driver's clock passed; ``now_ms`` is its reading.
+
+Each input returns a ``Ready``.  The driver must persist ``Ready.persist``
+before sending anything (see ``apply_ready``).  A message that fails any check
+is rejected with a reason and leaves the replica's state exactly as it was:
+handlers validate first and mutate after.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from sortedcontainers import SortedDict
+
+from ._codec import record_digest, request_digest
+from ._config import ClusterConfig
+from ._crypto import KeyPair, Signer, Verifier
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._execution import ExecutionState
+from ._messages import (MAX_REASON_BYTES, Batch, BatchEntry, Checkpoint, Commit, Decision, Message,
+                        NewView, PrePrepare, Prepare, Reply, Request, ViewChange, Vote)
+from ._pending import PendingRequest, PendingPool
+from ._quorum import primary_of
+from ._ready import ReadyBuilder, Ready, Rejection
+from ._slots import Slot
+from ._verdict import is_settled
+
+
+def sender_of(message: Message) -> str:
+    if isinstance(message, Request):
+        return f"client {message.client_id}"
+    return f"replica {message.replica_id}"
+
+
+def truncate_reason(reason: str) -> str:
+    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+class Replica:
+    def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
+        if not 0 <= replica_id < config.replica_count:
+            raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
+        if KeyPair.from_seed(seed).public_key != config.replica_keys[replica_id]:
+            raise LocalProtocolError(f"the private key does not match replica {replica_id}'s configured public key")
+        self.config = config
+        self.replica_id = replica_id
+        self.limits = config.limits
+        self._signer = Signer(config.cluster_id, seed)
+        self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+        self.view = 0
+        self.view_active = True
+        self.now_ms = 0
+        self.ticks = 0
+        self.low_water = 0
+        self.next_seq = 1
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        self.execution = ExecutionState(config.rules, config.limits.client_window)
+        self.slots: SortedDict[int, Slot] = SortedDict()
+        self.pending = PendingPool(config.limits.max_pending_requests)
+        self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
+        self.rejected_counts: Counter[str] = Counter()
+        self._out: ReadyBuilder | None = None
+        self._handlers: dict[type, Callable] = {
+            Request: self._on_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
+            Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self._on_checkpoint,
+        }
+
+    # ----------------------------------------------------------------- inputs
+
+    def submit(self, request: Request) -> Ready:
+        return self._run(self._receive, request)
+
+    def step(self, message: Message) -> Ready:
+        return self._run(self._receive, message)
+
+    def record_decision(self, digest: bytes, decision: Decision, reason: str) -> Ready:
+        return self._run(self._record_decision, digest, decision, reason)
+
+    def tick(self, now_ms: int) -> Ready:
+        if now_ms < self.now_ms:
+            raise LocalProtocolError(f"the clock went backwards: {now_ms} < {self.now_ms}")
+        return self._run(self._tick, now_ms)
+
+    # ----------------------------------------------------------------- views of state
+
+    @property
+    def quorum(self) -> int:
+        return self.config.quorum
+
+    @property
+    def primary_id(self) -> int:
+        return primary_of(self.view, self.config.replica_count)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary_id == self.replica_id
+
+    @property
+    def high_water(self) -> int:
+        return self.low_water + self.limits.log_window
+
+    @property
+    def last_executed(self) -> int:
+        return self.execution.last_executed_seq
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _run(self, handler: Callable, *arguments) -> Ready:
+        if self._out is not None:
+            raise LocalProtocolError("core inputs must not be re-entered")
+        self._out = ReadyBuilder()
+        try:
+            handler(*arguments)
+            return self._out.build()
+        finally:
+            self._out = None
+            self.check_invariants()
+
+    def _receive(self, message: Message) -> None:
+        try:
+            handler = self._handlers.get(type(message))
+            if handler is None:
+                raise RemoteProtocolError("unexpected-type", f"replicas do not accept {type(message).__name__}")
+            self._verifier.verify(message)
+            handler(message)
+        except RemoteProtocolError as error:
+            self._reject(error.from_sender(sender_of(message)))
+
+    def _reject(self, error: RemoteProtocolError) -> None:
+        self.rejected_counts[error.reason] += 1
+        self._out.rejected.append(Rejection(error.sender, error.reason, error.detail))
+
+    def _sign(self, unsigned: Message) -> Message:
+        return self._signer.sign(unsigned)
+
+    def _broadcast(self, message: Message) -> None:
+        """Persist our own signed message, then queue it for every other replica."""
+        self._out.persist.append(message)
+        for replica_id in range(self.config.replica_count):
+            if replica_id != self.replica_id:
+                self._out.to_replicas.append((replica_id, message))
+
+    def check_invariants(self) -> None:
+        """Structural bounds that must hold after every input; a failure is a bug in this file."""
+        assert len(self.slots) <= self.limits.log_window, len(self.slots)
+        assert len(self.pending) <= self.limits.max_pending_requests
+        assert all(self.low_water < seq <= self.high_water for seq in self.slots)
+        assert self.low_water <= self.last_executed <= self.high_water
+        assert all(self.low_water < seq <= self.high_water for seq in self.checkpoints)
+
+    # ----------------------------------------------------------------- requests and votes
+
+    def _on_request(self, request: Request) -> None:
+        digest = request_digest(self.config.cluster_id, request)
+        cached = self.execution.cached_reply(*request.key)
+        if cached is not None:
+            if cached.request_digest != digest:
+                raise RemoteProtocolError("conflicting-request", "this request number already finalized another action")
+            self._out.to_clients.append((request.client_id, cached))
+            return
+        if self.execution.is_stale(*request.key):
+            raise RemoteProtocolError("stale-request", f"request number {request.request_number} is below the client window")
+        if request.deadline_ms < self.now_ms:
+            raise RemoteProtocolError("expired", f"deadline {request.deadline_ms} ms already passed")
+        pending = self.pending.get_or_create(digest, self.ticks)
+        if pending is None:
+            raise RemoteProtocolError("overloaded", "the pending-request pool is full")
+        pending.request = pending.request or request
+        if not pending.evaluation_requested:
+            pending.evaluation_requested = True
+            self._out.evaluate.append(request)
+        self._maybe_propose()
+
+    def _record_decision(self, digest: bytes, decision: Decision, reason: str) -> None:
+        pending = self.pending.get(digest)
+        if pending is None or not pending.evaluation_requested or self.replica_id in pending.votes:
+            return  # The request finalized or expired while the policy ran; nothing to vote on.
+        vote = self._sign(Vote(digest, decision, truncate_reason(reason), self.replica_id, bytes(64)))
+        self._broadcast(vote)
+        self._add_vote(pending, vote)
+
+    def _on_vote(self, vote: Vote) -> None:
+        pending = self.pending.get(vote.request_digest)
+        existing = pending.votes.get(vote.replica_id) if pending else None
+        if existing is not None:
+            if existing != vote:
+                raise RemoteProtocolError("equivocation", "two different votes on one request")
+            return
+        pending = pending or self.pending.get_or_create(vote.request_digest, self.ticks)
+        if pending is None:
+            raise RemoteProtocolError("overloaded", "the pending-request pool is full")
+        self._add_vote(pending, vote)
+
+    def _add_vote(self, pending: PendingRequest, vote: Vote) -> None:
+        assert vote.replica_id not in pending.votes
+        pending.votes[vote.replica_id] = vote
+        if pending.quorum_tick is None and len(pending.votes) >= self.quorum:
+            pending.quorum_tick = self.ticks
+        self._maybe_propose()
+
+    # ----------------------------------------------------------------- proposing (primary)
+
+    def _maybe_propose(self) -> None:
+        if not (self.is_primary and self.view_active):
+            return
+        in_flight_max = self.limits.max_in_flight_batches
+        while self.next_seq - 1 - self.last_executed < in_flight_max and self.next_seq <= self.high_water:
+            entries = self._proposable()
+            if not entries:
+                return
+            self._propose(entries)
+
+    def _proposable(self) -> list[PendingRequest]:
+        chosen, keys = [], set()
+        for pending in self.pending:
+            if len(chosen) == self.limits.max_batch_requests:
+                break
+            if self._ready_to_propose(pending) and pending.request.key not in keys:
+                chosen.append(pending)
+                keys.add(pending.request.key)
+        return chosen
+
+    def _ready_to_propose(self, pending: PendingRequest) -> bool:
+        """A request goes into a batch once it has a quorum of votes and more votes could not change
+        its verdict, or it has waited ``vote_wait_ticks`` for the stragglers."""
+        if pending.request is None or pending.proposed_seq is not None or pending.quorum_tick is None:
+            return False
+        if self.execution.cached_reply(*pending.request.key) or self.execution.is_stale(*pending.request.key):
+            return False
+        rule = self.config.rules[pending.request.risk]
+        waited = self.ticks - pending.quorum_tick >= self.limits.vote_wait_ticks
+        return waited or is_settled(rule, pending.vote_tuple(), self.config.replica_count)
+
+    def _propose(self, entries: list[PendingRequest]) -> None:
+        batch = Batch(self.now_ms, tuple(BatchEntry(p.request, p.vote_tuple()) for p in entries))
+        preprepare = self._sign(PrePrepare(self.view, self.next_seq, batch, self.replica_id, bytes(64)))
+        self.next_seq += 1
+        self._broadcast(preprepare)
+        self._accept_preprepare(preprepare, tuple(p.digest for p in entries))
+
+    # ----------------------------------------------------------------- three phases
+
+    def _check_current_view(self, view: int) -> None:
+        if view != self.view or not self.view_active:
+            raise RemoteProtocolError("wrong-view", f"message for view {view}, replica is in view {self.view}"
+                                      + ("" if self.view_active else " (changing)"))
+
+    def _check_window(self, seq: int) -> None:
+        if not self.low_water < seq <= self.high_water:
+            raise RemoteProtocolError("outside-window", f"seq {seq} outside ({self.low_water}, {self.high_water}]")
+
+    def _slot(self, seq: int) -> Slot:
+        slot = self.slots.get(seq)
+        if slot is None or slot.view != self.view:
+            slot = self.slots[seq] = Slot(seq, self.view)
+        return slot
+
+    def _current_slot(self, seq: int) -> Slot | None:
+        slot = self.slots.get(seq)
+        return slot if slot is not None and slot.view == self.view else None
+
+    def _on_preprepare(self, preprepare: PrePrepare) -> None:
+        self._check_current_view(preprepare.view)
+        if preprepare.replica_id != self.primary_id:
+            raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {self.view}")
+        self._check_window(preprepare.seq)
+        slot = self._current_slot(preprepare.seq)
+        if slot is not None and slot.preprepare is not None:
+            if slot.preprepare != preprepare:
+                raise RemoteProtocolError("equivocation", f"two pre-prepares for view {self.view} seq {preprepare.seq}")
+            return
+        digests = self._validate_batch(preprepare.batch)
+        self._accept_preprepare(preprepare, digests)
+
+    def _validate_batch(self, batch: Batch) -> tuple[bytes, ...]:
+        """Check everything a correct primary guarantees about a batch; return its request digests."""
+        if not 1 <= len(batch.entries) <= self.limits.max_batch_requests:
+            raise RemoteProtocolError("bad-batch", f"{len(batch.entries)} requests, limit {self.limits.max_batch_requests}")
+        if abs(batch.timestamp_ms - self.now_ms) > self.limits.max_clock_skew_ms:
+            raise RemoteProtocolError("bad-timestamp", f"batch time {batch.timestamp_ms} ms is too far from {self.now_ms} ms")
+        if len({entry.request.key for entry in batch.entries}) != len(batch.entries):
+            raise RemoteProtocolError("bad-batch", "a request appears twice in one batch")
+        digests = []
+        for entry in batch.entries:
+            self._verifier.verify(entry.request)
+            digest = request_digest(self.config.cluster_id, entry.request)
+            self._validate_votes(entry.votes, digest)
+            digests.append(digest)
+        return tuple(digests)
+
+    def _validate_votes(self, votes: tuple[Vote, ...], digest: bytes) -> None:
+        replica_ids = [vote.replica_id for vote in votes]
+        if replica_ids != sorted(set(replica_ids)):
+            raise RemoteProtocolError("bad-votes", "votes must come from distinct replicas in ascending order")
+        if len(votes) < self.quorum:
+            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.quorum}")
+        for vote in votes:
+            if vote.request_digest != digest:
+                raise RemoteProtocolError("bad-votes", f"replica {vote.replica_id}'s vote is for another request")
+            self._verifier.verify(vote)
+
+    def _accept_preprepare(self, preprepare: PrePrepare, digests: tuple[bytes, ...]) -> None:
+        slot = self._slot(preprepare.seq)
+        assert slot.preprepare is None
+        slot.preprepare = preprepare
+        slot.batch_digest = record_digest(preprepare.batch)
+        slot.request_digests = digests
+        for digest in digests:
+            pending = self.pending.get(digest)
+            if pending is not None:
+                pending.proposed_seq = preprepare.seq
+        prepare = self._sign(Prepare(self.view, preprepare.seq, slot.batch_digest, self.replica_id, bytes(64)))
+        self._broadcast(prepare)
+        slot.prepares[self.replica_id] = prepare
+        self._check_prepared(slot)
+
+    def _on_prepare(self, prepare: Prepare) -> None:
+        self._record_phase_vote(prepare, lambda slot: slot.prepares)
+        self._check_prepared(self._current_slot(prepare.seq))
+
+    def _on_commit(self, commit: Commit) -> None:
+        self._record_phase_vote(commit, lambda slot: slot.commits)
+        self._check_committed(self._current_slot(commit.seq))
+
+    def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
+        self._check_current_view(message.view)
+        self._check_window(message.seq)
+        slot = self._current_slot(message.seq)
+        existing = table_of(slot).get(message.replica_id) if slot else None
+        if existing is not None:
+            if existing != message:
+                raise RemoteProtocolError("equivocation", f"two {type(message).__name__}s for seq {message.seq}")
+            return
+        table_of(self._slot(message.seq))[message.replica_id] = message
+
+    def _check_prepared(self, slot: Slot) -> None:
+        if slot.prepared or slot.preprepare is None or len(slot.matching_prepares()) < self.quorum:
+            return
+        slot.prepared = True
+        commit = self._sign(Commit(self.view, slot.seq, slot.batch_digest, self.replica_id, bytes(64)))
+        self._broadcast(commit)
+        slot.commits[self.replica_id] = commit
+        self._check_committed(slot)
+
+    def _check_committed(self, slot: Slot) -> None:
+        if slot.committed or not slot.prepared or slot.matching_commit_count() < self.quorum:
+            return
+        slot.committed = True
+        self._execute_committed()
+
+    # ----------------------------------------------------------------- execution and checkpoints
+
+    def _execute_committed(self) -> None:
+        while True:
+            slot = self.slots.get(self.last_executed + 1)
+            if slot is None or not slot.committed:
+                return
+            self._execute(slot)
+
+    def _execute(self, slot: Slot) -> None:
+        results = self.execution.execute(slot.seq, slot.preprepare.batch, slot.request_digests, self._sign_reply)
+        for log_entry, reply in results:
+            self._out.persist.append(log_entry)
+            self._out.finalized.append(log_entry)
+            self._out.to_clients.append((reply.client_id, reply))
+        for digest in slot.request_digests:
+            self.pending.discard(digest)
+        if slot.seq % self.limits.checkpoint_interval == 0:
+            checkpoint = self._sign(Checkpoint(slot.seq, self.execution.state_digest(), self.replica_id, bytes(64)))
+            self._broadcast(checkpoint)
+            self.checkpoints.setdefault(slot.seq, {})[self.replica_id] = checkpoint
+            self._check_stable(slot.seq)
+        self._maybe_propose()
+
+    def _sign_reply(self, reply: Reply) -> Reply:
+        return self._sign(Reply(*(getattr(reply, name) for name, _ in Reply.SCHEMA[:-2]),
+                                replica_id=self.replica_id, signature=bytes(64)))
+
+    def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.seq % self.limits.checkpoint_interval != 0:
+            raise RemoteProtocolError("bad-checkpoint", f"seq {checkpoint.seq} is not a checkpoint boundary")
+        if checkpoint.seq <= self.low_water:
+            return  # Already stable here; late checkpoints are expected and harmless.
+        self._check_window(checkpoint.seq)
+        existing = self.checkpoints.get(checkpoint.seq, {}).get(checkpoint.replica_id)
+        if existing is not None:
+            if existing != checkpoint:
+                raise RemoteProtocolError("equivocation", f"two checkpoints for seq {checkpoint.seq}")
+            return
+        self.checkpoints.setdefault(checkpoint.seq, {})[checkpoint.replica_id] = checkpoint
+        self._check_stable(checkpoint.seq)
+
+    def _check_stable(self, seq: int) -> None:
+        by_digest: dict[bytes, list[Checkpoint]] = {}
+        for checkpoint in self.checkpoints.get(seq, {}).values():
+            by_digest.setdefault(checkpoint.state_digest, []).append(checkpoint)
+        proof = next((group for group in by_digest.values() if len(group) >= self.quorum), None)
+        if proof is None or self.last_executed < seq:
+            return
+        own = self.checkpoints[seq].get(self.replica_id)
+        assert own is not None and own.state_digest == proof[0].state_digest, \
+            f"replica {self.replica_id} diverged from a quorum at checkpoint {seq}"
+        self._advance_low_water(seq, tuple(sorted(proof, key=lambda c: c.replica_id)[:self.quorum]))
+
+    def _advance_low_water(self, seq: int, proof: tuple[Checkpoint, ...]) -> None:
+        assert seq > self.low_water and len(proof) >= self.quorum
+        self.low_water = seq
+        self.stable_proof = proof
+        for old_seq in list(self.slots.irange(maximum=seq)):
+            del self.slots[old_seq]
+        for old_seq in [s for s in self.checkpoints if s <= seq]:
+            del self.checkpoints[old_seq]
+        self.next_seq = max(self.next_seq, seq + 1)
+        self._maybe_propose()
+
+    # ----------------------------------------------------------------- time
+
+    def _tick(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+        self.ticks += 1
+        skew, orphan_ticks = self.limits.max_clock_skew_ms, self.limits.orphan_vote_ticks
+        self.pending.remove_where(lambda p: (p.request is not None and now_ms > p.request.deadline_ms + skew)
+                                  or (p.request is None and self.ticks - p.created_tick > orphan_ticks))
+        self._maybe_propose()

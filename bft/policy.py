@@ -1,0 +1,62 @@
+"""The safety-policy plug-in interface and its fail-safe evaluation.
+
+A policy is any object with ``evaluate(action, context) -> PolicyDecision``.
+Replicas may run different policies; that diversity is the point.  Policies
+run outside the consensus core (the driver calls them and feeds the decision
+back with ``Replica.record_decision``), so a driver can enforce a deadline.
+``evaluate_fail_safe`` turns every failure (an exception, a wrong return type)
+into DENY with a reason: a broken policy can never produce an ALLOW.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+from .core import Decision, Request, Risk
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    replica_id: int
+    client_id: str
+    request_number: int
+    risk: Risk
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    decision: Decision
+    reason: str
+
+    @staticmethod
+    def allow(reason: str = "allowed") -> "PolicyDecision":
+        return PolicyDecision(Decision.ALLOW, reason)
+
+    @staticmethod
+    def deny(reason: str) -> "PolicyDecision":
+        return PolicyDecision(Decision.DENY, reason)
+
+
+class Policy(Protocol):
+    name: str
+
+    def evaluate(self, action: Mapping[str, Any], context: PolicyContext) -> PolicyDecision:
+        """Decide whether ``action`` may run.  Must not mutate shared state outside the policy."""
+
+
+def context_for(request: Request, replica_id: int) -> PolicyContext:
+    return PolicyContext(replica_id, request.client_id, request.request_number, request.risk, request.deadline_ms)
+
+
+def evaluate_fail_safe(policy: Policy, request: Request, replica_id: int) -> PolicyDecision:
+    """Run ``policy`` on ``request``; any failure becomes DENY with the reason named."""
+    try:
+        decision = policy.evaluate(json.loads(request.action), context_for(request, replica_id))
+    except Exception as error:  # A policy is foreign code: every failure must fail closed.
+        return PolicyDecision.deny(f"policy error: {type(error).__name__}: {error}")
+    if not isinstance(decision, PolicyDecision) or not isinstance(decision.decision, Decision):
+        return PolicyDecision.deny(f"policy returned {type(decision).__name__}, not a PolicyDecision")
+    return decision

@@ -1,0 +1,208 @@
+"""A seeded simulation of a whole cluster: replicas, clients, a faulty network and a clock.
+
+Everything is driven from one ``random.Random(seed)`` in one thread, so a run
+is reproduced exactly by its seed.  Every message crosses the real codec
+(encode on send, decode on delivery), so the simulator exercises the same
+bytes a real network would carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, Message, Ready, Replica, Reply,
+                    Request, Risk, Signer, VerdictCertificate, apply_ready, decode, encode,
+                    request_digest)
+from ..policy import Policy, PolicyDecision, evaluate_fail_safe
+from ..storage import MemoryStore
+
+Endpoint = int | str  # A replica id or a client id.
+
+# An interceptor stands in for a Byzantine replica's network card: it sees each
+# message that replica sends to ``destination`` and returns what is really sent.
+Interceptor = Callable[[int, Message, Signer], list[Message]]
+
+
+@dataclass
+class NetworkFaults:
+    drop_probability: float = 0.0
+    duplicate_probability: float = 0.0
+    delay_ms_min: int = 1
+    delay_ms_max: int = 5
+
+
+class AllowAll:
+    name = "allow-all"
+
+    def evaluate(self, action, context) -> PolicyDecision:
+        return PolicyDecision.allow("allow-all")
+
+
+@dataclass
+class ClientRecord:
+    """What the simulation observed for one client operation."""
+
+    request: Request
+    invoked_ms: int
+    certificate: VerdictCertificate | None = None
+    completed_ms: int | None = None
+    refused: bool = False
+
+
+def test_keypair(cluster_seed: int, name: str) -> KeyPair:
+    return KeyPair.from_seed(hashlib.sha256(f"bft-test-key/{cluster_seed}/{name}".encode()).digest())
+
+
+class SimCluster:
+    def __init__(self, replica_count: int = 4, *, seed: int = 0, policies: Mapping[int, Policy] | None = None,
+                 client_ids: tuple[str, ...] = ("client-0",), limits: Limits | None = None,
+                 faults: NetworkFaults | None = None, tick_ms: int = 10,
+                 interceptors: Mapping[int, Interceptor] | None = None, key_seed: int = 0) -> None:
+        self.random = random.Random(seed)
+        self.tick_ms = tick_ms
+        self.now_ms = 1_000_000
+        self.faults = faults or NetworkFaults()
+        replica_keys = [test_keypair(key_seed, f"replica-{i}") for i in range(replica_count)]
+        client_keys = {client_id: test_keypair(key_seed, client_id) for client_id in client_ids}
+        self.config = ClusterConfig.create("sim", tuple(k.public_key for k in replica_keys),
+                                           {c: k.public_key for c, k in client_keys.items()}, limits=limits)
+        self.replica_seeds = [k.seed for k in replica_keys]
+        self.replicas = [Replica(self.config, i, self.replica_seeds[i]) for i in range(replica_count)]
+        self.stores = [MemoryStore() for _ in range(replica_count)]
+        self.policies: dict[int, Policy] = {i: AllowAll() for i in range(replica_count)}
+        self.policies.update(policies or {})
+        self.clients = {c: ClientCore(self.config, c, k.seed) for c, k in client_keys.items()}
+        self.interceptors = dict(interceptors or {})
+        self.crashed: set[int] = set()
+        self.blocked_links: set[tuple[Endpoint, Endpoint]] = set()
+        self.operations: dict[tuple[str, int], ClientRecord] = {}
+        self.finalized: list[list] = [[] for _ in range(replica_count)]
+        self.decode_failures = 0
+        self._queue: list = []
+        self._sequence = 0
+        for replica in self.replicas:
+            self._handle_ready(replica.replica_id, replica.tick(self.now_ms))
+
+    # ------------------------------------------------------------ client side
+
+    def submit(self, client_id: str, action: Mapping, risk: Risk = Risk.LOW,
+               deadline_ms: int | None = None) -> Request:
+        """Sign a request as ``client_id`` and send it to every replica."""
+        deadline = deadline_ms if deadline_ms is not None else self.now_ms + 30_000
+        request = self.clients[client_id].new_request(action, risk, deadline)
+        self.operations[request.key] = ClientRecord(request, self.now_ms)
+        for replica_id in range(len(self.replicas)):
+            self._send(client_id, replica_id, request)
+        return request
+
+    def resend(self, request: Request) -> None:
+        """A client retry: the same signed request again, to every replica."""
+        for replica_id in range(len(self.replicas)):
+            self._send(request.client_id, replica_id, request)
+
+    def verdict(self, request: Request) -> Decision | None:
+        record = self.operations[request.key]
+        return record.certificate.decision if record.certificate else None
+
+    # ------------------------------------------------------------ faults
+
+    def partition(self, *groups: set[Endpoint]) -> None:
+        """Block every link between endpoints in different groups (clients not listed are unaffected)."""
+        self.blocked_links = {(a, b) for g in groups for h in groups if g is not h for a in g for b in h}
+
+    def heal(self) -> None:
+        self.blocked_links = set()
+
+    def crash(self, replica_id: int) -> None:
+        self.crashed.add(replica_id)
+
+    # ------------------------------------------------------------ running
+
+    def run(self, duration_ms: int) -> None:
+        end = self.now_ms + duration_ms
+        while self.now_ms < end:
+            self._advance_one_tick()
+
+    def run_until(self, condition: Callable[[], bool], max_ms: int = 60_000) -> bool:
+        """Run until ``condition()`` holds or ``max_ms`` of simulated time passes."""
+        end = self.now_ms + max_ms
+        while not condition():
+            if self.now_ms >= end:
+                return False
+            self._advance_one_tick()
+        return True
+
+    def all_done(self) -> bool:
+        return all(r.certificate or r.refused for r in self.operations.values())
+
+    def _advance_one_tick(self) -> None:
+        next_tick = self.now_ms + self.tick_ms
+        while self._queue and self._queue[0][0] <= next_tick:
+            deliver_at, _, source, destination, data = heapq.heappop(self._queue)
+            self.now_ms = max(self.now_ms, deliver_at)
+            self._deliver(source, destination, data)
+        self.now_ms = next_tick
+        for replica in self.replicas:
+            if replica.replica_id not in self.crashed:
+                self._handle_ready(replica.replica_id, replica.tick(self.now_ms))
+        for client_id, client in self.clients.items():
+            for request in client.expire(self.now_ms):
+                self.operations[request.key].refused = True
+                self.operations[request.key].completed_ms = self.now_ms
+
+    def _send(self, source: Endpoint, destination: Endpoint, message: Message) -> None:
+        if (source, destination) in self.blocked_links or self.random.random() < self.faults.drop_probability:
+            return
+        copies = 2 if self.random.random() < self.faults.duplicate_probability else 1
+        for _ in range(copies):
+            delay = self.random.randint(self.faults.delay_ms_min, self.faults.delay_ms_max)
+            self._sequence += 1
+            heapq.heappush(self._queue, (self.now_ms + delay, self._sequence, source, destination, encode(message)))
+
+    def _deliver(self, source: Endpoint, destination: Endpoint, data: bytes) -> None:
+        if destination in self.crashed:
+            return
+        message = decode(data)
+        if isinstance(destination, str):
+            self._deliver_to_client(destination, message)
+            return
+        replica = self.replicas[destination]
+        ready = replica.submit(message) if isinstance(message, Request) else replica.step(message)
+        self._handle_ready(destination, ready)
+
+    def _deliver_to_client(self, client_id: str, message: Message) -> None:
+        if not isinstance(message, Reply):
+            return
+        certificate = self.clients[client_id].on_reply(message)
+        record = self.operations.get((client_id, message.request_number))
+        if certificate is not None and record is not None:
+            record.certificate = certificate
+            record.completed_ms = self.now_ms
+
+    def _handle_ready(self, replica_id: int, ready: Ready) -> None:
+        apply_ready(ready, self.stores[replica_id],
+                    lambda destination, message: self._send_from_replica(replica_id, destination, message),
+                    lambda client_id, reply: self._send_from_replica(replica_id, client_id, reply))
+        self.finalized[replica_id].extend(ready.finalized)
+        for request in ready.evaluate:
+            self._evaluate(replica_id, request)
+
+    def _send_from_replica(self, replica_id: int, destination: Endpoint, message: Message) -> None:
+        interceptor = self.interceptors.get(replica_id)
+        if interceptor is None:
+            self._send(replica_id, destination, message)
+            return
+        signer = Signer(self.config.cluster_id, self.replica_seeds[replica_id])
+        for forged in interceptor(destination, message, signer):
+            self._send(replica_id, destination, forged)
+
+    def _evaluate(self, replica_id: int, request: Request) -> None:
+        decision = evaluate_fail_safe(self.policies[replica_id], request, replica_id)
+        replica = self.replicas[replica_id]
+        digest = request_digest(self.config.cluster_id, request)
+        self._handle_ready(replica_id, replica.record_decision(digest, decision.decision, decision.reason))
+
