@@ -14,7 +14,8 @@ from ._messages import Request, Vote
 
 
 class PendingRequest:
-    __slots__ = ("digest", "request", "votes", "evaluation_requested", "quorum_tick", "proposed_seq", "created_tick")
+    __slots__ = ("digest", "request", "votes", "evaluation_requested", "quorum_tick", "proposed_seq", "created_tick",
+                 "forwarded")
 
     def __init__(self, digest: bytes, created_tick: int) -> None:
         self.digest = digest
@@ -24,6 +25,7 @@ class PendingRequest:
         self.quorum_tick: int | None = None
         self.proposed_seq: int | None = None
         self.created_tick = created_tick
+        self.forwarded = False
 
     def vote_tuple(self) -> tuple[Vote, ...]:
         return tuple(self.votes[replica_id] for replica_id in sorted(self.votes))

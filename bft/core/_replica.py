@@ -27,10 +27,11 @@ from ._crypto import KeyPair, Signer, Verifier
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._execution import ExecutionState
 from ._messages import (MAX_REASON_BYTES, Batch, BatchEntry, Checkpoint, Commit, Decision, Message,
-                        NewView, PrePrepare, Prepare, Reply, Request, ViewChange, Vote)
+                        NewView, PrePrepare, Prepare, PreparedProof, Reply, Request, ViewChange, Vote)
 from ._pending import PendingRequest, PendingPool
 from ._quorum import primary_of
 from ._ready import ReadyBuilder, Ready, Rejection
+from ._replica_views import ViewChangeMixin
 from ._slots import Slot
 from ._verdict import is_settled
 
@@ -45,7 +46,7 @@ def truncate_reason(reason: str) -> str:
     return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
-class Replica:
+class Replica(ViewChangeMixin):
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -68,10 +69,17 @@ class Replica:
         self.pending = PendingPool(config.limits.max_pending_requests)
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self.rejected_counts: Counter[str] = Counter()
+        self.prepared_proofs: dict[int, PreparedProof] = {}
+        self.view_change_by_replica: dict[int, ViewChange] = {}
+        self.new_view_message: NewView | None = None
+        self._waiting_since: int | None = None
+        self.early_preprepares: dict[int, PrePrepare] = {}
+        self._view_change_attempts = 0
         self._out: ReadyBuilder | None = None
         self._handlers: dict[type, Callable] = {
             Request: self._on_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
             Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self._on_checkpoint,
+            ViewChange: self._on_view_change, NewView: self._on_new_view,
         }
 
     # ----------------------------------------------------------------- inputs
@@ -156,6 +164,11 @@ class Replica:
         assert all(self.low_water < seq <= self.high_water for seq in self.slots)
         assert self.low_water <= self.last_executed <= self.high_water
         assert all(self.low_water < seq <= self.high_water for seq in self.checkpoints)
+        assert len(self.prepared_proofs) <= self.limits.log_window
+        assert all(self.low_water < seq <= self.high_water for seq in self.early_preprepares)
+        assert len(self.view_change_by_replica) <= self.config.replica_count
+        assert self.view_active or not self.is_primary or self.new_view_message is None \
+            or self.new_view_message.view < self.view
 
     # ----------------------------------------------------------------- requests and votes
 
@@ -249,8 +262,8 @@ class Replica:
 
     # ----------------------------------------------------------------- three phases
 
-    def _check_current_view(self, view: int) -> None:
-        if view != self.view or not self.view_active:
+    def _check_current_view(self, view: int, require_active: bool = True) -> None:
+        if view != self.view or (require_active and not self.view_active):
             raise RemoteProtocolError("wrong-view", f"message for view {view}, replica is in view {self.view}"
                                       + ("" if self.view_active else " (changing)"))
 
@@ -269,9 +282,12 @@ class Replica:
         return slot if slot is not None and slot.view == self.view else None
 
     def _on_preprepare(self, preprepare: PrePrepare) -> None:
+        if preprepare.replica_id != primary_of(preprepare.view, self.config.replica_count):
+            raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
+        if preprepare.view > self.view or (preprepare.view == self.view and not self.view_active):
+            self._hold_early_preprepare(preprepare)
+            return
         self._check_current_view(preprepare.view)
-        if preprepare.replica_id != self.primary_id:
-            raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {self.view}")
         self._check_window(preprepare.seq)
         slot = self._current_slot(preprepare.seq)
         if slot is not None and slot.preprepare is not None:
@@ -280,6 +296,24 @@ class Replica:
             return
         digests = self._validate_batch(preprepare.batch)
         self._accept_preprepare(preprepare, digests)
+
+    def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
+        """A new primary's first proposals can overtake its NEW-VIEW; keep them (bounded) until it lands."""
+        self._check_window(preprepare.seq)
+        held = self.early_preprepares.get(preprepare.seq)
+        if held is None or held.view < preprepare.view:
+            self.early_preprepares[preprepare.seq] = preprepare
+
+    def replay_early_preprepares(self) -> None:
+        early, self.early_preprepares = self.early_preprepares, {}
+        for seq in sorted(early):
+            if early[seq].view == self.view:
+                try:
+                    self._on_preprepare(early[seq])
+                except RemoteProtocolError as error:
+                    self._reject(error.from_sender(sender_of(early[seq])))
+            elif early[seq].view > self.view:
+                self.early_preprepares[seq] = early[seq]
 
     def _validate_batch(self, batch: Batch) -> tuple[bytes, ...]:
         """Check everything a correct primary guarantees about a batch; return its request digests."""
@@ -332,7 +366,9 @@ class Replica:
         self._check_committed(self._current_slot(commit.seq))
 
     def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
-        self._check_current_view(message.view)
+        # Prepares and commits for the view being installed are kept: they may
+        # overtake the NEW-VIEW that lets this replica accept the batch.
+        self._check_current_view(message.view, require_active=False)
         self._check_window(message.seq)
         slot = self._current_slot(message.seq)
         existing = table_of(slot).get(message.replica_id) if slot else None
@@ -346,6 +382,7 @@ class Replica:
         if slot.prepared or slot.preprepare is None or len(slot.matching_prepares()) < self.quorum:
             return
         slot.prepared = True
+        self.prepared_proofs[slot.seq] = slot.prepared_proof(self.quorum)
         commit = self._sign(Commit(self.view, slot.seq, slot.batch_digest, self.replica_id, bytes(64)))
         self._broadcast(commit)
         slot.commits[self.replica_id] = commit
@@ -374,6 +411,7 @@ class Replica:
             self._out.to_clients.append((reply.client_id, reply))
         for digest in slot.request_digests:
             self.pending.discard(digest)
+        self._note_progress()
         if slot.seq % self.limits.checkpoint_interval == 0:
             checkpoint = self._sign(Checkpoint(slot.seq, self.execution.state_digest(), self.replica_id, bytes(64)))
             self._broadcast(checkpoint)
@@ -419,6 +457,10 @@ class Replica:
             del self.slots[old_seq]
         for old_seq in [s for s in self.checkpoints if s <= seq]:
             del self.checkpoints[old_seq]
+        for old_seq in [s for s in self.prepared_proofs if s <= seq]:
+            del self.prepared_proofs[old_seq]
+        for old_seq in [s for s in self.early_preprepares if s <= seq]:
+            del self.early_preprepares[old_seq]
         self.next_seq = max(self.next_seq, seq + 1)
         self._maybe_propose()
 
@@ -430,4 +472,5 @@ class Replica:
         skew, orphan_ticks = self.limits.max_clock_skew_ms, self.limits.orphan_vote_ticks
         self.pending.remove_where(lambda p: (p.request is not None and now_ms > p.request.deadline_ms + skew)
                                   or (p.request is None and self.ticks - p.created_tick > orphan_ticks))
+        self._check_progress_timer()
         self._maybe_propose()

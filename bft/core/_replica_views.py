@@ -1,0 +1,159 @@
+"""The view-change half of the replica: progress timer, VIEW-CHANGE, NEW-VIEW.
+
+Liveness rules, all in ticks:
+- A replica that is waiting for work it knows is orderable (a request with a
+  quorum of votes, or a pre-prepared batch) and sees no execution progress
+  for the current timeout starts a view change to view+1.
+- At half the timeout it forwards the requests it holds to every replica, so
+  a primary that withholds a request seen by only some replicas is still
+  noticed by a quorum.
+- Timeouts double while views keep failing and reset after progress.
+- A replica joins a view change once f+1 others ask for a higher view (at
+  least one of them is correct, so the view change is not frivolous).
+"""
+
+from __future__ import annotations
+
+from ._codec import record_digest, request_digest
+from ._errors import RemoteProtocolError
+from ._messages import Batch, NewView, PrePrepare, ViewChange
+from ._quorum import primary_of
+from ._view_change import check_new_view, check_view_change, choose_reproposals, stable_proof_for
+
+
+class ViewChangeMixin:
+    # ------------------------------------------------------------- timer
+
+    def _current_timeout(self) -> int:
+        limits = self.limits
+        return min(limits.view_change_timeout_ticks << min(self._view_change_attempts, 16),
+                   limits.view_change_timeout_ticks_max)
+
+    def _has_outstanding_work(self) -> bool:
+        if not self.view_active:
+            return True
+        if any(slot.preprepare is not None and seq > self.last_executed for seq, slot in self.slots.items()):
+            return True
+        return any(p.request is not None and p.quorum_tick is not None for p in self.pending)
+
+    def _note_progress(self) -> None:
+        self._waiting_since = self.ticks
+        self._view_change_attempts = 0
+
+    def _check_progress_timer(self) -> None:
+        if not self._has_outstanding_work():
+            self._waiting_since = None
+            return
+        if self._waiting_since is None:
+            self._waiting_since = self.ticks
+            return
+        waited = self.ticks - self._waiting_since
+        if waited >= self._current_timeout() // 2:
+            self._forward_unordered_requests()
+        if waited >= self._current_timeout():
+            self._view_change_attempts += 1
+            self._start_view_change(self.view + 1)
+
+    def _forward_unordered_requests(self) -> None:
+        for pending in self.pending:
+            if pending.request is not None and not pending.forwarded:
+                pending.forwarded = True
+                for replica_id in range(self.config.replica_count):
+                    if replica_id != self.replica_id:
+                        self._out.to_replicas.append((replica_id, pending.request))
+
+    # ------------------------------------------------------------- sending VIEW-CHANGE
+
+    def _start_view_change(self, new_view: int) -> None:
+        assert new_view > self.view or (new_view == self.view and self.view_active is False)
+        self.view = new_view
+        self.view_active = False
+        self._waiting_since = self.ticks
+        proofs = tuple(self.prepared_proofs[seq] for seq in sorted(self.prepared_proofs) if seq > self.low_water)
+        view_change = self._sign(ViewChange(new_view, self.low_water, self.stable_proof, proofs,
+                                            self.replica_id, bytes(64)))
+        self._broadcast(view_change)
+        self.view_change_by_replica[self.replica_id] = view_change
+        self._maybe_send_new_view()
+
+    # ------------------------------------------------------------- receiving VIEW-CHANGE
+
+    def _on_view_change(self, view_change: ViewChange) -> None:
+        if view_change.new_view < self.view or (view_change.new_view == self.view and self.view_active):
+            self._help_lagging_replica(view_change)
+            return
+        existing = self.view_change_by_replica.get(view_change.replica_id)
+        if existing is not None and existing.new_view >= view_change.new_view:
+            if existing.new_view == view_change.new_view and existing != view_change:
+                raise RemoteProtocolError("equivocation", f"two VIEW-CHANGEs for view {view_change.new_view}")
+            return
+        check_view_change(view_change, self.config, self._verifier)
+        self.view_change_by_replica[view_change.replica_id] = view_change
+        self._maybe_join_view_change()
+        self._maybe_send_new_view()
+
+    def _help_lagging_replica(self, view_change: ViewChange) -> None:
+        """A replica asking for a view we already run missed its NEW-VIEW; the primary sends it again."""
+        if self.view_active and self.is_primary and self.new_view_message is not None \
+                and view_change.new_view == self.view and view_change.replica_id != self.replica_id:
+            self._out.to_replicas.append((view_change.replica_id, self.new_view_message))
+
+    def _maybe_join_view_change(self) -> None:
+        higher = sorted(vc.new_view for replica_id, vc in self.view_change_by_replica.items()
+                        if replica_id != self.replica_id and vc.new_view > self.view)
+        if len(higher) >= self.config.faulty_max + 1:
+            self._start_view_change(higher[0])
+
+    def _maybe_send_new_view(self) -> None:
+        if self.view_active or primary_of(self.view, self.config.replica_count) != self.replica_id:
+            return
+        candidates = sorted((vc for vc in self.view_change_by_replica.values() if vc.new_view == self.view),
+                            key=lambda vc: vc.replica_id)
+        if len(candidates) < self.quorum:
+            return
+        chosen = tuple(candidates[:self.quorum])
+        stable_seq, batches = choose_reproposals(chosen)
+        preprepares = tuple(self._sign(PrePrepare(self.view, stable_seq + offset + 1, batch, self.replica_id, bytes(64)))
+                            for offset, batch in enumerate(batches))
+        new_view = self._sign(NewView(self.view, chosen, preprepares, self.replica_id, bytes(64)))
+        self._broadcast(new_view)
+        self._enter_view(new_view, stable_seq, batches)
+
+    # ------------------------------------------------------------- NEW-VIEW
+
+    def _on_new_view(self, new_view: NewView) -> None:
+        if new_view.view < self.view or (new_view.view == self.view and self.view_active):
+            return  # Already in that view (or later): a re-sent NEW-VIEW is harmless.
+        stable_seq, batches = check_new_view(new_view, self.config, self._verifier)
+        self._enter_view(new_view, stable_seq, batches)
+
+    def _enter_view(self, new_view: NewView, stable_seq: int, batches: tuple[Batch, ...]) -> None:
+        self.view = new_view.view
+        self.view_active = True
+        self.new_view_message = new_view
+        self._waiting_since = self.ticks
+        self.view_change_by_replica = {r: vc for r, vc in self.view_change_by_replica.items() if vc.new_view > self.view}
+        if stable_seq > self.low_water and self.last_executed >= stable_seq:
+            self._adopt_stable_checkpoint(stable_seq, stable_proof_for(new_view.view_changes, stable_seq))
+        for seq in [seq for seq, slot in self.slots.items() if slot.view < self.view]:
+            del self.slots[seq]
+        reproposed: set[bytes] = set()
+        for preprepare in new_view.preprepares:
+            if self.low_water < preprepare.seq <= self.high_water:
+                digests = tuple(request_digest(self.config.cluster_id, e.request) for e in preprepare.batch.entries)
+                reproposed.update(digests)
+                self._accept_preprepare(preprepare, digests)
+        for pending in self.pending:
+            if pending.digest not in reproposed:
+                pending.proposed_seq = None
+        self.next_seq = max(self.low_water, stable_seq + len(batches)) + 1
+        self.replay_early_preprepares()
+        self._maybe_propose()
+
+    def _adopt_stable_checkpoint(self, seq: int, proof) -> None:
+        """A quorum certified the state at ``seq``; we executed past it, so ours must match."""
+        own = self.checkpoints.get(seq, {}).get(self.replica_id)
+        assert own is None or own.state_digest == proof[0].state_digest, \
+            f"replica {self.replica_id} diverged from a certified checkpoint at {seq}"
+        if own is not None:
+            self._advance_low_water(seq, proof)
