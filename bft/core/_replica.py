@@ -74,6 +74,8 @@ class Replica(ViewChangeMixin):
         self.new_view_message: NewView | None = None
         self._waiting_since: int | None = None
         self.early_preprepares: dict[int, PrePrepare] = {}
+        self.signed_digests: dict[tuple[str, int, int], bytes] = {}
+        self.view_seen_by_replica: dict[int, int] = {}
         self._view_change_attempts = 0
         self._out: ReadyBuilder | None = None
         self._handlers: dict[type, Callable] = {
@@ -150,6 +152,16 @@ class Replica(ViewChangeMixin):
     def _sign(self, unsigned: Message) -> Message:
         return self._signer.sign(unsigned)
 
+    def _may_sign(self, phase: str, seq: int, digest: bytes) -> bool:
+        """S7: never sign two different digests for one (phase, view, seq), even across restarts.
+
+        ``signed_digests`` is rebuilt from durable storage on restart, so a
+        replica that forgot a slot still refuses to contradict what it sent.
+        """
+        key = (phase, self.view, seq)
+        previous = self.signed_digests.setdefault(key, digest)
+        return previous == digest
+
     def _broadcast(self, message: Message) -> None:
         """Persist our own signed message, then queue it for every other replica."""
         self._out.persist.append(message)
@@ -166,6 +178,8 @@ class Replica(ViewChangeMixin):
         assert all(self.low_water < seq <= self.high_water for seq in self.checkpoints)
         assert len(self.prepared_proofs) <= self.limits.log_window
         assert all(self.low_water < seq <= self.high_water for seq in self.early_preprepares)
+        assert len(self.signed_digests) <= 4 * self.limits.log_window
+        assert len(self.view_seen_by_replica) <= self.config.replica_count
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert self.view_active or not self.is_primary or self.new_view_message is None \
             or self.new_view_message.view < self.view
@@ -255,6 +269,9 @@ class Replica(ViewChangeMixin):
 
     def _propose(self, entries: list[PendingRequest]) -> None:
         batch = Batch(self.now_ms, tuple(BatchEntry(p.request, p.vote_tuple()) for p in entries))
+        if not self._may_sign("pre-prepare", self.next_seq, record_digest(batch)):
+            self.next_seq += 1  # We proposed this seq before a restart; skip it rather than contradict it.
+            return
         preprepare = self._sign(PrePrepare(self.view, self.next_seq, batch, self.replica_id, bytes(64)))
         self.next_seq += 1
         self._broadcast(preprepare)
@@ -284,6 +301,7 @@ class Replica(ViewChangeMixin):
     def _on_preprepare(self, preprepare: PrePrepare) -> None:
         if preprepare.replica_id != primary_of(preprepare.view, self.config.replica_count):
             raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
+        self._note_view_evidence(preprepare.replica_id, preprepare.view)
         if preprepare.view > self.view or (preprepare.view == self.view and not self.view_active):
             self._hold_early_preprepare(preprepare)
             return
@@ -352,6 +370,8 @@ class Replica(ViewChangeMixin):
             pending = self.pending.get(digest)
             if pending is not None:
                 pending.proposed_seq = preprepare.seq
+        if not self._may_sign("prepare", preprepare.seq, slot.batch_digest):
+            return
         prepare = self._sign(Prepare(self.view, preprepare.seq, slot.batch_digest, self.replica_id, bytes(64)))
         self._broadcast(prepare)
         slot.prepares[self.replica_id] = prepare
@@ -368,6 +388,7 @@ class Replica(ViewChangeMixin):
     def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
         # Prepares and commits for the view being installed are kept: they may
         # overtake the NEW-VIEW that lets this replica accept the batch.
+        self._note_view_evidence(message.replica_id, message.view)
         self._check_current_view(message.view, require_active=False)
         self._check_window(message.seq)
         slot = self._current_slot(message.seq)
@@ -383,6 +404,8 @@ class Replica(ViewChangeMixin):
             return
         slot.prepared = True
         self.prepared_proofs[slot.seq] = slot.prepared_proof(self.quorum)
+        if not self._may_sign("commit", slot.seq, slot.batch_digest):
+            return
         commit = self._sign(Commit(self.view, slot.seq, slot.batch_digest, self.replica_id, bytes(64)))
         self._broadcast(commit)
         slot.commits[self.replica_id] = commit
@@ -461,6 +484,7 @@ class Replica(ViewChangeMixin):
             del self.prepared_proofs[old_seq]
         for old_seq in [s for s in self.early_preprepares if s <= seq]:
             del self.early_preprepares[old_seq]
+        self.signed_digests = {key: d for key, d in self.signed_digests.items() if key[2] > seq}
         self.next_seq = max(self.next_seq, seq + 1)
         self._maybe_propose()
 

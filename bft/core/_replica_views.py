@@ -62,6 +62,20 @@ class ViewChangeMixin:
                     if replica_id != self.replica_id:
                         self._out.to_replicas.append((replica_id, pending.request))
 
+    def _note_view_evidence(self, replica_id: int, view: int) -> None:
+        """Rejoin: once f+1 others are seen working in higher views, ask for the view they run.
+
+        At least one of any f+1 replicas is correct, so the cluster really is
+        in a view at least that high; sending VIEW-CHANGE for it makes its
+        primary re-send the NEW-VIEW (``_help_lagging_replica``).
+        """
+        if view <= self.view or replica_id == self.replica_id:
+            return
+        self.view_seen_by_replica[replica_id] = max(view, self.view_seen_by_replica.get(replica_id, 0))
+        higher = sorted((v for v in self.view_seen_by_replica.values() if v > self.view), reverse=True)
+        if len(higher) >= self.config.faulty_max + 1:
+            self._start_view_change(higher[self.config.faulty_max])
+
     # ------------------------------------------------------------- sending VIEW-CHANGE
 
     def _start_view_change(self, new_view: int) -> None:
@@ -113,6 +127,9 @@ class ViewChangeMixin:
             return
         chosen = tuple(candidates[:self.quorum])
         stable_seq, batches = choose_reproposals(chosen)
+        for offset, batch in enumerate(batches):
+            if not self._may_sign("pre-prepare", stable_seq + offset + 1, record_digest(batch)):
+                return  # A restart lost this NEW-VIEW half-built; the next view change will retry.
         preprepares = tuple(self._sign(PrePrepare(self.view, stable_seq + offset + 1, batch, self.replica_id, bytes(64)))
                             for offset, batch in enumerate(batches))
         new_view = self._sign(NewView(self.view, chosen, preprepares, self.replica_id, bytes(64)))
@@ -131,6 +148,8 @@ class ViewChangeMixin:
         self.view = new_view.view
         self.view_active = True
         self.new_view_message = new_view
+        self.signed_digests = {key: d for key, d in self.signed_digests.items() if key[1] >= self.view}
+        self.view_seen_by_replica = {r: v for r, v in self.view_seen_by_replica.items() if v > self.view}
         self._waiting_since = self.ticks
         self.view_change_by_replica = {r: vc for r, vc in self.view_change_by_replica.items() if vc.new_view > self.view}
         if stable_seq > self.low_water and self.last_executed >= stable_seq:

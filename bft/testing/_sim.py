@@ -20,7 +20,7 @@ from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, Messag
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore
 
-Endpoint = int | str  # A replica id or a client id.
+Endpoint = int | str | tuple  # A replica id, a client id, or ("twin", replica id).
 
 # An interceptor stands in for a Byzantine replica's network card: it sees each
 # message that replica sends to ``destination`` and returns what is really sent.
@@ -78,6 +78,10 @@ class SimCluster:
         self.clients = {c: ClientCore(self.config, c, k.seed) for c, k in client_keys.items()}
         self.interceptors = dict(interceptors or {})
         self.crashed: set[int] = set()
+        self.slow_sources_ms: dict[Endpoint, int] = {}
+        self.twins: dict[int, Replica] = {}
+        self.twin_stores: dict[int, MemoryStore] = {}
+        self.twin_finalized: dict[int, list] = {}
         self.blocked_links: set[tuple[Endpoint, Endpoint]] = set()
         self.operations: dict[tuple[str, int], ClientRecord] = {}
         self.finalized: list[list] = [[] for _ in range(replica_count)]
@@ -120,6 +124,19 @@ class SimCluster:
     def crash(self, replica_id: int) -> None:
         self.crashed.add(replica_id)
 
+    def add_twin(self, replica_id: int) -> tuple:
+        """Twins: a second, correct copy of ``replica_id`` with the same key, reachable as ("twin", id).
+
+        Messages addressed to the replica reach both copies unless a partition
+        blocks one; together the two copies behave like one equivocating replica.
+        """
+        twin = Replica(self.config, replica_id, self.replica_seeds[replica_id])
+        self.twins[replica_id] = twin
+        self.twin_stores[replica_id] = MemoryStore()
+        self.twin_finalized[replica_id] = []
+        self._handle_ready(("twin", replica_id), twin.tick(self.now_ms))
+        return ("twin", replica_id)
+
     # ------------------------------------------------------------ running
 
     def run(self, duration_ms: int) -> None:
@@ -149,17 +166,25 @@ class SimCluster:
         for replica in self.replicas:
             if replica.replica_id not in self.crashed:
                 self._handle_ready(replica.replica_id, replica.tick(self.now_ms))
+        for replica_id, twin in self.twins.items():
+            self._handle_ready(("twin", replica_id), twin.tick(self.now_ms))
         for client_id, client in self.clients.items():
             for request in client.expire(self.now_ms):
                 self.operations[request.key].refused = True
                 self.operations[request.key].completed_ms = self.now_ms
 
     def _send(self, source: Endpoint, destination: Endpoint, message: Message) -> None:
+        if isinstance(destination, int) and destination in self.twins:
+            self._send_one(source, ("twin", destination), message)
+        self._send_one(source, destination, message)
+
+    def _send_one(self, source: Endpoint, destination: Endpoint, message: Message) -> None:
         if (source, destination) in self.blocked_links or self.random.random() < self.faults.drop_probability:
             return
         copies = 2 if self.random.random() < self.faults.duplicate_probability else 1
         for _ in range(copies):
             delay = self.random.randint(self.faults.delay_ms_min, self.faults.delay_ms_max)
+            delay += self.slow_sources_ms.get(source, 0)
             self._sequence += 1
             heapq.heappush(self._queue, (self.now_ms + delay, self._sequence, source, destination, encode(message)))
 
@@ -170,7 +195,7 @@ class SimCluster:
         if isinstance(destination, str):
             self._deliver_to_client(destination, message)
             return
-        replica = self.replicas[destination]
+        replica = self.twins[destination[1]] if isinstance(destination, tuple) else self.replicas[destination]
         ready = replica.submit(message) if isinstance(message, Request) else replica.step(message)
         self._handle_ready(destination, ready)
 
@@ -183,13 +208,16 @@ class SimCluster:
             record.certificate = certificate
             record.completed_ms = self.now_ms
 
-    def _handle_ready(self, replica_id: int, ready: Ready) -> None:
-        apply_ready(ready, self.stores[replica_id],
-                    lambda destination, message: self._send_from_replica(replica_id, destination, message),
-                    lambda client_id, reply: self._send_from_replica(replica_id, client_id, reply))
-        self.finalized[replica_id].extend(ready.finalized)
+    def _handle_ready(self, endpoint: Endpoint, ready: Ready) -> None:
+        is_twin = isinstance(endpoint, tuple)
+        replica_id = endpoint[1] if is_twin else endpoint
+        store = self.twin_stores[replica_id] if is_twin else self.stores[replica_id]
+        send = (lambda destination, message: self._send(endpoint, destination, message)) if is_twin else \
+            (lambda destination, message: self._send_from_replica(replica_id, destination, message))
+        apply_ready(ready, store, send, send)
+        (self.twin_finalized[replica_id] if is_twin else self.finalized[replica_id]).extend(ready.finalized)
         for request in ready.evaluate:
-            self._evaluate(replica_id, request)
+            self._evaluate(endpoint, request)
 
     def _send_from_replica(self, replica_id: int, destination: Endpoint, message: Message) -> None:
         interceptor = self.interceptors.get(replica_id)
@@ -200,9 +228,10 @@ class SimCluster:
         for forged in interceptor(destination, message, signer):
             self._send(replica_id, destination, forged)
 
-    def _evaluate(self, replica_id: int, request: Request) -> None:
+    def _evaluate(self, endpoint: Endpoint, request: Request) -> None:
+        replica_id = endpoint[1] if isinstance(endpoint, tuple) else endpoint
         decision = evaluate_fail_safe(self.policies[replica_id], request, replica_id)
-        replica = self.replicas[replica_id]
+        replica = self.twins[replica_id] if isinstance(endpoint, tuple) else self.replicas[replica_id]
         digest = request_digest(self.config.cluster_id, request)
-        self._handle_ready(replica_id, replica.record_decision(digest, decision.decision, decision.reason))
+        self._handle_ready(endpoint, replica.record_decision(digest, decision.decision, decision.reason))
 
