@@ -61,13 +61,19 @@ def record_digest_of_fields(fields: list) -> bytes:
 
 
 class ClientRecord:
-    """Replies to one client's most recent requests, and the floor below which numbers are stale."""
+    """Outcomes of one client's most recent requests, and the floor below which numbers are stale.
+
+    An outcome is the signed ``Reply`` this replica sent, or, for requests
+    recovered from the durable log after a restart, the ``LogEntry`` alone (the
+    votes are not in the log, so such a reply cannot be re-sent; the client
+    still gets f+1 replies from the other replicas).
+    """
 
     __slots__ = ("stale_below", "replies")
 
     def __init__(self) -> None:
         self.stale_below = 1
-        self.replies: SortedDict[int, Reply] = SortedDict()
+        self.replies: SortedDict[int, Reply | LogEntry] = SortedDict()
 
 
 class ExecutionState:
@@ -82,9 +88,19 @@ class ExecutionState:
         self.head_hash = GENESIS_HASH
         self.clients: dict[str, ClientRecord] = {}
 
-    def cached_reply(self, client_id: str, request_number: int) -> Reply | None:
+    def cached_reply(self, client_id: str, request_number: int) -> Reply | LogEntry | None:
         record = self.clients.get(client_id)
         return record.replies.get(request_number) if record else None
+
+    def restore(self, log: tuple[LogEntry, ...], last_executed_seq: int) -> None:
+        """Rebuild from the durable verdict log after a restart (only on a fresh state)."""
+        assert self.log_length == 0 and self.last_executed_seq == 0
+        for entry in log:
+            assert entry.position == self.log_length + 1 and entry.previous_hash == self.head_hash
+            assert entry.entry_hash == entry.computed_hash()
+            self.log_length, self.head_hash = entry.position, entry.entry_hash
+            self._remember(entry)
+        self.last_executed_seq = max(last_executed_seq, log[-1].seq if log else 0)
 
     def is_stale(self, client_id: str, request_number: int) -> bool:
         """True for a number that may have executed but whose reply was evicted from the window."""
@@ -121,7 +137,7 @@ class ExecutionState:
         self._remember(reply)
         return log_entry, reply
 
-    def _remember(self, reply: Reply) -> None:
+    def _remember(self, reply: Reply | LogEntry) -> None:
         record = self.clients.setdefault(reply.client_id, ClientRecord())
         record.replies[reply.request_number] = reply
         while len(record.replies) > self._client_window:

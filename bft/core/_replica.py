@@ -76,6 +76,7 @@ class Replica(ViewChangeMixin):
         self.early_preprepares: dict[int, PrePrepare] = {}
         self.signed_digests: dict[tuple[str, int, int], bytes] = {}
         self.view_seen_by_replica: dict[int, int] = {}
+        self.recovering_until_seq = 0
         self._view_change_attempts = 0
         self._out: ReadyBuilder | None = None
         self._handlers: dict[type, Callable] = {
@@ -83,6 +84,46 @@ class Replica(ViewChangeMixin):
             Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self._on_checkpoint,
             ViewChange: self._on_view_change, NewView: self._on_new_view,
         }
+
+    @classmethod
+    def recover(cls, config: ClusterConfig, replica_id: int, seed: bytes,
+                signed: tuple[Message, ...], log: tuple) -> "Replica":
+        """A replica restarted from durable storage: its own signed messages and its verdict log.
+
+        It remembers every digest it signed (S7 holds across the restart) and
+        resumes in the highest view it took part in, waiting for that view's
+        NEW-VIEW.  Its prepared proofs were made of other replicas' messages
+        and are gone, so until a certified stable checkpoint covers every slot
+        it signed or executed it sends no VIEW-CHANGE: an amnesiac VIEW-CHANGE counted in a NEW-VIEW
+        quorum could hide a committed batch.
+        """
+        replica = cls(config, replica_id, seed)
+        own = [m for m in signed if getattr(m, "replica_id", None) == replica_id]
+        checkpoints = [m.seq for m in own if isinstance(m, Checkpoint)]
+        replica.execution.restore(tuple(log), max(checkpoints, default=0))
+        replica.low_water = max((seq for seq in checkpoints if seq <= replica.last_executed), default=0)
+        replica.next_seq = replica.low_water + 1
+        views = [getattr(m, "view", getattr(m, "new_view", 0)) for m in own]
+        replica.view, replica.view_active = max(views, default=0), not views
+        for message in own:
+            replica._remember_signed(message)
+        replica.recovering_until_seq = max([m.seq for m in own if isinstance(m, (PrePrepare, Prepare, Commit))]
+                                           + [replica.last_executed])
+        replica.check_invariants()
+        return replica
+
+    def _remember_signed(self, message: Message) -> None:
+        phase = {PrePrepare: "pre-prepare", Prepare: "prepare", Commit: "commit"}.get(type(message))
+        if phase is None or message.seq <= self.low_water:
+            return
+        digest = record_digest(message.batch) if isinstance(message, PrePrepare) else message.batch_digest
+        self.signed_digests[(phase, message.view, message.seq)] = digest
+
+    @property
+    def recovering(self) -> bool:
+        """True until a certified stable checkpoint covers every slot signed or executed before a restart."""
+        proven_stable_seq = self.stable_proof[0].seq if self.stable_proof else 0
+        return proven_stable_seq < self.recovering_until_seq
 
     # ----------------------------------------------------------------- inputs
 
@@ -192,7 +233,8 @@ class Replica(ViewChangeMixin):
         if cached is not None:
             if cached.request_digest != digest:
                 raise RemoteProtocolError("conflicting-request", "this request number already finalized another action")
-            self._out.to_clients.append((request.client_id, cached))
+            if isinstance(cached, Reply):
+                self._out.to_clients.append((request.client_id, cached))
             return
         if self.execution.is_stale(*request.key):
             raise RemoteProtocolError("stale-request", f"request number {request.request_number} is below the client window")

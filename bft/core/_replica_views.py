@@ -50,7 +50,7 @@ class ViewChangeMixin:
         waited = self.ticks - self._waiting_since
         if waited >= self._current_timeout() // 2:
             self._forward_unordered_requests()
-        if waited >= self._current_timeout():
+        if waited >= self._current_timeout() and not self.recovering:
             self._view_change_attempts += 1
             self._start_view_change(self.view + 1)
 
@@ -83,6 +83,8 @@ class ViewChangeMixin:
         self.view = new_view
         self.view_active = False
         self._waiting_since = self.ticks
+        if self.recovering:
+            return  # Amnesiac after a restart: wait for the NEW-VIEW without voting in it.
         proofs = tuple(self.prepared_proofs[seq] for seq in sorted(self.prepared_proofs) if seq > self.low_water)
         view_change = self._sign(ViewChange(new_view, self.low_water, self.stable_proof, proofs,
                                             self.replica_id, bytes(64)))

@@ -124,6 +124,15 @@ class SimCluster:
     def crash(self, replica_id: int) -> None:
         self.crashed.add(replica_id)
 
+    def restart(self, replica_id: int) -> None:
+        """Bring a crashed replica back from exactly what its store made durable."""
+        assert replica_id in self.crashed, "only a crashed replica can restart"
+        recovered = self.stores[replica_id].load()
+        self.replicas[replica_id] = Replica.recover(self.config, replica_id, self.replica_seeds[replica_id],
+                                                    recovered.signed, recovered.log)
+        self.finalized[replica_id] = list(recovered.log)
+        self.crashed.discard(replica_id)
+
     def add_twin(self, replica_id: int) -> tuple:
         """Twins: a second, correct copy of ``replica_id`` with the same key, reachable as ("twin", id).
 
