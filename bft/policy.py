@@ -59,4 +59,6 @@ def evaluate_fail_safe(policy: Policy, request: Request, replica_id: int) -> Pol
         return PolicyDecision.deny(f"policy error: {type(error).__name__}: {error}")
     if not isinstance(decision, PolicyDecision) or not isinstance(decision.decision, Decision):
         return PolicyDecision.deny(f"policy returned {type(decision).__name__}, not a PolicyDecision")
+    if not isinstance(decision.reason, str):
+        return PolicyDecision.deny(f"policy returned a {type(decision.reason).__name__} reason, not text")
     return decision

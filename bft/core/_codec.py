@@ -43,7 +43,8 @@ def decode(data: bytes, max_bytes: int = MAX_WIRE_BYTES) -> Message:
     tag = plain[0]
     message_type = MESSAGE_TYPE_BY_TAG.get(tag) if type(tag) is int else None
     if message_type is None:
-        raise RemoteProtocolError("unknown-type", f"unknown message type tag {tag!r}")
+        shown = tag if type(tag) is int else type(tag).__name__  # Never repr peer data: it may nest deeply.
+        raise RemoteProtocolError("unknown-type", f"unknown message type tag {shown}")
     message = record_from_wire(message_type, plain[1:], message_type.__name__)
     if encode(message) != data:
         raise RemoteProtocolError("non-canonical", f"{message_type.__name__} is not canonically encoded")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from ._messages import MAX_BATCH_ENTRIES, MAX_REPLICAS, Risk
+from ._codec import MAX_WIRE_BYTES
+from ._messages import MAX_BATCH_ENTRIES, MAX_PREPARED_PROOFS, MAX_REPLICAS, Risk
 from ._quorum import max_faulty, quorum_size, reply_quorum
 from ._verdict import VerdictRule, default_rules, rule_problem
 
@@ -47,6 +48,12 @@ class Limits:
             return "max_pending_requests and client_window must be positive, vote_wait_ticks non-negative"
         if not 1 <= self.view_change_timeout_ticks <= self.view_change_timeout_ticks_max:
             return "view_change_timeout_ticks must be in [1, view_change_timeout_ticks_max]"
+        if self.max_clock_skew_ms < 0 or self.orphan_vote_ticks < 1:
+            return "max_clock_skew_ms must be non-negative and orphan_vote_ticks positive"
+        if not 1024 <= self.max_message_bytes <= MAX_WIRE_BYTES:
+            return f"max_message_bytes must be in [1024, {MAX_WIRE_BYTES}]"
+        if self.log_window > MAX_PREPARED_PROOFS:
+            return f"log_window must be at most {MAX_PREPARED_PROOFS} (a VIEW-CHANGE carries one proof per slot)"
         return None
 
 
@@ -66,8 +73,10 @@ class ClusterConfig:
                faulty_max: int | None = None, rules: Mapping[Risk, VerdictRule] | None = None,
                limits: Limits | None = None) -> "ClusterConfig":
         replica_count = len(replica_keys)
-        faulty = max_faulty(replica_count) if faulty_max is None else faulty_max
-        chosen_rules = dict(rules or default_rules(replica_count, faulty, quorum_size(replica_count, max(faulty, 0))))
+        faulty = max_faulty(max(replica_count, 1)) if faulty_max is None else faulty_max
+        if replica_count < 1 or faulty < 0 or replica_count < 3 * faulty + 1:
+            raise ConfigError(f"{replica_count} replicas cannot tolerate {faulty} faulty ones: n >= 3f+1 is required")
+        chosen_rules = dict(rules or default_rules(replica_count, faulty, quorum_size(replica_count, faulty)))
         config = ClusterConfig(cluster_id, tuple(replica_keys), MappingProxyType(dict(client_keys)),
                                faulty, MappingProxyType(chosen_rules), limits or Limits())
         problem = config.problem()

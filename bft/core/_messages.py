@@ -42,8 +42,8 @@ class Decision(enum.Enum):
 def _json_object_problem(text: str) -> str | None:
     try:
         value = json.loads(text)
-    except ValueError as error:
-        return f"action is not valid JSON ({error.msg})"
+    except (ValueError, RecursionError) as error:  # Hostile JSON: bad syntax, huge ints, deep nesting.
+        return f"action is not valid JSON ({type(error).__name__})"
     if not isinstance(value, dict):
         return "action must be a JSON object"
     return None

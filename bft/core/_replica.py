@@ -43,7 +43,10 @@ def sender_of(message: Message) -> str:
 
 
 def truncate_reason(reason: str) -> str:
-    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+    """Fit a policy's reason into a vote: valid UTF-8 (lone surrogates replaced), at most the byte limit."""
+    if not isinstance(reason, str):
+        raise LocalProtocolError(f"a decision reason must be text, got {type(reason).__name__}")
+    return reason.encode("utf-8", errors="replace")[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
 class Replica(ViewChangeMixin):
@@ -66,7 +69,8 @@ class Replica(ViewChangeMixin):
         self.stable_proof: tuple[Checkpoint, ...] = ()
         self.execution = ExecutionState(config.rules, config.limits.client_window)
         self.slots: SortedDict[int, Slot] = SortedDict()
-        self.pending = PendingPool(config.limits.max_pending_requests)
+        self.pending = PendingPool(config.limits.max_pending_requests,
+                                   max(1, config.limits.max_pending_requests // (2 * config.replica_count)))
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self.rejected_counts: Counter[str] = Counter()
         self.prepared_proofs: dict[int, PreparedProof] = {}
@@ -243,7 +247,9 @@ class Replica(ViewChangeMixin):
         pending = self.pending.get_or_create(digest, self.ticks)
         if pending is None:
             raise RemoteProtocolError("overloaded", "the pending-request pool is full")
-        pending.request = pending.request or request
+        if pending.request is None:
+            pending.request = request
+            self.pending.adopt(pending)
         if not pending.evaluation_requested:
             pending.evaluation_requested = True
             self._out.evaluate.append(request)
@@ -264,9 +270,9 @@ class Replica(ViewChangeMixin):
             if existing != vote:
                 raise RemoteProtocolError("equivocation", "two different votes on one request")
             return
-        pending = pending or self.pending.get_or_create(vote.request_digest, self.ticks)
+        pending = pending or self.pending.get_or_create_orphan(vote.request_digest, self.ticks, vote.replica_id)
         if pending is None:
-            raise RemoteProtocolError("overloaded", "the pending-request pool is full")
+            raise RemoteProtocolError("overloaded", f"no room for more votes on unknown requests from replica {vote.replica_id}")
         self._add_vote(pending, vote)
 
     def _add_vote(self, pending: PendingRequest, vote: Vote) -> None:
@@ -430,9 +436,9 @@ class Replica(ViewChangeMixin):
     def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
         # Prepares and commits for the view being installed are kept: they may
         # overtake the NEW-VIEW that lets this replica accept the batch.
+        self._check_window(message.seq)
         self._note_view_evidence(message.replica_id, message.view)
         self._check_current_view(message.view, require_active=False)
-        self._check_window(message.seq)
         slot = self._current_slot(message.seq)
         existing = table_of(slot).get(message.replica_id) if slot else None
         if existing is not None:

@@ -86,7 +86,8 @@ class Enum:
         for member in self.enum_type:
             if type(member.value) is type(data) and member.value == data:
                 return member
-        raise _reject(path, f"not a valid {self.enum_type.__name__}: {data!r}")
+        shown = repr(data)[:40] if type(data) in (int, str, bytes) else type(data).__name__
+        raise _reject(path, f"not a valid {self.enum_type.__name__}: {shown}")
 
 
 @dataclass(frozen=True, slots=True)

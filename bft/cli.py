@@ -1,0 +1,101 @@
+"""The ``bft`` command line.  ``main(argv) -> exit code``; each subcommand is one handler.
+
+A mistake the user can make (a bad number, an unwritable path) ends with one
+sentence on stderr and exit code 2, never a traceback.  Exit code 1 is kept
+for the program finding a fault in itself (the demo's safety self-check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user-caused error; its message is the one sentence shown."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Report argument errors as one sentence and let ``main`` turn them into exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, {high}]")
+        return value
+    return parse
+
+
+def _writable_file(text: str) -> Path:
+    path = Path(text)
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write to {text}: {directory} is not a writable directory")
+    return path
+
+
+def _add_demo(subcommands) -> None:
+    from .demo import CONCURRENCY_MAX, REPLICAS_MAX, REPLICAS_MIN, REQUESTS_MAX
+    demo = subcommands.add_parser("demo", help="run a local cluster over loopback TCP and judge sample actions",
+                                  description="Run n replicas (one of them compromised) in one process and print "
+                                              "each verdict, a summary, and an offline certificate check.")
+    demo.add_argument("--requests", type=_bounded_int(1, REQUESTS_MAX), default=40, help="how many actions (40)")
+    demo.add_argument("--replicas", type=_bounded_int(REPLICAS_MIN, REPLICAS_MAX), default=5,
+                      help="cluster size (5: f = 1)")
+    demo.add_argument("--seed", type=_bounded_int(0, 2**63 - 1), default=0, help="seed of the action stream (0)")
+    demo.add_argument("--concurrency", type=_bounded_int(1, CONCURRENCY_MAX), default=4,
+                      help="requests in flight at once (4)")
+    demo.add_argument("--certificate", type=_writable_file, default=Path("demo-certificate.json"),
+                      help="where to write the last certificate (demo-certificate.json)")
+    demo.set_defaults(handler=_run_demo)
+
+
+def _run_demo(arguments: argparse.Namespace) -> int:
+    from .demo import run_demo
+    try:
+        summary = run_demo(arguments.requests, arguments.replicas, arguments.seed, arguments.concurrency,
+                           arguments.certificate)
+    except OSError as error:
+        raise UsageError(f"bft demo: {error.strerror or error} ({error.filename or 'network'})") from None
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bft", description="Byzantine-fault-tolerant consensus on safety verdicts.")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_demo(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        arguments = parser.parse_args(argv)
+        if arguments.command is None:
+            raise UsageError("bft: choose a command (try: bft demo, or bft --help)")
+        return arguments.handler(arguments)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exit_request:  # --help and --version end here.
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
+    except KeyboardInterrupt:
+        print("bft: interrupted", file=sys.stderr)
+        return 130

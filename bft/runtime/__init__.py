@@ -1,0 +1,20 @@
+"""The trio runtime: framing, authenticated TCP transport, replica nodes and the async client.
+
+This is the only package that performs I/O or reads a clock.  It drives the
+sans-IO core in ``bft.core`` and never makes protocol decisions of its own.
+"""
+
+from ._client import AsyncClient, Outcome, open_client
+from ._connection import Backoff, FramedConnection, SendQueue, TokenBucket
+from ._framing import HEADER_BYTES, FrameDecoder, encode_frame
+from ._handshake import Identity
+from ._local_cluster import LocalCluster, derive_keypair, open_local_cluster
+from ._node import ReplicaNode
+from ._options import NodeOptions, RuntimeClock, TransportLimits
+from ._transport import CONNECTION_ERRORS, Link
+
+__all__ = [
+    "AsyncClient", "Backoff", "CONNECTION_ERRORS", "FrameDecoder", "FramedConnection", "HEADER_BYTES", "Identity",
+    "Link", "LocalCluster", "NodeOptions", "Outcome", "ReplicaNode", "RuntimeClock", "SendQueue", "TokenBucket",
+    "TransportLimits", "derive_keypair", "encode_frame", "open_client", "open_local_cluster",
+]

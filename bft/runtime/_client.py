@@ -1,0 +1,190 @@
+"""The async client: sign a request, send it to every replica, wait for a verified certificate.
+
+The answer is ALLOW or DENY only with a ``VerdictCertificate`` that ``ClientCore``
+built from f+1 matching signed replies and verified in full.  Anything else
+(no quorum reachable, replicas down, a deadline that passes) is REFUSED with a
+reason, which callers must treat as DENY.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping
+
+import trio
+
+from ..core import (ClientCore, ClusterConfig, ConfigError, RemoteProtocolError, Reply, Request, Risk,
+                    VerdictCertificate, decode, encode)
+from ._framing import encode_frame
+from ._handshake import Identity
+from ._options import RuntimeClock, TransportLimits
+from ._transport import Address, Link
+
+logger = logging.getLogger("bft.runtime")
+
+STATUSES = ("ALLOW", "DENY", "REFUSED")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one submission came to.  ``certificate`` is present exactly when status is ALLOW or DENY."""
+
+    status: str
+    reason: str
+    certificate: VerdictCertificate | None
+    latency_ms: float
+    request: Request
+
+    def __post_init__(self) -> None:
+        assert self.status in STATUSES, self.status
+        assert (self.certificate is None) == (self.status == "REFUSED"), "a verdict needs its certificate"
+        assert self.certificate is None or (self.certificate.decision.value == self.status
+                                            and self.certificate.request == self.request)
+
+    @property
+    def request_number(self) -> int:
+        return self.request.request_number
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == "ALLOW"
+
+
+@dataclass(eq=False)
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    certificate: VerdictCertificate | None = None
+
+
+class AsyncClient:
+    """A trio client of one cluster.  Use ``open_client``; ``submit`` may be called from many tasks."""
+
+    def __init__(self, config: ClusterConfig, client_id: str, seed: bytes, addresses: Mapping[int, Address], *,
+                 clock: RuntimeClock | None = None, limits: TransportLimits | None = None,
+                 timeout_ms: int = 5000, max_outstanding: int = 16, reply_grace_ms: int = 200) -> None:
+        self.limits = limits or TransportLimits()
+        problem = self.limits.problem()
+        if problem:
+            raise ConfigError(problem)
+        if not 1 <= max_outstanding <= max(1, config.limits.client_window // 2):
+            raise ConfigError("max_outstanding must be in [1, client_window / 2] so replies stay in the replicas' window")
+        if timeout_ms < 1 or reply_grace_ms < 0:
+            raise ConfigError("timeout_ms must be positive and reply_grace_ms non-negative")
+        assert set(addresses) == set(range(config.replica_count)), "every replica needs an address"
+        self.config = config
+        self.client_id = client_id
+        self.clock = clock or RuntimeClock()
+        self.timeout_ms = timeout_ms
+        self.reply_grace_ms = reply_grace_ms
+        self.counters: Counter[str] = Counter()
+        self._core = ClientCore(config, client_id, seed)
+        own = Identity("client", client_id)
+        self.links = [Link(config, own, seed, replica_id, addresses[replica_id], self.limits, self.counters,
+                           on_payload=self._payload_handler(replica_id), on_connect=self._resend_outstanding)
+                      for replica_id in range(config.replica_count)]
+        self._waiters: dict[int, _Waiter] = {}
+        self._slots = trio.Semaphore(max_outstanding)
+        self._running = False
+
+    @property
+    def replicas_connected(self) -> int:
+        return sum(1 for link in self.links if link.connected)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for link in self.links:
+                nursery.start_soon(link.run)
+            self._running = True
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._running = False
+
+    async def wait_connected(self, replica_count: int | None = None, timeout_s: float = 10.0) -> bool:
+        """Wait until ``replica_count`` replicas (default: all) are connected; False on timeout."""
+        wanted = self.config.replica_count if replica_count is None else replica_count
+        with trio.move_on_after(timeout_s):
+            while self.replicas_connected < wanted:
+                await trio.sleep(0.005)
+            return True
+        return False
+
+    async def submit(self, action: Mapping[str, Any] | str, risk: Risk = Risk.LOW, *,
+                     timeout_ms: int | None = None) -> Outcome:
+        """Ask the cluster for a verdict on ``action``; REFUSED if none is certified before the deadline."""
+        assert self._running, "submit needs a running client (use open_client)"
+        chosen_timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+        if chosen_timeout_ms < 1:
+            raise ValueError("timeout_ms must be positive")
+        async with self._slots:
+            return await self._submit(action, risk, chosen_timeout_ms)
+
+    async def _submit(self, action: Mapping[str, Any] | str, risk: Risk, timeout_ms: int) -> Outcome:
+        started_s = trio.current_time()
+        now_ms = self.clock.now_ms()
+        self._core.expire(now_ms)  # Forget requests abandoned by cancelled callers, whose deadlines passed.
+        deadline_ms = now_ms + timeout_ms
+        request = self._core.new_request(action, risk, deadline_ms)
+        waiter = self._waiters[request.request_number] = _Waiter()
+        frame = encode_frame(encode(request), self.limits.max_frame_bytes)
+        for link in self.links:
+            link.send(frame)
+        try:
+            with trio.move_on_at(self.clock.trio_time_at(deadline_ms + self.reply_grace_ms + 1)):
+                await waiter.event.wait()
+        finally:
+            del self._waiters[request.request_number]
+        latency_ms = (trio.current_time() - started_s) * 1000
+        certificate = waiter.certificate
+        if certificate is None:
+            self._core.expire(self.clock.now_ms())
+            self.counters["refused"] += 1
+            reason = (f"no verdict certificate within {timeout_ms} ms "
+                      f"({self.replicas_connected} of {self.config.replica_count} replicas connected)")
+            return Outcome("REFUSED", reason, None, latency_ms, request)
+        return Outcome(certificate.decision.value, certificate.reason, certificate, latency_ms, request)
+
+    def _payload_handler(self, replica_id: int):
+        async def on_payload(payload: bytes) -> None:
+            self._on_reply(replica_id, payload)
+        return on_payload
+
+    def _on_reply(self, replica_id: int, payload: bytes) -> None:
+        peer = f"replica {replica_id}"
+        try:
+            message = decode(payload, min(self.limits.max_frame_bytes, self.config.limits.max_message_bytes))
+        except RemoteProtocolError as error:
+            raise error.from_sender(peer) from None
+        if not isinstance(message, Reply) or message.replica_id != replica_id:
+            raise RemoteProtocolError("unexpected-message", "a replica may only send its own replies", peer)
+        certificate = self._core.on_reply(message)
+        if certificate is None:
+            return
+        waiter = self._waiters.get(certificate.request.request_number)
+        if waiter is not None:
+            waiter.certificate = certificate
+            waiter.event.set()
+
+    def _resend_outstanding(self, link: Link) -> None:
+        """On every (re)connection, send the requests still waiting: the connection that carried
+        them may have died with them.  Replicas answer a repeat from their reply cache."""
+        link.queue.clear()
+        for request in self._core.outstanding:
+            link.send(encode_frame(encode(request), self.limits.max_frame_bytes))
+
+
+@asynccontextmanager
+async def open_client(config: ClusterConfig, client_id: str, seed: bytes, addresses: Mapping[int, Address],
+                      **options: Any) -> AsyncIterator[AsyncClient]:
+    """A running ``AsyncClient``, stopped when the block exits."""
+    client = AsyncClient(config, client_id, seed, addresses, **options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,214 @@
+"""One framed connection with its limits, a bounded send queue, and reconnect backoff.
+
+``FramedConnection.receive`` enforces, per connection: the frame size (via the
+decoder), a deadline for finishing a frame once it has started (slowloris), an
+idle deadline, and token-bucket rates of frames and bytes (floods).  Any
+violation is a ``RemoteProtocolError``: the caller logs it and drops the
+connection, and nothing it carried reaches the core.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import trio
+
+from ..core import RemoteProtocolError
+from ._framing import FrameDecoder, encode_frame
+from ._options import TransportLimits
+
+KEEPALIVE = b""
+
+
+class TokenBucket:
+    """A rate limit: ``rate`` units per second with bursts up to ``capacity``."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        assert rate > 0 and capacity > 0
+        self._rate = rate
+        self._capacity = capacity
+        self._tokens = capacity
+        self._updated_s: float | None = None
+
+    def take(self, amount: float, now_s: float) -> bool:
+        """Spend ``amount`` tokens if available; False means the sender is over its rate."""
+        if self._updated_s is not None:
+            self._tokens = min(self._capacity, self._tokens + (now_s - self._updated_s) * self._rate)
+        self._updated_s = now_s
+        if amount > self._tokens:
+            return False
+        self._tokens -= amount
+        assert 0 <= self._tokens <= self._capacity
+        return True
+
+
+class SendQueue:
+    """A bounded FIFO of encoded frames; when full it drops (oldest or newest) and counts.
+
+    A slow or dead peer can therefore cost at most ``frames_max`` frames and
+    ``bytes_max`` bytes of memory, never more.
+    """
+
+    def __init__(self, frames_max: int, bytes_max: int, policy: str = "drop-oldest") -> None:
+        assert frames_max >= 1 and bytes_max >= 1 and policy in ("drop-oldest", "drop-newest")
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._frames_max = frames_max
+        self._bytes_max = bytes_max
+        self._policy = policy
+        self._bytes = 0
+        self._lot = trio.lowlevel.ParkingLot()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def put(self, frame: bytes) -> bool:
+        """Queue ``frame``; False if a frame (this one or an older one) had to be dropped."""
+        assert len(frame) <= self._bytes_max, "a frame larger than the whole queue can never be sent"
+        kept_everything = True
+        while len(self._frames) >= self._frames_max or self._bytes + len(frame) > self._bytes_max:
+            self.dropped += 1
+            kept_everything = False
+            if self._policy == "drop-newest":
+                return False
+            self._bytes -= len(self._frames.popleft())
+        self._frames.append(frame)
+        self._bytes += len(frame)
+        assert len(self._frames) <= self._frames_max and self._bytes <= self._bytes_max
+        self._lot.unpark_all()
+        return kept_everything
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._bytes = 0
+
+    async def get_batch(self, timeout_s: float, bytes_max: int) -> list[bytes]:
+        """The oldest frames, at least one and else up to ``bytes_max`` bytes, waiting up to
+        ``timeout_s`` for the first; an empty list if none arrived in time.  Taking what has
+        piled up in one go lets the writer send it with one system call."""
+        assert bytes_max >= 1
+        if not self._frames:
+            with trio.move_on_after(timeout_s):
+                while not self._frames:
+                    await self._lot.park()
+        batch: list[bytes] = []
+        taken = 0
+        while self._frames and (not batch or taken + len(self._frames[0]) <= bytes_max):
+            frame = self._frames.popleft()
+            batch.append(frame)
+            taken += len(frame)
+        self._bytes -= taken
+        assert self._bytes >= 0 and len(batch) <= len(self._frames) + len(batch)
+        return batch
+
+
+class Backoff:
+    """Exponential reconnect delays with full jitter, capped: never a tight loop, never a long stall."""
+
+    def __init__(self, delay_s_min: float, delay_s_max: float, rng: random.Random | None = None) -> None:
+        assert 0 < delay_s_min <= delay_s_max
+        self._min = delay_s_min
+        self._max = delay_s_max
+        self._rng = rng or random.Random()
+        self.failures = 0
+
+    def next_delay_s(self) -> float:
+        ceiling = min(self._max, self._min * 2 ** min(self.failures, 32))
+        self.failures += 1
+        delay = self._min + self._rng.random() * (ceiling - self._min)
+        assert self._min <= delay <= self._max
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class FramedConnection:
+    """A byte stream carrying frames, with every per-connection receive limit applied."""
+
+    def __init__(self, stream: trio.abc.Stream, limits: TransportLimits, peer: str) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.peer = peer
+        self._decoder = FrameDecoder(limits.max_frame_bytes)
+        self._frame_budget = TokenBucket(limits.receive_frames_per_s, limits.receive_frames_per_s)
+        self._byte_budget = TokenBucket(limits.receive_bytes_per_s, limits.receive_bytes_per_s)
+        self._sending = False
+        self._frame_started_s: float | None = None
+        self.frames_received = 0
+        self.bytes_received = 0
+
+    def set_frame_limit(self, max_frame_bytes: int) -> None:
+        """Tighten the frame size while the handshake runs, restore it afterwards."""
+        assert 0 < max_frame_bytes <= self.limits.max_frame_bytes
+        self._decoder.max_frame_bytes = max_frame_bytes
+
+    async def send(self, payload: bytes) -> None:
+        frame = encode_frame(payload, self.limits.max_frame_bytes)
+        await self.send_frame(frame)
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Write encoded frames; a peer that does not drain them in time is cut off.
+
+        One task sends on a connection at a time (the handshake, then the writer),
+        which is asserted rather than locked."""
+        assert not self._sending, "two tasks are sending on one connection"
+        self._sending = True
+        try:
+            with trio.fail_after(self.limits.send_timeout_s):
+                await self.stream.send_all(frame)
+        finally:
+            self._sending = False
+
+    async def receive(self) -> bytes | None:
+        """The next payload (``KEEPALIVE`` for an empty frame), or None when the peer closed cleanly."""
+        while True:
+            payload = self._decoder.next_frame()
+            if payload is not None:
+                return self._admit(payload)
+            data = await self._receive_chunk()
+            if not data:
+                self._decoder.end_of_stream()
+                return None
+            if not self._byte_budget.take(len(data), trio.current_time()):
+                raise RemoteProtocolError("flood", f"more than {self.limits.receive_bytes_per_s:.0f} bytes/s",
+                                          self.peer)
+            self.bytes_received += len(data)
+            self._decoder.receive_data(data)
+
+    async def _receive_chunk(self) -> bytes:
+        """Wait for bytes: up to the idle timeout between frames, and only until the frame's
+        own deadline inside one (the deadline does not restart per chunk, or a sender trickling
+        one byte at a time would hold the connection forever)."""
+        now_s = trio.current_time()
+        if not self._decoder.in_frame:
+            self._frame_started_s = None
+            deadline_s = now_s + self.limits.idle_timeout_s
+        else:
+            if self._frame_started_s is None:
+                self._frame_started_s = now_s
+            deadline_s = self._frame_started_s + self.limits.frame_timeout_s
+        with trio.move_on_at(deadline_s):
+            return await self.stream.receive_some(self.limits.receive_chunk_bytes)
+        if self._frame_started_s is not None:
+            raise RemoteProtocolError("slow-frame", f"a frame took longer than {self.limits.frame_timeout_s} s "
+                                      "to arrive", self.peer)
+        raise RemoteProtocolError("idle", f"nothing received for {self.limits.idle_timeout_s} s", self.peer)
+
+    def _admit(self, payload: bytes) -> bytes:
+        self._frame_started_s = None
+        if not self._frame_budget.take(1, trio.current_time()):
+            raise RemoteProtocolError("flood", f"more than {self.limits.receive_frames_per_s:.0f} frames/s",
+                                      self.peer)
+        self.frames_received += 1
+        return payload
+
+    async def aclose(self) -> None:
+        """Close without waiting on the peer; safe to call twice and from a cancelled scope."""
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)

@@ -1,0 +1,85 @@
+"""A whole cluster in one process: n replica nodes on free 127.0.0.1 ports, in one nursery.
+
+Used by ``bft demo`` and the runtime tests.  Listeners are bound (port 0) before
+any node starts, so every node knows every address up front and no port can
+be taken by someone else between choosing and binding it.  Keys are derived
+from ``key_seed`` so a run is reproducible; they are for local use only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncContextManager, AsyncIterator, Sequence
+
+import trio
+
+from ..core import ClusterConfig, KeyPair, Limits, VerdictRule, Risk
+from ..policy import Policy
+from ._client import AsyncClient, open_client
+from ._node import ReplicaNode
+from ._options import NodeOptions, RuntimeClock
+from ._transport import Address
+
+LOOPBACK = "127.0.0.1"
+
+
+def derive_keypair(key_seed: int, name: str) -> KeyPair:
+    """A reproducible key for local clusters and tests; never use it for a real deployment."""
+    return KeyPair.from_seed(hashlib.sha256(f"bft-local-key/{key_seed}/{name}".encode()).digest())
+
+
+@dataclass
+class LocalCluster:
+    config: ClusterConfig
+    addresses: dict[int, Address]
+    nodes: list[ReplicaNode]
+    client_keys: dict[str, KeyPair]
+    clock: RuntimeClock
+    options: NodeOptions
+
+    def open_client(self, client_id: str = "client-0", **options: Any) -> AsyncContextManager[AsyncClient]:
+        options.setdefault("clock", self.clock)
+        options.setdefault("limits", self.options.transport)
+        return open_client(self.config, client_id, self.client_keys[client_id].seed, self.addresses, **options)
+
+    async def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every replica's link to every other replica is up; False on timeout."""
+        wanted = len(self.nodes) - 1
+        with trio.move_on_after(timeout_s):
+            while any(node.peers_connected < wanted for node in self.nodes):
+                await trio.sleep(0.005)
+            return True
+        return False
+
+
+@asynccontextmanager
+async def open_local_cluster(policies: Sequence[Policy], *, client_ids: Sequence[str] = ("client-0",),
+                             cluster_id: str = "local", key_seed: int = 0, options: NodeOptions | None = None,
+                             limits: Limits | None = None, rules: dict[Risk, VerdictRule] | None = None,
+                             extra_client_keys: dict[str, bytes] | None = None) -> AsyncIterator[LocalCluster]:
+    """Start one replica per policy and yield the running cluster; stop them all on exit.
+
+    ``extra_client_keys`` adds configured public keys whose private halves the
+    caller holds (tests use it to connect as a known client with its own key).
+    """
+    options = (options or NodeOptions()).check()
+    replica_keys = [derive_keypair(key_seed, f"replica-{i}") for i in range(len(policies))]
+    client_keys = {client_id: derive_keypair(key_seed, client_id) for client_id in client_ids}
+    public_client_keys = {name: key.public_key for name, key in client_keys.items()}
+    public_client_keys.update(extra_client_keys or {})
+    config = ClusterConfig.create(cluster_id, tuple(k.public_key for k in replica_keys), public_client_keys,
+                                  rules=rules, limits=limits)
+    listeners = [(await trio.open_tcp_listeners(0, host=LOOPBACK))[0] for _ in policies]
+    addresses = {i: (LOOPBACK, listener.socket.getsockname()[1]) for i, listener in enumerate(listeners)}
+    clock = RuntimeClock()
+    nodes = [ReplicaNode(config, i, replica_keys[i].seed, policy, addresses, options=options, clock=clock)
+             for i, policy in enumerate(policies)]
+    async with trio.open_nursery() as nursery:
+        for node, listener in zip(nodes, listeners):
+            await nursery.start(node.run, listener)
+        try:
+            yield LocalCluster(config, addresses, nodes, client_keys, clock, options)
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,179 @@
+"""TCP transport: outgoing self-healing links, the accept loop, and the two pumps of a connection.
+
+An outgoing ``Link`` is owned by its sender: it connects to one replica,
+authenticates both ways, then drains its bounded send queue into the socket.
+When the connection fails it reconnects after a jittered, capped exponential
+delay; whatever is queued meanwhile waits in the bounded queue (oldest dropped
+first by default), so a dead peer costs bounded memory and never blocks the
+sender.  Errors caused by the other side are logged and end the connection;
+they never escape into the caller's nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Awaitable, Callable
+
+import trio
+
+from ..core import ClusterConfig, RemoteProtocolError
+from . import _handshake
+from ._connection import KEEPALIVE, Backoff, FramedConnection, SendQueue
+from ._framing import encode_frame
+from ._handshake import Identity
+from ._options import TransportLimits
+
+logger = logging.getLogger("bft.runtime")
+
+# Everything the other side of a connection (or the network) can cause.  Any
+# other exception is a bug on our side and is allowed to crash loudly.
+CONNECTION_ERRORS = (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
+                     trio.TooSlowError, OSError)
+
+Address = tuple[str, int]
+PayloadHandler = Callable[[bytes], Awaitable[None]]
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except (AttributeError, OSError):
+        return "unknown peer"
+    return f"{host}:{port}"
+
+
+def new_send_queue(limits: TransportLimits) -> SendQueue:
+    return SendQueue(limits.send_queue_frames, limits.send_queue_bytes, limits.send_queue_policy)
+
+
+async def write_loop(connection: FramedConnection, queue: SendQueue) -> None:
+    """Send queued frames; when there is nothing to send for a while, send a keep-alive."""
+    keepalive_s = connection.limits.idle_timeout_s / 3
+    keepalive = encode_frame(KEEPALIVE, connection.limits.max_frame_bytes)
+    while True:
+        frames = await queue.get_batch(keepalive_s, connection.limits.receive_chunk_bytes)
+        await connection.send_frame(b"".join(frames) if frames else keepalive)
+
+
+async def read_loop(connection: FramedConnection, on_payload: PayloadHandler | None) -> None:
+    """Hand each received payload to ``on_payload``; return when the peer closes cleanly."""
+    while True:
+        payload = await connection.receive()
+        if payload is None:
+            return
+        if payload == KEEPALIVE:
+            continue
+        if on_payload is None:
+            raise RemoteProtocolError("unexpected-frame", "this side of the link does not accept messages",
+                                      connection.peer)
+        await on_payload(payload)
+
+
+async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payload: PayloadHandler | None) -> None:
+    """Pump both directions until either ends; re-raise the first connection error, unwrapped."""
+    failures: list[BaseException] = []
+
+    async def guarded(pump, *arguments) -> None:
+        try:
+            await pump(*arguments)
+        except CONNECTION_ERRORS as error:
+            failures.append(error)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guarded, write_loop, connection, queue)
+        nursery.start_soon(guarded, read_loop, connection, on_payload)
+    if failures:
+        raise failures[0]
+
+
+class Link:
+    """An outgoing, authenticated, reconnecting connection to one replica."""
+
+    def __init__(self, config: ClusterConfig, own: Identity, seed: bytes, target_id: int, address: Address,
+                 limits: TransportLimits, counters: Counter, *, on_payload: PayloadHandler | None = None,
+                 on_connect: Callable[["Link"], None] | None = None) -> None:
+        assert 0 <= target_id < config.replica_count
+        self.config = config
+        self.own = own
+        self.target = Identity("replica", target_id)
+        self.address = address
+        self.limits = limits
+        self.counters = counters
+        self.queue = new_send_queue(limits)
+        self.connected = False
+        self.connections = 0
+        self._seed = seed
+        self._on_payload = on_payload
+        self._on_connect = on_connect
+
+    def send(self, frame: bytes) -> None:
+        if not self.queue.put(frame):
+            self.counters["send-dropped"] += 1
+
+    async def run(self) -> None:
+        """Stay connected until cancelled; the delay between attempts is capped, so the loop never spins."""
+        backoff = Backoff(self.limits.reconnect_delay_s_min, self.limits.reconnect_delay_s_max)
+        while True:
+            try:
+                await self._connect_and_serve(backoff)
+            except CONNECTION_ERRORS as error:
+                self._log_failure(error)
+            await trio.sleep(backoff.next_delay_s())
+
+    async def _connect_and_serve(self, backoff: Backoff) -> None:
+        with trio.fail_after(self.limits.connect_timeout_s):
+            stream = await trio.open_tcp_stream(*self.address)
+        connection = FramedConnection(stream, self.limits, str(self.target))
+        try:
+            with trio.fail_after(self.limits.handshake_timeout_s):
+                await _handshake.initiate(connection, self.config, self.own, self._seed, self.target)
+            backoff.reset()
+            self.connected = True
+            self.connections += 1
+            if self._on_connect is not None:
+                self._on_connect(self)
+            await run_duplex(connection, self.queue, self._on_payload)
+            logger.info("%s: %s closed the connection", self.own, self.target)
+        finally:
+            self.connected = False
+            await connection.aclose()
+
+    def _log_failure(self, error: BaseException) -> None:
+        if isinstance(error, RemoteProtocolError):
+            self.counters[f"link-error:{error.reason}"] += 1
+            logger.warning("%s: link to %s dropped: %s", self.own, self.target, error)
+        elif self.connected or isinstance(error, trio.TooSlowError):
+            self.counters["link-error:network"] += 1
+            logger.info("%s: link to %s failed: %s", self.own, self.target, str(error) or type(error).__name__)
+        else:
+            self.counters["link-error:connect"] += 1  # The peer is not up yet; expected at start-up.
+
+
+async def accept_loop(listener: trio.SocketListener, handler: Callable[[trio.SocketStream], Awaitable[None]],
+                      limits: TransportLimits, counters: Counter, nursery: trio.Nursery) -> None:
+    """Accept connections into ``nursery``, refusing those beyond ``max_connections``."""
+    active = [0]
+
+    async def tracked(stream: trio.SocketStream) -> None:
+        try:
+            await handler(stream)
+        finally:
+            active[0] -= 1
+
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as error:  # Out of file descriptors and the like: wait instead of spinning.
+            logger.warning("accept failed: %s", error)
+            await trio.sleep(0.1)
+            continue
+        if active[0] >= limits.max_connections:
+            counters["connection-refused:too-many"] += 1
+            logger.warning("refused a connection from %s: %d connections open", peer_name(stream), active[0])
+            await trio.aclose_forcefully(stream)
+            continue
+        active[0] += 1
+        assert active[0] <= limits.max_connections
+        nursery.start_soon(tracked, stream)

@@ -1,0 +1,221 @@
+"""Named, composable Byzantine behaviours for ``SimCluster``.
+
+Two kinds exist, matching the two places a replica can lie:
+
+- Policies (``ApproveEverything``, ``DenyEverything``) make a replica's *opinion*
+  wrong while its protocol core stays correct.
+- Interceptors stand in for the replica's network card: ``SimCluster`` passes
+  every message the replica sends, with its destination and the replica's own
+  ``Signer``, and sends whatever the interceptor returns.  A Byzantine replica
+  holds its own private key, so re-signed lies are in scope; other replicas'
+  keys are not, which is why forged messages carry random signatures.
+
+Every interceptor returns schema-valid messages (the simulator re-encodes and
+decodes them), keeps its state bounded, and draws randomness only from the seed
+it is built with, so a run stays reproducible.  ``compose`` chains them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import deque
+from typing import Callable, Collection
+
+from ..core import (Batch, Checkpoint, Commit, Decision, Message, PrePrepare, Prepare, Reply, Signer, Vote,
+                    max_faulty, quorum_size)
+from ..policy import PolicyDecision
+from ._sim import Interceptor
+
+MAX_REPLAY_HISTORY = 64
+
+
+# ----------------------------------------------------------------------------- lying policies
+
+
+class ApproveEverything:
+    """A policy that says ALLOW to anything: a compromised or careless replica."""
+
+    name = "approve-everything"
+
+    def evaluate(self, action, context) -> PolicyDecision:
+        return PolicyDecision.allow("approve-everything")
+
+
+class DenyEverything:
+    """A policy that says DENY to anything: the most cautious (or a sabotaging) replica."""
+
+    name = "deny-everything"
+
+    def evaluate(self, action, context) -> PolicyDecision:
+        return PolicyDecision.deny("deny-everything")
+
+
+# ----------------------------------------------------------------------------- interceptors
+
+
+def honest() -> Interceptor:
+    """Sends every message unchanged; the identity for ``compose``."""
+    return lambda destination, message, signer: [message]
+
+
+def silent() -> Interceptor:
+    """Drops everything the replica sends: a crashed or muted replica that keeps its state."""
+    return lambda destination, message, signer: []
+
+
+def lying_votes(decision: Decision = Decision.ALLOW) -> Interceptor:
+    """Re-signs every outgoing vote with ``decision``, whatever the replica's policy concluded."""
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if isinstance(message, Vote) and message.decision is not decision:
+            return [signer.sign(dataclasses.replace(message, decision=decision, reason="lying vote"))]
+        return [message]
+
+    return intercept
+
+
+def lying_replies(decision: Decision = Decision.ALLOW) -> Interceptor:
+    """Re-signs every reply to a client with ``decision``: one replica claiming a verdict on its own."""
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if isinstance(message, Reply) and message.decision is not decision:
+            return [signer.sign(dataclasses.replace(message, decision=decision, reason="lying reply"))]
+        return [message]
+
+    return intercept
+
+
+def forged_signatures(seed: int, probability: float = 1.0) -> Interceptor:
+    """Replaces the signature of a message with random bytes, with ``probability`` per message."""
+    assert 0.0 <= probability <= 1.0
+    chooser = random.Random(seed)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if chooser.random() >= probability:
+            return [message]
+        return [dataclasses.replace(message, signature=chooser.randbytes(len(message.signature)))]
+
+    return intercept
+
+
+def _mangle(message: Message, chooser: random.Random) -> Message:
+    """The same message with one meaningful field changed and the old signature kept."""
+    if isinstance(message, Vote):
+        flipped = Decision.DENY if message.decision is Decision.ALLOW else Decision.ALLOW
+        return dataclasses.replace(message, decision=flipped)
+    if isinstance(message, (Prepare, Commit)):
+        if chooser.random() < 0.5:
+            return dataclasses.replace(message, seq=message.seq + 1)
+        return dataclasses.replace(message, batch_digest=bytes(reversed(message.batch_digest)))
+    if isinstance(message, PrePrepare):
+        batch = dataclasses.replace(message.batch, timestamp_ms=message.batch.timestamp_ms + 1)
+        return dataclasses.replace(message, batch=batch)
+    if isinstance(message, Reply):
+        return dataclasses.replace(message, decision=Decision.ALLOW, reason="mangled")
+    if isinstance(message, Checkpoint):
+        return dataclasses.replace(message, state_digest=bytes(reversed(message.state_digest)))
+    return dataclasses.replace(message, replica_id=message.replica_id ^ 1) if hasattr(message, "replica_id") \
+        else message
+
+
+def mangled_messages(seed: int, probability: float = 1.0) -> Interceptor:
+    """Changes one field of a message but keeps the signature made for the original."""
+    assert 0.0 <= probability <= 1.0
+    chooser = random.Random(seed)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        return [_mangle(message, chooser) if chooser.random() < probability else message]
+
+    return intercept
+
+
+def _other_batch(batch: Batch) -> Batch:
+    """A different but well-formed batch: entries reversed if there are several, else a later timestamp."""
+    if len(batch.entries) >= 2:
+        return dataclasses.replace(batch, entries=tuple(reversed(batch.entries)))
+    return dataclasses.replace(batch, timestamp_ms=batch.timestamp_ms + 1)
+
+
+def equivocating_primary(targets: Collection[int]) -> Interceptor:
+    """As primary, sends the replicas in ``targets`` a different (re-signed) batch for the same seq."""
+    chosen = frozenset(targets)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if isinstance(message, PrePrepare) and destination in chosen:
+            return [signer.sign(dataclasses.replace(message, batch=_other_batch(message.batch)))]
+        return [message]
+
+    return intercept
+
+
+def veto_dropping_primary(quorum: int) -> Interceptor:
+    """As primary, removes DENY votes from every batch entry while more than ``quorum`` votes remain.
+
+    This is the strongest legal-looking vote selection: the result is still a
+    quorum of validly signed votes, which correct replicas must accept.
+    """
+    assert quorum >= 1
+
+    def without_denials(votes: tuple[Vote, ...]) -> tuple[Vote, ...]:
+        kept = list(votes)
+        for vote in [vote for vote in votes if vote.decision is Decision.DENY][:max(0, len(votes) - quorum)]:
+            kept.remove(vote)
+        assert len(kept) >= min(quorum, len(votes))
+        return tuple(kept)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if not isinstance(message, PrePrepare):
+            return [message]
+        entries = tuple(dataclasses.replace(entry, votes=without_denials(entry.votes)) for entry in message.batch.entries)
+        if entries == message.batch.entries:
+            return [message]
+        return [signer.sign(dataclasses.replace(message, batch=dataclasses.replace(message.batch, entries=entries)))]
+
+    return intercept
+
+
+def replaying(seed: int, probability: float = 0.3, history_max: int = MAX_REPLAY_HISTORY) -> Interceptor:
+    """Sends each message, and with ``probability`` also an earlier message to the same kind of endpoint."""
+    assert 0.0 <= probability <= 1.0 and history_max >= 1
+    chooser = random.Random(seed)
+    to_replicas: deque[Message] = deque(maxlen=history_max)
+    to_clients: deque[Message] = deque(maxlen=history_max)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        history = to_clients if isinstance(destination, str) else to_replicas
+        sent = [message]
+        if history and chooser.random() < probability:
+            sent.append(history[chooser.randrange(len(history))])
+        history.append(message)
+        return sent
+
+    return intercept
+
+
+def compose(*interceptors: Interceptor) -> Interceptor:
+    """Applies ``interceptors`` left to right; each one sees every message the previous one produced."""
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        messages = [message]
+        for stage in interceptors:
+            messages = [produced for current in messages for produced in stage(destination, current, signer)]
+        return messages
+
+    return intercept
+
+
+# A registry for randomized tests: name -> factory(seed, replica_count) -> interceptor.
+STRATEGIES: dict[str, Callable[[int, int], Interceptor]] = {
+    "silent": lambda seed, replica_count: silent(),
+    "lying-votes": lambda seed, replica_count: lying_votes(),
+    "lying-replies": lambda seed, replica_count: lying_replies(),
+    "forged-signatures": lambda seed, replica_count: forged_signatures(seed, 0.5),
+    "mangled-messages": lambda seed, replica_count: mangled_messages(seed, 0.5),
+    "equivocating-primary": lambda seed, replica_count: equivocating_primary(
+        random.Random(seed).sample(range(replica_count), replica_count // 2)),
+    "veto-dropping-primary": lambda seed, replica_count: veto_dropping_primary(
+        quorum_size(replica_count, max_faulty(replica_count))),
+    "replaying": lambda seed, replica_count: replaying(seed),
+    "lying-replaying": lambda seed, replica_count: compose(lying_votes(), lying_replies(), replaying(seed)),
+}

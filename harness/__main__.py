@@ -1,0 +1,122 @@
+"""``python -m harness sim``: one reproducible simulated run, or a swarm of them.
+
+Exit status: 0 when every run is valid and live; 1 when any run is invalid
+(a safety check failed); 3 when none is invalid but a checker gave up
+(unknown); 2 when every run is safe but some liveness phase stalled (unless
+``--liveness report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from ._linearizability import Validity
+from ._swarm import LIVENESS_POLICY, RunResult, SwarmSummary, run_simulation, run_swarm, settings_for_seed
+
+EXIT_INVALID, EXIT_STALLED, EXIT_UNKNOWN = 1, 2, 3
+SEEDS_MAX = 1_000_000
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    sim = commands.add_parser("sim", help="deterministic simulation runs")
+    which = sim.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seed", type=int, help="run this one seed")
+    which.add_argument("--seeds", type=int, help="run a swarm of this many seeds")
+    sim.add_argument("--first-seed", type=int, default=0, help="the swarm's first seed (default 0)")
+    sim.add_argument("--replicas", type=int, choices=(4, 5, 7, 10), help="fix the cluster size")
+    sim.add_argument("--requests", type=int, help="fix the number of safety-phase requests")
+    sim.add_argument("--out", type=Path, help="write history.jsonl, results.json, report.html here "
+                                              "(for a swarm: one directory per failing run)")
+    sim.add_argument("--liveness", choices=("require", "report"), default="require",
+                     help="whether a stalled liveness phase makes the exit status non-zero")
+    return root
+
+
+def describe_run(result: RunResult, out: TextIO) -> None:
+    settings = result.settings
+    print(f"seed {settings.seed}: {result.validity.value.upper()}, liveness {result.liveness.status}  "
+          f"({settings.replica_count} replicas, {len(result.history.operations())} operations, "
+          f"faults: {', '.join(settings.fault_kinds) or 'none'})", file=out)
+    for name, check in result.checks.items():
+        print(f"  {check.validity.value:8} {name}: {check.summary}", file=out)
+        for line in check.details if check.validity is not Validity.VALID else []:
+            print(f"             {line}", file=out)
+    liveness = result.liveness
+    print(f"  liveness: {liveness.finalized} of {liveness.submitted} requests finalized within "
+          f"{liveness.bound_ms} ms after healing ({LIVENESS_POLICY})", file=out)
+    for line in liveness.notes + ([f"stalled: {', '.join(liveness.stalled)}"] if liveness.stalled else []) \
+            + liveness.diagnosis:
+        print(f"    {line}", file=out)
+    print("  fault timeline (ms since start):", file=out)
+    for event in result.faults:
+        print(f"    {event.describe()}", file=out)
+    if result.validity is not Validity.VALID or liveness.status != "ok":
+        print(f"  reproduce with: {settings.reproduce_command()}", file=out)
+
+
+def describe_swarm(summary: SwarmSummary, out: TextIO) -> None:
+    results = summary.results
+    rate = len(results) / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
+    print(f"\n{len(results)} runs in {summary.wall_seconds:.1f} s ({rate:.2f} runs/s)", file=out)
+    for validity in Validity:
+        print(f"  {validity.value:8} {summary.count(lambda r: r.validity is validity)}", file=out)
+    print(f"  stalled  {summary.count(lambda r: r.liveness.status != 'ok')} (liveness, reported separately: "
+          f"{LIVENESS_POLICY})", file=out)
+    print("fault coverage (runs that exercised each fault):", file=out)
+    for name, count in summary.coverage().items():
+        print(f"  {name:32} {count}", file=out)
+    failing = [r for r in results if r.validity is not Validity.VALID or r.liveness.status != "ok"]
+    for result in failing:
+        problems = [name for name, check in result.checks.items() if check.validity is not Validity.VALID]
+        if result.liveness.status != "ok":
+            problems.append(f"liveness stalled ({', '.join(result.liveness.stalled[:5])})")
+        print(f"FAILED seed {result.settings.seed} [{result.validity.value}]: {'; '.join(problems)}", file=out)
+        print(f"  reproduce with: {result.settings.reproduce_command()}", file=out)
+
+
+def exit_status(results: list[RunResult], liveness_required: bool) -> int:
+    if any(r.validity is Validity.INVALID for r in results):
+        return EXIT_INVALID
+    if any(r.validity is Validity.UNKNOWN for r in results):
+        return EXIT_UNKNOWN
+    if liveness_required and any(r.liveness.status != "ok" for r in results):
+        return EXIT_STALLED
+    return 0
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    arguments = parser().parse_args(argv)
+    if arguments.requests is not None and not 0 <= arguments.requests <= 10_000:
+        parser().error("--requests must be in [0, 10000]")
+    liveness_required = arguments.liveness == "require"
+    if arguments.seed is not None:
+        result = run_simulation(settings_for_seed(arguments.seed, arguments.replicas, arguments.requests))
+        describe_run(result, out)
+        if arguments.out:
+            from ._report import write_report
+            print(f"report: {write_report(result, arguments.out)}", file=out)
+        return exit_status([result], liveness_required)
+    if not 1 <= arguments.seeds <= SEEDS_MAX:
+        parser().error(f"--seeds must be in [1, {SEEDS_MAX}]")
+    seeds = list(range(arguments.first_seed, arguments.first_seed + arguments.seeds))
+    summary = run_swarm(seeds, arguments.replicas, arguments.requests,
+                        on_result=_failure_writer(arguments.out, out) if arguments.out else None)
+    describe_swarm(summary, out)
+    return exit_status(summary.results, liveness_required)
+
+
+def _failure_writer(directory: Path, out: TextIO):
+    def write(result: RunResult) -> None:
+        if result.validity is not Validity.VALID or result.liveness.status != "ok":
+            from ._report import write_report
+            print(f"report: {write_report(result, directory / f'seed-{result.settings.seed}')}", file=out)
+    return write
+
+
+if __name__ == "__main__":
+    sys.exit(main())

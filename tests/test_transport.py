@@ -1,0 +1,335 @@
+"""The trio transport over real loopback TCP: the handshake admits exactly the configured keys, bad bytes (garbage, oversize, truncated, slow, flooding, undecodable) cost the sender its connection while the replica keeps serving, links reconnect, queues stay bounded, and a 4-replica cluster finalizes verdicts whose certificates verify offline."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+
+import pytest
+import trio
+
+from bft.core import ClusterConfig, Decision, KeyPair, Limits, RemoteProtocolError, Risk, Vote
+from bft.policies import ApproveEverything, CapabilityDenyList, ContextRules, PatternMatcher
+from bft.policy import PolicyDecision
+from bft.runtime import (Backoff, FramedConnection, Identity, NodeOptions, ReplicaNode, SendQueue, TransportLimits,
+                         derive_keypair, encode_frame, open_local_cluster)
+from bft.runtime import _handshake
+
+BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
+DANGEROUS = {"tool": "shell", "command": "rm -rf / --no-preserve-root", "cwd": "/"}
+CLIENTS = ("client-0", "client-1")
+
+
+def honest_policies() -> list:
+    return [CapabilityDenyList(), ContextRules(), PatternMatcher(), ApproveEverything()]
+
+
+async def raw_stream(cluster, replica_id: int = 0) -> trio.SocketStream:
+    return await trio.open_tcp_stream(*cluster.addresses[replica_id])
+
+
+async def authenticated(cluster, config: ClusterConfig, identity: Identity, seed: bytes,
+                        replica_id: int = 0) -> FramedConnection:
+    connection = FramedConnection(await raw_stream(cluster, replica_id), cluster.options.transport, "test")
+    await _handshake.initiate(connection, config, identity, seed, Identity("replica", replica_id))
+    return connection
+
+
+async def assert_closed_by_peer(stream: trio.SocketStream, timeout_s: float = 5.0) -> None:
+    """Read until the replica closes the connection (keep-alives may come first)."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+
+
+async def wait_for_counter(node: ReplicaNode, key: str, timeout_s: float = 5.0) -> None:
+    with trio.fail_after(timeout_s):
+        while node.counters[key] < 1:
+            await trio.sleep(0.01)
+
+
+async def assert_serves_a_client(cluster, client_id: str = "client-1") -> None:
+    async with cluster.open_client(client_id) as client:
+        outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=5000)
+    assert outcome.status == "ALLOW", outcome.reason
+    outcome.certificate.verify(cluster.config)
+
+
+# ---------------------------------------------------------------------------- handshake
+
+async def test_handshake_admits_configured_keys_and_refuses_unknown_ones():
+    with trio.fail_after(20):
+        async with open_local_cluster(honest_policies(), client_ids=CLIENTS) as cluster:
+            config, node = cluster.config, cluster.nodes[0]
+            good = await authenticated(cluster, config, Identity("client", "client-0"),
+                                       cluster.client_keys["client-0"].seed)
+            await good.aclose()
+
+            stranger = KeyPair.from_seed(bytes(range(32)))
+            with pytest.raises(RemoteProtocolError):  # A client whose key is not configured at all.
+                mallory_config = ClusterConfig.create(config.cluster_id, config.replica_keys,
+                                                      {"mallory": stranger.public_key})
+                await authenticated(cluster, mallory_config, Identity("client", "mallory"), stranger.seed)
+            await wait_for_counter(node, "connection-refused:unknown-identity")
+
+            with pytest.raises(RemoteProtocolError):  # A configured name with someone else's key.
+                await authenticated(cluster, config, Identity("client", "client-0"), stranger.seed)
+            await wait_for_counter(node, "connection-refused:bad-key")
+
+            node.counters.clear()
+            with pytest.raises(RemoteProtocolError):  # A replica impersonated without its key.
+                await authenticated(cluster, config, Identity("replica", 1), stranger.seed)
+            await wait_for_counter(node, "connection-refused:bad-key")
+
+            other_cluster = ClusterConfig.create("elsewhere", config.replica_keys, config.client_keys)
+            with pytest.raises(RemoteProtocolError):
+                await authenticated(cluster, other_cluster, Identity("client", "client-0"),
+                                    cluster.client_keys["client-0"].seed)
+            await wait_for_counter(node, "connection-refused:wrong-cluster")
+            await assert_serves_a_client(cluster)
+
+
+async def test_the_initiator_refuses_a_replica_that_is_not_the_one_it_dialled():
+    with trio.fail_after(20):
+        async with open_local_cluster(honest_policies(), client_ids=CLIENTS) as cluster:
+            connection = FramedConnection(await raw_stream(cluster, 0), cluster.options.transport, "test")
+            with pytest.raises(RemoteProtocolError) as raised:
+                await _handshake.initiate(connection, cluster.config, Identity("client", "client-0"),
+                                          cluster.client_keys["client-0"].seed, Identity("replica", 2))
+            assert raised.value.reason == "wrong-identity"
+            await connection.aclose()
+
+
+# ---------------------------------------------------------------------------- bad bytes
+
+FAST_LIMITS = TransportLimits(frame_timeout_s=0.3, handshake_timeout_s=0.6, receive_frames_per_s=200.0)
+
+
+async def send_garbage(cluster) -> trio.SocketStream:
+    stream = await raw_stream(cluster)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    return stream
+
+
+async def send_truncated_hello(cluster) -> trio.SocketStream:
+    stream = await raw_stream(cluster)
+    await stream.send_all(b"\x00\x00\x00\x40half a hello")
+    await stream.send_eof()
+    return stream
+
+
+async def send_slowly(cluster) -> trio.SocketStream:
+    stream = await raw_stream(cluster)
+    for byte in b"\x00\x00\x00\x20slowloris":  # Each byte well within the frame timeout, the frame never.
+        try:
+            await stream.send_all(bytes([byte]))
+        except trio.BrokenResourceError:
+            break  # The replica already hung up on us.
+        await trio.sleep(0.05)
+    return stream
+
+
+async def say_nothing(cluster) -> trio.SocketStream:
+    return await raw_stream(cluster)
+
+
+async def after_handshake(cluster, data: bytes, eof: bool = False) -> trio.SocketStream:
+    connection = await authenticated(cluster, cluster.config, Identity("client", "client-0"),
+                                     cluster.client_keys["client-0"].seed)
+    await connection.stream.send_all(data)
+    if eof:
+        await connection.stream.send_eof()
+    return connection.stream
+
+
+async def send_oversize_frame(cluster) -> trio.SocketStream:
+    return await after_handshake(cluster, (FAST_LIMITS.max_frame_bytes + 1).to_bytes(4, "big") + b"x" * 100)
+
+
+async def send_truncated_frame(cluster) -> trio.SocketStream:
+    return await after_handshake(cluster, b"\x00\x00\x01\x00" + b"y" * 10, eof=True)
+
+
+async def send_undecodable_message(cluster) -> trio.SocketStream:
+    return await after_handshake(cluster, encode_frame(b"\x93\x63\x02\x03", FAST_LIMITS.max_frame_bytes))
+
+
+async def flood(cluster) -> trio.SocketStream:
+    keepalive = encode_frame(b"", FAST_LIMITS.max_frame_bytes)
+    return await after_handshake(cluster, keepalive * 1000)
+
+
+@pytest.mark.parametrize("attack, counter", [
+    (send_garbage, "connection-refused:oversized-frame"),
+    (send_truncated_hello, "connection-refused:truncated-frame"),
+    (send_slowly, "connection-refused:slow-frame"),
+    (say_nothing, "connection-refused:timeout"),
+    (send_oversize_frame, "connection-dropped:oversized-frame"),
+    (send_truncated_frame, "connection-dropped:truncated-frame"),
+    (send_undecodable_message, "connection-dropped:unknown-type"),
+    (flood, "connection-dropped:flood"),
+])
+async def test_bad_input_drops_that_connection_and_the_replica_keeps_serving(attack, counter):
+    with trio.fail_after(20):
+        async with open_local_cluster(honest_policies(), client_ids=CLIENTS,
+                                      options=NodeOptions(transport=FAST_LIMITS)) as cluster:
+            node = cluster.nodes[0]
+            status_before = node.status()
+            stream = await attack(cluster)
+            await assert_closed_by_peer(stream)
+            await wait_for_counter(node, counter)
+            assert node.replica.last_executed == status_before["last_executed"]
+            await stream.aclose()
+            await assert_serves_a_client(cluster)
+            assert node.replica.last_executed == status_before["last_executed"] + 1
+
+
+# ---------------------------------------------------------------------------- a working cluster
+
+async def test_a_cluster_of_four_finalizes_verdicts_with_verifiable_certificates():
+    with trio.fail_after(30):
+        async with open_local_cluster(honest_policies(), client_ids=CLIENTS) as cluster:
+            assert await cluster.wait_connected(timeout_s=10)
+            async with cluster.open_client("client-0") as client:
+                assert await client.wait_connected(timeout_s=10)
+                outcomes = []
+                for action, risk in [(BENIGN, Risk.LOW), (DANGEROUS, Risk.LOW), (BENIGN, Risk.HIGH),
+                                     (DANGEROUS, Risk.CRITICAL)]:
+                    outcomes.append(await client.submit(action, risk))
+                async with trio.open_nursery() as nursery:  # and a few at once
+                    for _ in range(4):
+                        nursery.start_soon(lambda: _append(outcomes, client.submit(BENIGN, Risk.MEDIUM)))
+            assert [o.status for o in outcomes[:4]] == ["ALLOW", "DENY", "ALLOW", "DENY"]
+            assert [o.status for o in outcomes[4:]] == ["ALLOW"] * 4
+            for outcome in outcomes:
+                outcome.certificate.verify(cluster.config)
+                assert len(outcome.certificate.replies) >= cluster.config.reply_quorum
+            for vote in outcomes[1].certificate.votes:  # Honest replicas deny; the compromised one allows.
+                assert vote.decision is (Decision.ALLOW if vote.replica_id == 3 else Decision.DENY)
+            with trio.fail_after(5):
+                while min(node.finalized_count for node in cluster.nodes) < len(outcomes):
+                    await trio.sleep(0.01)
+            assert [node.replica.execution.head_hash for node in cluster.nodes].count(
+                cluster.nodes[0].replica.execution.head_hash) == 4
+
+
+async def _append(results: list, awaitable) -> None:
+    results.append(await awaitable)
+
+
+async def test_the_client_refuses_when_no_quorum_is_reachable():
+    with trio.fail_after(20):
+        async with open_local_cluster([ApproveEverything() for _ in range(4)], client_ids=CLIENTS) as cluster:
+            unused = [(await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] for _ in range(2)]
+            dead_ports = [listener.socket.getsockname()[1] for listener in unused]
+            for listener in unused:
+                await listener.aclose()
+            addresses = dict(cluster.addresses)
+            addresses[2], addresses[3] = ("127.0.0.1", dead_ports[0]), ("127.0.0.1", dead_ports[1])
+            from bft.runtime import open_client
+            async with open_client(cluster.config, "client-0", cluster.client_keys["client-0"].seed, addresses,
+                                   clock=cluster.clock, reply_grace_ms=0) as client:
+                outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=600)
+            assert outcome.status == "REFUSED" and outcome.certificate is None
+            assert "no verdict certificate" in outcome.reason
+            assert 500 <= outcome.latency_ms < 3000
+
+
+async def test_a_policy_that_overruns_its_deadline_votes_deny():
+    release = threading.Event()
+
+    class Stuck:
+        name = "stuck"
+
+        def evaluate(self, action, context):
+            release.wait(10)
+            return PolicyDecision.allow("too late")
+
+    policies = [ApproveEverything(), ApproveEverything(), ApproveEverything(), Stuck()]
+    # A critical request needs every vote, and the primary waits (up to 2 s) for the straggler.
+    try:
+        with trio.fail_after(20):
+            async with open_local_cluster(policies, client_ids=CLIENTS, limits=Limits(vote_wait_ticks=200),
+                                          options=NodeOptions(policy_deadline_ms=200)) as cluster:
+                async with cluster.open_client() as client:
+                    outcome = await client.submit(BENIGN, Risk.CRITICAL)
+                assert outcome.status == "DENY" and outcome.reason.startswith("vetoed")
+                stuck_votes = [v for v in outcome.certificate.votes if v.replica_id == 3]
+                assert [(v.decision, v.reason) for v in stuck_votes] == [(Decision.DENY, "policy deadline exceeded")]
+                assert 150 <= outcome.latency_ms < 2000
+                assert cluster.nodes[3].counters["policy-deadline-exceeded"] == 1
+                own_votes = [m for m in cluster.nodes[3].store.signed if isinstance(m, Vote)]
+                assert own_votes == stuck_votes  # persisted before it was sent
+    finally:
+        release.set()
+
+
+async def test_links_reconnect_when_a_peer_comes_up_late():
+    replica_count = 4
+    keys = [derive_keypair(7, f"replica-{i}") for i in range(replica_count)]
+    config = ClusterConfig.create("late", tuple(k.public_key for k in keys), {})
+    listeners = [(await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] for _ in range(replica_count)]
+    addresses = {i: ("127.0.0.1", listener.socket.getsockname()[1]) for i, listener in enumerate(listeners)}
+    await listeners[3].aclose()  # Replica 3 is down at first: connecting to it is refused.
+    options = NodeOptions(transport=TransportLimits(reconnect_delay_s_min=0.01, reconnect_delay_s_max=0.1))
+    nodes = [ReplicaNode(config, i, keys[i].seed, ApproveEverything(), addresses, options=options)
+             for i in range(replica_count)]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                await nursery.start(nodes[i].run, listeners[i])
+            with trio.fail_after(5):
+                while nodes[0].counters["link-error:connect"] < 2:
+                    await trio.sleep(0.01)
+            assert not nodes[0].links[3].connected
+            await nursery.start(nodes[3].run)  # Binds its configured address itself.
+            with trio.fail_after(5):
+                while any(node.peers_connected < replica_count - 1 for node in nodes):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- bounded pieces
+
+async def test_send_queue_drops_oldest_or_newest_and_counts():
+    oldest = SendQueue(frames_max=3, bytes_max=1000, policy="drop-oldest")
+    newest = SendQueue(frames_max=3, bytes_max=1000, policy="drop-newest")
+    for frame in (b"1", b"2", b"3", b"4", b"5"):
+        oldest.put(frame)
+        newest.put(frame)
+    assert (oldest.dropped, newest.dropped) == (2, 2)
+    assert await oldest.get_batch(0.01, 1000) == [b"3", b"4", b"5"]
+    assert await newest.get_batch(0.01, 1000) == [b"1", b"2", b"3"]
+    assert await oldest.get_batch(0.01, 1000) == []
+    by_bytes = SendQueue(frames_max=100, bytes_max=10)
+    for _ in range(5):
+        by_bytes.put(b"abcd")
+    assert len(by_bytes) == 2 and by_bytes.queued_bytes == 8 and by_bytes.dropped == 3
+    assert await by_bytes.get_batch(0.01, 5) == [b"abcd"]  # A batch stops at its byte budget.
+
+
+def test_backoff_grows_exponentially_with_jitter_and_stays_capped():
+    backoff = Backoff(0.01, 1.0, random.Random(3))
+    delays = [backoff.next_delay_s() for _ in range(60)]
+    assert all(0.01 <= delay <= 1.0 for delay in delays)
+    assert max(delays[:3]) <= 0.08 and max(delays[10:]) > 0.5
+    assert len(set(delays)) > 50  # jittered, not a fixed schedule
+    backoff.reset()
+    assert backoff.next_delay_s() == 0.01
+
+
+def test_runtime_settings_are_checked_at_start_up():
+    from bft.core import ConfigError
+    assert TransportLimits().problem() is None
+    assert "send_queue_policy" in TransportLimits(send_queue_policy="keep-all").problem()
+    assert "send_queue_bytes" in TransportLimits(send_queue_bytes=10).problem()
+    with pytest.raises(ConfigError):
+        NodeOptions(tick_ms=0).check()
+    counters: Counter = Counter()
+    assert not counters
