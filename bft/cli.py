@@ -74,6 +74,9 @@ def _run_demo(arguments: argparse.Namespace) -> int:
                            arguments.certificate)
     except OSError as error:
         raise UsageError(f"bft demo: {error.strerror or error} ({error.filename or 'network'})") from None
+    except RuntimeError as error:  # The local cluster could not form; nothing the user typed was wrong.
+        print(f"bft demo: {error}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK if summary.ok else EXIT_FAILED
 
 

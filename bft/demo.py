@@ -237,7 +237,8 @@ def _summarize(samples: list[Sample], outcomes: list[Outcome], replicas: int, el
         by_risk[sample.risk.value][outcome.status] += 1
     latencies = [outcome.latency_ms for outcome in outcomes if outcome.status != "REFUSED"]
     dangerous = [(s, o) for s, o in zip(samples, outcomes) if s.dangerous]
-    compromised_allows = sum(1 for _, o in dangerous if request_digest(config.cluster_id, o.request) in compromised_votes)
+    compromised_allows = sum(1 for _, outcome in dangerous
+                             if request_digest(config.cluster_id, outcome.request) in compromised_votes)
     summary = DemoSummary(
         requests=len(samples), replicas=replicas, elapsed_s=elapsed_s, verdicts=verdicts, by_risk=by_risk,
         latency_p50_ms=percentile(latencies, 0.50), latency_p99_ms=percentile(latencies, 0.99),
@@ -248,6 +249,8 @@ def _summarize(samples: list[Sample], outcomes: list[Outcome], replicas: int, el
     certified = [o for o in outcomes if o.certificate is not None]
     if certified and certificate_path is not None:
         _check_certificate(max(certified, key=lambda o: o.request_number), config, certificate_path, summary, out)
+    elif not certified:
+        print("no request was certified, so there is no certificate to write", file=out)
     _print_summary(summary, out)
     return summary
 

@@ -105,7 +105,8 @@ def test_context_rules_validate_their_options():
     with pytest.raises(ValueError):
         ContextRules(max_recipients=0)
     policy = ContextRules(amount_limits={"low": 5, "medium": 5, "high": 5, "critical": 5})
-    assert_denies(policy, {"amount": 6, "approval_ticket": "CHG-9"}, Risk.CRITICAL, reason_contains="critical-risk limit")
+    assert_denies(policy, {"amount": 6, "approval_ticket": "CHG-9"}, Risk.CRITICAL,
+                  reason_contains="critical-risk limit")
 
 
 # ---------------------------------------------------------------------------- pattern matcher

@@ -578,8 +578,6 @@ def test_rejected_higher_view_messages_outside_the_window_change_nothing(kit, sn
             == "outside-window"
 
 
-@pytest.mark.xfail(strict=True, reason="core contract gap: a higher-view prepare inside the window is rejected "
-                                       "as wrong-view yet records view evidence first (see the review report)")
 def test_a_rejected_higher_view_prepare_inside_the_window_changes_nothing(kit, snapshot) -> None:
     backup = kit.replica(1)
     before = snapshot(backup)

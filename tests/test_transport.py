@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections import Counter
 
 import pytest
 import trio
@@ -190,6 +189,32 @@ async def test_bad_input_drops_that_connection_and_the_replica_keeps_serving(att
             assert node.replica.last_executed == status_before["last_executed"] + 1
 
 
+async def test_strangers_cannot_hold_every_connection_slot_and_one_identity_holds_one_connection():
+    limits = TransportLimits(handshake_timeout_s=1.0, max_handshakes_in_progress=2)
+    with trio.fail_after(20):
+        async with open_local_cluster(honest_policies(), client_ids=CLIENTS,
+                                      options=NodeOptions(transport=limits)) as cluster:
+            node = cluster.nodes[0]
+            assert await cluster.wait_connected()  # so that no replica link is mid-handshake
+            refused_before = node.counters["connection-refused:too-many-handshakes"]
+            silent = [await raw_stream(cluster) for _ in range(2)]
+            await trio.sleep(0.1)
+            third = await raw_stream(cluster)
+            await assert_closed_by_peer(third, timeout_s=0.5)  # refused at once, not at the handshake timeout
+            assert node.counters["connection-refused:too-many-handshakes"] == refused_before + 1
+            for stream in (*silent, third):
+                await stream.aclose()
+
+            seed = cluster.client_keys["client-0"].seed
+            first = await authenticated(cluster, cluster.config, Identity("client", "client-0"), seed)
+            second = await authenticated(cluster, cluster.config, Identity("client", "client-0"), seed)
+            await assert_closed_by_peer(first.stream)  # the newer connection replaced the older
+            assert node.counters["connection-replaced"] == 1
+            await first.aclose()
+            await second.aclose()
+            await assert_serves_a_client(cluster)
+
+
 # ---------------------------------------------------------------------------- a working cluster
 
 async def test_a_cluster_of_four_finalizes_verdicts_with_verifiable_certificates():
@@ -329,7 +354,8 @@ def test_runtime_settings_are_checked_at_start_up():
     assert TransportLimits().problem() is None
     assert "send_queue_policy" in TransportLimits(send_queue_policy="keep-all").problem()
     assert "send_queue_bytes" in TransportLimits(send_queue_bytes=10).problem()
+    assert "max_handshakes_in_progress" in TransportLimits(max_connections=8, max_handshakes_in_progress=9).problem()
     with pytest.raises(ConfigError):
         NodeOptions(tick_ms=0).check()
-    counters: Counter = Counter()
-    assert not counters
+    with pytest.raises(ConfigError):
+        NodeOptions(transport=TransportLimits(idle_timeout_s=0)).check()

@@ -27,7 +27,7 @@ def rules_for(n: int) -> dict[Risk, VerdictRule]:
 
 @pytest.mark.parametrize("n, expected", [
     (4, {Risk.LOW: (3, 4), Risk.MEDIUM: (3, 1), Risk.HIGH: (3, 0), Risk.CRITICAL: (4, 0)}),
-    (5, {Risk.LOW: (3, 5), Risk.MEDIUM: (4, 1), Risk.HIGH: (4, 0), Risk.CRITICAL: (5, 0)}),
+    (5, {Risk.LOW: (4, 5), Risk.MEDIUM: (4, 1), Risk.HIGH: (4, 0), Risk.CRITICAL: (5, 0)}),
     (7, {Risk.LOW: (5, 7), Risk.MEDIUM: (5, 2), Risk.HIGH: (5, 0), Risk.CRITICAL: (7, 0)}),
     (10, {Risk.LOW: (7, 10), Risk.MEDIUM: (7, 3), Risk.HIGH: (7, 0), Risk.CRITICAL: (10, 0)}),
 ])

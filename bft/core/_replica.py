@@ -427,17 +427,25 @@ class Replica(ViewChangeMixin):
 
     def _on_prepare(self, prepare: Prepare) -> None:
         self._record_phase_vote(prepare, lambda slot: slot.prepares)
-        self._check_prepared(self._current_slot(prepare.seq))
+        slot = self._current_slot(prepare.seq)
+        if slot is not None:
+            self._check_prepared(slot)
 
     def _on_commit(self, commit: Commit) -> None:
         self._record_phase_vote(commit, lambda slot: slot.commits)
-        self._check_committed(self._current_slot(commit.seq))
+        slot = self._current_slot(commit.seq)
+        if slot is not None:
+            self._check_committed(slot)
 
     def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
         # Prepares and commits for the view being installed are kept: they may
         # overtake the NEW-VIEW that lets this replica accept the batch.
         self._check_window(message.seq)
-        self._note_view_evidence(message.replica_id, message.view)
+        if message.view > self.view:
+            # Not misbehaviour: a correct peer already runs a later view.  It is
+            # evidence for rejoining, not a message to act on here.
+            self._note_view_evidence(message.replica_id, message.view)
+            return
         self._check_current_view(message.view, require_active=False)
         slot = self._current_slot(message.seq)
         existing = table_of(slot).get(message.replica_id) if slot else None

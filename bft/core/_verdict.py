@@ -20,10 +20,15 @@ class VerdictRule:
 
 
 def default_rules(replica_count: int, faulty_max: int, quorum: int) -> dict[Risk, VerdictRule]:
-    """Fail-closed defaults: stricter as risk grows; critical needs every replica's ALLOW."""
+    """Fail-closed defaults: stricter as risk grows; critical needs every replica's ALLOW.
+
+    Even low risk needs a quorum q of ALLOW votes, not just 2f+1: with f liars
+    at most f + ceil((n-f)/2) - 1 < q ALLOW votes exist whenever the correct
+    majority denies, for every n (2f+1 alone fails this at n = 6, f = 1).
+    """
     n, f = replica_count, faulty_max
     return {
-        Risk.LOW: VerdictRule(min_allow_votes=2 * f + 1, max_deny_votes=n),
+        Risk.LOW: VerdictRule(min_allow_votes=quorum, max_deny_votes=n),
         Risk.MEDIUM: VerdictRule(min_allow_votes=quorum, max_deny_votes=f),
         Risk.HIGH: VerdictRule(min_allow_votes=n - f, max_deny_votes=0),
         Risk.CRITICAL: VerdictRule(min_allow_votes=n, max_deny_votes=0),

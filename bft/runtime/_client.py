@@ -70,7 +70,8 @@ class AsyncClient:
         if problem:
             raise ConfigError(problem)
         if not 1 <= max_outstanding <= max(1, config.limits.client_window // 2):
-            raise ConfigError("max_outstanding must be in [1, client_window / 2] so replies stay in the replicas' window")
+            raise ConfigError("max_outstanding must be in [1, client_window / 2] "
+                              "so that replies stay in the replicas' reply window")
         if timeout_ms < 1 or reply_grace_ms < 0:
             raise ConfigError("timeout_ms must be positive and reply_grace_ms non-negative")
         assert set(addresses) == set(range(config.replica_count)), "every replica needs an address"

@@ -103,7 +103,8 @@ class SendQueue:
             batch.append(frame)
             taken += len(frame)
         self._bytes -= taken
-        assert self._bytes >= 0 and len(batch) <= len(self._frames) + len(batch)
+        assert self._bytes >= 0 and (batch or not self._frames)
+        assert taken <= bytes_max or len(batch) == 1, "only a single oversized frame may exceed the batch budget"
         return batch
 
 

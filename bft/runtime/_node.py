@@ -27,7 +27,7 @@ from ._connection import FramedConnection, SendQueue
 from ._framing import encode_frame
 from ._handshake import Identity
 from ._options import NodeOptions, RuntimeClock
-from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, new_send_queue, peer_name, run_duplex
+from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex
 
 logger = logging.getLogger("bft.runtime")
 
@@ -42,10 +42,10 @@ class Store(Protocol):
 
 
 @dataclass(eq=False)
-class _ClientSession:
-    """The replica's end of one authenticated client connection: replies go out on its queue."""
+class _Session:
+    """The replica's end of one authenticated connection; a client's replies go out on its queue."""
 
-    client_id: str
+    identity: Identity
     queue: SendQueue
     cancel_scope: trio.CancelScope
 
@@ -72,7 +72,8 @@ class ReplicaNode:
         self._max_message_bytes = min(self._limits.max_frame_bytes, config.limits.max_message_bytes)
         self.links = {peer: Link(config, self.identity, seed, peer, self.addresses[peer], self._limits, self.counters)
                       for peer in range(config.replica_count) if peer != replica_id}
-        self._sessions: dict[str, _ClientSession] = {}
+        self._sessions: dict[Identity, _Session] = {}
+        self._handshakes_in_progress = 0
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[tuple](self.options.inbox_capacity)
         self._policy_limiter = trio.CapacityLimiter(self.options.policy_threads)
         self._evaluations_in_flight = 0
@@ -102,9 +103,10 @@ class ReplicaNode:
 
     def status(self) -> dict[str, Any]:
         replica = self.replica
+        clients_connected = sum(1 for identity in self._sessions if identity.role == "client")
         return {"replica_id": self.replica_id, "view": replica.view, "last_executed": replica.last_executed,
                 "low_water": replica.low_water, "finalized": self.finalized_count,
-                "peers_connected": self.peers_connected, "clients_connected": len(self._sessions),
+                "peers_connected": self.peers_connected, "clients_connected": clients_connected,
                 "counters": dict(self.counters)}
 
     # ----------------------------------------------------------------- the core's one task
@@ -166,7 +168,7 @@ class ReplicaNode:
             self._start_evaluation(request)
 
     def _send_reply(self, client_id: str, frame: bytes) -> None:
-        session = self._sessions.get(client_id)
+        session = self._sessions.get(Identity("client", client_id))
         if session is None:
             self.counters["reply-undeliverable"] += 1  # The client retries; the core replays its cached reply.
         elif not session.queue.put(frame):
@@ -200,6 +202,12 @@ class ReplicaNode:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         connection = FramedConnection(stream, self._limits, peer_name(stream))
+        if self._handshakes_in_progress >= self._limits.max_handshakes_in_progress:
+            # Strangers may not take every connection slot: authenticated peers keep the rest.
+            self.counters["connection-refused:too-many-handshakes"] += 1
+            await connection.aclose()
+            return
+        self._handshakes_in_progress += 1
         try:
             with trio.fail_after(self._limits.handshake_timeout_s):
                 identity = await _handshake.accept(connection, self.config, self.identity, self._seed)
@@ -207,12 +215,11 @@ class ReplicaNode:
             self._count_failure("connection-refused", error, connection.peer)
             await connection.aclose()
             return
+        finally:
+            self._handshakes_in_progress -= 1
         connection.peer = f"{identity} at {connection.peer}"
         try:
-            if identity.role == "replica":
-                await self._serve_replica(connection)
-            else:
-                await self._serve_client(connection, identity.name)
+            await self._serve_session(connection, identity)
         except CONNECTION_ERRORS as error:
             self._count_failure("connection-dropped", error, connection.peer)
         finally:
@@ -225,36 +232,47 @@ class ReplicaNode:
         self.counters[f"{what}:{reason}"] += 1
         logger.warning("replica %d: %s %s: %s", self.replica_id, what.replace("-", " "), peer, str(error) or reason)
 
-    async def _serve_replica(self, connection: FramedConnection) -> None:
+    async def _serve_session(self, connection: FramedConnection, identity: Identity) -> None:
+        """Serve one authenticated connection.  Each identity holds at most one: a newer connection
+        replaces the older, so a reconnecting peer is not locked out by its own stale connection
+        and one identity cannot take many connection slots."""
+        if identity.role == "replica":
+            # The peer sends on this connection; we only answer with keep-alives so it knows we are here.
+            queue, on_payload = SendQueue(1, 1), self._replica_payload_handler(connection)
+        else:
+            queue = SendQueue(2 * self.config.limits.client_window, self._limits.max_frame_bytes,
+                              self._limits.send_queue_policy)
+            on_payload = self._client_payload_handler(connection, identity.name)
+        session = _Session(identity, queue, trio.CancelScope())
+        previous = self._sessions.get(identity)
+        if previous is not None:
+            self.counters["connection-replaced"] += 1
+            previous.cancel_scope.cancel()
+        self._sessions[identity] = session
+        try:
+            with session.cancel_scope:
+                await run_duplex(connection, session.queue, on_payload)
+        finally:
+            if self._sessions.get(identity) is session:
+                del self._sessions[identity]
+
+    def _replica_payload_handler(self, connection: FramedConnection):
         async def on_payload(payload: bytes) -> None:
             message = self._decode(payload, connection.peer)
             if isinstance(message, Reply):
                 raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
                                           connection.peer)
             await self._enqueue(("replica", message))
+        return on_payload
 
-        # The peer sends on this connection; we only answer with keep-alives so it knows we are here.
-        await run_duplex(connection, SendQueue(1, 1), on_payload)
-
-    async def _serve_client(self, connection: FramedConnection, client_id: str) -> None:
+    def _client_payload_handler(self, connection: FramedConnection, client_id: str):
         async def on_payload(payload: bytes) -> None:
             message = self._decode(payload, connection.peer)
             if not isinstance(message, Request) or message.client_id != client_id:
                 raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
                                           connection.peer)
             await self._enqueue(("client", message))
-
-        session = _ClientSession(client_id, new_send_queue(self._limits), trio.CancelScope())
-        previous = self._sessions.get(client_id)
-        if previous is not None:
-            previous.cancel_scope.cancel()  # A reconnecting client replaces its stale connection.
-        self._sessions[client_id] = session
-        try:
-            with session.cancel_scope:
-                await run_duplex(connection, session.queue, on_payload)
-        finally:
-            if self._sessions.get(client_id) is session:
-                del self._sessions[client_id]
+        return on_payload
 
     async def _enqueue(self, item: tuple) -> None:
         """Put ``item`` in the inbox; when it is full, wait (which stops reading that connection,

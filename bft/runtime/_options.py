@@ -36,6 +36,8 @@ class TransportLimits:
     receive_frames_per_s: float = 50_000.0
     receive_bytes_per_s: float = 64 * 1024 * 1024
     max_connections: int = 256
+    # Connections still in their handshake; the rest of max_connections stays for authenticated peers.
+    max_handshakes_in_progress: int = 64
     reconnect_delay_s_min: float = 0.02
     reconnect_delay_s_max: float = 2.0
 
@@ -50,6 +52,8 @@ class TransportLimits:
             return "every timeout must be positive"
         if min(self.send_queue_frames, self.receive_chunk_bytes, self.max_connections) < 1:
             return "send_queue_frames, receive_chunk_bytes and max_connections must be positive"
+        if not 1 <= self.max_handshakes_in_progress <= self.max_connections:
+            return "max_handshakes_in_progress must be in [1, max_connections]"
         if self.send_queue_bytes < self.max_frame_bytes:
             return "send_queue_bytes must hold at least one maximum-sized frame"
         if self.send_queue_policy not in SEND_QUEUE_POLICIES:

@@ -104,6 +104,7 @@ class Link:
         self.queue = new_send_queue(limits)
         self.connected = False
         self.connections = 0
+        self._authenticated = False
         self._seed = seed
         self._on_payload = on_payload
         self._on_connect = on_connect
@@ -123,19 +124,26 @@ class Link:
             await trio.sleep(backoff.next_delay_s())
 
     async def _connect_and_serve(self, backoff: Backoff) -> None:
+        self._authenticated = False
         with trio.fail_after(self.limits.connect_timeout_s):
             stream = await trio.open_tcp_stream(*self.address)
         connection = FramedConnection(stream, self.limits, str(self.target))
         try:
             with trio.fail_after(self.limits.handshake_timeout_s):
                 await _handshake.initiate(connection, self.config, self.own, self._seed, self.target)
-            backoff.reset()
-            self.connected = True
+            self._authenticated = self.connected = True
             self.connections += 1
+            started_s = trio.current_time()
             if self._on_connect is not None:
                 self._on_connect(self)
-            await run_duplex(connection, self.queue, self._on_payload)
-            logger.info("%s: %s closed the connection", self.own, self.target)
+            try:
+                await run_duplex(connection, self.queue, self._on_payload)
+                logger.info("%s: %s closed the connection", self.own, self.target)
+            finally:
+                # Only a connection that lasted counts as recovery; a peer that accepts and at once
+                # hangs up must not reset the backoff into a tight reconnect loop.
+                if trio.current_time() - started_s >= self.limits.reconnect_delay_s_max:
+                    backoff.reset()
         finally:
             self.connected = False
             await connection.aclose()
@@ -144,7 +152,7 @@ class Link:
         if isinstance(error, RemoteProtocolError):
             self.counters[f"link-error:{error.reason}"] += 1
             logger.warning("%s: link to %s dropped: %s", self.own, self.target, error)
-        elif self.connected or isinstance(error, trio.TooSlowError):
+        elif self._authenticated or isinstance(error, trio.TooSlowError):
             self.counters["link-error:network"] += 1
             logger.info("%s: link to %s failed: %s", self.own, self.target, str(error) or type(error).__name__)
         else:
