@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak bench clean
+.PHONY: demo test soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Thousands of simulated runs with randomized faults; prints runs/second and fault coverage.
+soak: $(STAMP)
+	$(BIN)/python -m harness sim --seeds 2000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

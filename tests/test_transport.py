@@ -8,12 +8,14 @@ import threading
 import pytest
 import trio
 
-from bft.core import ClusterConfig, Decision, KeyPair, Limits, RemoteProtocolError, Risk, Vote
+from bft.core import (ClusterConfig, Commit, Decision, KeyPair, Limits, PrePrepare, Prepare, RemoteProtocolError, Risk,
+                      Vote)
 from bft.policies import ApproveEverything, CapabilityDenyList, ContextRules, PatternMatcher
 from bft.policy import PolicyDecision
 from bft.runtime import (Backoff, FramedConnection, Identity, NodeOptions, ReplicaNode, SendQueue, TransportLimits,
                          derive_keypair, encode_frame, open_local_cluster)
 from bft.runtime import _handshake
+from bft.storage import SqliteStore
 
 BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
 DANGEROUS = {"tool": "shell", "command": "rm -rf / --no-preserve-root", "cwd": "/"}
@@ -318,6 +320,53 @@ async def test_links_reconnect_when_a_peer_comes_up_late():
                 while any(node.peers_connected < replica_count - 1 for node in nodes):
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
+
+
+async def test_nodes_prune_their_stores_at_stable_checkpoints():
+    limits = Limits(checkpoint_interval=2, log_window=8, max_in_flight_batches=4)
+    with trio.fail_after(30):
+        async with open_local_cluster([ApproveEverything() for _ in range(4)], limits=limits) as cluster:
+            async with cluster.open_client() as client:
+                for number in range(6):
+                    outcome = await client.submit({"tool": "read_file", "path": f"/workspace/{number}"})
+                    assert outcome.status == "ALLOW", outcome.reason
+            with trio.fail_after(5):
+                while min(node.replica.low_water for node in cluster.nodes) < 4:
+                    await trio.sleep(0.01)
+            for node in cluster.nodes:
+                assert node.counters["store-pruned"] > 0
+                stale = [m for m in node.store.signed
+                         if isinstance(m, (PrePrepare, Prepare, Commit)) and m.seq < node.replica.low_water]
+                assert stale == []
+                assert len(node.store.log) == 6  # Pruning drops signed protocol messages, never verdicts.
+
+
+async def test_a_restarted_cluster_recovers_every_verdict_from_sqlite(tmp_path):
+    paths = [tmp_path / f"replica-{i}.sqlite" for i in range(4)]
+    stores = [SqliteStore(path) for path in paths]
+    try:
+        with trio.fail_after(30):
+            async with open_local_cluster(honest_policies(), stores=stores) as cluster:
+                async with cluster.open_client() as client:
+                    statuses = [(await client.submit(action, Risk.LOW)).status for action in (BENIGN, DANGEROUS)]
+                with trio.fail_after(5):
+                    while min(node.finalized_count for node in cluster.nodes) < 2:
+                        await trio.sleep(0.01)
+                heads = [node.replica.execution.head_hash for node in cluster.nodes]
+    finally:
+        for store in stores:
+            store.close()
+    assert statuses == ["ALLOW", "DENY"] and len(set(heads)) == 1
+    stores = [SqliteStore(path) for path in paths]
+    try:
+        with trio.fail_after(30):
+            async with open_local_cluster(honest_policies(), stores=stores) as cluster:
+                for node, head in zip(cluster.nodes, heads):
+                    assert node.replica.execution.log_length == 2 and node.replica.execution.head_hash == head
+                    assert [entry.decision for entry in node.store.load().log] == [Decision.ALLOW, Decision.DENY]
+    finally:
+        for store in stores:
+            store.close()
 
 
 # ---------------------------------------------------------------------------- bounded pieces

@@ -64,7 +64,8 @@ class AsyncClient:
 
     def __init__(self, config: ClusterConfig, client_id: str, seed: bytes, addresses: Mapping[int, Address], *,
                  clock: RuntimeClock | None = None, limits: TransportLimits | None = None,
-                 timeout_ms: int = 5000, max_outstanding: int = 16, reply_grace_ms: int = 200) -> None:
+                 timeout_ms: int = 5000, max_outstanding: int = 16, reply_grace_ms: int = 200,
+                 first_request_number: int = 1) -> None:
         self.limits = limits or TransportLimits()
         problem = self.limits.problem()
         if problem:
@@ -81,7 +82,9 @@ class AsyncClient:
         self.timeout_ms = timeout_ms
         self.reply_grace_ms = reply_grace_ms
         self.counters: Counter[str] = Counter()
-        self._core = ClientCore(config, client_id, seed)
+        # A client that restarts must continue past the numbers it used before: the replicas
+        # remember them (exactly-once) and refuse a different action under an old number.
+        self._core = ClientCore(config, client_id, seed, first_request_number)
         own = Identity("client", client_id)
         self.links = [Link(config, own, seed, replica_id, addresses[replica_id], self.limits, self.counters,
                            on_payload=self._payload_handler(replica_id), on_connect=self._resend_outstanding)

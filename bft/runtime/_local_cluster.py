@@ -15,8 +15,9 @@ from typing import Any, AsyncContextManager, AsyncIterator, Sequence
 
 import trio
 
-from ..core import ClusterConfig, KeyPair, Limits, VerdictRule, Risk
+from ..core import ClusterConfig, KeyPair, Limits, Risk, VerdictRule
 from ..policy import Policy
+from ..storage import Store
 from ._client import AsyncClient, open_client
 from ._node import ReplicaNode
 from ._options import NodeOptions, RuntimeClock
@@ -58,23 +59,25 @@ class LocalCluster:
 async def open_local_cluster(policies: Sequence[Policy], *, client_ids: Sequence[str] = ("client-0",),
                              cluster_id: str = "local", key_seed: int = 0, options: NodeOptions | None = None,
                              limits: Limits | None = None, rules: dict[Risk, VerdictRule] | None = None,
-                             extra_client_keys: dict[str, bytes] | None = None) -> AsyncIterator[LocalCluster]:
+                             stores: Sequence[Store] | None = None) -> AsyncIterator[LocalCluster]:
     """Start one replica per policy and yield the running cluster; stop them all on exit.
 
-    ``extra_client_keys`` adds configured public keys whose private halves the
-    caller holds (tests use it to connect as a known client with its own key).
+    ``stores`` gives each replica its store (default: a fresh ``MemoryStore``);
+    a store that already holds a replica's state restarts that replica from it.
+    The caller owns the stores and closes them.
     """
+    assert stores is None or len(stores) == len(policies), "one store per replica"
     options = (options or NodeOptions()).check()
     replica_keys = [derive_keypair(key_seed, f"replica-{i}") for i in range(len(policies))]
     client_keys = {client_id: derive_keypair(key_seed, client_id) for client_id in client_ids}
     public_client_keys = {name: key.public_key for name, key in client_keys.items()}
-    public_client_keys.update(extra_client_keys or {})
     config = ClusterConfig.create(cluster_id, tuple(k.public_key for k in replica_keys), public_client_keys,
                                   rules=rules, limits=limits)
     listeners = [(await trio.open_tcp_listeners(0, host=LOOPBACK))[0] for _ in policies]
     addresses = {i: (LOOPBACK, listener.socket.getsockname()[1]) for i, listener in enumerate(listeners)}
     clock = RuntimeClock()
-    nodes = [ReplicaNode(config, i, replica_keys[i].seed, policy, addresses, options=options, clock=clock)
+    nodes = [ReplicaNode(config, i, replica_keys[i].seed, policy, addresses, options=options, clock=clock,
+                         store=stores[i] if stores is not None else None)
              for i, policy in enumerate(policies)]
     async with trio.open_nursery() as nursery:
         for node, listener in zip(nodes, listeners):

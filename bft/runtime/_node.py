@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import trio
 
 from ..core import (ClusterConfig, Decision, Message, Ready, RemoteProtocolError, Replica, Reply, Request,
                     apply_ready, decode, encode, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
-from ..storage import MemoryStore
+from ..storage import MemoryStore, Store
 from . import _handshake
 from ._connection import FramedConnection, SendQueue
 from ._framing import encode_frame
@@ -32,13 +32,6 @@ from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name
 logger = logging.getLogger("bft.runtime")
 
 INBOX_DRAIN_MAX = 64
-
-
-class Store(Protocol):
-    """Durable storage as ``apply_ready`` uses it (``bft.storage.MemoryStore``, the SQLite store)."""
-
-    def persist(self, items: tuple) -> int:
-        """Make ``items`` durable; return how many were stored."""
 
 
 @dataclass(eq=False)
@@ -57,12 +50,12 @@ class ReplicaNode:
         self.options = (options or NodeOptions()).check()
         assert set(addresses) == set(range(config.replica_count)), "every replica needs an address"
         self.config = config
-        self.replica = Replica(config, replica_id, seed)
+        self.store = store if store is not None else MemoryStore()
+        self.replica = self._start_replica(replica_id, seed)
         self.replica_id = replica_id
         self.identity = Identity("replica", replica_id)
         self.policy = policy
         self.addresses = dict(addresses)
-        self.store = store if store is not None else MemoryStore()
         self.clock = clock or RuntimeClock()
         self.counters: Counter[str] = Counter()
         self.finalized_count = 0
@@ -78,6 +71,18 @@ class ReplicaNode:
         self._policy_limiter = trio.CapacityLimiter(self.options.policy_threads)
         self._evaluations_in_flight = 0
         self._nursery: trio.Nursery | None = None
+        self._pruned_below_seq = self.replica.low_water
+        self._pruned_below_view = self.replica.view
+
+    def _start_replica(self, replica_id: int, seed: bytes) -> Replica:
+        """A fresh replica, or, if the store holds anything, the replica it remembers (so a restarted
+        node never signs anything that contradicts what it signed before)."""
+        recovered = self.store.load()
+        if not (recovered.signed or recovered.log):
+            return Replica(self.config, replica_id, seed)
+        logger.info("replica %d recovers %d signed messages and %d verdicts from its store", replica_id,
+                    len(recovered.signed), len(recovered.log))
+        return Replica.recover(self.config, replica_id, seed, recovered.signed, recovered.log)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -160,12 +165,24 @@ class ReplicaNode:
         apply_ready(ready, self.store, lambda peer, message: self.links[peer].send(frame_of(message)),
                     lambda client_id, reply: self._send_reply(client_id, frame_of(reply)))
         self.finalized_count += len(ready.finalized)
+        self._prune_store()
         for rejection in ready.rejected:
             self.counters[f"rejected:{rejection.reason}"] += 1
             logger.debug("replica %d rejected input from %s: %s %s", self.replica_id, rejection.sender,
                          rejection.reason, rejection.detail)
         for request in ready.evaluate:
             self._start_evaluation(request)
+
+    def _prune_store(self) -> None:
+        """Keep the store bounded like the core: drop what a stable checkpoint or an installed view
+        made obsolete.  Runs after the Ready that moved the water mark was persisted and sent."""
+        replica = self.replica
+        if replica.low_water > self._pruned_below_seq:
+            self.counters["store-pruned"] += self.store.prune_signed_below(replica.low_water)
+            self._pruned_below_seq = replica.low_water
+        if replica.view_active and replica.view > self._pruned_below_view:
+            self.counters["store-pruned"] += self.store.prune_views_below(replica.view)
+            self._pruned_below_view = replica.view
 
     def _send_reply(self, client_id: str, frame: bytes) -> None:
         session = self._sessions.get(Identity("client", client_id))
