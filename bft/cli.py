@@ -60,8 +60,8 @@ def _add_demo(subcommands) -> None:
     demo.add_argument("--replicas", type=_bounded_int(REPLICAS_MIN, REPLICAS_MAX), default=5,
                       help="cluster size (5: f = 1)")
     demo.add_argument("--seed", type=_bounded_int(0, 2**63 - 1), default=0, help="seed of the action stream (0)")
-    demo.add_argument("--concurrency", type=_bounded_int(1, CONCURRENCY_MAX), default=4,
-                      help="requests in flight at once (4)")
+    demo.add_argument("--concurrency", type=_bounded_int(1, CONCURRENCY_MAX), default=2,
+                      help="requests in flight at once (2)")
     demo.add_argument("--certificate", type=_writable_file, default=Path("demo-certificate.json"),
                       help="where to write the last certificate (demo-certificate.json)")
     demo.set_defaults(handler=_run_demo)
@@ -72,12 +72,24 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     try:
         summary = run_demo(arguments.requests, arguments.replicas, arguments.seed, arguments.concurrency,
                            arguments.certificate)
-    except OSError as error:
-        raise UsageError(f"bft demo: {error.strerror or error} ({error.filename or 'network'})") from None
-    except RuntimeError as error:  # The local cluster could not form; nothing the user typed was wrong.
-        print(f"bft demo: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    except (OSError, RuntimeError, ExceptionGroup) as raised:
+        error = _sole_cause(raised)
+        if isinstance(error, OSError):  # For example the certificate file became unwritable.
+            raise UsageError(f"bft demo: {error.strerror or error} ({error.filename or 'network'})") from None
+        if isinstance(error, RuntimeError):  # The local cluster could not form; nothing typed was wrong.
+            print(f"bft demo: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _sole_cause(error: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio's nurseries wrap what they raise)."""
+    for _ in range(16):
+        if not (isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1):
+            break
+        error = error.exceptions[0]
+    return error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,16 +15,17 @@ import logging
 import math
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
 import trio
 
-from .core import CertificateError, ClusterConfig, Decision, Risk, VerdictCertificate, Vote, request_digest
+from .core import CertificateError, ClusterConfig, Decision, Risk, VerdictCertificate, Vote
 from .policies import ApproveEverything, CapabilityDenyList, ContextRules, PatternMatcher, RatePolicy
-from .policy import Policy
+from .policy import Policy, PolicyContext, PolicyDecision
 from .runtime import NodeOptions, Outcome, open_local_cluster
 
 REQUESTS_MAX = 10_000
@@ -181,6 +182,8 @@ async def run_demo_async(requests: int, replicas: int, seed: int, concurrency: i
                          certificate_path: Path | None, out: TextIO) -> DemoSummary:
     samples = generate_samples(requests, seed)
     policies = demo_policies(replicas)
+    compromised = replicas - 1
+    recorder = policies[compromised] = AllowRecorder(policies[compromised])
     print(f"bft demo: {replicas} replicas on 127.0.0.1 (f = {(replicas - 1) // 3}), {requests} requests, "
           f"seed {seed}, concurrency {concurrency}", file=out)
     for replica_id, policy in enumerate(policies):
@@ -194,10 +197,8 @@ async def run_demo_async(requests: int, replicas: int, seed: int, concurrency: i
             started = time.perf_counter()
             outcomes = await _submit_all(client, samples, concurrency, replicas, out)
             elapsed_s = time.perf_counter() - started
-        compromised = replicas - 1
-        compromised_votes = _allow_votes_by(cluster.nodes[compromised].store.signed, compromised)
-    return _summarize(samples, outcomes, replicas, elapsed_s, compromised, compromised_votes, cluster.config,
-                      certificate_path, out)
+    return _summarize(samples, outcomes, replicas, elapsed_s, compromised, recorder.allowed_numbers(),
+                      cluster.config, certificate_path, out)
 
 
 async def _submit_all(client, samples: list[Sample], concurrency: int, replicas: int,
@@ -222,13 +223,31 @@ async def _submit_all(client, samples: list[Sample], concurrency: int, replicas:
     return outcomes
 
 
-def _allow_votes_by(signed: list, replica_id: int) -> set[bytes]:
-    return {message.request_digest for message in signed
-            if isinstance(message, Vote) and message.replica_id == replica_id and message.decision is Decision.ALLOW}
+class AllowRecorder:
+    """Wraps a policy and remembers which request numbers it allowed: how the demo counts what the
+    compromised replica voted, including votes that never made it into an agreed vote set.
+    Thread-safe, since the node runs policies in worker threads; bounded by the demo's request count."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._allowed: set[int] = set()
+        self._lock = threading.Lock()
+
+    def evaluate(self, action: Mapping[str, Any], context: PolicyContext) -> PolicyDecision:
+        decision = self.inner.evaluate(action, context)
+        if decision.decision is Decision.ALLOW:
+            with self._lock:
+                self._allowed.add(context.request_number)
+        return decision
+
+    def allowed_numbers(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._allowed)
 
 
 def _summarize(samples: list[Sample], outcomes: list[Outcome], replicas: int, elapsed_s: float, compromised: int,
-               compromised_votes: set[bytes], config: ClusterConfig, certificate_path: Path | None,
+               compromised_allowed: frozenset[int], config: ClusterConfig, certificate_path: Path | None,
                out: TextIO) -> DemoSummary:
     verdicts = {status: 0 for status in ("ALLOW", "DENY", "REFUSED")}
     by_risk = {risk.value: dict(verdicts) for risk in Risk}
@@ -237,8 +256,7 @@ def _summarize(samples: list[Sample], outcomes: list[Outcome], replicas: int, el
         by_risk[sample.risk.value][outcome.status] += 1
     latencies = [outcome.latency_ms for outcome in outcomes if outcome.status != "REFUSED"]
     dangerous = [(s, o) for s, o in zip(samples, outcomes) if s.dangerous]
-    compromised_allows = sum(1 for _, outcome in dangerous
-                             if request_digest(config.cluster_id, outcome.request) in compromised_votes)
+    compromised_allows = sum(1 for _, outcome in dangerous if outcome.request_number in compromised_allowed)
     summary = DemoSummary(
         requests=len(samples), replicas=replicas, elapsed_s=elapsed_s, verdicts=verdicts, by_risk=by_risk,
         latency_p50_ms=percentile(latencies, 0.50), latency_p99_ms=percentile(latencies, 0.99),
@@ -297,7 +315,7 @@ def _print_summary(summary: DemoSummary, out: TextIO) -> None:
         print("  SAFETY VIOLATION: a dangerous action was allowed", file=out)
 
 
-def run_demo(requests: int = 40, replicas: int = 5, seed: int = 0, concurrency: int = 4,
+def run_demo(requests: int = 40, replicas: int = 5, seed: int = 0, concurrency: int = 2,
              certificate_path: Path | None = Path("demo-certificate.json"), out: TextIO | None = None) -> DemoSummary:
     """Run the whole demo in a fresh trio loop; the arguments must already be validated."""
     assert 1 <= requests <= REQUESTS_MAX and REPLICAS_MIN <= replicas <= REPLICAS_MAX

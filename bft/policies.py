@@ -104,14 +104,14 @@ DEFAULT_DENIED_CAPABILITIES = (
 )
 _DESTRUCTIVE_SHELL = (r"\brm\s+-(rf|fr|r\s+-f|f\s+-r)\b", r"\bmkfs(\.\w+)?\b", r"\bdd\s+if=", r":\(\)\s*\{",
                       r"\bchmod\s+(-r\s+)?777\s+/", r">\s*/dev/sd", r"\b(shutdown|reboot|halt)\b",
-                      r"\b(curl|wget)\b[^|]*\|\s*(sudo\s+)?(sh|bash)\b", r"\|\s*base64\s+-d\s*\|\s*(sh|bash)\b")
+                      r"\b(curl|wget)\b[^|\n]{0,200}\|\s*(sudo\s+)?(sh|bash)\b", r"\|\s*base64\s+-d\s*\|\s*(sh|bash)\b")
 _SECRET_MATERIAL = (r"\.ssh/", r"\bid_(rsa|ed25519|ecdsa)\b", r"/etc/(shadow|sudoers)", r"\.aws/credentials",
                     r"\baws_secret_access_key\b", r"\bakia[0-9a-z]{16}\b", r"-----begin [a-z ]*private key-----")
 DEFAULT_DANGEROUS_ARGUMENTS: dict[str, tuple[str, ...]] = {
     **{tool: _DESTRUCTIVE_SHELL + _SECRET_MATERIAL for tool in SHELL_TOOLS},
     **{tool: _SECRET_MATERIAL for tool in NETWORK_TOOLS},
     # Applies to every capability: piping a download into a shell is never a safe argument.
-    "*": (r"\b(curl|wget)\b[^|]*\|\s*(sudo\s+)?(sh|bash)\b",),
+    "*": (r"\b(curl|wget)\b[^|\n]{0,200}\|\s*(sudo\s+)?(sh|bash)\b",),
 }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -57,7 +58,7 @@ class RunSettings:
     liveness_request_count: int
     fault_kinds: tuple[str, ...]
     safety_phase_ms: int = 3_000
-    liveness_bound_ms: int = 10_000
+    liveness_bound_ms: int | None = None  # None: derived from the cluster's view-change timeouts.
     client_retry_ms: int = 1_000
     retry_probability: float = 0.15
     command_options: tuple[str, ...] = ()
@@ -254,7 +255,11 @@ class _Workload:
 
 
 def run_simulation(settings: RunSettings) -> RunResult:
-    """Run one seed through the three phases and check it."""
+    """Run one seed through the three phases and check it.
+
+    An exception inside the run (a core assertion, say) is itself a finding:
+    it becomes an invalid result carrying the traceback, so a swarm goes on.
+    """
     started = time.perf_counter()
     chooser = random.Random(f"harness-run/{settings.seed}")
     policies = policies_for(chooser, settings.replica_count)
@@ -263,27 +268,49 @@ def run_simulation(settings: RunSettings) -> RunResult:
     faults = plan_faults(chooser, settings.replica_count, cluster.config.faulty_max, frozenset(settings.fault_kinds),
                          settings.safety_phase_ms, hasattr(cluster, "restart"))
     nemesis = Nemesis(cluster, faults, chooser.randrange(2**32), policies)
-    workload = _Workload(chooser, cluster, settings.retry_probability)
-    monitor = _InvariantMonitor(cluster)
     start_ms = cluster.now_ms
-    _safety_phase(settings, cluster, nemesis, workload, start_ms)
-    assert len(nemesis.faulty_replicas) <= cluster.config.faulty_max, nemesis.faulty_replicas
-    monitor.check(nemesis.byzantine_replicas)
-    liveness_start_ms = cluster.now_ms
-    liveness = _liveness_phase(settings, cluster, nemesis, workload, start_ms)
-    monitor.check(nemesis.byzantine_replicas)
-    _quiesce(cluster)
-    monitor.check(nemesis.byzantine_replicas)
-    history = build_history(cluster.observed_operations(), cluster.now_ms)
-    checks = check_run(history, cluster, nemesis.byzantine_replicas, monitor)
+    phases = _Phases(settings, cluster, nemesis, _Workload(chooser, cluster, settings.retry_probability), start_ms)
+    try:
+        liveness, history, checks = phases.run()
+    except Exception as error:  # Reported as the run's failure, with the traceback; never swallowed silently.
+        liveness = LivenessOutcome("not-run", 0, 0, liveness_bound_ms(settings, cluster),
+                                   notes=["the run raised before or during the liveness phase"])
+        checks = {"run": CheckOutcome(Validity.INVALID, f"the run raised {type(error).__name__}: {error}",
+                                      traceback.format_exc().splitlines()[-MESSAGES_SHOWN_MAX:])}
+        history = build_history(cluster.observed_operations(), cluster.now_ms)
     return RunResult(settings, history, faults, checks, liveness, nemesis.byzantine_replicas, start_ms,
-                     cluster.now_ms, time.perf_counter() - started, cluster, liveness_start_ms)
+                     cluster.now_ms, time.perf_counter() - started, cluster, phases.liveness_start_ms or cluster.now_ms)
+
+
+@dataclass
+class _Phases:
+    settings: RunSettings
+    cluster: HarnessCluster
+    nemesis: Nemesis
+    workload: _Workload
+    start_ms: int
+    liveness_start_ms: int | None = None
+
+    def run(self) -> tuple[LivenessOutcome, History, dict[str, CheckOutcome]]:
+        settings, cluster, nemesis = self.settings, self.cluster, self.nemesis
+        monitor = _InvariantMonitor(cluster)
+        _safety_phase(settings, cluster, nemesis, self.workload, self.start_ms)
+        assert len(nemesis.faulty_replicas) <= cluster.config.faulty_max, nemesis.faulty_replicas
+        monitor.check(nemesis.byzantine_replicas)
+        self.liveness_start_ms = cluster.now_ms
+        liveness = _liveness_phase(settings, cluster, nemesis, self.workload, self.start_ms)
+        monitor.check(nemesis.byzantine_replicas)
+        _quiesce(cluster)
+        monitor.check(nemesis.byzantine_replicas)
+        history = build_history(cluster.observed_operations(), cluster.now_ms)
+        return liveness, history, check_run(history, cluster, nemesis.byzantine_replicas, monitor)
 
 
 def _safety_phase(settings: RunSettings, cluster: HarnessCluster, nemesis: Nemesis, workload: _Workload,
                   start_ms: int) -> None:
     chooser = workload.chooser
-    due = sorted(chooser.randrange(settings.safety_phase_ms) for _ in range(settings.request_count))
+    # Submission times fall on ticks, where the loop below looks for them.
+    due = sorted(chooser.randrange(0, settings.safety_phase_ms, cluster.tick_ms) for _ in range(settings.request_count))
     while cluster.now_ms - start_ms < settings.safety_phase_ms:
         elapsed = cluster.now_ms - start_ms
         nemesis.advance(elapsed)
@@ -295,17 +322,31 @@ def _safety_phase(settings: RunSettings, cluster: HarnessCluster, nemesis: Nemes
     assert not due, "every safety-phase request is submitted within the phase"
 
 
+def liveness_bound_ms(settings: RunSettings, cluster: SimCluster) -> int:
+    """How long healed requests may take: f+2 of the longest view-change timeouts.
+
+    After healing, up to f views in a row may have a faulty primary (a
+    Byzantine backup's turn comes too), each costing at most one maximal
+    timeout; one more covers the timer already running, one the final view's work.
+    """
+    if settings.liveness_bound_ms is not None:
+        return settings.liveness_bound_ms
+    limits = cluster.config.limits
+    return (cluster.config.faulty_max + 2) * limits.view_change_timeout_ticks_max * cluster.tick_ms
+
+
 def _liveness_phase(settings: RunSettings, cluster: HarnessCluster, nemesis: Nemesis, workload: _Workload,
                     start_ms: int) -> LivenessOutcome:
     """Heal, submit fresh requests, and require each to finalize within the bound."""
     notes = list(nemesis.heal_for_liveness(cluster.now_ms - start_ms))
-    deadline = cluster.now_ms + settings.liveness_bound_ms + 2_000
+    bound_ms = liveness_bound_ms(settings, cluster)
+    deadline = cluster.now_ms + bound_ms + 2_000
     requests = []
     for _ in range(settings.liveness_request_count):
         requests.append(workload.submit(deadline_ms=deadline))
         cluster.run(50)
     records = [cluster.operations[request.key] for request in requests]
-    bound_end = cluster.now_ms + settings.liveness_bound_ms
+    bound_end = cluster.now_ms + bound_ms
     while cluster.now_ms < bound_end and not all(record.certificate for record in records):
         cluster.run_until(lambda: all(record.certificate for record in records),
                           max_ms=min(settings.client_retry_ms, bound_end - cluster.now_ms))
@@ -314,17 +355,24 @@ def _liveness_phase(settings: RunSettings, cluster: HarnessCluster, nemesis: Nem
                 cluster.resend(record.request)  # A client re-sends what is unanswered, as real clients do.
     stalled = [record for record in records if record.certificate is None]
     return LivenessOutcome("stalled" if stalled else "ok", len(records), len(records) - len(stalled),
-                           settings.liveness_bound_ms,
+                           bound_ms,
                            [f"{r.request.client_id}#{r.request.request_number}" for r in stalled],
                            _stall_diagnosis(cluster, nemesis) if stalled else [], notes)
 
 
 def _stall_diagnosis(cluster: HarnessCluster, nemesis: Nemesis) -> list[str]:
-    lines = [f"replica {r.replica_id}: view {r.view}, last executed seq {r.last_executed}"
+    """Where each replica stands, plus the view spread, which is the usual story of a stall."""
+    lines = [f"replica {r.replica_id}: view {r.view}"
+             + ("" if getattr(r, "view_active", True) else " (changing view)")
+             + f", last executed seq {r.last_executed}"
              + (" (crashed)" if r.replica_id in cluster.crashed else "")
              + (" (Byzantine)" if r.replica_id in nemesis.byzantine_replicas else "") for r in cluster.replicas]
-    if not any(hasattr(r, "start_view_change") or hasattr(r, "view_change_by_replica") for r in cluster.replicas):
-        lines.append("the core has no view change yet, so a faulty primary or a lost protocol message stalls it")
+    views: dict[int, int] = {}
+    for replica in cluster.replicas:
+        views[replica.view] = views.get(replica.view, 0) + 1
+    spread = ", ".join(f"view {view}: {count}" for view, count in sorted(views.items()))
+    active = sum(1 for r in cluster.replicas if getattr(r, "view_active", True))
+    lines.append(f"replicas per view: {spread}; {active} in an active view; a view needs {cluster.config.quorum}")
     return lines
 
 

@@ -53,9 +53,9 @@ def _verifies(data: bytes) -> bool:
 
 def test_run_demo_summary_adds_up(tmp_path):
     out = io.StringIO()
-    summary = run_demo(requests=16, replicas=5, seed=11, concurrency=4, certificate_path=tmp_path / "c.json", out=out)
+    summary = run_demo(requests=40, replicas=5, seed=11, concurrency=8, certificate_path=tmp_path / "c.json", out=out)
     assert summary.ok
-    assert sum(summary.verdicts.values()) == 16
+    assert sum(summary.verdicts.values()) == 40
     assert summary.verdicts["REFUSED"] == 0, out.getvalue()
     for status in summary.verdicts:
         assert sum(counts[status] for counts in summary.by_risk.values()) == summary.verdicts[status]

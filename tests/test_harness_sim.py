@@ -140,6 +140,20 @@ def test_a_failing_run_prints_the_command_that_reproduces_it(runs):
     assert exit_status([runs[0], failing], liveness_required=True) == 1
 
 
+def test_an_exception_inside_a_run_is_an_invalid_result_not_a_crash(monkeypatch):
+    def broken_quiesce(cluster):
+        raise AssertionError("planted: a core invariant broke")
+    monkeypatch.setattr("harness._swarm._quiesce", broken_quiesce)
+    result = run_simulation(settings_for_seed(1, replica_count=4, request_count=3))
+    assert result.validity is Validity.INVALID and set(result.checks) == {"run"}
+    assert "planted: a core invariant broke" in result.checks["run"].summary
+    assert any("broken_quiesce" in line for line in result.checks["run"].details)
+    assert len(result.history) > 0  # What the clients saw before the failure is kept for the report.
+    out = io.StringIO()
+    describe_run(result, out)
+    assert "reproduce with: python -m harness sim --seed 1 --replicas 4 --requests 3" in out.getvalue()
+
+
 def test_a_stalled_liveness_phase_is_reported_apart_from_safety(runs):
     stalled = dataclasses.replace(runs[0], liveness=LivenessOutcome("stalled", 3, 1, 10_000, ["client-0#9"],
                                                                    ["replica 0: view 0, last executed seq 4"]))

@@ -75,7 +75,7 @@ class Schedule:
 
     @property
     def network_loses_messages(self) -> bool:
-        return self.drop_probability > 0 or any(action[0] == "partition" for action, _, _ in self.phases)
+        return self.drop_probability > 0 or any(action[0] in ("partition", "crash") for action, _, _ in self.phases)
 
     @property
     def primary_is_honest(self) -> bool:
@@ -90,7 +90,8 @@ def phases_for(replica_count: int):
         st.just(("none",)), st.just(("none",)), st.just(("heal",)),
         st.tuples(st.just("partition"),
                   st.frozensets(st.integers(0, replica_count - 1), min_size=1, max_size=replica_count - 1)),
-        st.tuples(st.just("resend"), st.integers(0, 8)))
+        st.tuples(st.just("resend"), st.integers(0, 8)),
+        st.tuples(st.just("crash"), st.integers(0, replica_count - 1)))
     return st.tuples(action, st.lists(submit, min_size=1, max_size=2), st.integers(5, 150))
 
 
@@ -129,9 +130,18 @@ def build(schedule: Schedule) -> SimCluster:
                       faults=faults, interceptors=interceptors)
 
 
+def restart_crashed(cluster: SimCluster) -> None:
+    """A crash lasts one phase: the replica comes back from exactly what its store made durable."""
+    for replica_id in sorted(cluster.crashed):
+        cluster.restart(replica_id)
+
+
 def apply_phase(cluster: SimCluster, phase: tuple, requests: list, patient: list) -> None:
     action, submits, run_ms = phase
-    if action[0] == "partition":
+    restart_crashed(cluster)
+    if action[0] == "crash":
+        cluster.crash(action[1])
+    elif action[0] == "partition":
         cluster.partition(set(action[1]), set(range(len(cluster.replicas))) - set(action[1]))
     elif action[0] == "heal":
         cluster.heal()
@@ -163,6 +173,7 @@ def run_schedule(schedule: Schedule, after_healing_ms: int) -> None:
         apply_phase(cluster, phase, requests, patient)
         monitor.assert_ok(f"after phase {index} {phase} of {schedule}")
     cluster.heal()
+    restart_crashed(cluster)
     cluster.faults = NetworkFaults(delay_ms_min=1, delay_ms_max=schedule.delay_ms_max)
     if schedule.primary_is_honest and not schedule.network_loses_messages:
         assert cluster.run_until(cluster.all_done, LIVENESS_WITHIN_MS), f"no progress: {schedule}"

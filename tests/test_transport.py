@@ -1,9 +1,10 @@
-"""The trio transport over real loopback TCP: the handshake admits exactly the configured keys, bad bytes (garbage, oversize, truncated, slow, flooding, undecodable) cost the sender its connection while the replica keeps serving, links reconnect, queues stay bounded, and a 4-replica cluster finalizes verdicts whose certificates verify offline."""
+"""The trio runtime over real loopback TCP: the handshake admits exactly the configured keys, bad bytes (garbage, oversize, truncated, slow, flooding, undecodable) cost the sender its connection while the replica keeps serving, links reconnect, queues stay bounded, a 4-replica cluster finalizes verdicts whose certificates verify offline (or refuses without a quorum), overrunning policies vote DENY, and stores are pruned and recovered."""
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 import trio
@@ -12,8 +13,8 @@ from bft.core import (ClusterConfig, Commit, Decision, KeyPair, Limits, PrePrepa
                       Vote)
 from bft.policies import ApproveEverything, CapabilityDenyList, ContextRules, PatternMatcher
 from bft.policy import PolicyDecision
-from bft.runtime import (Backoff, FramedConnection, Identity, NodeOptions, ReplicaNode, SendQueue, TransportLimits,
-                         derive_keypair, encode_frame, open_local_cluster)
+from bft.runtime import (Backoff, FramedConnection, Identity, NodeOptions, ReplicaNode, RuntimeClock, SendQueue,
+                         TransportLimits, derive_keypair, encode_frame, open_client, open_local_cluster)
 from bft.runtime import _handshake
 from bft.storage import SqliteStore
 
@@ -259,7 +260,6 @@ async def test_the_client_refuses_when_no_quorum_is_reachable():
                 await listener.aclose()
             addresses = dict(cluster.addresses)
             addresses[2], addresses[3] = ("127.0.0.1", dead_ports[0]), ("127.0.0.1", dead_ports[1])
-            from bft.runtime import open_client
             async with open_client(cluster.config, "client-0", cluster.client_keys["client-0"].seed, addresses,
                                    clock=cluster.clock, reply_grace_ms=0) as client:
                 outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=600)
@@ -408,3 +408,14 @@ def test_runtime_settings_are_checked_at_start_up():
         NodeOptions(tick_ms=0).check()
     with pytest.raises(ConfigError):
         NodeOptions(transport=TransportLimits(idle_timeout_s=0)).check()
+
+
+async def test_the_runtime_clock_is_monotonic_and_anchored_to_the_epoch():
+    clock = RuntimeClock()
+    first = clock.now_ms()
+    assert abs(first - time.time_ns() // 1_000_000) < 1000
+    target = first + 30
+    await trio.sleep_until(clock.trio_time_at(target))
+    assert clock.now_ms() >= target
+    readings = [clock.now_ms() for _ in range(100)]
+    assert readings == sorted(readings)

@@ -60,7 +60,11 @@ class _Waiter:
 
 
 class AsyncClient:
-    """A trio client of one cluster.  Use ``open_client``; ``submit`` may be called from many tasks."""
+    """A trio client of one cluster.  Use ``open_client``; ``submit`` may be called from many tasks.
+
+    Run one instance per client id at a time: a replica keeps one connection per
+    identity, so two instances with one id would keep replacing each other's.
+    """
 
     def __init__(self, config: ClusterConfig, client_id: str, seed: bytes, addresses: Mapping[int, Address], *,
                  clock: RuntimeClock | None = None, limits: TransportLimits | None = None,
@@ -119,7 +123,11 @@ class AsyncClient:
 
     async def submit(self, action: Mapping[str, Any] | str, risk: Risk = Risk.LOW, *,
                      timeout_ms: int | None = None) -> Outcome:
-        """Ask the cluster for a verdict on ``action``; REFUSED if none is certified before the deadline."""
+        """Ask the cluster for a verdict on ``action``; REFUSED if none is certified before the deadline.
+
+        An action that is not a JSON object, or is too large, is the caller's mistake and raises
+        ``LocalProtocolError`` before anything is sent.
+        """
         assert self._running, "submit needs a running client (use open_client)"
         chosen_timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         if chosen_timeout_ms < 1:
@@ -130,7 +138,8 @@ class AsyncClient:
     async def _submit(self, action: Mapping[str, Any] | str, risk: Risk, timeout_ms: int) -> Outcome:
         started_s = trio.current_time()
         now_ms = self.clock.now_ms()
-        self._core.expire(now_ms)  # Forget requests abandoned by cancelled callers, whose deadlines passed.
+        # Forget requests abandoned by cancelled callers once their deadline (and grace) passed.
+        self._core.expire(now_ms - self.reply_grace_ms)
         deadline_ms = now_ms + timeout_ms
         request = self._core.new_request(action, risk, deadline_ms)
         waiter = self._waiters[request.request_number] = _Waiter()
@@ -145,7 +154,8 @@ class AsyncClient:
         latency_ms = (trio.current_time() - started_s) * 1000
         certificate = waiter.certificate
         if certificate is None:
-            self._core.expire(self.clock.now_ms())
+            self._core.expire(self.clock.now_ms() - self.reply_grace_ms)  # includes this request
+            assert request not in self._core.outstanding
             self.counters["refused"] += 1
             reason = (f"no verdict certificate within {timeout_ms} ms "
                       f"({self.replicas_connected} of {self.config.replica_count} replicas connected)")

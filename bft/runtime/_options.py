@@ -123,6 +123,9 @@ class RuntimeClock:
         return reading
 
     def trio_time_at(self, wall_ms: int) -> float:
-        """The ``trio.current_time()`` value at which this clock will read ``wall_ms``."""
+        """A ``trio.current_time()`` value by which this clock reads at least ``wall_ms``.
+
+        ``now_ms`` truncates, so the true reading may be up to 1 ms ahead of it; one
+        extra millisecond absorbs that and any floating-point rounding."""
         now_ms = self.now_ms()
-        return trio.current_time() + (wall_ms - now_ms) / 1000
+        return trio.current_time() + (wall_ms - now_ms + 1) / 1000
