@@ -210,7 +210,8 @@ def _completion(operation_id: int, process: str, observed: ObservedOperation, en
     if observed.refused:
         return Event(EventType.INFO, operation_id, process, client_id, number, observed.completed_ms or end_ms,
                      note="refused at the deadline: the request may still have been ordered")
-    return Event(EventType.INFO, operation_id, process, client_id, number, end_ms, note="no answer by the end of the run")
+    return Event(EventType.INFO, operation_id, process, client_id, number, end_ms,
+                 note="no answer by the end of the run")
 
 
 def build_history(observed: Iterable[tuple[str, ObservedOperation]], end_ms: int) -> History:
@@ -234,3 +235,10 @@ def build_history(observed: Iterable[tuple[str, ObservedOperation]], end_ms: int
         rows.append(((completion.time_ms, completion_phase, operation_id), completion))
     rows.sort(key=lambda row: row[0])
     return History(event for _, event in rows)
+
+
+def history_from_cluster(cluster) -> History:
+    """The history of a ``SimCluster`` (or a ``HarnessCluster``, whose retries it includes) at its current time."""
+    observed = getattr(cluster, "observed_operations", None)
+    pairs = observed() if observed is not None else [(r.request.client_id, r) for r in cluster.operations.values()]
+    return build_history(pairs, cluster.now_ms)

@@ -236,7 +236,8 @@ class Nemesis:
             if event.applied_start_ms is None or event.applied_end_ms is not None:
                 continue  # Never started (the phase ended first), or already over.
             if event.kind == "byzantine" and event.targets[0] != primary:
-                self.notes.append(f"replica {event.targets[0]} stays Byzantine ({event.strategy}) in the liveness phase")
+                self.notes.append(f"replica {event.targets[0]} stays Byzantine ({event.strategy}) "
+                                  "in the liveness phase")
                 continue
             if event.kind == "crash" and not self.can_restart:
                 self.notes.append(f"replica {event.targets[0]} stays crashed: SimCluster has no restart yet")
@@ -286,7 +287,8 @@ class Nemesis:
         from bft.testing import STRATEGIES, ApproveEverything, DenyEverything
         victim, strategy = event.targets[0], event.strategy
         if strategy in POLICY_STRATEGIES:
-            self.cluster.policies[victim] = ApproveEverything() if strategy == "approve-everything" else DenyEverything()
+            lying = ApproveEverything() if strategy == "approve-everything" else DenyEverything()
+            self.cluster.policies[victim] = lying
             return
         factory: Callable = STRATEGIES[strategy]
         self.cluster.interceptors[victim] = factory(event.detail["strategy_seed"], len(self.cluster.replicas))

@@ -34,7 +34,7 @@ from bft.core import (CertificateError, Decision, Reply, Request, Risk, VerdictC
 from bft.policy import PolicyDecision
 from bft.testing import SimCluster
 
-from ._history import EventType, History, build_history
+from ._history import EventType, History, history_from_cluster
 from ._linearizability import CheckResult, Validity, check_keys, check_real_time_order, combine
 from ._nemesis import FAULT_KINDS, FaultEvent, Nemesis, plan_faults
 
@@ -145,8 +145,9 @@ class HarnessCluster(SimCluster):
         if isinstance(message, Reply):
             for record in self._open_retries.get((client_id, message.request_number), ()):
                 self._observe_retry_reply(record, message)
-            self._open_retries = {key: [r for r in records if r.certificate is None]
-                                  for key, records in self._open_retries.items() if any(r.certificate is None for r in records)}
+            still_open = {key: [r for r in records if r.certificate is None]
+                          for key, records in self._open_retries.items()}
+            self._open_retries = {key: records for key, records in still_open.items() if records}
 
     def _observe_retry_reply(self, record: RetryRecord, reply: Reply) -> None:
         if record.certificate is not None or reply.replica_id in record.replies:
@@ -277,7 +278,7 @@ def run_simulation(settings: RunSettings) -> RunResult:
                                    notes=["the run raised before or during the liveness phase"])
         checks = {"run": CheckOutcome(Validity.INVALID, f"the run raised {type(error).__name__}: {error}",
                                       traceback.format_exc().splitlines()[-MESSAGES_SHOWN_MAX:])}
-        history = build_history(cluster.observed_operations(), cluster.now_ms)
+        history = history_from_cluster(cluster)
     return RunResult(settings, history, faults, checks, liveness, nemesis.byzantine_replicas, start_ms,
                      cluster.now_ms, time.perf_counter() - started, cluster, phases.liveness_start_ms or cluster.now_ms)
 
@@ -302,7 +303,7 @@ class _Phases:
         monitor.check(nemesis.byzantine_replicas)
         _quiesce(cluster)
         monitor.check(nemesis.byzantine_replicas)
-        history = build_history(cluster.observed_operations(), cluster.now_ms)
+        history = history_from_cluster(cluster)
         return liveness, history, check_run(history, cluster, nemesis.byzantine_replicas, monitor)
 
 
@@ -468,7 +469,8 @@ def check_durability(history: History, cluster: SimCluster, correct: set[int]) -
             else:
                 behind[replica_id] += 1
         if holders == 0 and correct:
-            problems.append(f"no correct replica's log holds certified {key} ({operation.verdict} at seq {operation.seq})")
+            problems.append(f"no correct replica's log holds certified {key} "
+                            f"({operation.verdict} at seq {operation.seq})")
     notes = [f"replica {r} is behind on {count} certified verdicts" for r, count in sorted(behind.items()) if count]
     if problems:
         return CheckOutcome(Validity.INVALID, f"{len(problems)} certified verdicts lost or changed",
@@ -500,7 +502,8 @@ def _certificate_problem(event, cluster: SimCluster) -> str | None:
     except (CertificateError, ValueError) as error:
         return f"certificate does not verify: {error}"
     if (certificate.request.key, certificate.decision.value, certificate.seq) != (event.key, event.verdict, event.seq):
-        return (f"certificate says {certificate.decision.value} at seq {certificate.seq} for {certificate.request.key}, "
+        return (f"certificate says {certificate.decision.value} at seq {certificate.seq} "
+                f"for {certificate.request.key}, "
                 f"the history says {event.verdict} at seq {event.seq}")
     return None
 

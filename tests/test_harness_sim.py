@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bft.testing import ApproveEverything, NetworkFaults, SimCluster
-from harness import (Event, EventType, FaultEvent, History, Nemesis, RunResult, Validity, check_run, plan_faults,
-                     run_simulation, settings_for_seed)
+from harness import (Event, EventType, FaultEvent, History, Nemesis, RunResult, Validity, check_keys, check_run,
+                     history_from_cluster, plan_faults, run_simulation, settings_for_seed)
 from harness.__main__ import describe_run, describe_swarm, exit_status, main
 from harness._nemesis import FAULT_KINDS, PARTITION_KINDS, bridge_links, majorities_ring_links
 from harness._report import vote_statistics, write_report
@@ -57,6 +57,18 @@ def test_a_seed_reproduces_the_same_run_exactly(runs):
     again = run_simulation(settings_for_seed(2, **FAST))
     assert again.history.to_jsonl() == runs[2].history.to_jsonl()
     assert [event.to_json() for event in again.faults] == [event.to_json() for event in runs[2].faults]
+
+
+def test_a_plain_simulator_run_becomes_a_history_with_every_outcome():
+    cluster = SimCluster(4, seed=5)
+    answered = cluster.submit("client-0", {"tool": "read_file"})
+    expired = cluster.submit("client-0", {"tool": "read_file"}, deadline_ms=cluster.now_ms - 1)
+    cluster.run_until(cluster.all_done, max_ms=5_000)
+    unanswered = cluster.submit("client-0", {"tool": "read_file"})
+    history = history_from_cluster(cluster)
+    outcomes = {op.key: op.outcome for op in history.operations()}
+    assert outcomes == {answered.key: EventType.OK, expired.key: EventType.INFO, unanswered.key: EventType.INFO}
+    assert check_keys(history).validity is Validity.VALID and len(history) == 6
 
 
 # ----------------------------------------------------------------- corrupted histories are caught
@@ -237,7 +249,8 @@ def test_plans_stay_within_f_faulty_replicas_and_one_partition_at_a_time(seed, c
 def test_nemesis_applies_and_heals_faults_but_keeps_byzantine_backups():
     policies = {i: ToolPolicy(frozenset({"exfiltrate_secrets"})) for i in range(4)}
     cluster = SimCluster(4, seed=1, policies=policies)
-    events = [FaultEvent("partition-halves", 0, 100), FaultEvent("network-drop", 0, 200, detail={"drop_probability": 0.1}),
+    events = [FaultEvent("partition-halves", 0, 100),
+              FaultEvent("network-drop", 0, 200, detail={"drop_probability": 0.1}),
               FaultEvent("byzantine", 0, None, (0,), {"strategy": "approve-everything", "strategy_seed": 1}),
               FaultEvent("byzantine", 0, None, (2,), {"strategy": "lying-votes", "strategy_seed": 1})]
     nemesis = Nemesis(cluster, events, seed=3, base_policies=policies)

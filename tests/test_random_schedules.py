@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bft.core import Risk, max_faulty
+from bft.core import Limits, Risk, max_faulty
 from bft.policy import PolicyDecision
 from bft.testing import STRATEGIES, ApproveEverything, DenyEverything, NetworkFaults, SimCluster
 from specs.invariants import SimMonitor
@@ -50,6 +50,9 @@ class Coin:
         return PolicyDecision.allow("heads") if heads else PolicyDecision.deny("tails")
 
 
+# Small windows make short schedules cross checkpoints, move the water marks and discard old slots.
+TIGHT_LIMITS = Limits(max_batch_requests=2, max_in_flight_batches=3, log_window=4, checkpoint_interval=2)
+
 HONEST_POLICIES = {
     "allow": lambda: ApproveEverything(),  # Honest and permissive: the policy may simply agree.
     "deny": lambda: DenyEverything(),
@@ -65,6 +68,7 @@ class Schedule:
     drop_probability: float
     duplicate_probability: float
     delay_ms_max: int
+    tight_limits: bool
     byzantine: tuple[tuple[int, str], ...]  # (replica, interceptor strategy or "policy-only")
     honest_policies: tuple[str, ...]
     phases: tuple[tuple, ...]  # (network action, submits, run_ms)
@@ -110,6 +114,7 @@ def schedules(draw, replica_counts=(4, 4, 4, 4, 5), byzantine_strategies=tuple(s
         drop_probability=draw(st.sampled_from((0.0, 0.0, 0.0, 0.03, 0.15))),
         duplicate_probability=draw(st.sampled_from((0.0, 0.1, 0.3))),
         delay_ms_max=draw(st.sampled_from((1, 5, 25, 80))),
+        tight_limits=draw(st.booleans()),
         byzantine=byzantine,
         honest_policies=tuple(draw(st.sampled_from(sorted(HONEST_POLICIES))) for _ in range(replica_count)),
         phases=tuple(draw(st.lists(phases_for(replica_count), min_size=1, max_size=phases_max))),
@@ -127,7 +132,7 @@ def build(schedule: Schedule) -> SimCluster:
                            duplicate_probability=schedule.duplicate_probability,
                            delay_ms_min=1, delay_ms_max=schedule.delay_ms_max)
     return SimCluster(schedule.replica_count, seed=schedule.seed, policies=policies, client_ids=CLIENTS,
-                      faults=faults, interceptors=interceptors)
+                      faults=faults, interceptors=interceptors, limits=TIGHT_LIMITS if schedule.tight_limits else None)
 
 
 def restart_crashed(cluster: SimCluster) -> None:

@@ -82,6 +82,7 @@ class Replica(ViewChangeMixin):
         self.view_seen_by_replica: dict[int, int] = {}
         self.recovering_until_seq = 0
         self._view_change_attempts = 0
+        self._view_change_sent_tick = 0
         self._out: ReadyBuilder | None = None
         self._handlers: dict[type, Callable] = {
             Request: self._on_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,

@@ -44,6 +44,14 @@ class ViewChangeMixin:
         if not self._has_outstanding_work():
             self._waiting_since = None
             return
+        if not self.view_active and self._view_change_support() < self.quorum:
+            # PBFT's rule: a view change is timed only once a quorum asks for it.
+            # Replicas that ran ahead wait here, so the laggards' timeouts bring
+            # everyone to one view instead of both groups climbing forever.
+            # Meanwhile the VIEW-CHANGE is re-sent, since the network may have lost it.
+            self._waiting_since = self.ticks
+            self._resend_own_view_change()
+            return
         if self._waiting_since is None:
             self._waiting_since = self.ticks
             return
@@ -53,6 +61,21 @@ class ViewChangeMixin:
         if waited >= self._current_timeout() and not self.recovering:
             self._view_change_attempts += 1
             self._start_view_change(self.view + 1)
+
+    def _resend_own_view_change(self) -> None:
+        own = self.view_change_by_replica.get(self.replica_id)
+        if own is None or own.new_view != self.view:
+            return
+        if self.ticks - self._view_change_sent_tick < self.limits.view_change_timeout_ticks:
+            return
+        self._view_change_sent_tick = self.ticks
+        for replica_id in range(self.config.replica_count):
+            if replica_id != self.replica_id:
+                self._out.to_replicas.append((replica_id, own))
+
+    def _view_change_support(self) -> int:
+        """Replicas that gave up on views below ours: asking for a later view counts too."""
+        return sum(1 for vc in self.view_change_by_replica.values() if vc.new_view >= self.view)
 
     def _forward_unordered_requests(self) -> None:
         for pending in self.pending:
@@ -89,6 +112,7 @@ class ViewChangeMixin:
         view_change = self._sign(ViewChange(new_view, self.low_water, self.stable_proof, proofs,
                                             self.replica_id, bytes(64)))
         self._broadcast(view_change)
+        self._view_change_sent_tick = self.ticks
         self.view_change_by_replica[self.replica_id] = view_change
         self._maybe_send_new_view()
 

@@ -86,6 +86,18 @@ def lying_replies(decision: Decision = Decision.ALLOW) -> Interceptor:
     return intercept
 
 
+def lying_checkpoints(seed: int) -> Interceptor:
+    """Re-signs every checkpoint with a random state digest: a validly signed claim about a state nobody has."""
+    chooser = random.Random(seed)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if isinstance(message, Checkpoint):
+            return [signer.sign(dataclasses.replace(message, state_digest=chooser.randbytes(32)))]
+        return [message]
+
+    return intercept
+
+
 def forged_signatures(seed: int, probability: float = 1.0) -> Interceptor:
     """Replaces the signature of a message with random bytes, with ``probability`` per message."""
     assert 0.0 <= probability <= 1.0
@@ -217,5 +229,6 @@ STRATEGIES: dict[str, Callable[[int, int], Interceptor]] = {
     "veto-dropping-primary": lambda seed, replica_count: veto_dropping_primary(
         quorum_size(replica_count, max_faulty(replica_count))),
     "replaying": lambda seed, replica_count: replaying(seed),
+    "lying-checkpoints": lambda seed, replica_count: lying_checkpoints(seed),
     "lying-replaying": lambda seed, replica_count: compose(lying_votes(), lying_replies(), replaying(seed)),
 }
