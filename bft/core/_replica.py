@@ -16,6 +16,7 @@ handlers validate first and mutate after.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Callable
 
@@ -500,8 +501,7 @@ class Replica(ViewChangeMixin):
         self._maybe_propose()
 
     def _sign_reply(self, reply: Reply) -> Reply:
-        return self._sign(Reply(*(getattr(reply, name) for name, _ in Reply.SCHEMA[:-2]),
-                                replica_id=self.replica_id, signature=bytes(64)))
+        return self._sign(dataclasses.replace(reply, replica_id=self.replica_id))
 
     def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
         if checkpoint.seq % self.limits.checkpoint_interval != 0:
