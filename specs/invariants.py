@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from bft.core import (GENESIS_HASH, Checkpoint, ClusterConfig, Commit, Decision, LogEntry, Message, PrePrepare,
-                      Prepare, RemoteProtocolError, Reply, Request, VerdictCertificate, Verifier, Vote,
+                      Prepare, RemoteProtocolError, Request, VerdictCertificate, Verifier, Vote,
                       request_digest)
 from bft.core._codec import digest, pack
 from bft.core._schema import record_to_wire
@@ -111,14 +111,20 @@ class Evidence:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _verifier(config: ClusterConfig, cache: dict = {}) -> Verifier:
+# Verification results are pure facts about (key, payload, signature), so caching them keeps every
+# predicate pure while letting a run that is checked after every phase verify each signature once.
+_verifiers: dict[tuple, Verifier] = {}
+
+
+def _verifier(config: ClusterConfig) -> Verifier:
     """One long-lived verifier per cluster identity, so repeated checks reuse its signature cache."""
     identity = (config.cluster_id, config.replica_keys, tuple(sorted(config.client_keys.items())))
-    verifier = cache.get(identity)
+    verifier = _verifiers.get(identity)
     if verifier is None:
-        if len(cache) >= _VERIFIERS_MAX:
-            cache.clear()
-        verifier = cache[identity] = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+        if len(_verifiers) >= _VERIFIERS_MAX:
+            _verifiers.clear()
+        verifier = _verifiers[identity] = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+    assert len(_verifiers) <= _VERIFIERS_MAX
     return verifier
 
 
@@ -146,8 +152,9 @@ def check_agreement(logs: Logs) -> list[Violation]:
         for entry in logs[replica_id]:
             other_id, other = first_at_position.setdefault(entry.position, (replica_id, entry))
             if other != entry:
-                violations.append(Violation("S1", f"replicas {other_id} and {replica_id} finalized different entries "
-                                                  f"at position {entry.position}: {_describe(other)} vs {_describe(entry)}"))
+                violations.append(Violation(
+                    "S1", f"replicas {other_id} and {replica_id} finalized different entries at position "
+                          f"{entry.position}: {_describe(other)} vs {_describe(entry)}"))
     return violations + _check_agreement_by_seq(logs)
 
 
@@ -212,7 +219,8 @@ def allow_problem(votes: Sequence[Vote], digest_of_request: bytes, rule_min_allo
 
 
 def check_validity(logs: Logs, config: ClusterConfig, evidence: Evidence | None = None,
-                   certificates: Sequence[VerdictCertificate] = (), *, require_evidence: bool = False) -> list[Violation]:
+                   certificates: Sequence[VerdictCertificate] = (), *,
+                   require_evidence: bool = False) -> list[Violation]:
     """S2 (fail-closed): every ALLOW rests on at least min_allow_votes >= 2f+1 distinct signed ALLOW votes."""
     violations = []
     for certificate in certificates:
@@ -230,7 +238,8 @@ def check_validity(logs: Logs, config: ClusterConfig, evidence: Evidence | None 
                 continue
             problem = _entry_allow_problem(entry, config, evidence, require_evidence, verdicts)
             if problem:
-                violations.append(Violation("S2", f"replica {replica_id} logged ALLOW {_describe(entry)} but {problem}"))
+                violations.append(Violation(
+                    "S2", f"replica {replica_id} logged ALLOW {_describe(entry)} but {problem}"))
     return violations
 
 
@@ -383,8 +392,9 @@ def check_deadline(logs: Logs, certificates: Sequence[VerdictCertificate] = ()) 
     for replica_id in sorted(logs):
         for entry in logs[replica_id]:
             if entry.decision is Decision.ALLOW and entry.timestamp_ms > entry.deadline_ms:
-                violations.append(Violation("S5", f"replica {replica_id} logged ALLOW {_describe(entry)} at "
-                                                  f"{entry.timestamp_ms} ms, after the deadline {entry.deadline_ms} ms"))
+                violations.append(Violation(
+                    "S5", f"replica {replica_id} logged ALLOW {_describe(entry)} at {entry.timestamp_ms} ms, "
+                          f"after the deadline {entry.deadline_ms} ms"))
     for certificate in certificates:
         timestamp_ms = certificate.replies[0].timestamp_ms
         if certificate.decision is Decision.ALLOW and timestamp_ms > certificate.request.deadline_ms:

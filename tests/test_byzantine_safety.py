@@ -12,10 +12,12 @@ import json
 
 import pytest
 
-from bft.core import BatchEntry, ClusterConfig, ConfigError, Decision, LogEntry, Ready, Risk, VerdictRule
+from bft.core import (BatchEntry, ClusterConfig, ConfigError, Decision, LogEntry, PreparedProof, Ready,
+                      RemoteProtocolError, Risk, VerdictRule, Verifier, ViewChange)
 from bft.policy import PolicyDecision
-from bft.testing import (STRATEGIES, ApproveEverything, DenyEverything, SimCluster, compose, lying_votes,
-                         veto_dropping_primary)
+from bft.testing import (STRATEGIES, ApproveEverything, DenyEverything, SimCluster, compose, equivocating_primary,
+                         forged_signatures, hiding_view_changes, honest, lying_checkpoints, lying_votes,
+                         mangled_messages, replaying, silent, veto_dropping_primary)
 from specs.invariants import SimMonitor
 
 CLIENTS = ("client-0", "client-1", "client-2")
@@ -37,6 +39,62 @@ def run_requests(cluster: SimCluster, monitor: SimMonitor, count: int, wave: int
 
 def correct_decisions(cluster: SimCluster, correct: set[int]) -> set[Decision]:
     return {entry.decision for replica_id in correct for entry in cluster.stores[replica_id].log}
+
+
+# ----------------------------------------------------------------------------- the strategies are really Byzantine
+
+
+def verifies(kit, message) -> bool:
+    try:
+        Verifier(kit.cluster_id, kit.config.replica_keys, dict(kit.config.client_keys)).verify(message)
+    except RemoteProtocolError:
+        return False
+    return True
+
+
+def test_each_strategy_changes_what_it_claims_to(kit, batch_digest) -> None:
+    """A strategy that silently passed messages through would make every safety test above vacuous."""
+    signer = kit.replica_signers[0]
+    request = kit.request("alice", 1, Risk.LOW)
+    deny = kit.vote(0, request, Decision.DENY, "no")
+    entries = (kit.entry(request, range(4), deny=(3,)), kit.entry(kit.request("alice", 2, Risk.LOW), range(4)))
+    preprepare = kit.preprepare(1, entries)
+    checkpoint = kit.checkpoint(0, 2, bytes(32))
+
+    lied = lying_votes()(1, deny, signer)[0]
+    assert lied.decision is Decision.ALLOW and verifies(kit, lied)
+    assert silent()(1, deny, signer) == [] and honest()(1, deny, signer) == [deny]
+    forged = forged_signatures(seed=1)(1, deny, signer)[0]
+    assert forged.signature != deny.signature and not verifies(kit, forged)
+    for message in (deny, preprepare, checkpoint, kit.prepare(0, 1, batch_digest(preprepare))):
+        mangled = mangled_messages(seed=2)(1, message, signer)[0]
+        assert mangled != message and mangled.signature == message.signature and not verifies(kit, mangled)
+    other = lying_checkpoints(seed=3)(1, checkpoint, signer)[0]
+    assert other.state_digest != checkpoint.state_digest and verifies(kit, other)
+
+    equivocate = equivocating_primary(targets={2})
+    assert equivocate(1, preprepare, signer) == [preprepare]
+    forked = equivocate(2, preprepare, signer)[0]
+    assert (forked.view, forked.seq) == (preprepare.view, preprepare.seq) and verifies(kit, forked)
+    assert batch_digest(forked) != batch_digest(preprepare)
+
+    stripped = veto_dropping_primary(quorum=kit.config.quorum)(1, preprepare, signer)[0]
+    assert [len(e.votes) for e in stripped.batch.entries] == [kit.config.quorum, 4] and verifies(kit, stripped)
+    assert all(v.decision is Decision.ALLOW for e in stripped.batch.entries for v in e.votes)
+
+    replay = replaying(seed=4, probability=1.0)
+    assert replay(1, deny, signer) == [deny]
+    assert replay(1, checkpoint, signer) == [checkpoint, deny], "the second message also re-sends the first"
+    assert compose(lying_votes(), silent())(1, deny, signer) == []
+    assert compose(lying_votes(), replaying(seed=5, probability=1.0))(1, deny, signer) == [lied]
+
+
+def test_hiding_view_changes_drops_the_prepared_proofs(kit, batch_digest) -> None:
+    preprepare = kit.preprepare(1, (kit.entry(kit.request("alice", 1, Risk.LOW), range(4)),))
+    proof = PreparedProof(preprepare, tuple(kit.prepare(i, 1, batch_digest(preprepare)) for i in range(3)))
+    view_change = kit.replica_signers[1].sign(ViewChange(1, 0, (), (proof,), 1, bytes(64)))
+    hidden = hiding_view_changes()(2, view_change, kit.replica_signers[1])[0]
+    assert hidden.prepared == () and hidden.new_view == 1 and verifies(kit, hidden)
 
 
 # ----------------------------------------------------------------------------- (a) DENY stays DENY

@@ -38,7 +38,7 @@ class HonestRun:
         return Signer(self.config.cluster_id, self.cluster.replica_seeds[replica_id])
 
     def client_signer(self, client_id: str) -> Signer:
-        return Signer(self.config.cluster_id, _sim.test_keypair(0, client_id).seed)
+        return Signer(self.config.cluster_id, _sim.keypair_for_test(0, client_id).seed)
 
     def allow_certificate(self) -> VerdictCertificate:
         return next(c for c in self.certificates if c.decision is Decision.ALLOW)

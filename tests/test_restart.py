@@ -70,3 +70,22 @@ def test_recovered_replica_refuses_to_sign_a_different_digest_for_a_slot_it_sign
     recovered.view = view
     assert recovered._may_sign(phase, seq, recovered.signed_digests[(phase, view, seq)])
     assert not recovered._may_sign(phase, seq, b"\x01" * 32)
+
+
+def test_a_restarted_replica_resends_its_stored_vote_even_if_its_policy_changed_its_mind() -> None:
+    from bft.core import Decision, Vote, request_digest
+    from bft.testing import DenyEverything
+    cluster = SimCluster(4, seed=2)
+    request = cluster.submit("client-0", {"tool": "read", "n": 1}, Risk.LOW)
+    cluster.crash(0)  # The primary is gone, so the request stays pending at replica 3.
+    cluster.run(30)
+    digest = request_digest(cluster.config.cluster_id, request)
+    stored = [m for m in cluster.stores[3].signed if isinstance(m, Vote) and m.request_digest == digest]
+    assert stored and stored[0].decision is Decision.ALLOW
+    cluster.crash(3)
+    cluster.restart(3)
+    cluster.policies[3] = DenyEverything()
+    cluster.resend(request)
+    cluster.run(30)
+    votes = [m for m in cluster.stores[3].signed if isinstance(m, Vote) and m.request_digest == digest]
+    assert votes == stored, "a restarted replica signed a second, different vote on the same request"

@@ -82,6 +82,7 @@ class Replica(ViewChangeMixin):
         self.signed_digests: dict[tuple[str, int, int], bytes] = {}
         self.view_seen_by_replica: dict[int, int] = {}
         self.recovering_until_seq = 0
+        self.recovered_votes: dict[bytes, Vote] = {}
         self._view_change_attempts = 0
         self._view_change_sent_tick = 0
         self._out: ReadyBuilder | None = None
@@ -113,6 +114,10 @@ class Replica(ViewChangeMixin):
         replica.view, replica.view_active = max(views, default=0), not views
         for message in own:
             replica._remember_signed(message)
+        # Votes persisted before the crash are re-sent as they were, never re-decided: a
+        # policy that answers differently now must not make this replica sign a second vote.
+        votes = [m for m in own if isinstance(m, Vote)][-config.limits.max_pending_requests:]
+        replica.recovered_votes = {vote.request_digest: vote for vote in votes}
         replica.recovering_until_seq = max([m.seq for m in own if isinstance(m, (PrePrepare, Prepare, Commit))]
                                            + [replica.last_executed])
         replica.check_invariants()
@@ -227,6 +232,7 @@ class Replica(ViewChangeMixin):
         assert all(self.low_water < seq <= self.high_water for seq in self.early_preprepares)
         assert len(self.signed_digests) <= 4 * self.limits.log_window
         assert len(self.view_seen_by_replica) <= self.config.replica_count
+        assert len(self.recovered_votes) <= self.limits.max_pending_requests
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert self.view_active or not self.is_primary or self.new_view_message is None \
             or self.new_view_message.view < self.view
@@ -261,8 +267,12 @@ class Replica(ViewChangeMixin):
         pending = self.pending.get(digest)
         if pending is None or not pending.evaluation_requested or self.replica_id in pending.votes:
             return  # The request finalized or expired while the policy ran; nothing to vote on.
-        vote = self._sign(Vote(digest, decision, truncate_reason(reason), self.replica_id, bytes(64)))
-        self._broadcast(vote)
+        vote = self.recovered_votes.pop(digest, None)
+        if vote is None:
+            vote = self._sign(Vote(digest, decision, truncate_reason(reason), self.replica_id, bytes(64)))
+            self._broadcast(vote)
+        else:
+            self._out.to_replicas.extend((r, vote) for r in range(self.config.replica_count) if r != self.replica_id)
         self._add_vote(pending, vote)
 
     def _on_vote(self, vote: Vote) -> None:

@@ -171,8 +171,9 @@ class ViewChangeMixin:
         self._enter_view(new_view, stable_seq, batches)
 
     def _enter_view(self, new_view: NewView, stable_seq: int, batches: tuple[Batch, ...]) -> None:
+        # The view stays inactive until its re-proposals are accepted and next_seq is
+        # set: adopting the checkpoint below must not let this replica propose early.
         self.view = new_view.view
-        self.view_active = True
         self.new_view_message = new_view
         self.signed_digests = {key: d for key, d in self.signed_digests.items() if key[1] >= self.view}
         self.view_seen_by_replica = {r: v for r, v in self.view_seen_by_replica.items() if v > self.view}
@@ -192,6 +193,7 @@ class ViewChangeMixin:
             if pending.digest not in reproposed:
                 pending.proposed_seq = None
         self.next_seq = max(self.low_water, stable_seq + len(batches)) + 1
+        self.view_active = True
         self.replay_early_preprepares()
         self._maybe_propose()
 

@@ -4,11 +4,11 @@ from ._sim import NetworkFaults, SimCluster, Interceptor
 
 __all__ = ["Interceptor", "NetworkFaults", "SimCluster"]
 from ._byzantine import (STRATEGIES, ApproveEverything, DenyEverything, compose, equivocating_primary,
-                         forged_signatures, honest, lying_checkpoints, lying_replies, lying_votes, mangled_messages,
-                         replaying, silent, veto_dropping_primary)
+                         forged_signatures, hiding_view_changes, honest, lying_checkpoints, lying_replies,
+                         lying_votes, mangled_messages, replaying, silent, veto_dropping_primary)
 
 __all__ += [
     "STRATEGIES", "ApproveEverything", "DenyEverything", "compose", "equivocating_primary", "forged_signatures",
-    "honest", "lying_checkpoints", "lying_replies", "lying_votes", "mangled_messages", "replaying", "silent",
-    "veto_dropping_primary",
+    "hiding_view_changes", "honest", "lying_checkpoints", "lying_replies", "lying_votes", "mangled_messages",
+    "replaying", "silent", "veto_dropping_primary",
 ]

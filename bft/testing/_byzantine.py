@@ -22,8 +22,8 @@ import random
 from collections import deque
 from typing import Callable, Collection
 
-from ..core import (Batch, Checkpoint, Commit, Decision, Message, PrePrepare, Prepare, Reply, Signer, Vote,
-                    max_faulty, quorum_size)
+from ..core import (Batch, Checkpoint, Commit, Decision, Message, PrePrepare, Prepare, Reply, Signer, ViewChange,
+                    Vote, max_faulty, quorum_size)
 from ..policy import PolicyDecision
 from ._sim import Interceptor
 
@@ -98,6 +98,21 @@ def lying_checkpoints(seed: int) -> Interceptor:
     return intercept
 
 
+def hiding_view_changes() -> Interceptor:
+    """Re-signs every VIEW-CHANGE without its prepared proofs: a replica claiming it prepared nothing.
+
+    The new view must still keep every committed batch, because any quorum of
+    VIEW-CHANGEs holds f+1 correct ones and one of them reports the batch.
+    """
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if isinstance(message, ViewChange) and message.prepared:
+            return [signer.sign(dataclasses.replace(message, prepared=()))]
+        return [message]
+
+    return intercept
+
+
 def forged_signatures(seed: int, probability: float = 1.0) -> Interceptor:
     """Replaces the signature of a message with random bytes, with ``probability`` per message."""
     assert 0.0 <= probability <= 1.0
@@ -111,6 +126,10 @@ def forged_signatures(seed: int, probability: float = 1.0) -> Interceptor:
     return intercept
 
 
+def _flip_first_byte(data: bytes) -> bytes:
+    return bytes([data[0] ^ 0xFF]) + data[1:]
+
+
 def _mangle(message: Message, chooser: random.Random) -> Message:
     """The same message with one meaningful field changed and the old signature kept."""
     if isinstance(message, Vote):
@@ -119,14 +138,14 @@ def _mangle(message: Message, chooser: random.Random) -> Message:
     if isinstance(message, (Prepare, Commit)):
         if chooser.random() < 0.5:
             return dataclasses.replace(message, seq=message.seq + 1)
-        return dataclasses.replace(message, batch_digest=bytes(reversed(message.batch_digest)))
+        return dataclasses.replace(message, batch_digest=_flip_first_byte(message.batch_digest))
     if isinstance(message, PrePrepare):
         batch = dataclasses.replace(message.batch, timestamp_ms=message.batch.timestamp_ms + 1)
         return dataclasses.replace(message, batch=batch)
     if isinstance(message, Reply):
         return dataclasses.replace(message, decision=Decision.ALLOW, reason="mangled")
     if isinstance(message, Checkpoint):
-        return dataclasses.replace(message, state_digest=bytes(reversed(message.state_digest)))
+        return dataclasses.replace(message, state_digest=_flip_first_byte(message.state_digest))
     return dataclasses.replace(message, replica_id=message.replica_id ^ 1) if hasattr(message, "replica_id") \
         else message
 
@@ -179,7 +198,8 @@ def veto_dropping_primary(quorum: int) -> Interceptor:
     def intercept(destination, message: Message, signer: Signer) -> list[Message]:
         if not isinstance(message, PrePrepare):
             return [message]
-        entries = tuple(dataclasses.replace(entry, votes=without_denials(entry.votes)) for entry in message.batch.entries)
+        entries = tuple(dataclasses.replace(entry, votes=without_denials(entry.votes))
+                        for entry in message.batch.entries)
         if entries == message.batch.entries:
             return [message]
         return [signer.sign(dataclasses.replace(message, batch=dataclasses.replace(message.batch, entries=entries)))]
@@ -230,5 +250,9 @@ STRATEGIES: dict[str, Callable[[int, int], Interceptor]] = {
         quorum_size(replica_count, max_faulty(replica_count))),
     "replaying": lambda seed, replica_count: replaying(seed),
     "lying-checkpoints": lambda seed, replica_count: lying_checkpoints(seed),
+    "hiding-view-changes": lambda seed, replica_count: hiding_view_changes(),
+    "equivocating-hiding-primary": lambda seed, replica_count: compose(
+        equivocating_primary(random.Random(seed).sample(range(replica_count), replica_count // 2)),
+        hiding_view_changes()),
     "lying-replaying": lambda seed, replica_count: compose(lying_votes(), lying_replies(), replaying(seed)),
 }

@@ -14,8 +14,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, Message, Ready, Replica, Reply,
-                    Request, Risk, Signer, VerdictCertificate, apply_ready, decode, encode,
+from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, Message, Ready, RemoteProtocolError,
+                    Replica, Reply, Request, Risk, Signer, VerdictCertificate, apply_ready, decode, encode,
                     request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore
@@ -53,7 +53,7 @@ class ClientRecord:
     refused: bool = False
 
 
-def test_keypair(cluster_seed: int, name: str) -> KeyPair:
+def keypair_for_test(cluster_seed: int, name: str) -> KeyPair:
     return KeyPair.from_seed(hashlib.sha256(f"bft-test-key/{cluster_seed}/{name}".encode()).digest())
 
 
@@ -66,8 +66,8 @@ class SimCluster:
         self.tick_ms = tick_ms
         self.now_ms = 1_000_000
         self.faults = faults or NetworkFaults()
-        replica_keys = [test_keypair(key_seed, f"replica-{i}") for i in range(replica_count)]
-        client_keys = {client_id: test_keypair(key_seed, client_id) for client_id in client_ids}
+        replica_keys = [keypair_for_test(key_seed, f"replica-{i}") for i in range(replica_count)]
+        client_keys = {client_id: keypair_for_test(key_seed, client_id) for client_id in client_ids}
         self.config = ClusterConfig.create("sim", tuple(k.public_key for k in replica_keys),
                                            {c: k.public_key for c, k in client_keys.items()}, limits=limits)
         self.replica_seeds = [k.seed for k in replica_keys]
@@ -200,7 +200,11 @@ class SimCluster:
     def _deliver(self, source: Endpoint, destination: Endpoint, data: bytes) -> None:
         if destination in self.crashed:
             return
-        message = decode(data)
+        try:
+            message = decode(data)
+        except RemoteProtocolError:
+            self.decode_failures += 1  # A Byzantine sender's garbage: real transports drop it too.
+            return
         if isinstance(destination, str):
             self._deliver_to_client(destination, message)
             return
