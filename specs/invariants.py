@@ -47,9 +47,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from bft.core import (GENESIS_HASH, Checkpoint, ClusterConfig, Commit, Decision, LogEntry, Message, PrePrepare,
                       Prepare, RemoteProtocolError, Request, VerdictCertificate, Verifier, Vote,
-                      request_digest)
-from bft.core._codec import digest, pack
-from bft.core._schema import record_to_wire
+                      request_digest, votes_digest)
 
 if TYPE_CHECKING:
     from bft.testing import SimCluster
@@ -73,12 +71,6 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.invariant}: {self.message}"
-
-
-def votes_digest(votes: Iterable[Vote]) -> bytes:
-    """The digest a log entry stores for its vote set: votes in replica order, canonically encoded."""
-    ordered = sorted(votes, key=lambda vote: vote.replica_id)
-    return digest(pack([record_to_wire(vote) for vote in ordered]))
 
 
 @dataclass

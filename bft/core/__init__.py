@@ -10,7 +10,7 @@ from ._codec import MAX_WIRE_BYTES, decode, encode, request_digest
 from ._config import ClusterConfig, ConfigError, Limits
 from ._crypto import KeyPair, Signer, Verifier
 from ._errors import CertificateError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._execution import GENESIS_HASH, LogEntry
+from ._execution import GENESIS_HASH, LogEntry, votes_digest
 from ._messages import (Batch, BatchEntry, Checkpoint, Commit, Decision, Message, NewView, PrePrepare,
                         Prepare, PreparedProof, Reply, Request, Risk, ViewChange, Vote)
 from ._quorum import max_faulty, primary_of, quorum_size, reply_quorum
@@ -25,5 +25,5 @@ __all__ = [
     "Ready", "Rejection", "RemoteProtocolError", "Replica", "Reply", "Request", "Risk", "Signer",
     "VerdictCertificate", "VerdictRule", "Verifier", "ViewChange", "Vote", "apply_ready",
     "canonical_action", "decide", "decode", "default_rules", "encode", "is_settled", "max_faulty",
-    "primary_of", "quorum_size", "reply_quorum", "request_digest",
+    "primary_of", "quorum_size", "reply_quorum", "request_digest", "votes_digest",
 ]

@@ -60,6 +60,12 @@ def record_digest_of_fields(fields: list) -> bytes:
     return digest(pack(fields))
 
 
+def votes_digest(votes: tuple[Vote, ...]) -> bytes:
+    """The digest a log entry stores for its vote set: votes in replica order, canonically encoded."""
+    ordered = sorted(votes, key=lambda vote: vote.replica_id)
+    return record_digest_of_fields([record_to_wire(vote) for vote in ordered])
+
+
 class ClientRecord:
     """Outcomes of one client's most recent requests, and the floor below which numbers are stale.
 
@@ -125,10 +131,9 @@ class ExecutionState:
                votes: tuple[Vote, ...], sign_reply: Callable[[Reply], Reply]) -> tuple[LogEntry, Reply]:
         votes = tuple(sorted(votes, key=lambda vote: vote.replica_id))
         decision, reason = decide(self._rules[request.risk], votes, timestamp_ms, request.deadline_ms)
-        votes_digest = record_digest_of_fields([record_to_wire(vote) for vote in votes])
         unhashed = LogEntry(self.log_length + 1, seq, request.client_id, request.request_number,
                             request_digest, request.risk, decision, reason, timestamp_ms, request.deadline_ms,
-                            votes_digest, self.head_hash, entry_hash=GENESIS_HASH)
+                            votes_digest(votes), self.head_hash, entry_hash=GENESIS_HASH)
         log_entry = dataclasses.replace(unhashed, entry_hash=unhashed.computed_hash())
         reply = sign_reply(Reply(request.client_id, request.request_number, request_digest, seq, timestamp_ms,
                                  decision, reason, votes, replica_id=0, signature=bytes(64)))

@@ -217,9 +217,12 @@ class Replica(ViewChangeMixin):
     def _broadcast(self, message: Message) -> None:
         """Persist our own signed message, then queue it for every other replica."""
         self._out.persist.append(message)
-        for replica_id in range(self.config.replica_count):
-            if replica_id != self.replica_id:
-                self._out.to_replicas.append((replica_id, message))
+        self._send_to_others(message)
+
+    def _send_to_others(self, message: Message) -> None:
+        """Queue ``message`` for every other replica, without persisting it (it is already durable or not ours)."""
+        self._out.to_replicas.extend((replica_id, message) for replica_id in range(self.config.replica_count)
+                                     if replica_id != self.replica_id)
 
     def check_invariants(self) -> None:
         """Structural bounds that must hold after every input; a failure is a bug in this file."""
@@ -272,7 +275,7 @@ class Replica(ViewChangeMixin):
             vote = self._sign(Vote(digest, decision, truncate_reason(reason), self.replica_id, bytes(64)))
             self._broadcast(vote)
         else:
-            self._out.to_replicas.extend((r, vote) for r in range(self.config.replica_count) if r != self.replica_id)
+            self._send_to_others(vote)
         self._add_vote(pending, vote)
 
     def _on_vote(self, vote: Vote) -> None:

@@ -69,9 +69,7 @@ class ViewChangeMixin:
         if self.ticks - self._view_change_sent_tick < self.limits.view_change_timeout_ticks:
             return
         self._view_change_sent_tick = self.ticks
-        for replica_id in range(self.config.replica_count):
-            if replica_id != self.replica_id:
-                self._out.to_replicas.append((replica_id, own))
+        self._send_to_others(own)
 
     def _view_change_support(self) -> int:
         """Replicas that gave up on views below ours: asking for a later view counts too."""
@@ -81,9 +79,7 @@ class ViewChangeMixin:
         for pending in self.pending:
             if pending.request is not None and not pending.forwarded:
                 pending.forwarded = True
-                for replica_id in range(self.config.replica_count):
-                    if replica_id != self.replica_id:
-                        self._out.to_replicas.append((replica_id, pending.request))
+                self._send_to_others(pending.request)
 
     def _note_view_evidence(self, replica_id: int, view: int) -> None:
         """Rejoin: once f+1 others are seen working in higher views, ask for the view they run.
