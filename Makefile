@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak clean
+.PHONY: demo test soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 # Thousands of simulated runs with randomized faults; prints runs/second and fault coverage.
 soak: $(STAMP)
 	$(BIN)/python -m harness sim --seeds 2000
+
+# Floor and ceiling of this machine, then latency, throughput, simulated scaling and a profile against them;
+# a few minutes.  Writes bench/results/<run>/results.json and PNG plots, prints the table.
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,8 +1,14 @@
 """The ``bft`` command line.  ``main(argv) -> exit code``; each subcommand is one handler.
 
-A mistake the user can make (a bad number, an unwritable path) ends with one
-sentence on stderr and exit code 2, never a traceback.  Exit code 1 is kept
-for the program finding a fault in itself (the demo's safety self-check).
+Subcommands: ``demo``; ``init``, ``up``, ``down`` and ``replica`` to create and
+run a cluster of local processes; ``submit``, ``verify`` and ``status`` for
+clients and operators; ``audit verify`` for a replica's verdict log.
+
+Exit codes: 0 success (and ALLOW); 1 a check failed (an invalid certificate, a
+broken log, an unhealthy cluster, a replica that did not come up, the demo's
+safety self-check); 2 a mistake the user can make (a bad number, a missing or
+bad file, an unknown replica or client id, bad JSON), always reported as one
+sentence on stderr, never a traceback; 3 DENY; 4 REFUSED.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ._cluster_file import ConfigFileError
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DENY = 3
+EXIT_REFUSED = 4
 
 
 class UsageError(Exception):
@@ -96,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bft", description="Byzantine-fault-tolerant consensus on safety verdicts.")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_demo(subcommands)
+    from . import _cli_cluster
+    _cli_cluster.add_commands(subcommands)
     return parser
 
 
@@ -104,13 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         arguments = parser.parse_args(argv)
         if arguments.command is None:
-            raise UsageError("bft: choose a command (try: bft demo, or bft --help)")
+            raise UsageError("bft: choose a command (try: bft init, bft demo, or bft --help)")
         return arguments.handler(arguments)
     except UsageError as error:
         print(error, file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigFileError as error:  # A missing or bad cluster, key or counter file.
+        print(f"bft: {error}", file=sys.stderr)
         return EXIT_USAGE
     except SystemExit as exit_request:  # --help and --version end here.
         return exit_request.code if isinstance(exit_request.code, int) else EXIT_OK
     except KeyboardInterrupt:
         print("bft: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # The reader of our output went away (``bft submit ... | head``).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # So the exit flush cannot fail again.
+        return EXIT_FAILED

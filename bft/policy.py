@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from .core import Decision, Request, Risk
+from .core import Decision, Request, Risk, command_vote, is_command_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,15 @@ def context_for(request: Request, replica_id: int) -> PolicyContext:
 
 
 def evaluate_fail_safe(policy: Policy, request: Request, replica_id: int) -> PolicyDecision:
-    """Run ``policy`` on ``request``; any failure becomes DENY with the reason named."""
+    """Run ``policy`` on ``request``; any failure becomes DENY with the reason named.
+
+    A command to the accountability state (a request from a reserved
+    "replica:" or "operator:" signer) never reaches the policy: the vote only
+    says whether it is well formed, and its effect is decided when it executes.
+    """
+    if is_command_request(request.client_id):
+        decision, reason = command_vote(request)
+        return PolicyDecision(decision, reason)
     try:
         decision = policy.evaluate(json.loads(request.action), context_for(request, replica_id))
     except Exception as error:  # A policy is foreign code: every failure must fail closed.

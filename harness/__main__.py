@@ -1,4 +1,5 @@
-"""``python -m harness sim``: one reproducible simulated run, or a swarm of them.
+"""``python -m harness sim``: one reproducible simulated run, or a swarm of them; ``python -m harness scenario
+mission``: the mission scenario (see ``harness._mission``).
 
 Exit status: 0 when every run is valid and live; 1 when any run is invalid
 (a safety check failed); 3 when none is invalid but a checker gave up
@@ -34,6 +35,13 @@ def parser() -> argparse.ArgumentParser:
                                               "(for a swarm: one directory per failing run)")
     sim.add_argument("--liveness", choices=("require", "report"), default="require",
                      help="whether a stalled liveness phase makes the exit status non-zero")
+    scenario = commands.add_parser("scenario", help="a named end-to-end scenario (mission)")
+    scenario.add_argument("name", choices=("mission",), help="which scenario")
+    scenario.add_argument("--replicas", type=int, choices=(5, 7), help="one cluster size (default: 5 and 7)")
+    scenario.add_argument("--seed", type=int, default=0, help="the seed (default 0)")
+    scenario.add_argument("--out", type=Path, default=Path("mission-report"),
+                          help="write report.html, results.json and the histories here (default ./mission-report)")
+    scenario.add_argument("--real", action="store_true", help="real replica processes behind the fault proxy")
     return root
 
 
@@ -91,6 +99,9 @@ def exit_status(results: list[RunResult], liveness_required: bool) -> int:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     arguments = parser().parse_args(argv)
+    if arguments.command == "scenario":
+        from ._mission import main_scenario
+        return main_scenario(arguments, out)
     if arguments.requests is not None and not 0 <= arguments.requests <= 10_000:
         parser().error("--requests must be in [0, 10000]")
     liveness_required = arguments.liveness == "require"

@@ -332,6 +332,11 @@ def liveness_bound_ms(settings: RunSettings, cluster: SimCluster) -> int:
     """
     if settings.liveness_bound_ms is not None:
         return settings.liveness_bound_ms
+    return default_liveness_bound_ms(cluster)
+
+
+def default_liveness_bound_ms(cluster: SimCluster) -> int:
+    """(f+2) maximal view-change timeouts; ``liveness_bound_ms`` explains the count."""
     limits = cluster.config.limits
     return (cluster.config.faulty_max + 2) * limits.view_change_timeout_ticks_max * cluster.tick_ms
 

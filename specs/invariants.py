@@ -34,6 +34,11 @@ S5  deadline          logs and certificates.
 S6  stability         two snapshots of the same replicas' logs, taken in order.
 S7  no equivocation   ``signed``.
 S8  checkpoints       ``signed`` and each correct replica's stable proof.
+S9  state transfer    each adoption a correct replica recorded (its proof, its state
+                      digest, the log head it names), ``signed`` and the logs: the
+                      proof certifies the digest, correct replicas checkpointed the
+                      same digest there, and every correct log is a prefix of every
+                      longer correct log.
 ==  ================  ===========================================================
 
 Predicates return violations and never raise on bad data: a checker that
@@ -485,14 +490,72 @@ def _stable_proof_problem(proof: Sequence[Checkpoint], config: ClusterConfig | N
     return None
 
 
+# ----------------------------------------------------------------------------- S9 state transfer
+
+
+def check_log_prefixes(logs: Logs) -> list[Violation]:
+    """S9 (second half): every correct replica's log is a prefix of every longer correct replica's log.
+
+    After a state transfer a replica's log jumps ahead by fetched entries; this
+    says the jump never leaves a gap or a fork.  (S1 compares equal positions;
+    this also catches a log that skips positions.)
+    """
+    violations = []
+    by_length = sorted(logs.items(), key=lambda item: (len(item[1]), item[0]))
+    if not by_length:
+        return violations
+    longest_id, longest = by_length[-1]
+    for replica_id, log in by_length[:-1]:
+        if tuple(longest[:len(log)]) != tuple(log):
+            violations.append(Violation("S9", f"replica {replica_id}'s log of {len(log)} entries is not a prefix of "
+                                              f"replica {longest_id}'s log of {len(longest)}"))
+    return violations
+
+
+def check_state_transfers(adoptions: Mapping[int, Sequence], logs: Logs, signed: SignedByReplica,
+                          config: ClusterConfig) -> list[Violation]:
+    """S9 (first half): every state a correct replica adopted by transfer is certified by a quorum checkpoint.
+
+    ``adoptions[r]`` lists what replica ``r`` adopted (records with ``seq``,
+    ``state_digest``, ``proof``, ``log_length``, ``head_hash``, such as
+    ``bft.core``'s ``StateAdoption``).  Each proof must be a quorum of distinct,
+    validly signed checkpoints on exactly that (seq, digest); correct replicas
+    that checkpointed that seq must have computed the same digest; and the
+    adopter's log must pass through the adopted head.
+    """
+    digest_at: dict[int, tuple[int, bytes]] = {}
+    for replica_id in sorted(signed):
+        for message in signed[replica_id]:
+            if isinstance(message, Checkpoint) and message.replica_id == replica_id:
+                digest_at.setdefault(message.seq, (replica_id, message.state_digest))
+    violations = []
+    for replica_id in sorted(adoptions):
+        for adoption in adoptions[replica_id]:
+            where = f"replica {replica_id} adopted the state at seq {adoption.seq}"
+            proof = tuple(adoption.proof)
+            if not proof or {(c.seq, c.state_digest) for c in proof} != {(adoption.seq, adoption.state_digest)}:
+                violations.append(Violation("S9", f"{where} with a proof for another seq or state"))
+                continue
+            problem = _stable_proof_problem(proof, config, digest_at)
+            if problem:
+                violations.append(Violation("S9", f"{where}: {problem}"))
+            log = logs.get(replica_id, ())
+            if adoption.log_length and (len(log) < adoption.log_length
+                                        or log[adoption.log_length - 1].entry_hash != adoption.head_hash):
+                violations.append(Violation("S9", f"{where} but its log does not pass through the adopted head"))
+    return violations
+
+
 # ----------------------------------------------------------------------------- together
 
 
 def check_all(logs: Logs, config: ClusterConfig, certificates: Sequence[VerdictCertificate] = (), *,
               evidence: Evidence | None = None, signed: SignedByReplica | None = None,
               stable_proofs: Mapping[int, Sequence[Checkpoint]] | None = None,
+              adoptions: Mapping[int, Sequence] | None = None,
               require_evidence: bool = False) -> list[Violation]:
-    """S1..S5 over logs and certificates, plus S7 and S8 when signed messages are given.
+    """S1..S5 and the log-prefix half of S9 over logs and certificates, plus S7, S8 and the rest of S9
+    when signed messages are given.
 
     Certificates also count as evidence (their requests and vote sets).
     ``evidence`` is not modified.
@@ -506,9 +569,11 @@ def check_all(logs: Logs, config: ClusterConfig, certificates: Sequence[VerdictC
     violations += check_integrity(logs, config, merged, certificates, require_evidence=require_evidence)
     violations += check_exactly_once(logs, certificates)
     violations += check_deadline(logs, certificates)
+    violations += check_log_prefixes(logs)
     if signed is not None:
         violations += check_no_equivocation(signed)
         violations += check_checkpoints(signed, config, stable_proofs)
+        violations += check_state_transfers(adoptions or {}, logs, signed, config)
     return violations
 
 
@@ -533,7 +598,7 @@ def gather_sim_evidence(cluster: "SimCluster", correct: Iterable[int], evidence:
         for slot in replica.slots.values():
             if slot.preprepare is not None:
                 evidence.add_batch_entries(cluster_id, slot.preprepare)
-        for message in store.signed:
+        for message in store.load().signed:
             if isinstance(message, PrePrepare):
                 evidence.add_batch_entries(cluster_id, message)
     for replica_id in correct:
@@ -553,13 +618,16 @@ def check_sim(cluster: "SimCluster", correct: set[int], evidence: Evidence | Non
     client window are still known.
     """
     evidence = gather_sim_evidence(cluster, correct, evidence if evidence is not None else Evidence())
-    logs = {replica_id: tuple(cluster.stores[replica_id].log) for replica_id in sorted(correct)}
+    durable = {replica_id: cluster.stores[replica_id].load() for replica_id in sorted(correct)}
+    logs = {replica_id: state.log for replica_id, state in durable.items()}
     violations = [Violation("S3", f"replica {replica_id}'s persisted log differs from what it finalized")
-                  for replica_id in sorted(correct) if list(logs[replica_id]) != cluster.finalized[replica_id]]
+                  for replica_id in sorted(correct)
+                  if cluster.record_history and list(logs[replica_id]) != cluster.finalized[replica_id]]
     return violations + check_all(
         logs, cluster.config, sim_certificates(cluster), evidence=evidence,
-        signed={replica_id: cluster.stores[replica_id].signed for replica_id in correct},
+        signed={replica_id: state.signed for replica_id, state in durable.items()},
         stable_proofs={replica_id: cluster.replicas[replica_id].stable_proof for replica_id in correct},
+        adoptions={replica_id: tuple(cluster.replicas[replica_id].state_adoptions) for replica_id in correct},
         require_evidence=True)
 
 
@@ -580,7 +648,7 @@ class SimMonitor:
 
     def check(self) -> list[Violation]:
         violations = check_sim(self.cluster, self.correct, self.evidence)
-        current = {replica_id: tuple(self.cluster.stores[replica_id].log) for replica_id in self.correct}
+        current = {replica_id: self.cluster.stores[replica_id].load().log for replica_id in self.correct}
         violations += check_stability(self._previous, current)
         self._previous = current
         self.checks += 1

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bft.core import (MAX_WIRE_BYTES, Batch, BatchEntry, Checkpoint, Commit, Decision, NewView, PrePrepare,
-                      Prepare, PreparedProof, RemoteProtocolError, Reply, Request, Risk, ViewChange, Vote,
+                      Prepare, PreparedProof, Refusal, RemoteProtocolError, Reply, Request, Risk, ViewChange, Vote,
                       canonical_action, decode, encode)
-from bft.core._messages import MAX_ID_BYTES, SIGNED_MESSAGE_TYPES
+from bft.core._messages import MAX_ID_BYTES, REFUSAL_REASONS, SIGNED_MESSAGE_TYPES, StateReply, StateRequest
 from bft.core._schema import ListOf, Nested, record_to_wire
 
 DECODE_REASONS = {"malformed", "oversized", "unknown-type", "schema", "non-canonical"}
@@ -51,8 +51,16 @@ view_changes = st.builds(ViewChange, small_or_huge, small_or_huge, st.lists(chec
 new_views = st.builds(NewView, small_or_huge, st.lists(view_changes, max_size=2).map(tuple),
                       st.lists(preprepares, max_size=2).map(tuple), replica_ids, signatures)
 
+refusals = st.builds(Refusal, client_ids, st.integers(min_value=1, max_value=2**63 - 1), digests,
+                     st.sampled_from(REFUSAL_REASONS), replica_ids, signatures)
+
+state_requests = st.builds(StateRequest, small_or_huge, small_or_huge, small_or_huge, replica_ids, signatures)
+state_replies = st.builds(StateReply, small_or_huge, st.lists(checkpoints, max_size=3).map(tuple),
+                          st.binary(max_size=40), small_or_huge, st.binary(max_size=40), replica_ids, signatures)
+
 STRATEGY_BY_TYPE = {Request: requests, Vote: votes, PrePrepare: preprepares, Prepare: prepares, Commit: commits,
-                    Reply: replies, Checkpoint: checkpoints, ViewChange: view_changes, NewView: new_views}
+                    Reply: replies, Checkpoint: checkpoints, ViewChange: view_changes, NewView: new_views,
+                    Refusal: refusals, StateRequest: state_requests, StateReply: state_replies}
 messages = st.one_of(*STRATEGY_BY_TYPE.values())
 
 
@@ -223,7 +231,7 @@ def test_extra_or_missing_fields_in_any_record_are_rejected(message, data) -> No
     assert error.reason in {"schema", "unknown-type", "malformed"}
 
 
-@pytest.mark.parametrize("tag", [0, 10, 99, -1, 2**64 - 1, "1", b"\x01", 1.0, None, True, [1]])
+@pytest.mark.parametrize("tag", [0, 64, 99, -1, 2**64 - 1, "1", b"\x01", 1.0, None, True, [1]])
 def test_unknown_or_mistyped_tag_is_rejected(tag, kit) -> None:
     plain = wire_of(kit.request())
     error = assert_rejected(msgpack.packb([tag, *plain[1:]], use_bin_type=True))

@@ -51,10 +51,11 @@ def test_exported_objects_come_from_the_package_itself() -> None:
 
 
 def test_top_level_names_are_the_same_objects_as_in_their_home_packages() -> None:
-    policy = importlib.import_module("bft.policy")
+    homes_of_names = [importlib.import_module(module) for module in ("bft.core", "bft.policy", "bft.client",
+                                                                     "bft.runtime")]
     for name in bft.__all__:
         value = getattr(bft, name)
-        homes = [getattr(package, name, None) for package in (bft.core, policy)]
+        homes = [getattr(package, name, None) for package in homes_of_names]
         assert any(value is home for home in homes), name
 
 
@@ -71,4 +72,5 @@ def test_the_core_api_summary_names_are_exported() -> None:
                 "decode", "encode", "quorum_size", "decide", "is_settled", "default_rules", "RemoteProtocolError",
                 "LocalProtocolError", "CertificateError", "KeyPair", "Signer", "Verifier", "Decision", "Risk"}
     assert required <= set(bft.core.__all__)
-    assert {"ClusterConfig", "Decision", "Risk", "VerdictCertificate", "evaluate_fail_safe", "Policy"} <= set(bft.__all__)
+    assert {"ClusterConfig", "Decision", "Risk", "VerdictCertificate", "evaluate_fail_safe", "Policy", "Client",
+            "BlockingClient", "Outcome"} <= set(bft.__all__)

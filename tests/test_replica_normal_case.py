@@ -265,10 +265,19 @@ def test_signature_and_identity_failures_are_rejected_without_effect(kit, snapsh
         (kit.client_signers["alice"].sign(dataclasses.replace(kit.request(), client_id="mallory")), "unknown-signer"),
         (kit.request(deadline_ms=START_MS - 1), "expired"),
         (kit.checkpoint(2, kit.config.limits.checkpoint_interval + 1, bytes(32)), "bad-checkpoint"),
-        (kit.checkpoint(2, backup.high_water + kit.config.limits.checkpoint_interval, bytes(32)), "outside-window"),
     ]
     for message, expected in cases:
         assert rejected_without_effect(backup, message, snapshot) == expected, message
+
+
+def test_checkpoints_above_the_window_are_lag_evidence_only_once_f_plus_1_replicas_send_them(kit) -> None:
+    backup = kit.replica(1)
+    far = backup.high_water + kit.config.limits.checkpoint_interval
+    assert not backup.step(kit.checkpoint(2, far, bytes(32))).rejected
+    assert backup.lag_target_seq == 0, "one replica (maybe a liar) claiming to be ahead proves nothing"
+    backup.step(kit.checkpoint(3, far + kit.config.limits.checkpoint_interval, bytes(32)))
+    assert backup.lag_target_seq == far, "f+1 claims: at least one correct replica is past the lower one"
+    assert backup.low_water == 0 and backup.last_executed == 0, "a claim moves nothing until a certified state arrives"
 
 
 def test_a_reply_is_not_a_replica_message(kit, snapshot) -> None:

@@ -1,4 +1,4 @@
-"""The trio runtime over real loopback TCP: the handshake admits exactly the configured keys, bad bytes (garbage, oversize, truncated, slow, flooding, undecodable) cost the sender its connection while the replica keeps serving, links reconnect, queues stay bounded, a 4-replica cluster finalizes verdicts whose certificates verify offline (or refuses without a quorum), overrunning policies vote DENY, and stores are pruned and recovered."""
+"""The trio runtime over real loopback TCP: the handshake admits exactly the configured keys, bad bytes (garbage, oversize, truncated, slow, flooding, undecodable) cost the sender its connection while the replica keeps serving, links reconnect, queues stay bounded, a 4-replica cluster finalizes verdicts whose certificates verify offline (or refuses without a quorum), overrunning policies vote DENY, stores are pruned and recovered, and a slow disk blocks neither the event loop nor persist-before-send."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bft.policy import PolicyDecision
 from bft.runtime import (Backoff, FramedConnection, Identity, NodeOptions, ReplicaNode, RuntimeClock, SendQueue,
                          TransportLimits, derive_keypair, encode_frame, open_client, open_local_cluster)
 from bft.runtime import _handshake
-from bft.storage import SqliteStore
+from bft.storage import MemoryStore, SqliteStore
 
 BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
 DANGEROUS = {"tool": "shell", "command": "rm -rf / --no-preserve-root", "cwd": "/"}
@@ -334,9 +334,11 @@ async def test_nodes_prune_their_stores_at_stable_checkpoints():
                 while min(node.replica.low_water for node in cluster.nodes) < 4:
                     await trio.sleep(0.01)
             for node in cluster.nodes:
+                low_water = node.replica.low_water
+                await node.wait_durable()  # The store follows the core once the persister caught up.
                 assert node.counters["store-pruned"] > 0
                 stale = [m for m in node.store.signed
-                         if isinstance(m, (PrePrepare, Prepare, Commit)) and m.seq < node.replica.low_water]
+                         if isinstance(m, (PrePrepare, Prepare, Commit)) and m.seq < low_water]
                 assert stale == []
                 assert len(node.store.log) == 6  # Pruning drops signed protocol messages, never verdicts.
 
@@ -367,6 +369,52 @@ async def test_a_restarted_cluster_recovers_every_verdict_from_sqlite(tmp_path):
     finally:
         for store in stores:
             store.close()
+
+
+class GatedStore(MemoryStore):
+    """A store whose writes wait while ``gate`` is closed, as a slow fsync would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting_writes = 0
+
+    def persist(self, items, **options):
+        if not self.gate.is_set():
+            self.waiting_writes += 1
+        assert self.gate.wait(20), "the test never opened the gate"
+        return super().persist(items, **options)
+
+
+async def test_a_slow_disk_blocks_neither_the_event_loop_nor_the_rule_persist_before_send():
+    store = GatedStore()
+    try:
+        with trio.fail_after(30):
+            async with open_local_cluster([ApproveEverything() for _ in range(4)], client_ids=CLIENTS,
+                                          stores=[store, MemoryStore(), MemoryStore(), MemoryStore()]) as cluster:
+                assert await cluster.wait_connected()
+                store.gate.clear()
+                outcomes = []
+                async with cluster.open_client() as client, trio.open_nursery() as nursery:
+                    nursery.start_soon(_append, outcomes, client.submit(BENIGN, Risk.LOW, timeout_ms=20_000))
+                    with trio.fail_after(5):
+                        while store.waiting_writes < 1:
+                            await trio.sleep(0.01)
+                    # Replica 0 is stuck on its disk, yet its event loop still completes a handshake...
+                    connection = await authenticated(cluster, cluster.config, Identity("client", "client-1"),
+                                                     cluster.client_keys["client-1"].seed)
+                    await connection.aclose()
+                    await trio.sleep(0.2)
+                    # ...and nothing it produced since has left it: the primary's vote and pre-prepare wait.
+                    assert outcomes == [] and all(len(node.replica.slots) == 0 for node in cluster.nodes[1:])
+                    store.gate.set()
+                [outcome] = outcomes
+                assert outcome.status == "ALLOW", outcome.reason
+                primary_votes = [v for v in outcome.certificate.votes if v.replica_id == 0]
+                assert primary_votes and all(v in store.signed for v in primary_votes)
+    finally:
+        store.gate.set()
 
 
 # ---------------------------------------------------------------------------- bounded pieces

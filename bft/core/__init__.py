@@ -12,7 +12,8 @@ from ._crypto import KeyPair, Signer, Verifier
 from ._errors import CertificateError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._execution import GENESIS_HASH, LogEntry, votes_digest
 from ._messages import (Batch, BatchEntry, Checkpoint, Commit, Decision, Message, NewView, PrePrepare,
-                        Prepare, PreparedProof, Reply, Request, Risk, ViewChange, Vote)
+                        Prepare, PreparedProof, Refusal, Reply, Request, Risk, ViewChange, Vote)
+from ._messages import NO_QUORUM, REFUSAL_REASONS
 from ._quorum import max_faulty, primary_of, quorum_size, reply_quorum
 from ._ready import Ready, Rejection, apply_ready
 from ._replica import Replica
@@ -22,8 +23,28 @@ __all__ = [
     "Batch", "BatchEntry", "CertificateError", "Checkpoint", "ClientCore", "ClusterConfig", "Commit",
     "ConfigError", "Decision", "GENESIS_HASH", "KeyPair", "Limits", "LocalProtocolError", "LogEntry",
     "MAX_WIRE_BYTES", "Message", "NewView", "PrePrepare", "Prepare", "PreparedProof", "ProtocolError",
-    "Ready", "Rejection", "RemoteProtocolError", "Replica", "Reply", "Request", "Risk", "Signer",
+    "NO_QUORUM", "REFUSAL_REASONS", "Ready", "Refusal", "Rejection", "RemoteProtocolError", "Replica", "Reply", "Request", "Risk", "Signer",
     "VerdictCertificate", "VerdictRule", "Verifier", "ViewChange", "Vote", "apply_ready",
     "canonical_action", "decide", "decode", "default_rules", "encode", "is_settled", "max_faulty",
     "primary_of", "quorum_size", "reply_quorum", "request_digest", "votes_digest",
 ]
+
+# Accountability (issue 6): commands to the replicated state, equivocation evidence, quarantine-aware rules.
+from ._accountability import (CommandError, EquivocationProof, command_vote, endorsement_document,  # noqa: E402
+                              is_command_request, operator_document, parse_command)
+from ._accountability_state import AccountabilityState  # noqa: E402
+from ._config import AccountabilityOptions, operator_signer_id, replica_signer_id  # noqa: E402
+from ._verdict import effective_rule  # noqa: E402
+
+__all__ += [
+    "AccountabilityOptions", "AccountabilityState", "CommandError", "EquivocationProof", "command_vote",
+    "effective_rule", "endorsement_document", "is_command_request", "operator_document", "operator_signer_id",
+    "parse_command", "replica_signer_id",
+]
+
+# State transfer and restart (issue 3): fetching a certified stable checkpoint from peers.
+from ._messages import StateReply, StateRequest  # noqa: E402
+from ._ready import LogRead  # noqa: E402
+from ._state_transfer import StateAdoption  # noqa: E402
+
+__all__ += ["LogRead", "StateAdoption", "StateReply", "StateRequest"]

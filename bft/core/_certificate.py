@@ -19,7 +19,8 @@ from ._crypto import Verifier
 from ._errors import CertificateError, RemoteProtocolError
 from ._messages import MAX_REPLICAS, Decision, Reply, Request, Vote
 from ._schema import ListOf, Nested, check_schema_matches_fields, record_from_wire, record_to_wire
-from ._verdict import decide
+from ._accountability import is_command_request
+from ._verdict import BLOCKLISTED_PREFIX, COMMAND_REJECTED_PREFIX, counted_votes, decide, effective_rule
 
 import msgpack
 
@@ -59,10 +60,39 @@ class VerdictCertificate:
             self._check_votes(verifier, digest, config)
         except RemoteProtocolError as error:
             raise CertificateError(f"invalid signature or signer: {error.detail or error.reason}") from None
-        expected = decide(config.rules[self.request.risk], self.votes, self.replies[0].timestamp_ms,
+        self._check_verdict(config)
+
+    @property
+    def uncounted_voters(self) -> tuple[int, ...]:
+        return self.replies[0].uncounted_voters
+
+    def _check_verdict(self, config: ClusterConfig) -> None:
+        """Re-apply the verdict rule to the counted votes, under the membership the replies state.
+
+        The replies name the replicas quarantined at this log position; f+1
+        matching signed replies include a correct replica's, so that set is
+        true, and ``effective_rule`` never goes below 2f+1 whatever it is.  A
+        DENY that execution itself decided (shared blocklist, refused command)
+        cannot be recomputed from votes; it is accepted on the replies'
+        signatures alone, since a DENY can never make anything unsafe.  An
+        ALLOW must always follow from the votes.
+        """
+        uncounted = self.uncounted_voters
+        if list(uncounted) != sorted(set(uncounted)) or any(r >= config.replica_count for r in uncounted):
+            raise CertificateError("the uncounted voters must be distinct replicas of this cluster, in ascending order")
+        rule = effective_rule(config.rules[self.request.risk], config.replica_count, config.faulty_max, len(uncounted))
+        expected = decide(rule, counted_votes(self.votes, frozenset(uncounted)), self.replies[0].timestamp_ms,
                           self.request.deadline_ms)
-        if expected != (self.decision, self.reason):
-            raise CertificateError(f"the votes imply {expected[0].value} ({expected[1]}), the replies say {self.decision.value}")
+        if expected == (self.decision, self.reason) or self._is_execution_denial():
+            return
+        raise CertificateError(f"the votes imply {expected[0].value} ({expected[1]}), "
+                               f"the replies say {self.decision.value}")
+
+    def _is_execution_denial(self) -> bool:
+        if self.decision is not Decision.DENY:
+            return False
+        prefix = COMMAND_REJECTED_PREFIX if is_command_request(self.request.client_id) else BLOCKLISTED_PREFIX
+        return self.reason.startswith(prefix)
 
     def is_valid(self, config: ClusterConfig) -> bool:
         try:

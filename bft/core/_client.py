@@ -9,7 +9,7 @@ treat as DENY.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ._certificate import VerdictCertificate
@@ -17,7 +17,7 @@ from ._codec import request_digest
 from ._config import ClusterConfig
 from ._crypto import Signer, Verifier
 from ._errors import CertificateError, LocalProtocolError, RemoteProtocolError
-from ._messages import MAX_ACTION_BYTES, Reply, Request, Risk
+from ._messages import MAX_ACTION_BYTES, Refusal, Reply, Request, Risk
 
 
 def canonical_action(action: Mapping[str, Any] | str) -> str:
@@ -36,6 +36,7 @@ class _Outstanding:
     request: Request
     digest: bytes
     replies: dict[int, Reply]
+    refused_by: set[int] = field(default_factory=set)
 
 
 class ClientCore:
@@ -86,6 +87,27 @@ class ClientCore:
             return None
         del self._outstanding[reply.request_number]
         return certificate
+
+    def on_refusal(self, refusal: Refusal) -> bool:
+        """Record a replica's signed refusal; True once f+1 distinct replicas refused this request.
+
+        One Byzantine replica could refuse everything, so a single refusal never ends a
+        request: f+1 include at least one correct replica.  A request that ends this way
+        is forgotten, like an expired one, and the caller answers REFUSED (never a verdict).
+        """
+        entry = self._outstanding.get(refusal.request_number)
+        if entry is None or refusal.client_id != self.client_id or refusal.request_digest != entry.digest:
+            return False
+        try:
+            self._verifier.verify(refusal)
+        except RemoteProtocolError:
+            self.rejected_replies += 1
+            return False
+        entry.refused_by.add(refusal.replica_id)
+        if len(entry.refused_by) < self.config.reply_quorum:
+            return False
+        del self._outstanding[refusal.request_number]
+        return True
 
     def expire(self, now_ms: int) -> tuple[Request, ...]:
         """Forget and return requests whose deadline passed without a certificate: they are refused."""

@@ -51,6 +51,13 @@ def decode(data: bytes, max_bytes: int = MAX_WIRE_BYTES) -> Message:
     return message
 
 
+def unpack_plain(data: bytes, max_bytes: int = MAX_WIRE_BYTES) -> Any:
+    """Plain msgpack data (arrays, ints, bytes, str) from a peer, or ``RemoteProtocolError``; no schema."""
+    if type(data) is not bytes or len(data) > max_bytes:
+        raise RemoteProtocolError("malformed", f"expected at most {max_bytes} bytes of msgpack")
+    return _unpack(data, max_bytes)
+
+
 def _unpack(data: bytes, max_bytes: int) -> Any:
     try:
         return msgpack.unpackb(

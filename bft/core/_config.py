@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from ._codec import MAX_WIRE_BYTES
-from ._messages import MAX_BATCH_ENTRIES, MAX_PREPARED_PROOFS, MAX_REPLICAS, Risk
+from ._messages import MAX_BATCH_ENTRIES, MAX_ID_BYTES, MAX_PREPARED_PROOFS, MAX_REPLICAS, Risk
 from ._quorum import max_faulty, quorum_size, reply_quorum
 from ._verdict import VerdictRule, default_rules, rule_problem
 
@@ -36,6 +36,14 @@ class Limits:
     view_change_timeout_ticks_max: int = 800
     orphan_vote_ticks: int = 100
     max_message_bytes: int = 4 * 1024 * 1024
+    # State transfer (``_state_transfer``): log entries per fetched chunk, the largest log gap a
+    # replica fills by transfer (it buffers the gap until it verifies against the certified head),
+    # ticks to wait for ordinary execution to reach a certified checkpoint before fetching, and
+    # ticks before an unanswered fetch is asked of the next peer.
+    state_transfer_chunk_entries: int = 256
+    state_transfer_entries_max: int = 65_536
+    state_transfer_wait_ticks: int = 10
+    state_transfer_retry_ticks: int = 20
 
     def problem(self) -> str | None:
         if not 1 <= self.max_batch_requests <= MAX_BATCH_ENTRIES:
@@ -54,6 +62,60 @@ class Limits:
             return f"max_message_bytes must be in [1024, {MAX_WIRE_BYTES}]"
         if self.log_window > MAX_PREPARED_PROOFS:
             return f"log_window must be at most {MAX_PREPARED_PROOFS} (a VIEW-CHANGE carries one proof per slot)"
+        if not 1 <= self.state_transfer_chunk_entries <= min(4096, self.state_transfer_entries_max):
+            # 4096 entries of at most ~600 bytes each keep a chunk far below the state-transfer frame limit.
+            return "state_transfer_chunk_entries must be in [1, min(4096, state_transfer_entries_max)]"
+        if min(self.state_transfer_wait_ticks + 1, self.state_transfer_retry_ticks) < 1:
+            return "state_transfer_wait_ticks must be non-negative and state_transfer_retry_ticks positive"
+        return None
+
+
+# Request signers with these prefixes are not ordinary clients: a request from one of them is a
+# command to the replicated accountability state (see ``_accountability``).  "replica:3" signs
+# with replica 3's key, "operator:alice" with the key listed under "alice" in ``operator_keys``.
+REPLICA_SIGNER_PREFIX = "replica:"
+OPERATOR_SIGNER_PREFIX = "operator:"
+RESERVED_SIGNER_PREFIXES = (REPLICA_SIGNER_PREFIX, OPERATOR_SIGNER_PREFIX)
+
+
+def replica_signer_id(replica_id: int) -> str:
+    return f"{REPLICA_SIGNER_PREFIX}{replica_id}"
+
+
+def operator_signer_id(name: str) -> str:
+    return f"{OPERATOR_SIGNER_PREFIX}{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountabilityOptions:
+    """Bounds and switches of the accountability state; every replica of a cluster must use the same.
+
+    Detection of drifting replicas is always on and only raises alerts; isolating a
+    merely suspicious replica automatically is the deployer's choice
+    (``auto_quarantine_suspects``), off by default.  Proven equivocators are always
+    quarantined.  Rates are in per mille so that every replica computes them in integers.
+    """
+
+    auto_quarantine_suspects: bool = False
+    suspicion_window_entries: int = 200
+    suspicion_min_votes: int = 20
+    approval_gap_permille: int = 300
+    disagreement_gap_permille: int = 300
+    blocklist_patterns_max: int = 64
+    blocklist_endorsements_per_replica_max: int = 16
+    blocklist_ttl_ms_max: int = 7 * 24 * 3600 * 1000
+    evidence_records_max: int = 256
+    command_deadline_ms: int = 60_000
+
+    def problem(self) -> str | None:
+        if not 1 <= self.suspicion_min_votes <= self.suspicion_window_entries <= 100_000:
+            return "suspicion_min_votes must be in [1, suspicion_window_entries] and the window at most 100000"
+        if not (1 <= self.approval_gap_permille <= 1000 and 1 <= self.disagreement_gap_permille <= 1000):
+            return "approval_gap_permille and disagreement_gap_permille must be in [1, 1000]"
+        if not (1 <= self.blocklist_patterns_max <= 4096 and 1 <= self.blocklist_endorsements_per_replica_max <= 4096):
+            return "blocklist_patterns_max and blocklist_endorsements_per_replica_max must be in [1, 4096]"
+        if min(self.blocklist_ttl_ms_max, self.evidence_records_max, self.command_deadline_ms) < 1:
+            return "blocklist_ttl_ms_max, evidence_records_max and command_deadline_ms must be positive"
         return None
 
 
@@ -67,22 +129,46 @@ class ClusterConfig:
     faulty_max: int
     rules: Mapping[Risk, VerdictRule]
     limits: Limits = field(default_factory=Limits)
+    operator_keys: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    accountability: AccountabilityOptions = field(default_factory=AccountabilityOptions)
 
     @staticmethod
     def create(cluster_id: str, replica_keys: tuple[bytes, ...], client_keys: Mapping[str, bytes],
                faulty_max: int | None = None, rules: Mapping[Risk, VerdictRule] | None = None,
-               limits: Limits | None = None) -> "ClusterConfig":
+               limits: Limits | None = None, operator_keys: Mapping[str, bytes] | None = None,
+               accountability: AccountabilityOptions | None = None) -> "ClusterConfig":
+        """A validated configuration.
+
+        ``client_keys`` of the result also holds the reserved command signers
+        ("replica:I" and "operator:NAME") with their keys, so every verifier
+        built from it authenticates commands like any request.  Passing such a
+        result's ``client_keys`` back in is accepted as long as the reserved
+        entries are exactly the derived ones.
+        """
         replica_count = len(replica_keys)
         faulty = max_faulty(max(replica_count, 1)) if faulty_max is None else faulty_max
         if replica_count < 1 or faulty < 0 or replica_count < 3 * faulty + 1:
             raise ConfigError(f"{replica_count} replicas cannot tolerate {faulty} faulty ones: n >= 3f+1 is required")
         chosen_rules = dict(rules or default_rules(replica_count, faulty, quorum_size(replica_count, faulty)))
-        config = ClusterConfig(cluster_id, tuple(replica_keys), MappingProxyType(dict(client_keys)),
-                               faulty, MappingProxyType(chosen_rules), limits or Limits())
+        operators = dict(operator_keys or {})
+        signers = _command_signer_keys(tuple(replica_keys), operators)
+        clients = dict(client_keys)
+        for client_id, key in clients.items():
+            if client_id.startswith(RESERVED_SIGNER_PREFIXES) and signers.get(client_id) != key:
+                raise ConfigError(f"client id {client_id!r} is reserved: ids starting with "
+                                  f"{' or '.join(map(repr, RESERVED_SIGNER_PREFIXES))} name replicas and operators")
+        config = ClusterConfig(cluster_id, tuple(replica_keys), MappingProxyType({**clients, **signers}),
+                               faulty, MappingProxyType(chosen_rules), limits or Limits(),
+                               MappingProxyType(operators), accountability or AccountabilityOptions())
         problem = config.problem()
         if problem:
             raise ConfigError(problem)
         return config
+
+    @property
+    def ordinary_client_ids(self) -> tuple[str, ...]:
+        """The clients that ask for verdicts, without the reserved command signers."""
+        return tuple(sorted(c for c in self.client_keys if not c.startswith(RESERVED_SIGNER_PREFIXES)))
 
     @property
     def replica_count(self) -> int:
@@ -104,6 +190,9 @@ class ClusterConfig:
             return f"{n} replicas cannot tolerate {f} faulty ones: n >= 3f+1 is required"
         if len(set(self.replica_keys)) != n or any(len(key) != 32 for key in self.replica_keys):
             return "replica public keys must be distinct 32-byte Ed25519 keys"
+        operator_problem = self._operator_problem()
+        if operator_problem:
+            return operator_problem
         if any(len(key) != 32 for key in self.client_keys.values()):
             return "client public keys must be 32-byte Ed25519 keys"
         if set(self.rules) != set(Risk):
@@ -112,4 +201,22 @@ class ClusterConfig:
             problem = rule_problem(rule, n, f)
             if problem:
                 return f"rule for {risk.value}: {problem}"
-        return self.limits.problem()
+        return self.accountability.problem() or self.limits.problem()
+
+    def _operator_problem(self) -> str | None:
+        for name, key in self.operator_keys.items():
+            signer_id = operator_signer_id(name)
+            if not name or not name.isprintable() or name != name.strip() or len(signer_id.encode()) > MAX_ID_BYTES:
+                return f"operator name {name!r} must be printable, unpadded and at most " \
+                       f"{MAX_ID_BYTES - len(OPERATOR_SIGNER_PREFIX)} bytes"
+            if len(key) != 32:
+                return f"operator {name!r} needs a 32-byte Ed25519 public key"
+            if self.client_keys.get(signer_id) != key:
+                return f"operator {name!r} is missing from the request signers (build configs with create)"
+        return None
+
+
+def _command_signer_keys(replica_keys: tuple[bytes, ...], operator_keys: Mapping[str, bytes]) -> dict[str, bytes]:
+    signers = {replica_signer_id(index): key for index, key in enumerate(replica_keys)}
+    signers.update({operator_signer_id(name): key for name, key in operator_keys.items()})
+    return signers

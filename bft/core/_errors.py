@@ -26,15 +26,16 @@ class RemoteProtocolError(ProtocolError):
     the human sentence for logs.
     """
 
-    def __init__(self, reason: str, detail: str = "", sender: str = "?") -> None:
+    def __init__(self, reason: str, detail: str = "", sender: str = "?", *, evidence: object = None) -> None:
         self.reason = reason
         self.detail = detail
         self.sender = sender
+        self.evidence = evidence  # An ``EquivocationProof`` when the input proves its sender Byzantine.
         super().__init__(f"rejected message from {sender}: {reason}" + (f" ({detail})" if detail else ""))
 
     def from_sender(self, sender: str) -> "RemoteProtocolError":
         """The same error, attributed to ``sender`` once the caller knows who it is."""
-        return RemoteProtocolError(self.reason, self.detail, sender)
+        return RemoteProtocolError(self.reason, self.detail, sender, evidence=self.evidence)
 
 
 class CertificateError(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._schema import Bytes, Enum, Int, ListOf, Nested, Text, check_schema_matches_fields
@@ -188,6 +188,9 @@ class Reply:
 
     It carries the agreed vote set, so f+1 matching replies form a certificate
     that an auditor can re-check against the verdict rule offline.
+    ``uncounted_voters`` lists the replicas quarantined at this log position,
+    whose votes did not count (see ``effective_rule``); it is keyword-only and
+    empty by default.
     """
 
     client_id: str
@@ -198,6 +201,7 @@ class Reply:
     decision: Decision
     reason: str
     votes: tuple[Vote, ...]
+    uncounted_voters: tuple[int, ...] = field(default=(), kw_only=True)
     replica_id: int
     signature: bytes
     TAG: ClassVar[int] = 6
@@ -210,6 +214,7 @@ class Reply:
         ("decision", Enum(Decision)),
         ("reason", REASON),
         ("votes", ListOf(Nested(Vote), MAX_REPLICAS)),
+        ("uncounted_voters", ListOf(REPLICA_ID, MAX_REPLICAS)),
         ("replica_id", REPLICA_ID),
         ("signature", SIGNATURE),
     )
@@ -217,7 +222,7 @@ class Reply:
     def outcome(self) -> tuple:
         """Everything replicas must agree on for their replies to match."""
         return (self.client_id, self.request_number, self.request_digest, self.seq,
-                self.timestamp_ms, self.decision, self.reason, self.votes)
+                self.timestamp_ms, self.decision, self.reason, self.votes, self.uncounted_voters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +288,110 @@ class NewView:
     )
 
 
-SIGNED_MESSAGE_TYPES = (Request, Vote, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView)
+# Why a replica may refuse a request instead of ordering it.  A fixed set, checked on decode, so that
+# a peer cannot put free text into a client's answer or grow a metric's label set.
+NO_QUORUM = "no quorum"
+REFUSAL_REASONS = (NO_QUORUM,)
+
+
+def _refusal_reason_problem(text: str) -> str | None:
+    return None if text in REFUSAL_REASONS else "unknown refusal reason"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A replica's signed statement that it will not order this request now, and why.
+
+    It is not a verdict and carries no decision.  One replica's refusal proves
+    nothing (it may lie); f+1 from distinct replicas include a correct one, so
+    a client may stop waiting and answer REFUSED early.
+    """
+
+    client_id: str
+    request_number: int
+    request_digest: bytes
+    reason: str
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 10
+    SCHEMA: ClassVar = (
+        ("client_id", CLIENT_ID),
+        ("request_number", Int(1, 2**63 - 1)),
+        ("request_digest", DIGEST),
+        ("reason", Text(MAX_REASON_BYTES, check=_refusal_reason_problem)),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+# State transfer carries log entries and an execution-state snapshot as opaque canonical msgpack:
+# their record types live in ``_execution`` (which imports this module), and the receiver checks
+# them against a quorum-certified state digest, not against this schema.
+MAX_STATE_TRANSFER_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StateRequest:
+    """A lagging replica asks a peer for part of the state of a stable checkpoint.
+
+    With ``first_position == 0`` it asks for the snapshot of the peer's latest
+    stable checkpoint at or above ``checkpoint_seq``, with its quorum proof.
+    Otherwise it asks for the verdict-log entries at positions
+    ``first_position..last_position`` (at most the configured chunk).
+    """
+
+    checkpoint_seq: int
+    first_position: int
+    last_position: int
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 11
+    SCHEMA: ClassVar = (
+        ("checkpoint_seq", SEQ),
+        ("first_position", SEQ),
+        ("last_position", SEQ),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply:
+    """A peer's answer to ``StateRequest``: a snapshot with its proof, or a chunk of log entries.
+
+    A snapshot reply has ``stable_proof`` (a quorum of matching checkpoints at
+    ``checkpoint_seq``) and ``state`` (``ExecutionState.export_state`` bytes,
+    whose digest the proof certifies), and no entries.  A chunk reply has
+    ``entries`` (canonical msgpack of consecutive ``LogEntry`` records starting
+    at ``first_position``) and no proof or state.  Nothing in it is trusted
+    until it checks against the certified digest and hash chain.
+    """
+
+    checkpoint_seq: int
+    stable_proof: tuple[Checkpoint, ...]
+    state: bytes
+    first_position: int
+    entries: bytes
+    replica_id: int
+    signature: bytes
+    TAG: ClassVar[int] = 12
+    SCHEMA: ClassVar = (
+        ("checkpoint_seq", SEQ),
+        ("stable_proof", ListOf(Nested(Checkpoint), MAX_REPLICAS)),
+        ("state", Bytes(0, MAX_STATE_TRANSFER_BYTES)),
+        ("first_position", SEQ),
+        ("entries", Bytes(0, MAX_STATE_TRANSFER_BYTES)),
+        ("replica_id", REPLICA_ID),
+        ("signature", SIGNATURE),
+    )
+
+
+SIGNED_MESSAGE_TYPES = (Request, Vote, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, Refusal,
+                        StateRequest, StateReply)
 MESSAGE_TYPE_BY_TAG = {message_type.TAG: message_type for message_type in SIGNED_MESSAGE_TYPES}
-Message = Request | Vote | PrePrepare | Prepare | Commit | Reply | Checkpoint | ViewChange | NewView
-ReplicaMessage = Vote | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView
+Message = (Request | Vote | PrePrepare | Prepare | Commit | Reply | Checkpoint | ViewChange | NewView | Refusal
+           | StateRequest | StateReply)
+ReplicaMessage = Vote | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | StateRequest | StateReply
 
 assert len(MESSAGE_TYPE_BY_TAG) == len(SIGNED_MESSAGE_TYPES), "message tags must be unique"
 for _record_type in (*SIGNED_MESSAGE_TYPES, BatchEntry, Batch, PreparedProof):

@@ -96,8 +96,9 @@ class PendingPool:
         if entry is not None and entry.orphan_of is not None:
             self._release_orphan(entry)
 
-    def remove_where(self, should_remove) -> int:
-        doomed = [digest for digest, entry in self._entries.items() if should_remove(entry)]
-        for digest in doomed:
-            self.discard(digest)
-        return len(doomed)
+    def remove_where(self, should_remove) -> list[PendingRequest]:
+        """Remove and return every entry ``should_remove`` accepts."""
+        doomed = [entry for entry in self._entries.values() if should_remove(entry)]
+        for entry in doomed:
+            self.discard(entry.digest)
+        return doomed

@@ -12,17 +12,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ._accountability import EquivocationProof
 from ._execution import LogEntry
 from ._messages import Message, Reply, Request
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """A remote party's input that was refused, with a stable reason token and a sentence."""
+    """A remote party's input that was refused, with a stable reason token and a sentence.
+
+    ``evidence`` holds an ``EquivocationProof`` when the input, together with
+    what the replica already held, proves the sender Byzantine; the driver hands
+    it back with ``Replica.report_equivocation``.
+    """
 
     sender: str
     reason: str
     detail: str
+    evidence: EquivocationProof | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRead:
+    """A peer asked for verdict-log entries this replica holds only in its store.
+
+    The driver reads positions ``first_position..last_position`` (those that
+    exist) from its store and hands them to ``Replica.answer_log_read``, which
+    signs the answer.  The core holds no log entries in memory.
+    """
+
+    replica_id: int
+    first_position: int
+    last_position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +54,14 @@ class Ready:
     finalized: tuple[LogEntry, ...] = ()
     evaluate: tuple[Request, ...] = ()
     rejected: tuple[Rejection, ...] = ()
+    log_reads: tuple[LogRead, ...] = ()
+    # Requests this replica voted on that expired unordered: it never votes on them again, so the
+    # driver may delete those votes from its store (``Store.prune_votes``) whenever convenient.
+    dead_votes: tuple[bytes, ...] = ()
 
     def is_empty(self) -> bool:
         return not (self.persist or self.to_replicas or self.to_clients or self.finalized
-                    or self.evaluate or self.rejected)
+                    or self.evaluate or self.rejected or self.log_reads or self.dead_votes)
 
 
 class DurableStore(Protocol):
@@ -60,7 +85,8 @@ def apply_ready(ready: Ready, store: DurableStore,
 class ReadyBuilder:
     """Accumulates the effects of one input; ``build`` freezes them."""
 
-    __slots__ = ("persist", "to_replicas", "to_clients", "finalized", "evaluate", "rejected")
+    __slots__ = ("persist", "to_replicas", "to_clients", "finalized", "evaluate", "rejected", "log_reads",
+                 "dead_votes")
 
     def __init__(self) -> None:
         self.persist: list = []
@@ -69,7 +95,10 @@ class ReadyBuilder:
         self.finalized: list = []
         self.evaluate: list = []
         self.rejected: list = []
+        self.log_reads: list = []
+        self.dead_votes: list = []
 
     def build(self) -> Ready:
         return Ready(tuple(self.persist), tuple(self.to_replicas), tuple(self.to_clients),
-                     tuple(self.finalized), tuple(self.evaluate), tuple(self.rejected))
+                     tuple(self.finalized), tuple(self.evaluate), tuple(self.rejected), tuple(self.log_reads),
+                     tuple(self.dead_votes))

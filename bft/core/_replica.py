@@ -22,19 +22,23 @@ from typing import Callable
 
 from sortedcontainers import SortedDict
 
-from ._codec import record_digest, request_digest
+from ._codec import digest as sha256, record_digest, request_digest
 from ._config import ClusterConfig
 from ._crypto import KeyPair, Signer, Verifier
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._execution import ExecutionState
+from ._execution import ExecutionState, votes_digest
 from ._messages import (MAX_REASON_BYTES, Batch, BatchEntry, Checkpoint, Commit, Decision, Message,
-                        NewView, PrePrepare, Prepare, PreparedProof, Reply, Request, ViewChange, Vote)
+                        NewView, PrePrepare, Prepare, PreparedProof, Reply, Request, StateReply, StateRequest,
+                        ViewChange, Vote)
 from ._pending import PendingRequest, PendingPool
 from ._quorum import primary_of
 from ._ready import ReadyBuilder, Ready, Rejection
+from ._recovery import latest_prepared_proofs, latest_stable_proof, stored_preprepares, view_of
+from ._replica_accountability import AccountabilityMixin
 from ._replica_views import ViewChangeMixin
 from ._slots import Slot
-from ._verdict import is_settled
+from ._state_transfer import StateTransferMixin
+from ._accountability import EquivocationProof
 
 
 def sender_of(message: Message) -> str:
@@ -50,7 +54,7 @@ def truncate_reason(reason: str) -> str:
     return reason.encode("utf-8", errors="replace")[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
-class Replica(ViewChangeMixin):
+class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -68,7 +72,7 @@ class Replica(ViewChangeMixin):
         self.low_water = 0
         self.next_seq = 1
         self.stable_proof: tuple[Checkpoint, ...] = ()
-        self.execution = ExecutionState(config.rules, config.limits.client_window)
+        self.execution = ExecutionState(config.rules, config.limits.client_window, config)
         self.slots: SortedDict[int, Slot] = SortedDict()
         self.pending = PendingPool(config.limits.max_pending_requests,
                                    max(1, config.limits.max_pending_requests // (2 * config.replica_count)))
@@ -81,8 +85,8 @@ class Replica(ViewChangeMixin):
         self.early_preprepares: dict[int, PrePrepare] = {}
         self.signed_digests: dict[tuple[str, int, int], bytes] = {}
         self.view_seen_by_replica: dict[int, int] = {}
-        self.recovering_until_seq = 0
         self.recovered_votes: dict[bytes, Vote] = {}
+        self._dead_votes_backlog: list[bytes] = []
         self._view_change_attempts = 0
         self._view_change_sent_tick = 0
         self._out: ReadyBuilder | None = None
@@ -90,51 +94,108 @@ class Replica(ViewChangeMixin):
             Request: self._on_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
             Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self._on_checkpoint,
             ViewChange: self._on_view_change, NewView: self._on_new_view,
+            StateRequest: self._on_state_request, StateReply: self._on_state_reply,
         }
+        self._init_state_transfer()
+        self._init_accountability()
 
     @classmethod
     def recover(cls, config: ClusterConfig, replica_id: int, seed: bytes,
                 signed: tuple[Message, ...], log: tuple) -> "Replica":
-        """A replica restarted from durable storage: its own signed messages and its verdict log.
+        """A replica restarted from durable storage: the signed messages it persisted and its verdict log.
 
-        It remembers every digest it signed (S7 holds across the restart) and
-        resumes in the highest view it took part in, waiting for that view's
-        NEW-VIEW.  Its prepared proofs were made of other replicas' messages
-        and are gone, so until a certified stable checkpoint covers every slot
-        it signed or executed it sends no VIEW-CHANGE: an amnesiac VIEW-CHANGE counted in a NEW-VIEW
-        quorum could hide a committed batch.
+        It remembers every digest it signed (S7 holds across the restart), and
+        it gets back its stable checkpoint and its prepared proofs, which it
+        persisted before sending anything that relied on them (see
+        ``_recovery``), so its VIEW-CHANGE is as good as a replica's that never
+        stopped.  It resumes in the highest view it took part in: active if it
+        had already worked in that view, otherwise waiting for the view's
+        NEW-VIEW with its own VIEW-CHANGE ready to send again.  Replies to the
+        requests it executed above its stable checkpoint are signed again from
+        the stored batches, so a client retrying after a restart of the whole
+        cluster still gets f+1 replies.
         """
         replica = cls(config, replica_id, seed)
+        signed = list(signed)
         own = [m for m in signed if getattr(m, "replica_id", None) == replica_id]
-        checkpoints = [m.seq for m in own if isinstance(m, Checkpoint)]
-        replica.execution.restore(tuple(log), max(checkpoints, default=0))
-        replica.low_water = max((seq for seq in checkpoints if seq <= replica.last_executed), default=0)
-        replica.next_seq = replica.low_water + 1
-        views = [getattr(m, "view", getattr(m, "new_view", 0)) for m in own]
-        replica.view, replica.view_active = max(views, default=0), not views
+        replica.execution.restore(tuple(log), max((m.seq for m in own if isinstance(m, Checkpoint)), default=0))
+        replica._restore_checkpoints(signed, own)
+        replica._restore_view(own)
         for message in own:
             replica._remember_signed(message)
+        replica.prepared_proofs = latest_prepared_proofs(signed, config.replica_count, replica.quorum,
+                                                         replica.low_water, replica.high_water)
+        replica._restore_replies(signed)
         # Votes persisted before the crash are re-sent as they were, never re-decided: a
         # policy that answers differently now must not make this replica sign a second vote.
-        votes = [m for m in own if isinstance(m, Vote)][-config.limits.max_pending_requests:]
-        replica.recovered_votes = {vote.request_digest: vote for vote in votes}
-        replica.recovering_until_seq = max([m.seq for m in own if isinstance(m, (PrePrepare, Prepare, Commit))]
-                                           + [replica.last_executed])
+        votes = [m for m in own if isinstance(m, Vote)]
+        kept = votes[-config.limits.max_pending_requests:]
+        replica.recovered_votes = {vote.request_digest: vote for vote in kept}
+        # Older votes are beyond what the pending pool could still hold: their requests are long gone.
+        replica._dead_votes_backlog = [vote.request_digest for vote in votes[:len(votes) - len(kept)]]
         replica.check_invariants()
         return replica
 
-    def _remember_signed(self, message: Message) -> None:
-        phase = {PrePrepare: "pre-prepare", Prepare: "prepare", Commit: "commit"}.get(type(message))
-        if phase is None or message.seq <= self.low_water:
-            return
-        digest = record_digest(message.batch) if isinstance(message, PrePrepare) else message.batch_digest
-        self.signed_digests[(phase, message.view, message.seq)] = digest
+    def _restore_checkpoints(self, signed: list[Message], own: list[Message]) -> None:
+        proof = latest_stable_proof(signed, self.quorum, self.last_executed)
+        if proof:
+            self.low_water, self.stable_proof = proof[0].seq, proof
+        self.next_seq = self.low_water + 1
+        for checkpoint in own:
+            if isinstance(checkpoint, Checkpoint) and self.low_water < checkpoint.seq <= self.high_water:
+                self.checkpoints.setdefault(checkpoint.seq, {})[self.replica_id] = checkpoint
+        # The state at an earlier checkpoint is gone; only one that is also the current state can be served.
+        state = self.execution.export_state()
+        if proof and self.last_executed == self.low_water:
+            assert sha256(state) == proof[0].state_digest, f"replica {self.replica_id} restored a diverged state"
+            self.stable_state = state
+        elif self.last_executed in self.checkpoints:
+            own_digest = self.checkpoints[self.last_executed][self.replica_id].state_digest
+            assert sha256(state) == own_digest, f"replica {self.replica_id} restored a diverged state"
+            self.checkpoint_states[self.last_executed] = state
 
-    @property
-    def recovering(self) -> bool:
-        """True until a certified stable checkpoint covers every slot signed or executed before a restart."""
-        proven_stable_seq = self.stable_proof[0].seq if self.stable_proof else 0
-        return proven_stable_seq < self.recovering_until_seq
+    def _restore_view(self, own: list[Message]) -> None:
+        views = [view for view in map(view_of, own) if view is not None]
+        if not views:
+            return
+        self.view = max(views)
+        current = [m for m in own if view_of(m) == self.view]
+        self.view_active = any(isinstance(m, (PrePrepare, Prepare, Commit, NewView)) for m in current)
+        view_changes = [m for m in current if isinstance(m, ViewChange)]
+        if not self.view_active and view_changes:
+            self.view_change_by_replica[self.replica_id] = view_changes[-1]
+        new_views = [m for m in current if isinstance(m, NewView)]
+        if new_views:
+            self.new_view_message = new_views[-1]
+        proposed = [pp.seq for pp in stored_preprepares(current, self.config.replica_count) if pp.view == self.view]
+        self.next_seq = max([self.low_water, *proposed]) + 1
+
+    def _restore_replies(self, signed: list[Message]) -> None:
+        votes_at: dict[tuple[int, bytes], list[tuple[Vote, ...]]] = {}
+        for preprepare in stored_preprepares(signed, self.config.replica_count):
+            for entry in preprepare.batch.entries:
+                key = (preprepare.seq, request_digest(self.config.cluster_id, entry.request))
+                votes_at.setdefault(key, []).append(tuple(sorted(entry.votes, key=lambda vote: vote.replica_id)))
+        restored = [outcome for record in self.execution.clients.values() for outcome in record.replies.values()
+                    if not isinstance(outcome, Reply) and (outcome.seq, outcome.request_digest) in votes_at]
+        for entry in restored:
+            votes = next((v for v in votes_at[(entry.seq, entry.request_digest)]
+                          if votes_digest(v) == entry.votes_digest), None)
+            if votes is not None:
+                reply = Reply(entry.client_id, entry.request_number, entry.request_digest, entry.seq,
+                              entry.timestamp_ms, entry.decision, entry.reason, votes, self.replica_id, bytes(64))
+                assert self.execution.replace_outcome(self._sign(reply))
+
+    def _remember_signed(self, message: Message) -> None:
+        if isinstance(message, NewView):
+            for preprepare in message.preprepares:  # Re-proposals we signed inside our own NEW-VIEW.
+                self._remember_signed(preprepare)
+            return
+        phase = {PrePrepare: "pre-prepare", Prepare: "prepare", Commit: "commit"}.get(type(message))
+        if phase is None or message.seq <= self.low_water or message.view < self.view:
+            return
+        digest_signed = record_digest(message.batch) if isinstance(message, PrePrepare) else message.batch_digest
+        self.signed_digests[(phase, message.view, message.seq)] = digest_signed
 
     # ----------------------------------------------------------------- inputs
 
@@ -180,6 +241,8 @@ class Replica(ViewChangeMixin):
         if self._out is not None:
             raise LocalProtocolError("core inputs must not be re-entered")
         self._out = ReadyBuilder()
+        self._out.dead_votes.extend(self._dead_votes_backlog)
+        self._dead_votes_backlog = []
         try:
             handler(*arguments)
             return self._out.build()
@@ -199,7 +262,7 @@ class Replica(ViewChangeMixin):
 
     def _reject(self, error: RemoteProtocolError) -> None:
         self.rejected_counts[error.reason] += 1
-        self._out.rejected.append(Rejection(error.sender, error.reason, error.detail))
+        self._out.rejected.append(Rejection(error.sender, error.reason, error.detail, error.evidence))
 
     def _sign(self, unsigned: Message) -> Message:
         return self._signer.sign(unsigned)
@@ -236,6 +299,10 @@ class Replica(ViewChangeMixin):
         assert len(self.signed_digests) <= 4 * self.limits.log_window
         assert len(self.view_seen_by_replica) <= self.config.replica_count
         assert len(self.recovered_votes) <= self.limits.max_pending_requests
+        assert all(self.low_water < seq <= self.high_water for seq in self.checkpoint_states)
+        assert len(self.checkpoints_ahead) <= self.config.replica_count
+        assert self.transfer is None or self.transfer.buffered <= self.limits.state_transfer_entries_max
+        assert self.stable_state is None or self.low_water > 0
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert self.view_active or not self.is_primary or self.new_view_message is None \
             or self.new_view_message.view < self.view
@@ -326,9 +393,9 @@ class Replica(ViewChangeMixin):
             return False
         if self.execution.cached_reply(*pending.request.key) or self.execution.is_stale(*pending.request.key):
             return False
-        rule = self.config.rules[pending.request.risk]
         waited = self.ticks - pending.quorum_tick >= self.limits.vote_wait_ticks
-        return waited or is_settled(rule, pending.vote_tuple(), self.config.replica_count)
+        votes = pending.vote_tuple()
+        return waited or self.execution.is_settled(pending.request.risk, votes, self.config.replica_count)
 
     def _propose(self, entries: list[PendingRequest]) -> None:
         batch = Batch(self.now_ms, tuple(BatchEntry(p.request, p.vote_tuple()) for p in entries))
@@ -373,7 +440,8 @@ class Replica(ViewChangeMixin):
         slot = self._current_slot(preprepare.seq)
         if slot is not None and slot.preprepare is not None:
             if slot.preprepare != preprepare:
-                raise RemoteProtocolError("equivocation", f"two pre-prepares for view {self.view} seq {preprepare.seq}")
+                raise RemoteProtocolError("equivocation", f"two pre-prepares for view {self.view} seq {preprepare.seq}",
+                                          evidence=EquivocationProof.of(slot.preprepare, preprepare))
             return
         digests = self._validate_batch(preprepare.batch)
         self._accept_preprepare(preprepare, digests)
@@ -466,7 +534,8 @@ class Replica(ViewChangeMixin):
         existing = table_of(slot).get(message.replica_id) if slot else None
         if existing is not None:
             if existing != message:
-                raise RemoteProtocolError("equivocation", f"two {type(message).__name__}s for seq {message.seq}")
+                raise RemoteProtocolError("equivocation", f"two {type(message).__name__}s for seq {message.seq}",
+                                          evidence=EquivocationProof.of(existing, message))
             return
         table_of(self._slot(message.seq))[message.replica_id] = message
 
@@ -474,7 +543,9 @@ class Replica(ViewChangeMixin):
         if slot.prepared or slot.preprepare is None or len(slot.matching_prepares()) < self.quorum:
             return
         slot.prepared = True
-        self.prepared_proofs[slot.seq] = slot.prepared_proof(self.quorum)
+        proof = self.prepared_proofs[slot.seq] = slot.prepared_proof(self.quorum)
+        # Durable before our COMMIT leaves, so that after a restart our VIEW-CHANGE still reports it.
+        self._out.persist.extend(m for m in (proof.preprepare, *proof.prepares) if m.replica_id != self.replica_id)
         if not self._may_sign("commit", slot.seq, slot.batch_digest):
             return
         commit = self._sign(Commit(self.view, slot.seq, slot.batch_digest, self.replica_id, bytes(64)))
@@ -507,7 +578,8 @@ class Replica(ViewChangeMixin):
             self.pending.discard(digest)
         self._note_progress()
         if slot.seq % self.limits.checkpoint_interval == 0:
-            checkpoint = self._sign(Checkpoint(slot.seq, self.execution.state_digest(), self.replica_id, bytes(64)))
+            state = self.checkpoint_states[slot.seq] = self.execution.export_state()
+            checkpoint = self._sign(Checkpoint(slot.seq, sha256(state), self.replica_id, bytes(64)))
             self._broadcast(checkpoint)
             self.checkpoints.setdefault(slot.seq, {})[self.replica_id] = checkpoint
             self._check_stable(slot.seq)
@@ -521,7 +593,9 @@ class Replica(ViewChangeMixin):
             raise RemoteProtocolError("bad-checkpoint", f"seq {checkpoint.seq} is not a checkpoint boundary")
         if checkpoint.seq <= self.low_water:
             return  # Already stable here; late checkpoints are expected and harmless.
-        self._check_window(checkpoint.seq)
+        if checkpoint.seq > self.high_water:
+            self._note_checkpoint_ahead(checkpoint)  # Evidence that we are behind (see _state_transfer).
+            return
         existing = self.checkpoints.get(checkpoint.seq, {}).get(checkpoint.replica_id)
         if existing is not None:
             if existing != checkpoint:
@@ -535,7 +609,10 @@ class Replica(ViewChangeMixin):
         for checkpoint in self.checkpoints.get(seq, {}).values():
             by_digest.setdefault(checkpoint.state_digest, []).append(checkpoint)
         proof = next((group for group in by_digest.values() if len(group) >= self.quorum), None)
-        if proof is None or self.last_executed < seq:
+        if proof is None:
+            return
+        if self.last_executed < seq:
+            self._note_lag(seq)  # Certified, and we are behind it: execute there or fetch it.
             return
         own = self.checkpoints[seq].get(self.replica_id)
         assert own is not None and own.state_digest == proof[0].state_digest, \
@@ -544,8 +621,13 @@ class Replica(ViewChangeMixin):
 
     def _advance_low_water(self, seq: int, proof: tuple[Checkpoint, ...]) -> None:
         assert seq > self.low_water and len(proof) >= self.quorum
+        # Durable with the water mark, so that a restart resumes from this stable checkpoint.
+        self._out.persist.extend(checkpoint for checkpoint in proof if checkpoint.replica_id != self.replica_id)
         self.low_water = seq
         self.stable_proof = proof
+        self.stable_state = self.checkpoint_states.get(seq)
+        for old_seq in [s for s in self.checkpoint_states if s <= seq]:
+            del self.checkpoint_states[old_seq]
         for old_seq in list(self.slots.irange(maximum=seq)):
             del self.slots[old_seq]
         for old_seq in [s for s in self.checkpoints if s <= seq]:
@@ -564,7 +646,9 @@ class Replica(ViewChangeMixin):
         self.now_ms = now_ms
         self.ticks += 1
         skew, orphan_ticks = self.limits.max_clock_skew_ms, self.limits.orphan_vote_ticks
-        self.pending.remove_where(lambda p: (p.request is not None and now_ms > p.request.deadline_ms + skew)
-                                  or (p.request is None and self.ticks - p.created_tick > orphan_ticks))
+        expired = self.pending.remove_where(lambda p: (p.request is not None and now_ms > p.request.deadline_ms + skew)
+                                            or (p.request is None and self.ticks - p.created_tick > orphan_ticks))
+        self._out.dead_votes.extend(p.digest for p in expired if self.replica_id in p.votes)
         self._check_progress_timer()
+        self._tick_state_transfer()
         self._maybe_propose()

@@ -34,6 +34,8 @@ class ViewChangeMixin:
             return True
         if any(slot.preprepare is not None and seq > self.last_executed for seq, slot in self.slots.items()):
             return True
+        if any(seq > self.last_executed for seq in self.prepared_proofs):
+            return True  # Prepared before a restart of the whole cluster: a view change re-proposes it.
         return any(p.request is not None and p.quorum_tick is not None for p in self.pending)
 
     def _note_progress(self) -> None:
@@ -58,7 +60,7 @@ class ViewChangeMixin:
         waited = self.ticks - self._waiting_since
         if waited >= self._current_timeout() // 2:
             self._forward_unordered_requests()
-        if waited >= self._current_timeout() and not self.recovering:
+        if waited >= self._current_timeout():
             self._view_change_attempts += 1
             self._start_view_change(self.view + 1)
 
@@ -102,8 +104,6 @@ class ViewChangeMixin:
         self.view = new_view
         self.view_active = False
         self._waiting_since = self.ticks
-        if self.recovering:
-            return  # Amnesiac after a restart: wait for the NEW-VIEW without voting in it.
         proofs = tuple(self.prepared_proofs[seq] for seq in sorted(self.prepared_proofs) if seq > self.low_water)
         view_change = self._sign(ViewChange(new_view, self.low_water, self.stable_proof, proofs,
                                             self.replica_id, bytes(64)))
@@ -177,6 +177,7 @@ class ViewChangeMixin:
         self.view_change_by_replica = {r: vc for r, vc in self.view_change_by_replica.items() if vc.new_view > self.view}
         if stable_seq > self.low_water and self.last_executed >= stable_seq:
             self._adopt_stable_checkpoint(stable_seq, stable_proof_for(new_view.view_changes, stable_seq))
+        self._note_lag(stable_seq)  # Not re-proposed, so state transfer is the only way to reach it.
         for seq in [seq for seq, slot in self.slots.items() if slot.view < self.view]:
             del self.slots[seq]
         reproposed: set[bytes] = set()

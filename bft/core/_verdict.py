@@ -74,3 +74,34 @@ def is_settled(rule: VerdictRule, votes: tuple[Vote, ...], replica_count: int) -
     denied_for_sure = deny > rule.max_deny_votes or allow + missing < rule.min_allow_votes
     allowed_for_sure = allow >= rule.min_allow_votes and deny + missing <= rule.max_deny_votes
     return denied_for_sure or allowed_for_sure
+
+
+# Reasons with which execution itself turns a request into DENY, whatever its votes say: the
+# request matched the shared blocklist, or a command was well formed but its effect was refused.
+# A certificate may state such a DENY without the votes implying it: f+1 matching signed replies
+# include a correct replica's, and a DENY can never make anything unsafe.
+BLOCKLISTED_PREFIX = "blocklisted: "
+COMMAND_REJECTED_PREFIX = "command rejected: "
+
+
+def effective_rule(rule: VerdictRule, replica_count: int, faulty_max: int, uncounted_count: int) -> VerdictRule:
+    """The rule applied while ``uncounted_count`` replicas are quarantined (their votes do not count).
+
+    ``min_allow_votes`` is capped at the number of replicas still counted (a
+    rule asking for every replica then asks for every counted one), and never
+    drops below the fail-closed floor 2f+1 of the *configured* f: among 2f+1
+    ALLOW votes at most f come from liars, whoever was quarantined.  With more
+    than ``n - (2f+1)`` replicas quarantined nothing can be allowed at all.
+    ``max_deny_votes`` is unchanged (it now applies to counted votes only).
+    """
+    assert 0 <= uncounted_count <= replica_count, (uncounted_count, replica_count)
+    counted = replica_count - uncounted_count
+    floor = 2 * faulty_max + 1
+    minimum = max(floor, min(rule.min_allow_votes, counted))
+    assert floor <= minimum <= max(rule.min_allow_votes, floor)
+    return VerdictRule(min_allow_votes=minimum, max_deny_votes=rule.max_deny_votes)
+
+
+def counted_votes(votes: tuple[Vote, ...], uncounted: frozenset[int]) -> tuple[Vote, ...]:
+    """The votes that count: those of replicas not quarantined."""
+    return tuple(vote for vote in votes if vote.replica_id not in uncounted)

@@ -3,7 +3,10 @@
 The answer is ALLOW or DENY only with a ``VerdictCertificate`` that ``ClientCore``
 built from f+1 matching signed replies and verified in full.  Anything else
 (no quorum reachable, replicas down, a deadline that passes) is REFUSED with a
-reason, which callers must treat as DENY.
+reason, which callers must treat as DENY.  The client stops waiting before the
+deadline only when f+1 distinct replicas sent a valid signed ``Refusal`` (so at
+least one correct replica cannot reach a quorum); then the reason is
+``"no quorum"``.  One lying replica alone cannot make it give up.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import Any, AsyncIterator, Mapping
 
 import trio
 
-from ..core import (ClientCore, ClusterConfig, ConfigError, RemoteProtocolError, Reply, Request, Risk,
-                    VerdictCertificate, decode, encode)
+from ..core import (NO_QUORUM, ClientCore, ClusterConfig, ConfigError, Refusal, RemoteProtocolError, Reply, Request,
+                    Risk, VerdictCertificate, decode, encode)
 from ._framing import encode_frame
 from ._handshake import Identity
 from ._options import RuntimeClock, TransportLimits
@@ -57,6 +60,7 @@ class Outcome:
 class _Waiter:
     event: trio.Event = field(default_factory=trio.Event)
     certificate: VerdictCertificate | None = None
+    refused: bool = False
 
 
 class AsyncClient:
@@ -153,14 +157,17 @@ class AsyncClient:
             del self._waiters[request.request_number]
         latency_ms = (trio.current_time() - started_s) * 1000
         certificate = waiter.certificate
-        if certificate is None:
-            self._core.expire(self.clock.now_ms() - self.reply_grace_ms)  # includes this request
+        if certificate is not None:
+            return Outcome(certificate.decision.value, certificate.reason, certificate, latency_ms, request)
+        self.counters["refused"] += 1
+        if waiter.refused:  # ClientCore already forgot the request: f+1 replicas refused it.
             assert request not in self._core.outstanding
-            self.counters["refused"] += 1
-            reason = (f"no verdict certificate within {timeout_ms} ms "
-                      f"({self.replicas_connected} of {self.config.replica_count} replicas connected)")
-            return Outcome("REFUSED", reason, None, latency_ms, request)
-        return Outcome(certificate.decision.value, certificate.reason, certificate, latency_ms, request)
+            return Outcome("REFUSED", NO_QUORUM, None, latency_ms, request)
+        self._core.expire(self.clock.now_ms() - self.reply_grace_ms)  # includes this request
+        assert request not in self._core.outstanding
+        reason = (f"no verdict certificate within {timeout_ms} ms "
+                  f"({self.replicas_connected} of {self.config.replica_count} replicas connected)")
+        return Outcome("REFUSED", reason, None, latency_ms, request)
 
     def _payload_handler(self, replica_id: int):
         async def on_payload(payload: bytes) -> None:
@@ -173,14 +180,26 @@ class AsyncClient:
             message = decode(payload, min(self.limits.max_frame_bytes, self.config.limits.max_message_bytes))
         except RemoteProtocolError as error:
             raise error.from_sender(peer) from None
-        if not isinstance(message, Reply) or message.replica_id != replica_id:
+        if not isinstance(message, (Reply, Refusal)) or message.replica_id != replica_id:
             raise RemoteProtocolError("unexpected-message", "a replica may only send its own replies", peer)
+        if isinstance(message, Refusal):
+            self._on_refusal(message)
+            return
         certificate = self._core.on_reply(message)
         if certificate is None:
             return
         waiter = self._waiters.get(certificate.request.request_number)
         if waiter is not None:
             waiter.certificate = certificate
+            waiter.event.set()
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        self.counters["refusals-received"] += 1
+        if not self._core.on_refusal(refusal):
+            return
+        waiter = self._waiters.get(refusal.request_number)
+        if waiter is not None and not waiter.event.is_set():
+            waiter.refused = True
             waiter.event.set()
 
     def _resend_outstanding(self, link: Link) -> None:

@@ -4,34 +4,46 @@ Every core input happens in one task, ``_main_loop``, which takes items from one
 bounded inbox and ticks the core every ``tick_ms``; the core is never entered
 twice at once.  Connection tasks only decode and enqueue.  Policies run in
 worker threads under a deadline; a policy that overruns votes DENY ("policy
-deadline exceeded").  Every ``Ready`` goes through ``apply_ready``: persist,
-then send (sends only enqueue on bounded link queues, so the main loop never
-waits on the network).
+deadline exceeded").  Every ``Ready`` goes to the ``Persister``, which makes it
+durable through ``apply_ready`` in a worker thread and only then sends it
+(sends only enqueue on bounded link queues, so nothing waits on the network,
+and fsync never blocks the event loop).
+
+CP mode: a node whose links reach fewer than a quorum, for longer than
+``quorum_loss_grace_ms``, answers new requests with a signed ``Refusal`` instead
+of taking them (see ``_quorum_watch``), and takes them again once it reaches a
+quorum.  Metrics go to ``self.metrics`` (a ``ReplicaMetrics``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import trio
 
-from ..core import (ClusterConfig, Decision, Message, Ready, RemoteProtocolError, Replica, Reply, Request,
-                    apply_ready, decode, encode, request_digest)
+from ..core import (NO_QUORUM, ClusterConfig, Decision, Message, Ready, Refusal, RemoteProtocolError, Replica, Reply,
+                    Request, Signer, decode, encode, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore, Store
 from . import _handshake
 from ._connection import FramedConnection, SendQueue
+from ._durability import Durable, Persister, Released
 from ._framing import encode_frame
 from ._handshake import Identity
+from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
+from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
 from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex
 
 logger = logging.getLogger("bft.runtime")
 
 INBOX_DRAIN_MAX = 64
+# Log reads answered by the store and waiting for the core to sign them; more are dropped (the
+# asking peer asks again), so a flood of requests for old entries costs bounded memory.
+LOG_READ_ANSWERS_MAX = 64
 
 
 @dataclass(eq=False)
@@ -46,7 +58,8 @@ class _Session:
 class ReplicaNode:
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes, policy: Policy,
                  addresses: Mapping[int, Address], *, store: Store | None = None,
-                 options: NodeOptions | None = None, clock: RuntimeClock | None = None) -> None:
+                 options: NodeOptions | None = None, clock: RuntimeClock | None = None,
+                 metrics: ReplicaMetrics | None = None) -> None:
         self.options = (options or NodeOptions()).check()
         assert set(addresses) == set(range(config.replica_count)), "every replica needs an address"
         self.config = config
@@ -58,12 +71,15 @@ class ReplicaNode:
         self.addresses = dict(addresses)
         self.clock = clock or RuntimeClock()
         self.counters: Counter[str] = Counter()
+        self.metrics = metrics if metrics is not None else ReplicaMetrics()
         self.finalized_count = 0
         self.port: int | None = None
         self._seed = seed
+        self._signer = Signer(config.cluster_id, seed)
         self._limits = self.options.transport
         self._max_message_bytes = min(self._limits.max_frame_bytes, config.limits.max_message_bytes)
-        self.links = {peer: Link(config, self.identity, seed, peer, self.addresses[peer], self._limits, self.counters)
+        self.links = {peer: Link(config, self.identity, seed, peer, self.addresses[peer], self._limits, self.counters,
+                                 on_rejected=self.metrics.rejected)
                       for peer in range(config.replica_count) if peer != replica_id}
         self._sessions: dict[Identity, _Session] = {}
         self._handshakes_in_progress = 0
@@ -73,6 +89,10 @@ class ReplicaNode:
         self._nursery: trio.Nursery | None = None
         self._pruned_below_seq = self.replica.low_water
         self._pruned_below_view = self.replica.view
+        self._persister = Persister(self.store, self.options.persist_queue_capacity, self.options.persist_batch_max,
+                                    self.counters, self._send_released)
+        self._quorum_watch: QuorumWatch | None = None
+        self._log_read_answers: deque[tuple] = deque()
 
     def _start_replica(self, replica_id: int, seed: bytes) -> Replica:
         """A fresh replica, or, if the store holds anything, the replica it remembers (so a restarted
@@ -81,7 +101,7 @@ class ReplicaNode:
         if not (recovered.signed or recovered.log):
             return Replica(self.config, replica_id, seed)
         logger.info("replica %d recovers %d signed messages and %d verdicts from its store", replica_id,
-                    len(recovered.signed), len(recovered.log))
+                    len(recovered.signed), len(recovered.log), extra={"replica_id": replica_id})
         return Replica.recover(self.config, replica_id, seed, recovered.signed, recovered.log)
 
     # ----------------------------------------------------------------- lifecycle
@@ -95,16 +115,30 @@ class ReplicaNode:
         self.port = listener.socket.getsockname()[1]
         async with listener, trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._quorum_watch = QuorumWatch(self.config.quorum, self.options.quorum_loss_grace_ms / 1000,
+                                             trio.current_time())
             for link in self.links.values():
                 nursery.start_soon(link.run)
-            nursery.start_soon(accept_loop, listener, self._serve_connection, self._limits, self.counters, nursery)
+            nursery.start_soon(self._persister.run)
+            nursery.start_soon(accept_loop, listener, self._serve_connection, self._limits, self.counters, nursery,
+                               self.metrics.rejected)
             nursery.start_soon(self._main_loop)
-            logger.info("replica %d listening on port %d", self.replica_id, self.port)
+            logger.info("replica %d listening on port %d", self.replica_id, self.port,
+                        extra={"replica_id": self.replica_id, "port": self.port})
             task_status.started(self.port)
 
     @property
     def peers_connected(self) -> int:
         return sum(1 for link in self.links.values() if link.connected)
+
+    @property
+    def accepting_requests(self) -> bool:
+        """False while this node refuses new requests because it cannot reach a quorum (CP mode)."""
+        return self._quorum_watch is None or self._quorum_watch.accepting(self.peers_connected + 1)
+
+    async def wait_durable(self) -> None:
+        """Wait until everything the core produced so far is persisted, pruned and sent."""
+        await self._persister.wait_released()
 
     def status(self) -> dict[str, Any]:
         replica = self.replica
@@ -112,7 +146,7 @@ class ReplicaNode:
         return {"replica_id": self.replica_id, "view": replica.view, "last_executed": replica.last_executed,
                 "low_water": replica.low_water, "finalized": self.finalized_count,
                 "peers_connected": self.peers_connected, "clients_connected": clients_connected,
-                "counters": dict(self.counters)}
+                "accepting_requests": self.accepting_requests, "counters": dict(self.counters)}
 
     # ----------------------------------------------------------------- the core's one task
 
@@ -122,7 +156,9 @@ class ReplicaNode:
         while True:
             now_s = trio.current_time()
             if now_s >= next_tick_s:
-                self._apply(self.replica.tick(self.clock.now_ms()))
+                self._watch_quorum(now_s)
+                await self._apply(self.replica.tick(self.clock.now_ms()))
+                await self._answer_log_reads()
                 # After a stall, skip the missed ticks instead of firing them back to back.
                 next_tick_s = max(next_tick_s + tick_s, now_s + tick_s / 2)
                 continue
@@ -130,10 +166,11 @@ class ReplicaNode:
             with trio.move_on_at(next_tick_s):
                 item = await self._inbox_receive.receive()
             if item is not None:
-                self._apply(self._input(item))
-                self._drain_inbox()
+                await self._apply(self._input(item))
+                await self._drain_inbox()
+                await self._answer_log_reads()
 
-    def _drain_inbox(self) -> None:
+    async def _drain_inbox(self) -> None:
         """Handle what else is already queued without a trip through the scheduler, up to a bound
         so that a busy inbox cannot hold back the next tick."""
         for _ in range(INBOX_DRAIN_MAX):
@@ -141,7 +178,15 @@ class ReplicaNode:
                 item = self._inbox_receive.receive_nowait()
             except trio.WouldBlock:
                 return
-            self._apply(self._input(item))
+            await self._apply(self._input(item))
+
+    async def _answer_log_reads(self) -> None:
+        """Let the core sign what the persister read from the store for peers catching up (those
+        waiting now: answers arriving meanwhile wait for the next round)."""
+        for _ in range(len(self._log_read_answers)):
+            read, entries = self._log_read_answers.popleft()
+            self.counters["log-reads-answered"] += 1
+            await self._apply(self.replica.answer_log_read(read, entries))
 
     def _input(self, item: tuple) -> Ready:
         kind = item[0]
@@ -150,9 +195,78 @@ class ReplicaNode:
             return self.replica.record_decision(digest, decision, reason)
         message = item[1]
         assert kind in ("client", "replica"), kind
+        if kind == "client":
+            return self._client_request(message)
         return self.replica.submit(message) if isinstance(message, Request) else self.replica.step(message)
 
-    def _apply(self, ready: Ready) -> None:
+    def _client_request(self, request: Request) -> Ready:
+        """A new request goes to the core only while a quorum is reachable; a request the core already
+        answered always does, so a retry still gets its cached verdict."""
+        self.metrics.request_received()
+        if not self.accepting_requests and self.replica.execution.cached_reply(*request.key) is None:
+            self._refuse(request, NO_QUORUM)
+            return Ready()
+        self.metrics.request_accepted(request.key, trio.current_time())
+        return self.replica.submit(request)
+
+    def _refuse(self, request: Request, reason: str) -> None:
+        digest = request_digest(self.config.cluster_id, request)
+        refusal = self._signer.sign(Refusal(request.client_id, request.request_number, digest, reason,
+                                            self.replica_id, bytes(64)))
+        self._send_reply(request.client_id, encode_frame(encode(refusal), self._limits.max_frame_bytes))
+        self.counters[f"refused:{reason}"] += 1
+        self.metrics.refused(reason)
+        logger.debug("replica %d refused request %d of %s: %s", self.replica_id, request.request_number,
+                     request.client_id, reason, extra={"replica_id": self.replica_id, "client_id": request.client_id,
+                                                       "request_number": request.request_number, "reason": reason})
+
+    def _watch_quorum(self, now_s: float) -> None:
+        peers_connected = self.peers_connected
+        change = self._quorum_watch.update(peers_connected + 1, now_s)
+        self.metrics.observe_connectivity(peers_connected, self._quorum_watch.reachable(peers_connected + 1))
+        if change is None:
+            return
+        fields = {"replica_id": self.replica_id, "peers_connected": peers_connected, "quorum": self.config.quorum}
+        if change == LOST:
+            logger.warning("replica %d reaches %d of %d replicas, fewer than a quorum of %d", self.replica_id,
+                           peers_connected + 1, self.config.replica_count, self.config.quorum, extra=fields)
+        elif change == REFUSING:
+            logger.warning("replica %d refuses new requests: no quorum reachable", self.replica_id, extra=fields)
+        else:
+            assert change == RESTORED, change
+            logger.info("replica %d reaches a quorum and accepts requests", self.replica_id, extra=fields)
+
+    async def _apply(self, ready: Ready) -> None:
+        """Hand ``ready`` to the persister (which persists, then sends), then act on what needs no disk."""
+        replica = self.replica
+        self.metrics.observe_replica(replica.view, replica.view_active, replica.last_executed, replica.low_water)
+        prune_signed_below_seq, prune_views_below = self._prune_marks()
+        if not ready.is_empty() or prune_signed_below_seq is not None or prune_views_below is not None:
+            await self._persister.put(Durable(ready, prune_signed_below_seq, prune_views_below))
+        for rejection in ready.rejected:
+            self.counters[f"rejected:{rejection.reason}"] += 1
+            self.metrics.rejected(rejection.reason)
+            logger.debug("replica %d rejected input from %s: %s %s", self.replica_id, rejection.sender,
+                         rejection.reason, rejection.detail,
+                         extra={"replica_id": self.replica_id, "peer": rejection.sender, "reason": rejection.reason})
+            if rejection.evidence is not None:  # Proof of a Byzantine sender: the core submits it as evidence.
+                await self._apply(self.replica.report_equivocation(rejection.evidence))
+        for request in ready.evaluate:
+            await self._start_evaluation(request)
+
+    def _prune_marks(self) -> tuple[int | None, int | None]:
+        """Keep the store bounded like the core: what a stable checkpoint or an installed view made
+        obsolete may go, once the Ready that moved the mark is durable (the persister's order)."""
+        replica = self.replica
+        signed_below_seq = views_below = None
+        if replica.low_water > self._pruned_below_seq:
+            signed_below_seq = self._pruned_below_seq = replica.low_water
+        if replica.view_active and replica.view > self._pruned_below_view:
+            views_below = self._pruned_below_view = replica.view
+        return signed_below_seq, views_below
+
+    def _send_released(self, released: Released) -> None:
+        """Send what the persister made durable; count and time the verdicts it finalized."""
         frames: dict[int, bytes] = {}
 
         def frame_of(message: Message) -> bytes:
@@ -162,27 +276,21 @@ class ReplicaNode:
                 frame = frames[id(message)] = encode_frame(encode(message), self._limits.max_frame_bytes)
             return frame
 
-        apply_ready(ready, self.store, lambda peer, message: self.links[peer].send(frame_of(message)),
-                    lambda client_id, reply: self._send_reply(client_id, frame_of(reply)))
-        self.finalized_count += len(ready.finalized)
-        self._prune_store()
-        for rejection in ready.rejected:
-            self.counters[f"rejected:{rejection.reason}"] += 1
-            logger.debug("replica %d rejected input from %s: %s %s", self.replica_id, rejection.sender,
-                         rejection.reason, rejection.detail)
-        for request in ready.evaluate:
-            self._start_evaluation(request)
-
-    def _prune_store(self) -> None:
-        """Keep the store bounded like the core: drop what a stable checkpoint or an installed view
-        made obsolete.  Runs after the Ready that moved the water mark was persisted and sent."""
-        replica = self.replica
-        if replica.low_water > self._pruned_below_seq:
-            self.counters["store-pruned"] += self.store.prune_signed_below(replica.low_water)
-            self._pruned_below_seq = replica.low_water
-        if replica.view_active and replica.view > self._pruned_below_view:
-            self.counters["store-pruned"] += self.store.prune_views_below(replica.view)
-            self._pruned_below_view = replica.view
+        for peer, message in released.to_replicas:
+            self.links[peer].send(frame_of(message))
+        for client_id, reply in released.to_clients:
+            self._send_reply(client_id, frame_of(reply))
+        now_s = trio.current_time()
+        for entry in released.finalized:
+            self.metrics.verdict_finalized(entry, now_s)
+        self.finalized_count += len(released.finalized)
+        for read, entries in released.log_reads:
+            if not entries:
+                self.counters["log-read-empty"] += 1  # Nothing at those positions: nothing to sign.
+            elif len(self._log_read_answers) >= LOG_READ_ANSWERS_MAX:
+                self.counters["log-read-dropped"] += 1
+            else:
+                self._log_read_answers.append((read, entries))
 
     def _send_reply(self, client_id: str, frame: bytes) -> None:
         session = self._sessions.get(Identity("client", client_id))
@@ -193,11 +301,11 @@ class ReplicaNode:
 
     # ----------------------------------------------------------------- policies
 
-    def _start_evaluation(self, request: Request) -> None:
+    async def _start_evaluation(self, request: Request) -> None:
         digest = request_digest(self.config.cluster_id, request)
         if self._evaluations_in_flight >= self.options.max_evaluations_in_flight:
             self.counters["policy-overloaded"] += 1
-            self._apply(self.replica.record_decision(digest, Decision.DENY, "policy overloaded"))
+            await self._apply(self.replica.record_decision(digest, Decision.DENY, "policy overloaded"))
             return
         self._evaluations_in_flight += 1
         self._nursery.start_soon(self._evaluate, request, digest)
@@ -222,6 +330,7 @@ class ReplicaNode:
         if self._handshakes_in_progress >= self._limits.max_handshakes_in_progress:
             # Strangers may not take every connection slot: authenticated peers keep the rest.
             self.counters["connection-refused:too-many-handshakes"] += 1
+            self.metrics.rejected("too-many-handshakes")
             await connection.aclose()
             return
         self._handshakes_in_progress += 1
@@ -247,7 +356,11 @@ class ReplicaNode:
         if isinstance(error, trio.TooSlowError):
             reason = "timeout"
         self.counters[f"{what}:{reason}"] += 1
-        logger.warning("replica %d: %s %s: %s", self.replica_id, what.replace("-", " "), peer, str(error) or reason)
+        # What the other side sent (or failed to send in time) is a rejection; a broken network is not.
+        if isinstance(error, (RemoteProtocolError, trio.TooSlowError)):
+            self.metrics.rejected(reason)
+        logger.warning("replica %d: %s %s: %s", self.replica_id, what.replace("-", " "), peer, str(error) or reason,
+                       extra={"replica_id": self.replica_id, "event": what, "peer": peer, "reason": reason})
 
     async def _serve_session(self, connection: FramedConnection, identity: Identity) -> None:
         """Serve one authenticated connection.  Each identity holds at most one: a newer connection
@@ -276,7 +389,7 @@ class ReplicaNode:
     def _replica_payload_handler(self, connection: FramedConnection):
         async def on_payload(payload: bytes) -> None:
             message = self._decode(payload, connection.peer)
-            if isinstance(message, Reply):
+            if isinstance(message, (Reply, Refusal)):
                 raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
                                           connection.peer)
             await self._enqueue(("replica", message))

@@ -75,6 +75,13 @@ class NodeOptions:
     # Evaluations running at once; past this, requests are denied at once rather than queued.
     max_evaluations_in_flight: int = 1024
     inbox_capacity: int = 4096
+    # Readies waiting to be made durable; when full, the core's task waits (back-pressure, not memory).
+    persist_queue_capacity: int = 256
+    # Readies made durable in one storage transaction (one fsync) when they pile up.
+    persist_batch_max: int = 64
+    # How long a replica must be unable to reach a quorum before it refuses new requests: a start-up
+    # or a reconnecting link should not turn into refusals.
+    quorum_loss_grace_ms: int = 1000
     transport: TransportLimits = field(default_factory=TransportLimits)
 
     def problem(self) -> str | None:
@@ -84,6 +91,10 @@ class NodeOptions:
             return "policy_deadline_ms must be positive"
         if min(self.policy_threads, self.max_evaluations_in_flight, self.inbox_capacity) < 1:
             return "policy_threads, max_evaluations_in_flight and inbox_capacity must be positive"
+        if min(self.persist_queue_capacity, self.persist_batch_max) < 1:
+            return "persist_queue_capacity and persist_batch_max must be positive"
+        if self.quorum_loss_grace_ms < 0:
+            return "quorum_loss_grace_ms must not be negative"
         return self.transport.problem()
 
     def check(self) -> "NodeOptions":

@@ -93,7 +93,8 @@ class Link:
 
     def __init__(self, config: ClusterConfig, own: Identity, seed: bytes, target_id: int, address: Address,
                  limits: TransportLimits, counters: Counter, *, on_payload: PayloadHandler | None = None,
-                 on_connect: Callable[["Link"], None] | None = None) -> None:
+                 on_connect: Callable[["Link"], None] | None = None,
+                 on_rejected: Callable[[str], None] | None = None) -> None:
         assert 0 <= target_id < config.replica_count
         self.config = config
         self.own = own
@@ -108,6 +109,7 @@ class Link:
         self._seed = seed
         self._on_payload = on_payload
         self._on_connect = on_connect
+        self._on_rejected = on_rejected
 
     def send(self, frame: bytes) -> None:
         if not self.queue.put(frame):
@@ -138,7 +140,7 @@ class Link:
                 self._on_connect(self)
             try:
                 await run_duplex(connection, self.queue, self._on_payload)
-                logger.info("%s: %s closed the connection", self.own, self.target)
+                logger.info("%s: %s closed the connection", self.own, self.target, extra={"peer": str(self.target)})
             finally:
                 # Only a connection that lasted counts as recovery; a peer that accepts and at once
                 # hangs up must not reset the backoff into a tight reconnect loop.
@@ -149,18 +151,24 @@ class Link:
             await connection.aclose()
 
     def _log_failure(self, error: BaseException) -> None:
+        fields = {"peer": str(self.target)}
         if isinstance(error, RemoteProtocolError):
             self.counters[f"link-error:{error.reason}"] += 1
-            logger.warning("%s: link to %s dropped: %s", self.own, self.target, error)
+            if self._on_rejected is not None:
+                self._on_rejected(error.reason)
+            logger.warning("%s: link to %s dropped: %s", self.own, self.target, error,
+                           extra={**fields, "reason": error.reason})
         elif self._authenticated or isinstance(error, trio.TooSlowError):
             self.counters["link-error:network"] += 1
-            logger.info("%s: link to %s failed: %s", self.own, self.target, str(error) or type(error).__name__)
+            logger.info("%s: link to %s failed: %s", self.own, self.target, str(error) or type(error).__name__,
+                        extra={**fields, "reason": "network"})
         else:
             self.counters["link-error:connect"] += 1  # The peer is not up yet; expected at start-up.
 
 
 async def accept_loop(listener: trio.SocketListener, handler: Callable[[trio.SocketStream], Awaitable[None]],
-                      limits: TransportLimits, counters: Counter, nursery: trio.Nursery) -> None:
+                      limits: TransportLimits, counters: Counter, nursery: trio.Nursery,
+                      on_rejected: Callable[[str], None] | None = None) -> None:
     """Accept connections into ``nursery``, refusing those beyond ``max_connections``."""
     active = [0]
 
@@ -174,12 +182,15 @@ async def accept_loop(listener: trio.SocketListener, handler: Callable[[trio.Soc
         try:
             stream = await listener.accept()
         except OSError as error:  # Out of file descriptors and the like: wait instead of spinning.
-            logger.warning("accept failed: %s", error)
+            logger.warning("accept failed: %s", error, extra={"reason": type(error).__name__})
             await trio.sleep(0.1)
             continue
         if active[0] >= limits.max_connections:
             counters["connection-refused:too-many"] += 1
-            logger.warning("refused a connection from %s: %d connections open", peer_name(stream), active[0])
+            if on_rejected is not None:
+                on_rejected("too-many-connections")
+            logger.warning("refused a connection from %s: %d connections open", peer_name(stream), active[0],
+                           extra={"peer": peer_name(stream), "reason": "too-many-connections"})
             await trio.aclose_forcefully(stream)
             continue
         active[0] += 1

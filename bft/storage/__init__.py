@@ -8,10 +8,11 @@ production would have hit.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Collection, Mapping, Protocol, runtime_checkable
 
 from ..core import LogEntry, Message
 from ._memory import MemoryStore
+from ._pruning import StorePruner
 from ._recovered import LogHead, MetadataValue, RecoveredState, StorageError
 from ._sqlite import SqliteStore
 
@@ -38,8 +39,15 @@ class Store(Protocol):
     def prune_views_below(self, view: int) -> int:
         """Forget view-change and new-view messages of views below ``view``; return how many."""
 
+    def prune_votes(self, request_digests: Collection[bytes]) -> int:
+        """Forget this replica's votes on these requests (``Ready.dead_votes``); return how many."""
+
+    def read_log(self, first_position: int, last_position: int) -> tuple[LogEntry, ...]:
+        """The verdict-log entries at positions ``first_position..last_position`` that exist, in order."""
+
     def close(self) -> None:
         """Release the store; it is not used afterwards."""
 
 
-__all__ = ["LogHead", "MemoryStore", "MetadataValue", "RecoveredState", "SqliteStore", "StorageError", "Store"]
+__all__ = ["LogHead", "MemoryStore", "MetadataValue", "RecoveredState", "SqliteStore", "StorageError", "Store",
+           "StorePruner"]

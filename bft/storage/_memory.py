@@ -8,11 +8,11 @@ of the containers is a full copy.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Collection, Mapping
 
 from ..core import LogEntry, Message
 from ._recovered import (LogHead, MetadataValue, RecoveredState, check_metadata, check_metadata_count,
-                         is_prunable, is_prunable_view_message, signed_columns)
+                         is_dead_vote, is_prunable, is_prunable_view_message, signed_columns)
 
 
 class MemoryStore:
@@ -63,6 +63,16 @@ class MemoryStore:
         """Forget view-change and new-view messages of views below ``view``; return how many."""
         assert view >= 0, view
         return self._remove_signed(lambda message: is_prunable_view_message(message, view))
+
+    def prune_votes(self, request_digests: Collection[bytes]) -> int:
+        """Forget votes on these requests (they expired unordered); return how many."""
+        dead = set(request_digests)
+        return self._remove_signed(lambda message: is_dead_vote(message, dead))
+
+    def read_log(self, first_position: int, last_position: int) -> tuple[LogEntry, ...]:
+        """The entries at positions ``first_position..last_position`` that exist, in order."""
+        assert 1 <= first_position <= last_position, (first_position, last_position)
+        return tuple(self._log[first_position - 1:last_position])
 
     def close(self) -> None:
         """Nothing to release; present so drivers treat both stores alike."""

@@ -107,6 +107,12 @@ def is_prunable(message: Message, seq_floor: int, executed_below_floor: set[byte
     return seq is not None and seq < seq_floor
 
 
+def is_dead_vote(message: Message, dead_request_digests: set[bytes]) -> bool:
+    """A vote on a request the replica declared dead (``Ready.dead_votes``: it expired unordered)."""
+    kind, _, _, request_digest = signed_columns(message)
+    return kind == "Vote" and request_digest in dead_request_digests
+
+
 def is_prunable_view_message(message: Message, view_floor: int) -> bool:
     """View-change and new-view messages of views below the replica's current view."""
     kind, view, _, _ = signed_columns(message)

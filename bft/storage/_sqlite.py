@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from typing import Mapping
+from typing import Collection, Mapping
 
 from ..audit import LOG_COLUMNS, log_entry_from_row, log_entry_to_row, verify_log
 from ..core import GENESIS_HASH, LogEntry, Message, ProtocolError, Risk, decode, encode
@@ -69,6 +69,11 @@ CREATE TABLE verdict_log (
     timestamp_ms INTEGER NOT NULL,
     deadline_ms INTEGER NOT NULL,
     votes_digest BLOB NOT NULL CHECK (length(votes_digest) = 32),
+    allow_voters TEXT NOT NULL,
+    deny_voters TEXT NOT NULL,
+    uncounted_voters TEXT NOT NULL,
+    command TEXT NOT NULL,
+    events TEXT NOT NULL,
     previous_hash BLOB NOT NULL CHECK (length(previous_hash) = 32),
     entry_hash BLOB NOT NULL CHECK (length(entry_hash) = 32),
     UNIQUE (client_id, request_number)
@@ -266,6 +271,37 @@ class SqliteStore:
         """Delete view-change and new-view messages of views below ``view``; return how many."""
         assert view >= 0, view
         return self._delete("DELETE FROM signed_messages WHERE kind IN ('ViewChange', 'NewView') AND view < ?", (view,))
+
+    def prune_votes(self, request_digests: Collection[bytes]) -> int:
+        """Delete this replica's votes on these requests (they expired unordered); return how many."""
+        digests = [(digest,) for digest in set(request_digests)]
+        assert all(type(digest) is bytes and len(digest) == 32 for (digest,) in digests)
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                removed = sum(self._connection.execute(
+                    "DELETE FROM signed_messages WHERE kind = 'Vote' AND request_digest = ?", row).rowcount
+                    for row in digests)
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return removed
+
+    def read_log(self, first_position: int, last_position: int) -> tuple[LogEntry, ...]:
+        """The entries at positions ``first_position..last_position`` that exist, in order (checked)."""
+        assert 1 <= first_position <= last_position, (first_position, last_position)
+        with self._lock:
+            rows = self._connection.execute(
+                f"SELECT {', '.join(LOG_COLUMNS)} FROM verdict_log WHERE position BETWEEN ? AND ? ORDER BY position",
+                (first_position, last_position)).fetchall()
+        entries = []
+        for row in rows:
+            try:
+                entries.append(log_entry_from_row(row))
+            except ProtocolError as error:
+                raise StorageError(f"{self.path}: verdict_log position {row[0]} is malformed: {error}") from None
+        return tuple(entries)
 
     def _delete(self, statement: str, parameters: tuple) -> int:
         with self._lock:

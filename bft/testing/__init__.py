@@ -5,10 +5,11 @@ from ._sim import NetworkFaults, SimCluster, Interceptor
 __all__ = ["Interceptor", "NetworkFaults", "SimCluster"]
 from ._byzantine import (STRATEGIES, ApproveEverything, DenyEverything, compose, equivocating_primary,
                          forged_signatures, hiding_view_changes, honest, lying_checkpoints, lying_replies,
-                         lying_votes, mangled_messages, replaying, silent, veto_dropping_primary)
+                         lying_state_transfer, lying_votes, mangled_messages, replaying, silent,
+                         veto_dropping_primary)
 
 __all__ += [
     "STRATEGIES", "ApproveEverything", "DenyEverything", "compose", "equivocating_primary", "forged_signatures",
-    "hiding_view_changes", "honest", "lying_checkpoints", "lying_replies", "lying_votes", "mangled_messages",
-    "replaying", "silent", "veto_dropping_primary",
+    "hiding_view_changes", "honest", "lying_checkpoints", "lying_replies", "lying_state_transfer", "lying_votes",
+    "mangled_messages", "replaying", "silent", "veto_dropping_primary",
 ]

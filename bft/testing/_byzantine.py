@@ -22,8 +22,10 @@ import random
 from collections import deque
 from typing import Callable, Collection
 
-from ..core import (Batch, Checkpoint, Commit, Decision, Message, PrePrepare, Prepare, Reply, Signer, ViewChange,
-                    Vote, max_faulty, quorum_size)
+from ..core import (Batch, Checkpoint, Commit, Decision, Message, PrePrepare, Prepare, Reply, Signer, StateReply,
+                    ViewChange, Vote, max_faulty, quorum_size)
+from ..core._codec import digest
+from ..core._state_transfer import pack_log_chunk, parse_log_chunk
 from ..policy import PolicyDecision
 from ._sim import Interceptor
 
@@ -225,6 +227,39 @@ def replaying(seed: int, probability: float = 0.3, history_max: int = MAX_REPLAY
     return intercept
 
 
+def _forged_chunk(data: bytes, first_position: int) -> bytes:
+    """The same log chunk with its last verdict flipped and every hash recomputed: self-consistent, but not
+    the certified chain."""
+    entries = list(parse_log_chunk(data, first_position, len(data)))
+    last = entries[-1]
+    flipped = Decision.ALLOW if last.decision is Decision.DENY else Decision.DENY
+    forged = dataclasses.replace(last, decision=flipped, reason="forged")
+    entries[-1] = dataclasses.replace(forged, entry_hash=forged.computed_hash())
+    return pack_log_chunk(tuple(entries))
+
+
+def lying_state_transfer(seed: int) -> Interceptor:
+    """Re-signs every state-transfer answer with a lie: a snapshot of a state nobody certified, a proof
+    padded with the liar's own checkpoint on that state, or log entries with a flipped, re-hashed verdict."""
+    chooser = random.Random(seed)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if not isinstance(message, StateReply):
+            return [message]
+        if message.entries:
+            return [signer.sign(dataclasses.replace(message, entries=_forged_chunk(message.entries,
+                                                                                   message.first_position)))]
+        state = message.state[:-1] + bytes([message.state[-1] ^ 1])
+        if chooser.random() < 0.5:
+            return [signer.sign(dataclasses.replace(message, state=state))]
+        own = signer.sign(Checkpoint(message.checkpoint_seq, digest(state), message.replica_id, bytes(64)))
+        proof = tuple(sorted((own, *(c for c in message.stable_proof if c.replica_id != message.replica_id)),
+                             key=lambda checkpoint: checkpoint.replica_id))
+        return [signer.sign(dataclasses.replace(message, state=state, stable_proof=proof))]
+
+    return intercept
+
+
 def compose(*interceptors: Interceptor) -> Interceptor:
     """Applies ``interceptors`` left to right; each one sees every message the previous one produced."""
 
@@ -255,4 +290,5 @@ STRATEGIES: dict[str, Callable[[int, int], Interceptor]] = {
         equivocating_primary(random.Random(seed).sample(range(replica_count), replica_count // 2)),
         hiding_view_changes()),
     "lying-replaying": lambda seed, replica_count: compose(lying_votes(), lying_replies(), replaying(seed)),
+    "lying-state-transfer": lambda seed, replica_count: compose(lying_checkpoints(seed), lying_state_transfer(seed)),
 }

@@ -12,13 +12,13 @@ import hashlib
 import heapq
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, Message, Ready, RemoteProtocolError,
                     Replica, Reply, Request, Risk, Signer, VerdictCertificate, apply_ready, decode, encode,
                     request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
-from ..storage import MemoryStore
+from ..storage import MemoryStore, Store, StorePruner
 
 Endpoint = int | str | tuple  # A replica id, a client id, or ("twin", replica id).
 
@@ -61,7 +61,14 @@ class SimCluster:
     def __init__(self, replica_count: int = 4, *, seed: int = 0, policies: Mapping[int, Policy] | None = None,
                  client_ids: tuple[str, ...] = ("client-0",), limits: Limits | None = None,
                  faults: NetworkFaults | None = None, tick_ms: int = 10,
-                 interceptors: Mapping[int, Interceptor] | None = None, key_seed: int = 0) -> None:
+                 interceptors: Mapping[int, Interceptor] | None = None, key_seed: int = 0,
+                 config_options: Mapping[str, Any] | None = None,
+                 store_factory: Callable[[int], Store] | None = None, prune_stores: bool = False,
+                 record_history: bool = True) -> None:
+        """``store_factory(replica_id)`` opens a replica's store (called again on restart, so a file-backed
+        store is reopened from disk); by default each replica gets a ``MemoryStore``.  ``prune_stores``
+        prunes stores as a production driver does (``StorePruner``).  Without ``record_history`` the
+        simulation keeps no per-request records once a request completes (for very long runs)."""
         self.random = random.Random(seed)
         self.tick_ms = tick_ms
         self.now_ms = 1_000_000
@@ -69,16 +76,22 @@ class SimCluster:
         replica_keys = [keypair_for_test(key_seed, f"replica-{i}") for i in range(replica_count)]
         client_keys = {client_id: keypair_for_test(key_seed, client_id) for client_id in client_ids}
         self.config = ClusterConfig.create("sim", tuple(k.public_key for k in replica_keys),
-                                           {c: k.public_key for c, k in client_keys.items()}, limits=limits)
+                                           {c: k.public_key for c, k in client_keys.items()}, limits=limits,
+                                           **(config_options or {}))
         self.replica_seeds = [k.seed for k in replica_keys]
         self.replicas = [Replica(self.config, i, self.replica_seeds[i]) for i in range(replica_count)]
-        self.stores = [MemoryStore() for _ in range(replica_count)]
+        self.store_factory = store_factory
+        self.stores = [store_factory(i) if store_factory else MemoryStore() for i in range(replica_count)]
+        self.pruners = [StorePruner() if prune_stores else None for _ in range(replica_count)]
+        self.record_history = record_history
+        self.crash_after_persist: dict[int, int] = {}  # Replica -> persisting outputs still to let through.
         self.policies: dict[int, Policy] = {i: AllowAll() for i in range(replica_count)}
         self.policies.update(policies or {})
         self.clients = {c: ClientCore(self.config, c, k.seed) for c, k in client_keys.items()}
         self.interceptors = dict(interceptors or {})
         self.crashed: set[int] = set()
         self.slow_sources_ms: dict[Endpoint, int] = {}
+        self.slow_links_ms: dict[tuple[Endpoint, Endpoint], int] = {}  # Extra one-way delay per (source, destination).
         self.twins: dict[int, Replica] = {}
         self.twin_stores: dict[int, MemoryStore] = {}
         self.twin_finalized: dict[int, list] = {}
@@ -94,12 +107,12 @@ class SimCluster:
     # ------------------------------------------------------------ client side
 
     def submit(self, client_id: str, action: Mapping, risk: Risk = Risk.LOW,
-               deadline_ms: int | None = None) -> Request:
-        """Sign a request as ``client_id`` and send it to every replica."""
+               deadline_ms: int | None = None, to: Collection[int] | None = None) -> Request:
+        """Sign a request as ``client_id`` and send it to every replica (or only to the replicas in ``to``)."""
         deadline = deadline_ms if deadline_ms is not None else self.now_ms + 30_000
         request = self.clients[client_id].new_request(action, risk, deadline)
         self.operations[request.key] = ClientRecord(request, self.now_ms)
-        for replica_id in range(len(self.replicas)):
+        for replica_id in (range(len(self.replicas)) if to is None else sorted(to)):
             self._send(client_id, replica_id, request)
         return request
 
@@ -124,13 +137,25 @@ class SimCluster:
     def crash(self, replica_id: int) -> None:
         self.crashed.add(replica_id)
 
+    def arm_crash_after_persist(self, replica_id: int, outputs_to_skip: int = 0) -> None:
+        """Crash ``replica_id`` inside an output that persists anything, after letting ``outputs_to_skip``
+        such outputs through: the store makes the items durable, then the replica dies before sending,
+        finalizing or evaluating any of it."""
+        assert outputs_to_skip >= 0
+        self.crash_after_persist[replica_id] = outputs_to_skip
+
     def restart(self, replica_id: int) -> None:
         """Bring a crashed replica back from exactly what its store made durable."""
         assert replica_id in self.crashed, "only a crashed replica can restart"
+        if self.store_factory is not None:
+            self.stores[replica_id].close()
+            self.stores[replica_id] = self.store_factory(replica_id)
         recovered = self.stores[replica_id].load()
+        if self.pruners[replica_id] is not None:
+            self.pruners[replica_id] = StorePruner()
         self.replicas[replica_id] = Replica.recover(self.config, replica_id, self.replica_seeds[replica_id],
                                                     recovered.signed, recovered.log)
-        self.finalized[replica_id] = list(recovered.log)
+        self.finalized[replica_id] = list(recovered.log) if self.record_history else []
         self.crashed.discard(replica_id)
 
     def add_twin(self, replica_id: int) -> tuple:
@@ -181,6 +206,8 @@ class SimCluster:
             for request in client.expire(self.now_ms):
                 self.operations[request.key].refused = True
                 self.operations[request.key].completed_ms = self.now_ms
+                if not self.record_history:
+                    del self.operations[request.key]
 
     def _send(self, source: Endpoint, destination: Endpoint, message: Message) -> None:
         if isinstance(destination, int) and destination in self.twins:
@@ -193,7 +220,7 @@ class SimCluster:
         copies = 2 if self.random.random() < self.faults.duplicate_probability else 1
         for _ in range(copies):
             delay = self.random.randint(self.faults.delay_ms_min, self.faults.delay_ms_max)
-            delay += self.slow_sources_ms.get(source, 0)
+            delay += self.slow_sources_ms.get(source, 0) + self.slow_links_ms.get((source, destination), 0)
             self._sequence += 1
             heapq.heappush(self._queue, (self.now_ms + delay, self._sequence, source, destination, encode(message)))
 
@@ -215,22 +242,48 @@ class SimCluster:
     def _deliver_to_client(self, client_id: str, message: Message) -> None:
         if not isinstance(message, Reply):
             return
-        certificate = self.clients[client_id].on_reply(message)
+        client = self.clients.get(client_id)
+        if client is None:
+            return  # A reply to a command signer ("replica:I") that no simulated client drives.
+        certificate = client.on_reply(message)
         record = self.operations.get((client_id, message.request_number))
         if certificate is not None and record is not None:
             record.certificate = certificate
             record.completed_ms = self.now_ms
+            if not self.record_history:
+                del self.operations[record.request.key]
 
     def _handle_ready(self, endpoint: Endpoint, ready: Ready) -> None:
         is_twin = isinstance(endpoint, tuple)
         replica_id = endpoint[1] if is_twin else endpoint
         store = self.twin_stores[replica_id] if is_twin else self.stores[replica_id]
+        if not is_twin and replica_id in self.crashed:
+            return  # Output of a replica that died earlier in this same step never happened.
+        if not is_twin and replica_id in self.crash_after_persist and ready.persist:
+            if self.crash_after_persist[replica_id] == 0:
+                store.persist(ready.persist)  # Durable; then the process dies before anything leaves.
+                del self.crash_after_persist[replica_id]
+                self.crash(replica_id)
+                return
+            self.crash_after_persist[replica_id] -= 1
         send = (lambda destination, message: self._send(endpoint, destination, message)) if is_twin else \
             (lambda destination, message: self._send_from_replica(replica_id, destination, message))
         apply_ready(ready, store, send, send)
-        (self.twin_finalized[replica_id] if is_twin else self.finalized[replica_id]).extend(ready.finalized)
+        if self.record_history:
+            (self.twin_finalized[replica_id] if is_twin else self.finalized[replica_id]).extend(ready.finalized)
+        replica = self.twins[replica_id] if is_twin else self.replicas[replica_id]
+        if not is_twin and self.pruners[replica_id] is not None:
+            self.pruners[replica_id].after_ready(store, replica, ready)
+        for read in ready.log_reads:  # A peer asked for log entries only the store holds.
+            entries = store.read_log(read.first_position, read.last_position)
+            if entries:
+                self._handle_ready(endpoint, replica.answer_log_read(read, entries))
         for request in ready.evaluate:
             self._evaluate(endpoint, request)
+        for rejection in ready.rejected:
+            if rejection.evidence is not None:  # A driver hands equivocation proofs back to its replica.
+                replica = self.twins[replica_id] if is_twin else self.replicas[replica_id]
+                self._handle_ready(endpoint, replica.report_equivocation(rejection.evidence))
 
     def _send_from_replica(self, replica_id: int, destination: Endpoint, message: Message) -> None:
         interceptor = self.interceptors.get(replica_id)

@@ -1,0 +1,178 @@
+"""One replica as one OS process: ``bft replica --config CLUSTER.toml --id I``.
+
+The process runs the sans-IO core inside ``bft.runtime.ReplicaNode``, keeps its
+durable state in ``bft.storage.SqliteStore`` at the database path the cluster
+file gives, evaluates requests with the policy the cluster file names, and
+serves Prometheus metrics on the configured address, and logs JSON lines to stderr.  SIGTERM or SIGINT stops
+it cleanly: the node's tasks are cancelled, the store is closed, and the exit
+code is 0.
+
+``--listen`` and ``--peer`` override addresses without editing the shared
+cluster file, so a test harness can put a fault-injecting proxy between
+replicas: replica 1 listens where it is configured, the proxy listens
+elsewhere, and replica 0 is told ``--peer 1=PROXY``.
+
+Everything that can go wrong before the node runs is reported in one
+sentence: what the operator got wrong (an unreadable or inconsistent cluster
+or key file, an unknown replica id, a policy that cannot be built, a ``--peer``
+that is not a replica) as ``ConfigFileError`` or ``ReplicaUsageError``, what
+the machine refused (a database that cannot be opened, a port already taken)
+as ``ReplicaStartError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import trio
+
+from ._cluster_file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
+from .policy import Policy
+from .runtime import MetricsServer, ReplicaMetrics, ReplicaNode, configure_json_logging, serve_metrics
+from .storage import SqliteStore, StorageError, Store
+
+logger = logging.getLogger("bft.replica")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class ReplicaStartError(Exception):
+    """The replica cannot start; ``str()`` is one sentence saying why."""
+
+
+class ReplicaUsageError(ReplicaStartError):
+    """The replica cannot start because of how it was invoked (for example a ``--peer`` that is not a replica)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLaunch:
+    """Everything one replica process needs, checked before any socket is opened."""
+
+    cluster: ClusterFile
+    replica_id: int
+    seed: bytes = field(repr=False)
+    policy: Policy
+    listen_address: Address
+    addresses: Mapping[int, Address]
+
+    @property
+    def database(self) -> Path:
+        return self.cluster.replica(self.replica_id).database
+
+    @property
+    def metrics_address(self) -> Address | None:
+        return self.cluster.replica(self.replica_id).metrics_address
+
+
+def prepare_launch(cluster_path: str | os.PathLike, replica_id: int, listen_address: Address | None = None,
+                   peer_addresses: Mapping[int, Address] | None = None) -> ReplicaLaunch:
+    """Load and check everything the replica needs; ``ConfigFileError`` or ``ReplicaUsageError`` (one sentence)."""
+    cluster = load_cluster_file(cluster_path)
+    entry = cluster.replica(replica_id)
+    seed = cluster.replica_seed(replica_id)
+    peers = dict(peer_addresses or {})
+    unknown = sorted(peer for peer in peers if peer not in cluster.addresses or peer == replica_id)
+    if unknown:
+        raise ReplicaUsageError(f"--peer {unknown[0]} is not another replica of this cluster "
+                                f"(the replicas are 0 to {cluster.config.replica_count - 1})")
+    try:
+        policy = entry.policy.build()
+    except ValueError as error:
+        raise ConfigFileError(cluster.path, f"replica {replica_id}'s policy cannot be built: {error}") from None
+    addresses = {**cluster.addresses, **peers}
+    return ReplicaLaunch(cluster, replica_id, seed, policy, listen_address or entry.address, addresses)
+
+
+def open_store(launch: ReplicaLaunch) -> SqliteStore:
+    """The replica's SQLite store, creating its folder if needed; ``ReplicaStartError`` if it cannot be used."""
+    database = launch.database
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteStore(database)
+    except (OSError, StorageError, sqlite3.Error) as error:  # Unwritable, damaged or not a replica database.
+        raise ReplicaStartError(f"{database}: cannot open the replica database ({error})") from None
+
+
+async def serve_replica(launch: ReplicaLaunch, store: Store, *, stop_on_signals: bool = True,
+                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the replica until SIGTERM or SIGINT arrives (or the caller cancels); return normally then.
+
+    The signal handlers are installed before the port is bound, so a replica that accepts
+    connections is one that a SIGTERM stops cleanly.  ``stop_on_signals=False`` leaves signals
+    alone, for running several replicas in one process (tests).
+    """
+    if stop_on_signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            await _serve(launch, store, signals, task_status)
+    else:
+        await _serve(launch, store, None, task_status)
+
+
+async def _serve(launch: ReplicaLaunch, store: Store, signals, task_status: trio.TaskStatus[int]) -> None:
+    cluster = launch.cluster
+    metrics = ReplicaMetrics()
+    try:
+        node = ReplicaNode(cluster.config, launch.replica_id, launch.seed, launch.policy, launch.addresses,
+                           store=store, options=cluster.node_options, metrics=metrics)
+    except StorageError as error:
+        raise ReplicaStartError(f"{launch.database}: the stored state cannot be recovered ({error})") from None
+    host, port = launch.listen_address
+    try:
+        listener = (await trio.open_tcp_listeners(port, host=host))[0]
+    except OSError as error:
+        raise ReplicaStartError(f"replica {launch.replica_id} cannot listen on "
+                                f"{format_address(launch.listen_address)} ({error.strerror or error})") from None
+    async with listener:
+        metrics_server = _start_metrics(launch, metrics)
+        try:
+            await _run_until_signalled(launch, node, listener, signals, task_status)
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
+
+
+async def _run_until_signalled(launch: ReplicaLaunch, node: ReplicaNode, listener: trio.SocketListener,
+                               signals, task_status: trio.TaskStatus[int]) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(node.run, listener)
+        logger.info("replica %d of cluster %s is serving on %s", launch.replica_id, launch.cluster.config.cluster_id,
+                    format_address((launch.listen_address[0], port)))
+        task_status.started(port)
+        if signals is None:
+            await trio.sleep_forever()  # Until the caller cancels.
+        async for received in signals:
+            logger.info("replica %d received %s; shutting down", launch.replica_id, signal.Signals(received).name)
+            nursery.cancel_scope.cancel()
+            break
+
+
+def _start_metrics(launch: ReplicaLaunch, metrics: ReplicaMetrics) -> MetricsServer | None:
+    """Serve the replica's Prometheus metrics on its configured address (none configured: no endpoint)."""
+    if launch.metrics_address is None:
+        return None
+    host, port = launch.metrics_address
+    try:
+        return serve_metrics(metrics, host, port)
+    except OSError as error:
+        raise ReplicaStartError(f"replica {launch.replica_id} cannot serve metrics on "
+                                f"{format_address(launch.metrics_address)} ({error.strerror or error})") from None
+
+
+def run_replica(cluster_path: str | os.PathLike, replica_id: int, listen_address: Address | None = None,
+                peer_addresses: Mapping[int, Address] | None = None) -> None:
+    """The body of ``bft replica``: returns after a clean shutdown, raises ``ReplicaStartError`` otherwise."""
+    launch = prepare_launch(cluster_path, replica_id, listen_address, peer_addresses)
+    # Only now: a mistake in the invocation is reported as one plain sentence, not as a log line.
+    configure_json_logging(replica_id=replica_id)
+    store = open_store(launch)
+    try:
+        trio.run(serve_replica, launch, store)
+    finally:
+        store.close()
+    logger.info("replica %d stopped", replica_id)

@@ -1,0 +1,184 @@
+"""Prometheus metrics of one replica, in a registry of its own, and the HTTP endpoint that serves them.
+
+Each ``ReplicaMetrics`` owns a ``CollectorRegistry`` rather than using the
+process-wide default, so several replicas in one process (tests, the demo)
+never mix their numbers.  Label values come from fixed sets: a reason token
+nobody listed is counted as ``other``, so a hostile peer cannot grow a label
+set (and the scrape) by inventing reasons.
+
+The node updates the metrics from its main task only; prometheus-client's own
+locks make the scrape thread's reads safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..core import REFUSAL_REASONS, Decision, LogEntry, Risk
+
+logger = logging.getLogger("bft.runtime.metrics")
+
+OTHER_REASON = "other"
+
+# Every reason token the core and the transport give a rejected message or connection.  A token added
+# later without being listed here is still counted, as "other"; tests/test_metrics.py shows it.
+REJECTION_REASONS = frozenset({
+    # decoding (bft.core._codec, _schema)
+    "malformed", "oversized", "unknown-type", "schema", "non-canonical",
+    # the protocol core
+    "bad-batch", "bad-checkpoint", "bad-signature", "bad-timestamp", "bad-view-change", "bad-votes",
+    "conflicting-request", "equivocation", "expired", "not-primary", "outside-window", "overloaded",
+    "stale-request", "unexpected-type", "unknown-signer", "wrong-view",
+    # framing, connections and the handshake (bft.runtime)
+    "bad-handshake", "bad-key", "flood", "idle", "oversized-frame", "refused", "slow-frame", "timeout",
+    "too-many-connections", "too-many-handshakes", "truncated-frame", "unexpected-frame", "unexpected-message",
+    "unknown-identity", "wrong-cluster", "wrong-identity",
+})
+
+# Upper bounds in seconds: from a fast loopback round to a request that waited out a view change.
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def bounded_reason(reason: str, known: frozenset[str] | tuple[str, ...]) -> str:
+    """``reason`` if it is one of ``known``, else ``other``: label values stay a fixed set."""
+    return reason if reason in known else OTHER_REASON
+
+
+class ReplicaMetrics:
+    """The metrics of one replica.  Create one per ``ReplicaNode``; serve it with ``serve_metrics``.
+
+    ``max_tracked_requests`` bounds the arrival times kept for the latency
+    histogram; past it the oldest are forgotten (those requests are then not
+    measured, which is better than unbounded memory).
+    """
+
+    def __init__(self, max_tracked_requests: int = 16_384) -> None:
+        assert max_tracked_requests >= 1
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter("bft_requests", "Client requests received by this replica (retries included).",
+                                registry=registry)
+        self.verdicts = Counter("bft_verdicts", "Verdicts this replica finalized and made durable.",
+                                ["decision", "risk"], registry=registry)
+        self.consensus_latency = Histogram(
+            "bft_consensus_latency_seconds", "From a request's arrival at this replica to its durable finalization.",
+            buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.view = Gauge("bft_view", "The view this replica is in.", registry=registry)
+        self.view_changes = Counter("bft_view_changes", "New views this replica installed.", registry=registry)
+        self.last_executed_seq = Gauge("bft_last_executed_seq", "Highest sequence number executed.",
+                                       registry=registry)
+        self.stable_checkpoint_seq = Gauge("bft_stable_checkpoint_seq", "Sequence number of the stable checkpoint.",
+                                           registry=registry)
+        self.checkpoints = Counter("bft_checkpoints", "Checkpoints that became stable here.", registry=registry)
+        self.peers_connected = Gauge("bft_peers_connected", "Other replicas this replica's links reach.",
+                                     registry=registry)
+        self.quorum_reachable = Gauge("bft_quorum_reachable", "1 while this replica can reach a quorum, else 0.",
+                                      registry=registry)
+        self.messages_rejected = Counter("bft_messages_rejected", "Messages and connections rejected, by reason.",
+                                         ["reason"], registry=registry)
+        self.refusals = Counter("bft_refusals", "Requests refused instead of ordered, by reason.", ["reason"],
+                                registry=registry)
+        self._prime_labels()
+        self._arrivals_s: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self._max_tracked_requests = max_tracked_requests
+        # Baselines from the first observation, so a replica restarted in view 3 does not count
+        # three view changes it did not make in this run.
+        self._installed_view: int | None = None
+        self._stable_seq: int | None = None
+
+    def _prime_labels(self) -> None:
+        """Create every labelled series at zero, so a scrape shows them before the first event."""
+        for decision in Decision:
+            for risk in Risk:
+                self.verdicts.labels(decision=decision.value, risk=risk.value)
+        for reason in (*REJECTION_REASONS, OTHER_REASON):
+            self.messages_rejected.labels(reason=reason)
+        for reason in (*REFUSAL_REASONS, OTHER_REASON):
+            self.refusals.labels(reason=reason)
+
+    # ----------------------------------------------------------------- events
+
+    def request_received(self) -> None:
+        """A client's request reached this replica (taken or refused)."""
+        self.requests.inc()
+
+    def request_accepted(self, key: tuple[str, int], now_s: float) -> None:
+        """A client's request went to the core; its first arrival starts its latency clock."""
+        if key in self._arrivals_s:
+            return
+        self._arrivals_s[key] = now_s
+        if len(self._arrivals_s) > self._max_tracked_requests:
+            self._arrivals_s.popitem(last=False)
+        assert len(self._arrivals_s) <= self._max_tracked_requests
+
+    def verdict_finalized(self, entry: LogEntry, now_s: float) -> None:
+        self.verdicts.labels(decision=entry.decision.value, risk=entry.risk.value).inc()
+        arrived_s = self._arrivals_s.pop(entry.key, None)
+        if arrived_s is not None:  # Requests ordered on another replica's word were never seen arriving here.
+            self.consensus_latency.observe(max(0.0, now_s - arrived_s))
+
+    def rejected(self, reason: str) -> None:
+        self.messages_rejected.labels(reason=bounded_reason(reason, REJECTION_REASONS)).inc()
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason=bounded_reason(reason, REFUSAL_REASONS)).inc()
+
+    def observe_replica(self, view: int, view_active: bool, last_executed: int, stable_seq: int) -> None:
+        """Record the core's position; counts a view change each time a higher view becomes active,
+        and a checkpoint each time the stable checkpoint moves."""
+        self.view.set(view)
+        self.last_executed_seq.set(last_executed)
+        self.stable_checkpoint_seq.set(stable_seq)
+        if self._installed_view is None or self._stable_seq is None:
+            self._installed_view, self._stable_seq = view, stable_seq
+        if view_active and view > self._installed_view:
+            self.view_changes.inc()
+            self._installed_view = view
+        if stable_seq > self._stable_seq:
+            self.checkpoints.inc()
+            self._stable_seq = stable_seq
+
+    def observe_connectivity(self, peers_connected: int, quorum_reachable: bool) -> None:
+        self.peers_connected.set(peers_connected)
+        self.quorum_reachable.set(1 if quorum_reachable else 0)
+
+    def exposition(self) -> bytes:
+        """The text a scrape returns (what the endpoint serves)."""
+        return prometheus_client.generate_latest(self.registry)
+
+
+@dataclass(eq=False)
+class MetricsServer:
+    """A running metrics endpoint; ``close`` stops it.  ``port`` is the bound port (useful with port 0)."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "MetricsServer":
+        return self
+
+    def __exit__(self, *exception_info) -> None:
+        self.close()
+
+
+def serve_metrics(metrics: ReplicaMetrics, host: str, port: int) -> MetricsServer:
+    """Serve ``metrics`` at ``http://host:port/metrics`` from a daemon thread (prometheus-client's own
+    server); port 0 picks a free port.  Raises ``OSError`` if the address cannot be bound."""
+    server, thread = prometheus_client.start_http_server(port, addr=host, registry=metrics.registry)
+    bound_port = server.server_port
+    logger.info("metrics served on %s:%d", host, bound_port, extra={"host": host, "port": bound_port})
+    return MetricsServer(host, bound_port, server, thread)
