@@ -77,13 +77,18 @@ def _run_init(arguments: argparse.Namespace) -> int:
                                        policies=arguments.policies)
     config = cluster.config
     print(f"created cluster {config.cluster_id} in {cluster.path.parent}: {config.replica_count} replicas "
-          f"(tolerates {config.faulty_max} faulty), {len(cluster.clients)} clients, {len(cluster.operators)} operator")
+          f"(tolerates {config.faulty_max} faulty), "
+          f"{_count(len(cluster.clients), 'client')}, {_count(len(cluster.operators), 'operator')}")
     for entry in cluster.replicas:
         print(f"  replica {entry.replica_id}: {format_address(entry.address)}, policy {entry.policy.name}, "
               f"metrics {format_address(entry.metrics_address)}")
     print(f"cluster file {cluster.path}; private keys in {cluster.path.parent / 'keys'} (mode 0600)")
     print(f"next: bft up {cluster.path.parent}")
     return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 # ---------------------------------------------------------------------------- up / down

@@ -9,16 +9,18 @@ The layout (what ``bft init DIR`` writes)::
       data/                each replica's SQLite database (created on first start)
       logs/ run/           created by ``bft up`` (logs and pid files)
 
-Ports are chosen by binding port 0 on 127.0.0.1 and reading what the kernel
-gave; the sockets are closed again before the file is written, so another
-program could take one before the cluster starts (then ``bft up`` names the
-replica that could not listen, and a new ``bft init`` picks other ports).
+Ports are chosen at random below the kernel's ephemeral range (so no program
+binding port 0 is handed one) and checked by binding them on 127.0.0.1; the
+sockets are closed again before the file is written, so another program could
+still take one before the cluster starts (then ``bft up`` names the replica
+that could not listen, and a new ``bft init`` picks other ports).
 Keys come from the operating system's random source (``KeyPair.generate``).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import socket
 from contextlib import ExitStack
@@ -36,19 +38,51 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_POLICIES = ("deny-list", "context-rules", "pattern-matcher", "rate")
 REPLICAS_MIN, REPLICAS_MAX = 1, 64
 CLIENTS_MAX = 64
+PORT_MIN = 20_000  # Above the ports well-known services use.
+MIN_RANGE_PORTS = 1000  # Below this much room under the ephemeral range, let the kernel choose (port 0).
+PORT_ATTEMPTS_PER_PORT = 20
 
 
-def free_loopback_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free on 127.0.0.1 a moment ago (all held open until all are chosen)."""
+def free_loopback_ports(count: int, rng: random.Random | None = None) -> list[int]:
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago (all held open until all are chosen).
+
+    They are drawn at random from below the kernel's ephemeral range when there is room, because the
+    kernel hands out ephemeral ports to every program that binds port 0 or connects: a port taken from
+    that range and released again here could be given to, say, a test's proxy before the replica binds it.
+    """
     assert 0 <= count <= 2 * REPLICAS_MAX
+    rng = rng or random.SystemRandom()
+    low, high = _non_ephemeral_range()
     with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            listener = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            listener.bind((LOOPBACK, 0))
-            ports.append(listener.getsockname()[1])
-    assert len(set(ports)) == count
+        ports: list[int] = []
+        for _ in range(PORT_ATTEMPTS_PER_PORT * count):
+            if len(ports) == count:
+                break
+            candidate = rng.randint(low, high) if high - low >= MIN_RANGE_PORTS else 0
+            port = _bind_loopback(stack, candidate)
+            if port is not None and port not in ports:
+                ports.append(port)
+        if len(ports) < count:
+            raise OSError(f"found only {len(ports)} of {count} free loopback ports")
     return ports
+
+
+def _non_ephemeral_range() -> tuple[int, int]:
+    """Ports from ``PORT_MIN`` up to just below the kernel's ephemeral range (Linux); (0, 0) if unknown."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return PORT_MIN, ephemeral_low - 1
+
+
+def _bind_loopback(stack: ExitStack, port: int) -> int | None:
+    listener = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    try:
+        listener.bind((LOOPBACK, port))
+    except OSError:
+        return None  # Taken; try another.
+    return listener.getsockname()[1]
 
 
 def create_cluster_directory(directory: str | os.PathLike, replica_count: int, client_count: int = 1, *,
@@ -73,8 +107,11 @@ def create_cluster_directory(directory: str | os.PathLike, replica_count: int, c
         raise ConfigFileError(directory, f"cannot create the cluster directory ({error.strerror or error})") from None
     identities = ([f"replica-{i}" for i in range(replica_count)] + [f"client-{i}" for i in range(client_count)]
                   + ["operator-0"])
+    try:
+        ports = free_loopback_ports(2 * replica_count)
+    except OSError as error:
+        raise ConfigFileError(directory, f"cannot choose ports for the cluster ({error})") from None
     pairs = {name: _write_new_key(keys / f"{name}.key") for name in identities}
-    ports = free_loopback_ports(2 * replica_count)
     replicas = tuple(ReplicaEntry(i, (LOOPBACK, ports[i]), pairs[f"replica-{i}"].public_key, keys / f"replica-{i}.key",
                                   directory / "data" / f"replica-{i}.db", PolicySpec(policies[i % len(policies)]),
                                   (LOOPBACK, ports[replica_count + i]))

@@ -283,6 +283,7 @@ class _World:
     certificates: dict[tuple[str, int], VerdictCertificate]
     requests: tuple[Request, ...]
     now_ms: int = START_MS
+    acted: tuple[int, ...] = ()  # Replicas the last step gave an input to: the ones worth crashing next.
     deviations: int = 0
     crashes: int = 0
     time_steps: int = 0
@@ -309,6 +310,7 @@ class _Model:
         self.correct = [i for i in range(REPLICA_COUNT) if i != adversary.replica_id]
         self.evidence = Evidence()  # Shared by all states: it only indexes signed material, re-verified on use.
         self.codec = _StateCodec()
+        self.messages_sent = 0
 
     def initial(self) -> _World:
         replicas = [(self.adversary.core_type if i == self.adversary.replica_id else Replica)(
@@ -328,23 +330,36 @@ class _Model:
     # ------------------------------------------------------------- transitions
 
     def actions(self, world: _World, settings: ModelCheckSettings) -> Iterator[_Action]:
-        """FIFO delivery first, then the deviations the budget still allows."""
+        """The deviations the budget still allows, then the default step (deliver the first message).
+
+        A deviation is a crash, a timeout, or delivering another message to the
+        replica the default message is for: a reordering of that replica's
+        inbox.  (Deliveries to different replicas commute, so reordering across
+        replicas only matters through such per-replica orders.)  Trying
+        deviations first makes the depth-first search reach schedules that
+        deviate early before those that deviate late.
+        """
+        if world.deviations < settings.deviations:
+            if world.crashes < settings.crashes_max:
+                # Crashing a replica later than right after its last input reaches the same states.
+                yield from (_Action("restart", replica_id) for replica_id in self.correct if replica_id in world.acted)
+            if world.time_steps < settings.time_steps_max:
+                yield _Action("time")
+            if world.network:
+                inbox = world.network[0][2]
+                yield from (_Action("deliver", index) for index in range(1, len(world.network))
+                            if world.network[index][2] == inbox)
         if world.network:
             yield _Action("deliver", 0)
-        if world.deviations >= settings.deviations:
-            return
-        for index in range(1, len(world.network)):
-            yield _Action("deliver", index)
-        if world.time_steps < settings.time_steps_max:
-            yield _Action("time")
-        if world.crashes < settings.crashes_max:
-            for replica_id in self.correct:
-                yield _Action("restart", replica_id)
 
-    def apply(self, world: _World, action: _Action) -> tuple[_World, str]:
-        """The successor state (a copy: ``world`` is never changed) and a line describing the step."""
+    def apply(self, world: _World, action: _Action) -> tuple[_World | None, str]:
+        """The successor state (a copy: ``world`` is never changed) and a line describing the step.
+
+        A timeout that makes no replica send anything is not a step worth exploring: None.
+        """
         touched = [world.network[action.index][2]] if action.kind == "deliver" else range(REPLICA_COUNT)
         child = self._copy(world, touched)
+        child.acted = tuple(touched)
         if action.kind != "deliver" or action.index != 0:
             child.deviations += 1
         if action.kind == "deliver":
@@ -357,8 +372,10 @@ class _Model:
             return child, description + (f" (rejected: {', '.join(rejected)})" if rejected else "")
         if action.kind == "time":
             child.time_steps += 1
+            sent_before = self.messages_sent
             self._pass_time(child)
-            return child, f"time passes: {LIMITS.view_change_timeout_ticks + 1} ticks on every replica"
+            idle = self.messages_sent == sent_before
+            return None if idle else child, f"time passes: {LIMITS.view_change_timeout_ticks + 1} ticks everywhere"
         child.crashes += 1
         self._restart(child, action.index)
         return child, f"replica {action.index} crashes and restarts from its store"
@@ -416,6 +433,7 @@ class _Model:
                          world.replicas[replica_id].record_decision(digest, decision.decision, decision.reason))
 
     def _send(self, world: _World, source: int | str, destination: int, message: Message) -> None:
+        self.messages_sent += 1
         rank = _PHASE_RANK.get(type(message), len(_PHASE_RANK))  # Message kinds added later go last.
         key = (rank, destination, str(source), self.codec.record_digest(message))
         bisect.insort(world.network, (key, source, destination, message), key=lambda entry: entry[0])
@@ -568,7 +586,7 @@ class _StateCodec:
                  [self.fingerprint(store) for store in world.stores], self.fingerprint(world.client),
                  [key for key, _, _, _ in world.network],
                  [(replica_id, [self.record_digest(m) for m in sent]) for replica_id, sent in sorted(world.wire.items())],
-                 sorted(world.certificates), world.now_ms)
+                 sorted(world.certificates), world.now_ms, world.acted)
         return hashlib.blake2b(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL), digest_size=16).digest()
 
 
@@ -624,6 +642,8 @@ class _Search:
             except Exception as error:  # A core that raises mid-input is a finding, like a broken invariant.
                 raise _Found([Violation("crash", f"{type(error).__name__} while taking step {action}: {error}")],
                              _unwind(trace)) from error
+            if child is None:
+                continue
             self.result.transitions += 1
             self._visit(child, depth + 1, (description, trace), logs)
 

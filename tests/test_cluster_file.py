@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import random
+import socket
 import stat
 import tomllib
 from pathlib import Path
@@ -13,7 +15,7 @@ import tomli_w
 
 from bft._cluster_file import (ClusterFile, ConfigFileError, PolicySpec, dump_cluster_file, load_cluster_file,
                                parse_address, read_key_file, write_key_file)
-from bft._cluster_init import create_cluster_directory
+from bft._cluster_init import create_cluster_directory, free_loopback_ports
 from bft.core import ClusterConfig, KeyPair, Limits, Risk, VerdictRule
 from bft.runtime import NodeOptions, TransportLimits
 
@@ -242,3 +244,16 @@ def test_a_replica_or_client_without_a_key_file_says_so(document, tmp_path):
         cluster.replica_seed(0)
     with pytest.raises(ConfigFileError, match="client 'client-0' has no key_file"):
         cluster.client_seed("client-0")
+
+
+def test_init_ports_are_distinct_free_and_outside_the_kernels_ephemeral_range():
+    ports = free_loopback_ports(40, random.Random(7))
+    assert len(set(ports)) == 40
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if ephemeral.exists():
+        low, _ = map(int, ephemeral.read_text().split())
+        if low - 20_000 >= 1000:
+            assert all(20_000 <= port < low for port in ports), ports
+    for port in ports:  # Each one can really be bound.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))

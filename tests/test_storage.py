@@ -2,7 +2,9 @@
 
 Both stores are driven through the same ``Store`` interface and must agree:
 what goes in comes back out in the same order after a reopen, a persist call
-that breaks a rule leaves no trace, and pruning never touches the verdict log.
+that breaks a rule leaves no trace, pruning never touches the verdict log
+(and drops exactly the votes declared dead), and log reads by position (for
+state transfer) return what exists.
 """
 
 from __future__ import annotations
@@ -255,6 +257,27 @@ def test_pruning_forgets_obsolete_messages_and_never_the_log(store):
     assert reopened(store).load().log == (entry,)
 
 
+def test_votes_declared_dead_are_pruned_and_nothing_else(store):
+    dead, live = digest_of(("request", "alice", 3)), digest_of(("request", "alice", 4))
+    store.persist((*one_of_each_kind(0, 3), *one_of_each_kind(0, 4)))
+    assert store.prune_votes({dead, digest_of("never voted on")}) == 1
+    kept = store.load().signed
+    assert not any(isinstance(m, Vote) and m.request_digest == dead for m in kept)
+    assert any(isinstance(m, Vote) and m.request_digest == live for m in kept)
+    assert len(kept) == 2 * 7 - 1
+    assert store.prune_votes(()) == 0
+
+
+def test_reading_log_positions_returns_the_entries_that_exist(store):
+    entries = chain(5)
+    store.persist(tuple(entries))
+    assert store.read_log(2, 4) == tuple(entries[1:4])
+    assert store.read_log(4, 9) == tuple(entries[3:]), "positions beyond the end are simply absent"
+    assert store.read_log(6, 8) == ()
+    with pytest.raises(AssertionError):
+        store.read_log(3, 2)
+
+
 def test_snapshot_is_an_independent_crash_copy():
     original = MemoryStore()
     entries = chain(2)
@@ -309,6 +332,8 @@ operation = st.one_of(
     st.tuples(st.just("persist"), st.lists(st.integers(0, 6), max_size=5), st.integers(0, 3), st.booleans()),
     st.tuples(st.just("prune"), st.integers(0, 12)),
     st.tuples(st.just("prune-views"), st.integers(0, 4)),
+    st.tuples(st.just("prune-votes"), st.sets(st.integers(1, 12), max_size=4)),
+    st.tuples(st.just("read-log"), st.integers(1, 8), st.integers(0, 4)),
 )
 
 
@@ -321,6 +346,12 @@ def apply_operations(store: Store, operations: list) -> list:
             continue
         if operation_item[0] == "prune-views":
             outcomes.append(store.prune_views_below(operation_item[1]))
+            continue
+        if operation_item[0] == "prune-votes":
+            outcomes.append(store.prune_votes({digest_of(("request", "alice", n)) for n in operation_item[1]}))
+            continue
+        if operation_item[0] == "read-log":
+            outcomes.append(store.read_log(operation_item[1], operation_item[1] + operation_item[2]))
             continue
         _, kinds, entry_count, break_chain = operation_item
         items, new_head = [one_of_each_kind(step % 3, (step % 11) + 1)[kind] for kind in kinds], head

@@ -205,8 +205,8 @@ class ExecutionState:
         """The replicated state in canonical wire form; ``state_digest`` is its SHA-256.
 
         This is the one definition of what a checkpoint certifies and of what
-        state transfer carries.  It starts with ``STATE_HEADER_FIELDS`` (seq,
-        log length, head hash), then the client table.  A field added to the
+        state transfer carries.  It starts with the fields ``read_state_header``
+        parses (seq, log length, head hash), then the client table.  A field added to the
         replicated state is appended here, so the digest covers it, and taken
         over in ``adopt_transferred`` (unless the verdict log determines it,
         as it determines the client table).

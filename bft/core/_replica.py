@@ -576,6 +576,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
             self._out.to_clients.append((reply.client_id, reply))
         for digest in slot.request_digests:
             self.pending.discard(digest)
+            self.recovered_votes.pop(digest, None)  # Executed: never voted on again.
         self._note_progress()
         if slot.seq % self.limits.checkpoint_interval == 0:
             state = self.checkpoint_states[slot.seq] = self.execution.export_state()

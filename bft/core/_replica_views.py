@@ -155,6 +155,9 @@ class ViewChangeMixin:
         preprepares = tuple(self._sign(PrePrepare(self.view, stable_seq + offset + 1, batch, self.replica_id, bytes(64)))
                             for offset, batch in enumerate(batches))
         new_view = self._sign(NewView(self.view, chosen, preprepares, self.replica_id, bytes(64)))
+        # Also stored as slot messages: pruning the NEW-VIEWs of old views must not take our prepared
+        # proofs' pre-prepares with them (a restart rebuilds the proofs from these).
+        self._out.persist.extend(preprepares)
         self._broadcast(new_view)
         self._enter_view(new_view, stable_seq, batches)
 

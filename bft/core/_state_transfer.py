@@ -317,6 +317,8 @@ class StateTransferMixin:
         self.execution.adopt_transferred(session.state, entries)
         self.pending.remove_where(lambda p: p.request is not None and (
             self.execution.cached_reply(*p.request.key) is not None or self.execution.is_stale(*p.request.key)))
+        for entry in entries:
+            self.recovered_votes.pop(entry.request_digest, None)
         checkpoint = self._sign(Checkpoint(seq, digest(session.state), self.replica_id, bytes(64)))
         self._broadcast(checkpoint)
         self.checkpoint_states[seq] = session.state
