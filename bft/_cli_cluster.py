@@ -211,11 +211,15 @@ def _run_submit(arguments: argparse.Namespace) -> int:
             outcome = client.submit(action, arguments.risk, timeout_ms=arguments.timeout_ms)
         except LocalProtocolError as error:
             raise UsageError(f"bft submit: the action cannot be sent: {error}") from None
-    result = {"status": outcome.status, "reason": outcome.reason, "client_id": outcome.request.client_id,
-              "request_number": outcome.request_number, "latency_ms": round(outcome.latency_ms, 3),
-              "certificate": json.loads(outcome.certificate.to_json()) if outcome.certificate else None}
-    print(json.dumps(result, indent=2))  # In this order: the verdict first, the certificate last.
+    print(json.dumps(outcome_document(outcome), indent=2))
     return EXIT_BY_STATUS[outcome.status]
+
+
+def outcome_document(outcome) -> dict:
+    """What ``bft submit`` prints: the verdict first, the certificate last."""
+    return {"status": outcome.status, "reason": outcome.reason, "client_id": outcome.request.client_id,
+            "request_number": outcome.request_number, "latency_ms": round(outcome.latency_ms, 3),
+            "certificate": json.loads(outcome.certificate.to_json()) if outcome.certificate else None}
 
 
 def _read_action(text: str) -> dict:
@@ -290,10 +294,15 @@ def _certificate_json(text: str) -> str:
 # ---------------------------------------------------------------------------- status
 
 def _add_status(subcommands) -> None:
-    command = subcommands.add_parser("status", help="each replica's view, progress and health",
-                                     description="Read each replica's metrics endpoint.  Exit code 0 if every "
-                                                 "replica is healthy, 1 otherwise.")
-    command.add_argument("--config", type=_cluster_path, required=True, metavar="CLUSTER.toml")
+    command = subcommands.add_parser("status", help="each replica's view, progress, health and accountability",
+                                     description="With --config, read each replica's metrics endpoint: health, "
+                                                 "progress, quarantined and suspected replicas, evidence and the "
+                                                 "active shared blocklist; exit code 0 if every replica is healthy, "
+                                                 "1 otherwise.  With --db, list the accountability events in a "
+                                                 "replica's verdict log (offline).")
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=_cluster_path, metavar="CLUSTER.toml")
+    source.add_argument("--db", type=Path, metavar="FILE", help="a replica's SQLite file, read offline")
     command.add_argument("--json", action="store_true", help="print JSON instead of a table")
     command.add_argument("--timeout-ms", type=_bounded_int(1, 60_000), default=2000,
                          help="how long to wait for each replica (2000)")
@@ -301,7 +310,10 @@ def _add_status(subcommands) -> None:
 
 
 def _run_status(arguments: argparse.Namespace) -> int:
-    from ._status import cluster_status
+    from ._cli_operator import print_accountability, print_log_events
+    from ._status import cluster_status, most_advanced_view
+    if arguments.db is not None:
+        return print_log_events(arguments.db, arguments.json, "bft status")
     cluster = load_cluster_file(arguments.config)
     statuses = cluster_status(cluster, arguments.timeout_ms / 1000)
     if arguments.json:
@@ -315,6 +327,7 @@ def _run_status(arguments: argparse.Namespace) -> int:
             print(f"{status.replica_id:>7}  {format_address(status.address):<21} {status.health:<9} "
                   f"{_shown(status.view):>5} {_shown(status.last_executed_seq):>9} "
                   f"{_shown(status.stable_checkpoint_seq):>10} {_shown(status.peers_connected):>5}  {status.detail}")
+        print_accountability(most_advanced_view(statuses))
     return EXIT_OK if all(status.health == "ok" for status in statuses) else EXIT_FAILED
 
 

@@ -15,6 +15,8 @@ cluster file and its own key file, nothing else.  The format::
     [rules.high]                        # optional, per risk class (low, medium, high, critical)
     min_allow_votes = 4
     max_deny_votes = 0
+    [accountability]                    # optional overrides of bft.core.AccountabilityOptions
+    auto_quarantine_suspects = true     # isolate drifting replicas without an operator (off by default)
     [node]                              # optional overrides of bft.runtime.NodeOptions
     tick_ms = 10
     [node.transport]                    # optional overrides of bft.runtime.TransportLimits
@@ -37,8 +39,8 @@ cluster file and its own key file, nothing else.  The format::
     public_key = "<64 hex digits>"
     key_file = "keys/client-0.key"
 
-    [[operators]]                       # people allowed to act on the cluster as a whole
-    id = "operator-0"
+    [[operators]]                       # people allowed to act on the cluster as a whole: they sign
+    id = "operator-0"                   # quarantine and release commands as "operator:<id>"
     public_key = "<64 hex digits>"
     key_file = "keys/operator-0.key"
 
@@ -62,8 +64,8 @@ from typing import Any, Mapping, NoReturn
 
 import tomli_w
 
-from .core import ClusterConfig, ConfigError, KeyPair, Limits, Risk, VerdictRule
-from .core import default_rules, max_faulty, quorum_size
+from .core import AccountabilityOptions, ClusterConfig, ConfigError, KeyPair, Limits, Risk, VerdictRule
+from .core import default_rules, max_faulty, operator_signer_id, quorum_size
 from .policies import POLICIES, build_policy
 from .policy import Policy
 from .runtime import NodeOptions, TransportLimits
@@ -77,13 +79,15 @@ PUBLIC_KEY_BYTES = 32
 
 Address = tuple[str, int]
 
-TOP_LEVEL_KEYS = {"format", "cluster_id", "faulty_max", "limits", "rules", "node", "replicas", "clients",
-                  "operators"}
+TOP_LEVEL_KEYS = {"format", "cluster_id", "faulty_max", "limits", "rules", "accountability", "node", "replicas",
+                  "clients", "operators"}
 REPLICA_KEYS = {"id", "host", "port", "public_key", "key_file", "database", "metrics", "policy", "policy_options"}
 CLIENT_KEYS = {"id", "public_key", "key_file"}
 # Operators are read by tools that act on the whole cluster; a new operator setting is one more key here.
 OPERATOR_KEYS = {"id", "public_key", "key_file"}
 RULE_KEYS = {"min_allow_votes", "max_deny_votes"}
+# Operators sign their commands as request signer "operator:<id>" (see bft.core._accountability).
+OPERATOR_SIGNER_PREFIX = operator_signer_id("")
 
 
 class ConfigFileError(Exception):
@@ -180,11 +184,26 @@ class ClusterFile:
         return self.replicas[replica_id]
 
     def client(self, client_id: str) -> ClientEntry:
+        """A request signer: a listed client, or an operator named by its signer id ``operator:<id>``.
+
+        Operators are request signers too (their quarantine and release commands are ordered like
+        requests), so the client library opens ``operator:operator-0`` with the operator's key.
+        """
         for entry in self.clients:
             if entry.client_id == client_id:
                 return entry
+        if client_id.startswith(OPERATOR_SIGNER_PREFIX):
+            operator = self.operator(client_id.removeprefix(OPERATOR_SIGNER_PREFIX))
+            return ClientEntry(client_id, operator.public_key, operator.key_file)
         known = ", ".join(entry.client_id for entry in self.clients) or "none"
         raise ConfigFileError(self.path, f"there is no client {client_id!r} (the clients are: {known})")
+
+    def operator(self, operator_id: str) -> OperatorEntry:
+        for entry in self.operators:
+            if entry.operator_id == operator_id:
+                return entry
+        known = ", ".join(entry.operator_id for entry in self.operators) or "none"
+        raise ConfigFileError(self.path, f"there is no operator {operator_id!r} (the operators are: {known})")
 
     def replica_seed(self, replica_id: int) -> bytes:
         entry = self.replica(replica_id)
@@ -430,11 +449,13 @@ class _Reader:
             self.fail(f"{len(replicas)} replicas cannot tolerate {faulty_max} faulty ones: n >= 3f+1 is required")
         limits = self.overrides(Limits(), document.get("limits", {}), "[limits]")
         rules = self.rules(document.get("rules", {}), len(replicas), faulty_max)
+        accountability = self.accountability(document.get("accountability", {}))
         try:
             return ClusterConfig.create(cluster_id, tuple(entry.public_key for entry in replicas),
                                         {entry.client_id: entry.public_key for entry in clients},
                                         faulty_max=faulty_max, rules=rules, limits=limits,
-                                        operator_keys={entry.operator_id: entry.public_key for entry in operators})
+                                        operator_keys={entry.operator_id: entry.public_key for entry in operators},
+                                        accountability=accountability)
         except ConfigError as error:
             self.fail(f"the cluster is not safe as configured: {error}")
 
@@ -450,6 +471,13 @@ class _Reader:
             rules[Risk(risk_name)] = VerdictRule(self.typed(rule_table, "min_allow_votes", where, int),
                                                  self.typed(rule_table, "max_deny_votes", where, int))
         return rules
+
+    def accountability(self, table: Any) -> AccountabilityOptions:
+        options = self.overrides(AccountabilityOptions(), table, "[accountability]")
+        problem = options.problem()
+        if problem:
+            self.fail(f"the [accountability] settings are not usable: {problem}")
+        return options
 
     def node_options(self, table: Any) -> NodeOptions:
         if not isinstance(table, dict):
@@ -507,6 +535,7 @@ def dump_cluster_file(cluster: ClusterFile, directory: str | os.PathLike | None 
     defaults = default_rules(config.replica_count, config.faulty_max, config.quorum)
     _put_if_any(document, "rules", {risk.value: dataclasses.asdict(rule) for risk, rule in config.rules.items()
                                     if rule != defaults[risk]})
+    _put_if_any(document, "accountability", _changed_fields(config.accountability, AccountabilityOptions()))
     node = _changed_fields(cluster.node_options, NodeOptions())
     _put_if_any(node, "transport", _changed_fields(cluster.node_options.transport, TransportLimits()))
     _put_if_any(document, "node", node)

@@ -29,7 +29,7 @@ from typing import Sequence
 
 from ._cluster_file import (CLUSTER_FILE_NAME, ClientEntry, ClusterFile, ConfigFileError, OperatorEntry, PolicySpec,
                             ReplicaEntry, write_cluster_file, write_key_file)
-from .core import ClusterConfig, ConfigError, KeyPair, Limits
+from .core import AccountabilityOptions, ClusterConfig, ConfigError, KeyPair, Limits
 from .policies import POLICIES
 from .runtime import NodeOptions
 
@@ -87,7 +87,8 @@ def _bind_loopback(stack: ExitStack, port: int) -> int | None:
 
 def create_cluster_directory(directory: str | os.PathLike, replica_count: int, client_count: int = 1, *,
                              policies: Sequence[str] = DEFAULT_POLICIES, limits: Limits | None = None,
-                             node_options: NodeOptions | None = None, cluster_id: str | None = None) -> ClusterFile:
+                             node_options: NodeOptions | None = None, cluster_id: str | None = None,
+                             accountability: AccountabilityOptions | None = None) -> ClusterFile:
     """Write a new local cluster into ``directory`` and return its loaded description.
 
     Raises ``ConfigFileError`` (one sentence) if ``directory`` already holds a cluster file or a key,
@@ -123,7 +124,8 @@ def create_cluster_directory(directory: str | os.PathLike, replica_count: int, c
         config = ClusterConfig.create(cluster_id or f"local-{secrets.token_hex(4)}",
                                       tuple(entry.public_key for entry in replicas),
                                       {entry.client_id: entry.public_key for entry in clients}, limits=limits,
-                                      operator_keys={entry.operator_id: entry.public_key for entry in operators})
+                                      operator_keys={entry.operator_id: entry.public_key for entry in operators},
+                                      accountability=accountability)
     except ConfigError as error:
         raise ConfigFileError(path, f"the cluster would not be safe: {error}") from None
     cluster = ClusterFile(path, config, replicas, clients, operators, (node_options or NodeOptions()).check())

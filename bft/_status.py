@@ -5,19 +5,29 @@ each, every request bounded by a timeout) and parses the text with
 ``prometheus_client.parser``.  A replica whose endpoint cannot be reached is
 reported as such, never raised: the point of a status command is to keep
 working when parts of the cluster do not.
+
+The accountability state (who is quarantined or suspected, how many proofs of
+equivocation, which shared blocklist patterns are active) comes from the same
+scrape.  ``verdict_log_events`` reads the full history of accountability events
+offline, from a replica's verdict log, where every one is recorded.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from ._cluster_file import Address, ClusterFile, format_address
 from ._processes import accepts_connections
+from .audit import read_only_uri
 
 SCRAPE_TIMEOUT_S = 2.0
 MAX_SCRAPE_BYTES = 4 * 1024 * 1024
@@ -25,6 +35,31 @@ MAX_SCRAPE_BYTES = 4 * 1024 * 1024
 GAUGES = {"bft_view": "view", "bft_last_executed_seq": "last_executed_seq",
           "bft_stable_checkpoint_seq": "stable_checkpoint_seq", "bft_peers_connected": "peers_connected"}
 HEALTH_STATES = ("ok", "isolated", "listening", "down", "unknown")
+# The accountability gauges (bft.runtime metrics): counts, and per-replica or per-pattern series.
+ACCOUNTABILITY_COUNTS = {"bft_evidence_records": "evidence_records", "bft_blocklist_patterns": "blocklist_patterns"}
+PER_REPLICA = {"bft_replica_quarantined": "quarantined", "bft_replica_suspected": "suspects",
+               "bft_replica_evidence_records": "evidence_by_replica"}
+PATTERN_ENDORSERS = "bft_blocklist_pattern_endorsers"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountabilityView:
+    """The replicated accountability state as one replica's metrics show it."""
+
+    quarantined: tuple[int, ...] = ()
+    suspects: tuple[int, ...] = ()
+    evidence_records: int = 0
+    evidence_by_replica: tuple[tuple[int, int], ...] = ()  # (accused replica, proofs), only those with any
+    blocklist_patterns: int = 0  # Patterns with any endorsement, active or not.
+    active_patterns: tuple[tuple[str, int], ...] = ()  # (pattern, endorsing replicas), sorted by pattern
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"quarantined": list(self.quarantined), "suspects": list(self.suspects),
+                "evidence_records": self.evidence_records,
+                "evidence_by_replica": {str(replica): count for replica, count in self.evidence_by_replica},
+                "blocklist_patterns": self.blocklist_patterns,
+                "active_patterns": [{"pattern": pattern, "endorsers": endorsers}
+                                    for pattern, endorsers in self.active_patterns]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +82,7 @@ class ReplicaStatus:
     last_executed_seq: int | None = None
     stable_checkpoint_seq: int | None = None
     peers_connected: int | None = None
+    accountability: AccountabilityView | None = field(default=None)
 
     def __post_init__(self) -> None:
         assert self.health in HEALTH_STATES, self.health
@@ -56,17 +92,39 @@ class ReplicaStatus:
                 "metrics": format_address(self.metrics_address) if self.metrics_address else None,
                 "health": self.health, "detail": self.detail, "view": self.view,
                 "last_executed_seq": self.last_executed_seq, "stable_checkpoint_seq": self.stable_checkpoint_seq,
-                "peers_connected": self.peers_connected}
+                "peers_connected": self.peers_connected,
+                "accountability": self.accountability.as_dict() if self.accountability else None}
 
 
 def parse_gauges(text: str) -> dict[str, int]:
     """The status gauges present in a Prometheus exposition text (first sample of each); ValueError if unparsable."""
+    return parse_metrics(text)[0]
+
+
+def parse_metrics(text: str) -> tuple[dict[str, int], AccountabilityView | None]:
+    """The status gauges and the accountability view (None if the replica exposes none); ValueError if unparsable."""
     values: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    per_replica: dict[str, list[tuple[int, int]]] = {name: [] for name in PER_REPLICA.values()}
+    patterns: list[tuple[str, int]] = []
     for family in text_string_to_metric_families(text):
-        field_name = GAUGES.get(family.name)
-        if field_name is not None and family.samples and field_name not in values:
-            values[field_name] = int(family.samples[0].value)
-    return values
+        name = family.name
+        if name in GAUGES and family.samples and GAUGES[name] not in values:
+            values[GAUGES[name]] = int(family.samples[0].value)
+        elif name in ACCOUNTABILITY_COUNTS and family.samples:
+            counts[ACCOUNTABILITY_COUNTS[name]] = int(family.samples[0].value)
+        elif name in PER_REPLICA:
+            per_replica[PER_REPLICA[name]] += [(int(sample.labels["replica"]), int(sample.value))
+                                              for sample in family.samples if sample.value > 0]
+        elif name == PATTERN_ENDORSERS:
+            patterns += [(sample.labels["pattern"], int(sample.value)) for sample in family.samples]
+    if not counts:
+        return values, None
+    view = AccountabilityView(tuple(sorted(r for r, _ in per_replica["quarantined"])),
+                              tuple(sorted(r for r, _ in per_replica["suspects"])),
+                              counts.get("evidence_records", 0), tuple(sorted(per_replica["evidence_by_replica"])),
+                              counts.get("blocklist_patterns", 0), tuple(sorted(patterns)))
+    return values, view
 
 
 def scrape(address: Address, timeout_s: float = SCRAPE_TIMEOUT_S) -> str:
@@ -82,11 +140,11 @@ def replica_status(cluster: ClusterFile, replica_id: int, timeout_s: float = SCR
     base = ReplicaStatus(replica_id, entry.address, entry.metrics_address, "down")
     if entry.metrics_address is not None:
         try:
-            gauges = parse_gauges(scrape(entry.metrics_address, timeout_s))
-        except (OSError, ValueError, urllib.error.HTTPError) as error:
+            gauges, accountability = parse_metrics(scrape(entry.metrics_address, timeout_s))
+        except (OSError, ValueError, KeyError, urllib.error.HTTPError) as error:
             problem = f"metrics unreachable ({_short(error)})"
         else:
-            return _from_gauges(base, gauges, cluster.config.quorum - 1)
+            return _from_gauges(replace(base, accountability=accountability), gauges, cluster.config.quorum - 1)
     else:
         problem = "no metrics address configured"
     if accepts_connections(entry.address, timeout_s):
@@ -100,6 +158,16 @@ def cluster_status(cluster: ClusterFile, timeout_s: float = SCRAPE_TIMEOUT_S) ->
     replica_ids = range(cluster.config.replica_count)
     with ThreadPoolExecutor(max_workers=min(16, len(replica_ids))) as pool:
         return list(pool.map(lambda replica_id: replica_status(cluster, replica_id, timeout_s), replica_ids))
+
+
+def most_advanced_view(statuses: list[ReplicaStatus]) -> ReplicaStatus | None:
+    """The replica whose accountability view is the newest (highest executed seq), or None if none shows one.
+
+    Every correct replica has the same state at the same log position, so the one
+    that executed most shows the latest; the others show an earlier point of it.
+    """
+    with_view = [status for status in statuses if status.accountability is not None]
+    return max(with_view, key=lambda status: (status.last_executed_seq or 0, -status.replica_id), default=None)
 
 
 def _from_gauges(base: ReplicaStatus, gauges: dict[str, int], peers_needed: int) -> ReplicaStatus:
@@ -116,3 +184,55 @@ def _from_gauges(base: ReplicaStatus, gauges: dict[str, int], peers_needed: int)
 def _short(error: BaseException) -> str:
     reason = getattr(error, "reason", None)
     return str(reason if reason is not None else error) or type(error).__name__
+
+
+# ---------------------------------------------------------------------------- offline: the verdict log
+
+class VerdictLogError(Exception):
+    """A file that cannot be read as a replica's verdict log; ``str()`` is one sentence."""
+
+
+def verdict_log_events(database: str | Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """Every accountability event in a replica's verdict log, as (position, event), in log order.
+
+    Opens the file read-only and streams it.  An entry whose events are not a JSON
+    list of objects yields (position, None): the log may have been tampered with
+    (``bft audit verify`` says how).  Raises ``VerdictLogError`` if the file is
+    not a readable verdict log.
+    """
+    if not Path(database).is_file():
+        raise VerdictLogError(f"{database} is not a file")
+    try:
+        connection = sqlite3.connect(read_only_uri(database), uri=True)
+    except sqlite3.Error as error:
+        raise VerdictLogError(f"{database}: cannot open read-only ({error})") from None
+    try:
+        connection.execute("BEGIN")  # One read transaction: a replica writing meanwhile cannot show half a write.
+        rows = connection.execute("SELECT position, events FROM verdict_log WHERE events != '' ORDER BY position")
+        for position, text in rows:
+            yield from ((position, event) for event in _events_of(text))
+    except sqlite3.Error as error:
+        raise VerdictLogError(f"{database}: not a readable verdict log ({error})") from None
+    finally:
+        connection.close()
+
+
+def _events_of(text: Any) -> list[dict[str, Any] | None]:
+    try:
+        events = json.loads(text)
+    except (TypeError, ValueError):
+        return [None]
+    if not isinstance(events, list) or not all(isinstance(event, dict) and "event" in event for event in events):
+        return [None]
+    return events
+
+
+def describe_event(event: dict[str, Any] | None) -> str:
+    """One line for an accountability event: its type, the replica it is about, then its other fields."""
+    if event is None:
+        return "(unreadable events: run bft audit verify on this log)"
+    subject = next((key for key in ("replica", "accused") if type(event.get(key)) is int), None)
+    words = [str(event["event"])] + ([f"replica {event[subject]}"] if subject else [])
+    fields = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in event.items()
+              if key not in ("event", subject)]
+    return " ".join(words) + (f" ({', '.join(fields)})" if fields else "")

@@ -2,13 +2,15 @@
 
 Subcommands: ``demo``; ``init``, ``up``, ``down`` and ``replica`` to create and
 run a cluster of local processes; ``submit``, ``verify`` and ``status`` for
-clients and operators; ``audit verify`` for a replica's verdict log.
+clients and operators; ``operator quarantine|release|evidence|blocklist`` for
+the accountability state; ``audit verify`` for a replica's verdict log.
 
-Exit codes: 0 success (and ALLOW); 1 a check failed (an invalid certificate, a
-broken log, an unhealthy cluster, a replica that did not come up, the demo's
-safety self-check); 2 a mistake the user can make (a bad number, a missing or
-bad file, an unknown replica or client id, bad JSON), always reported as one
-sentence on stderr, never a traceback; 3 DENY; 4 REFUSED.
+Exit codes: 0 success (and ALLOW, or an operator command applied); 1 a check
+failed (an invalid certificate, a broken log, an unhealthy cluster, a replica
+that did not come up, the demo's safety self-check); 2 a mistake the user can
+make (a bad number, a missing or bad file, an unknown replica, client or
+operator id, bad JSON), always reported as one sentence on stderr, never a
+traceback; 3 DENY (an operator command the cluster refused); 4 REFUSED.
 """
 
 from __future__ import annotations
@@ -106,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bft", description="Byzantine-fault-tolerant consensus on safety verdicts.")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_demo(subcommands)
-    from . import _cli_cluster
+    from . import _cli_cluster, _cli_operator
     _cli_cluster.add_commands(subcommands)
+    _cli_operator.add_commands(subcommands)
     return parser
 
 

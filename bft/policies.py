@@ -1,4 +1,6 @@
-"""Five built-in safety policies, deliberately different so replicas fail differently.
+"""Built-in safety policies, deliberately different so replicas fail differently.
+
+Five honest policies, each looking at an action from its own angle:
 
 - ``CapabilityDenyList`` ("deny-list"): capabilities that are never allowed, and
   dangerous argument fragments per capability (``rm -rf`` in a shell, a key file
@@ -13,27 +15,62 @@
 - ``RatePolicy`` ("rate"): behavioural; per client, over a bounded sliding window
   of the request numbers this policy has seen, it denies bursts of one capability
   or of high-risk requests.  Deterministic (no clock) and bounded in memory.
-- ``ApproveEverything`` ("approve-everything"): a deliberately *compromised*
-  policy that votes ALLOW on everything.  It exists to show, in the demo and the
-  tests, that up to f such replicas cannot turn an honest majority's DENY into
-  ALLOW.  Never configure it in a real cluster.
+- ``IncidentMemory`` ("incident-memory"): history-aware; it remembers the serious
+  incidents it denied and, for a bounded number of evaluations, denies what
+  repeats one (same capability and target, or the same command once quoting and
+  spelling tricks are removed), even when the repeat no longer looks dangerous.
+
+And one that is not honest: ``ApproveEverything`` ("approve-everything") votes
+ALLOW on everything.  It models a compromised replica, to show in the demo and
+the tests that up to f of them cannot turn an honest majority's DENY into ALLOW.
+Never configure it in a real cluster.
 
 Every policy is thread-safe (the runtime may run evaluations in worker threads),
 never mutates the action, and treats a field of the wrong type as a reason to
 deny rather than an error.  Options are constructor keyword arguments with safe
-defaults; ``build_policy(name, **options)`` builds one from the ``POLICIES`` registry.
+defaults; ``build_policy(name, **options)`` builds one from the ``POLICIES``
+registry, and a bad option is a ``ValueError`` naming it.
+
+Writing a plug-in policy
+------------------------
+A plug-in is a class whose instances have a ``name`` and an
+``evaluate(action, context) -> PolicyDecision`` method (``bft.policy.Policy``).
+``action`` is the client's JSON object, decoded; ``context`` is a
+``PolicyContext`` (replica id, client id, request number, declared risk,
+deadline).  A replica's entry in the cluster file names it by import path, and
+its options are the constructor's keyword arguments::
+
+    [[replicas]]
+    id = 0
+    policy = "acme.safety:SpendingPolicy"   # or a built-in name, e.g. "incident-memory"
+    [replicas.policy_options]
+    limit = 500
+
+When the replica starts it imports ``acme.safety`` (it must be importable by
+that replica's Python) and calls ``SpendingPolicy(limit=500)``.  An
+``ImportError``, a missing class, a constructor that raises ``TypeError`` or
+``ValueError`` (name the bad option in it), or an object without ``evaluate``
+stops the start with a one-sentence configuration error.  At run time every
+evaluation runs in a worker thread under ``[node] policy_deadline_ms`` (default
+2000): an overrun, any exception and any return value that is not a
+``PolicyDecision`` count as a DENY vote (``bft.policy.evaluate_fail_safe``).  An
+overrunning thread is abandoned, not killed, and up to ``[node] policy_threads``
+evaluations run at once, so ``evaluate`` should be quick, bounded and thread-safe.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import math
 import posixpath
 import re
 import threading
 import unicodedata
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -88,8 +125,17 @@ def capability_of(action: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _compile(patterns: Iterable[str]) -> tuple[re.Pattern, ...]:
-    return tuple(re.compile(pattern) for pattern in patterns)
+def _compile(patterns: Iterable[str], fold: bool = False) -> tuple[re.Pattern, ...]:
+    """Compiled ``patterns`` (folded like the text they will search if ``fold``); a bad one is a ValueError."""
+    if isinstance(patterns, str):
+        raise ValueError(f"expected a list of patterns, not the single string {patterns!r}")
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(normalize_text(pattern) if fold else pattern))
+        except (re.error, TypeError) as error:
+            raise ValueError(f"pattern {pattern!r} is not a regular expression ({error})") from None
+    return tuple(compiled)
 
 
 # ---------------------------------------------------------------------------- deny list
@@ -102,16 +148,19 @@ DEFAULT_DENIED_CAPABILITIES = (
     "disable_logging", "disable_monitoring", "policy.modify", "self_replicate", "raw_socket",
     "dns_tunnel", "payments.crypto_withdraw", "iam.grant_admin",
 )
+_DOWNLOAD_PIPED_TO_SHELL = r"\b(curl|wget)\b[^|\n]{0,200}\|\s*(sudo\s+)?(sh|bash)\b"
 _DESTRUCTIVE_SHELL = (r"\brm\s+-(rf|fr|r\s+-f|f\s+-r)\b", r"\bmkfs(\.\w+)?\b", r"\bdd\s+if=", r":\(\)\s*\{",
                       r"\bchmod\s+(-r\s+)?777\s+/", r">\s*/dev/sd", r"\b(shutdown|reboot|halt)\b",
-                      r"\b(curl|wget)\b[^|\n]{0,200}\|\s*(sudo\s+)?(sh|bash)\b", r"\|\s*base64\s+-d\s*\|\s*(sh|bash)\b")
+                      _DOWNLOAD_PIPED_TO_SHELL, r"\|\s*base64\s+-d\s*\|\s*(sh|bash)\b")
+# Secret values, matched in folded text: they are never benign, whatever the capability.
+_SECRET_VALUES = (r"\baws_secret_access_key\b", r"\bakia[0-9a-z]{16}\b", r"-----begin [a-z ]*private key-----")
 _SECRET_MATERIAL = (r"\.ssh/", r"\bid_(rsa|ed25519|ecdsa)\b", r"/etc/(shadow|sudoers)", r"\.aws/credentials",
-                    r"\baws_secret_access_key\b", r"\bakia[0-9a-z]{16}\b", r"-----begin [a-z ]*private key-----")
+                    *_SECRET_VALUES)
 DEFAULT_DANGEROUS_ARGUMENTS: dict[str, tuple[str, ...]] = {
     **{tool: _DESTRUCTIVE_SHELL + _SECRET_MATERIAL for tool in SHELL_TOOLS},
     **{tool: _SECRET_MATERIAL for tool in NETWORK_TOOLS},
     # Applies to every capability: piping a download into a shell is never a safe argument.
-    "*": (r"\b(curl|wget)\b[^|\n]{0,200}\|\s*(sudo\s+)?(sh|bash)\b",),
+    "*": (_DOWNLOAD_PIPED_TO_SHELL,),
 }
 
 
@@ -303,7 +352,7 @@ class PatternMatcher:
             [("prompt injection", p) for p in _compile(INJECTION_PATTERNS)]
             + [("credential path", p) for p in _compile(CREDENTIAL_PATH_PATTERNS)]
             + [("destructive command", p) for p in _compile(DESTRUCTIVE_PATTERNS)]
-            + [("configured pattern", p) for p in _compile(normalize_text(e) for e in extra_patterns)])
+            + [("configured pattern", p) for p in _compile(extra_patterns, fold=True)])
         self.secret_patterns = tuple((label, re.compile(pattern)) for label, pattern in SECRET_PATTERNS)
         self.base64_blob = re.compile(rf"[A-Za-z0-9+/]{{{base64_min_chars},}}={{0,2}}")
         self.inspect_base64 = inspect_base64
@@ -406,6 +455,208 @@ class RatePolicy:
         return list(history.values()) if number in history else [*history.values(), (risk, capability)]
 
 
+# ---------------------------------------------------------------------------- incident memory
+
+# Serious findings: text that no benign request carries, whatever the capability.  The patterns are the
+# ones the other policies use, so the policies agree on what is dangerous and differ in what they do with it.
+DEFAULT_INCIDENT_PATTERNS: dict[str, tuple[str, ...]] = {
+    "destructive command": (*DESTRUCTIVE_PATTERNS, _DOWNLOAD_PIPED_TO_SHELL),
+    "credential access": (*CREDENTIAL_PATH_PATTERNS, *_SECRET_VALUES),
+    "prompt injection": INJECTION_PATTERNS,
+}
+DEFAULT_TARGET_FIELDS = ("path", "file", "target", "destination", "url", "to")
+DEFAULT_COMMAND_FIELDS = ("command", "cmd", "code", "script", "query")
+# Characters a shell drops or that split a word without changing it: r''m, \rm and "rm" all run rm.
+_QUOTING = str.maketrans("", "", "'\"`\\")
+# One incident remembers at most this many signatures, so one action naming a thousand targets
+# cannot flush the whole memory.
+SIGNATURES_PER_INCIDENT_MAX = 8
+EVIDENCE_CHARS_MAX = 60
+_SIGNATURE_KINDS = {"target": "capability and target", "command": "command", "action": "action"}
+
+# (client id, or "" when incidents are shared; kind; capability; digest of the normalised value)
+Signature = tuple[str, str, str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """A remembered incident: its number, its finding, and the evaluation that last matched it."""
+
+    number: int
+    finding: str
+    last_seen: int
+
+
+def command_fingerprint(text: str) -> str:
+    """A command with what does not change its meaning removed: case, width, invisible
+    characters, quoting, backslashes and spacing."""
+    return " ".join(normalize_text(text).translate(_QUOTING).split())
+
+
+def normalize_target(text: str) -> str:
+    """One spelling per target: a URL by its host; a path without ``.``, ``..`` and doubled
+    slashes; anything else folded like all text.  Folding case over-matches on a
+    case-sensitive file system, which errs towards DENY."""
+    folded = normalize_text(text)
+    if "://" in folded:
+        try:
+            host = urlsplit(folded).hostname
+        except ValueError:
+            host = None
+        return f"host {host}" if host else folded
+    if folded.startswith("/"):
+        return "/" + posixpath.normpath(folded).lstrip("/")
+    if folded.startswith("~"):
+        return posixpath.normpath(folded)
+    return folded
+
+
+def _text_values(value: Any) -> list[str]:
+    """A field's text: the string, or the strings of a list; anything else has none."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    return []
+
+
+class IncidentMemory:
+    """Deny serious incidents, remember them, and deny what repeats them for a while.
+
+    An incident is an action with a serious finding: a forbidden capability or text
+    matching ``incident_patterns`` (destructive commands, credential access, prompt
+    injection).  It is denied and its signatures are remembered: the capability with
+    each target it names (``target_fields``, normalised by ``normalize_target``) and
+    with each command it runs (``command_fields``, by ``command_fingerprint``), or,
+    naming neither, the whole action.  A later action sharing a signature is denied
+    as a repeat even if it no longer shows the finding, so the rewording that slips
+    past a text matcher (``\\rm -"rf"``, ``/etc/./shadow``) does not slip past this.
+
+    Time is this policy's own count of evaluations: no clock, and the same answers
+    for the same sequence of inputs.  A signature is forgotten once
+    ``remember_evaluations`` evaluations have passed since it last matched; at most
+    ``max_remembered`` signatures are kept, the least recently matched forgotten
+    first.  Incidents are shared by all clients unless ``per_client``.  Only what this
+    replica evaluated is remembered: ``PolicyContext`` carries no agreed history.
+    """
+
+    name = "incident-memory"
+
+    def __init__(self, *, incident_patterns: Mapping[str, Iterable[str]] | None = None,
+                 incident_capabilities: Iterable[str] = DEFAULT_DENIED_CAPABILITIES,
+                 target_fields: Iterable[str] = DEFAULT_TARGET_FIELDS,
+                 command_fields: Iterable[str] = DEFAULT_COMMAND_FIELDS,
+                 remember_evaluations: int = 10_000, max_remembered: int = 1024, per_client: bool = False) -> None:
+        counts = (remember_evaluations, max_remembered)
+        if any(isinstance(count, bool) or not isinstance(count, int) or count < 1 for count in counts):
+            raise ValueError("remember_evaluations and max_remembered must be positive integers")
+        if not isinstance(per_client, bool):
+            raise ValueError(f"per_client must be true or false, not {per_client!r}")
+        patterns = DEFAULT_INCIDENT_PATTERNS if incident_patterns is None else incident_patterns
+        self.incident_patterns = tuple((str(label), _compile(group, fold=True)) for label, group in patterns.items())
+        self.incident_capabilities = frozenset(normalize_text(c) for c in _names(incident_capabilities))
+        self.target_fields = _names(target_fields)
+        self.command_fields = _names(command_fields)
+        self.remember_evaluations = remember_evaluations
+        self.max_remembered = max_remembered
+        self.per_client = per_client
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[Signature, Incident] = OrderedDict()  # Oldest last_seen first.
+        self._evaluations = 0
+        self._incidents = 0
+
+    def evaluate(self, action: Mapping[str, Any], context: PolicyContext) -> PolicyDecision:
+        capability = capability_of(action) or "<none>"
+        try:
+            finding = self._finding(action, capability)
+            signatures = self._signatures(action, capability, context.client_id)
+        except _TooComplex as error:
+            return PolicyDecision.deny(f"incident-memory: action too complex to inspect ({error})")
+        with self._lock:
+            self._evaluations += 1
+            self._forget_expired()
+            if finding is not None:
+                number = self._remember(finding, signatures)
+                return PolicyDecision.deny(f"incident-memory: incident {number}: {finding}")
+            repeated = self._recall(signatures)
+        if repeated is not None:
+            incident, kind = repeated
+            return PolicyDecision.deny(f"incident-memory: repeats incident {incident.number} ({incident.finding}) "
+                                       f"with the same {_SIGNATURE_KINDS[kind]}")
+        return PolicyDecision.allow("incident-memory: repeats no remembered incident")
+
+    def _finding(self, action: Mapping[str, Any], capability: str) -> str | None:
+        if capability in self.incident_capabilities:
+            return f"forbidden capability {capability!r}"
+        text = normalize_text(" ".join(_strings(action)))
+        for label, patterns in self.incident_patterns:
+            for pattern in patterns:
+                match = pattern.search(text)
+                if match:
+                    return f"{label}: {match.group(0)[:EVIDENCE_CHARS_MAX]!r}"
+        return None
+
+    def _signatures(self, action: Mapping[str, Any], capability: str, client_id: str) -> list[Signature]:
+        keyed = [("target", normalize_target(text)) for name in self.target_fields
+                 for text in _text_values(action.get(name))]
+        keyed += [("command", command_fingerprint(" ".join(_text_values(action.get(name)))))
+                  for name in self.command_fields if _text_values(action.get(name))]
+        keyed = [(kind, text) for kind, text in keyed if text]
+        if not keyed:
+            keyed = [("action", command_fingerprint(_canonical_text(action)))]
+        scope = client_id if self.per_client else ""
+        signatures = [(scope, kind, capability, hashlib.blake2b(text.encode(), digest_size=16).digest())
+                      for kind, text in keyed]
+        return list(dict.fromkeys(signatures))
+
+    def _forget_expired(self) -> None:
+        # Every insertion and match moves its signature to the end with the current count, so
+        # the oldest last_seen is always first and expiry only ever looks at the front.
+        while self._memory:
+            oldest = next(iter(self._memory.values()))
+            if self._evaluations - oldest.last_seen <= self.remember_evaluations:
+                break
+            self._memory.popitem(last=False)
+
+    def _remember(self, finding: str, signatures: list[Signature]) -> int:
+        self._incidents += 1
+        incident = Incident(self._incidents, finding, self._evaluations)
+        for signature in signatures[:SIGNATURES_PER_INCIDENT_MAX]:
+            self._memory[signature] = incident
+            self._memory.move_to_end(signature)
+        while len(self._memory) > self.max_remembered:
+            self._memory.popitem(last=False)
+        assert 0 < len(self._memory) <= self.max_remembered
+        return incident.number
+
+    def _recall(self, signatures: list[Signature]) -> tuple[Incident, str] | None:
+        for signature in signatures:
+            incident = self._memory.get(signature)
+            if incident is not None:
+                assert self._evaluations - incident.last_seen <= self.remember_evaluations
+                self._memory[signature] = replace(incident, last_seen=self._evaluations)
+                self._memory.move_to_end(signature)
+                return incident, signature[1]
+        return None
+
+
+def _names(values: Iterable[str]) -> tuple[str, ...]:
+    """A configured list of names; a bare string is refused, since iterating it would give its letters."""
+    if isinstance(values, str):
+        raise ValueError(f"expected a list of names, not the single string {values!r}")
+    names = tuple(values)
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError(f"expected a list of names, not {names!r}")
+    return names
+
+
+def _canonical_text(action: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(action, sort_keys=True, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError) as error:  # Mixed key types or a cycle: not a JSON object.
+        raise _TooComplex(f"cannot be written as JSON: {error}") from None
+
+
 # ---------------------------------------------------------------------------- the compromised node
 
 
@@ -424,7 +675,8 @@ class ApproveEverything:
 
 
 POLICIES: dict[str, type] = {
-    policy.name: policy for policy in (CapabilityDenyList, ContextRules, PatternMatcher, RatePolicy, ApproveEverything)
+    policy.name: policy
+    for policy in (CapabilityDenyList, ContextRules, PatternMatcher, RatePolicy, IncidentMemory, ApproveEverything)
 }
 
 
@@ -435,5 +687,5 @@ def build_policy(name: str, **options: Any) -> Policy:
         raise ValueError(f"unknown policy {name!r}; the built-in policies are {', '.join(sorted(POLICIES))}")
     try:
         return policy_type(**options)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"bad options for policy {name!r}: {error}") from None

@@ -165,15 +165,20 @@ def _lying_new_primary(core, destination, message, signer) -> list[Message]:
 
 
 class UsurpingReplica(Replica):
-    """A backup that runs the proposer's code as if it were primary, signing PRE-PREPAREs in its own name."""
+    """A backup that runs the proposer's code as if it were primary, signing PRE-PREPAREs in its own name.
+
+    It races ahead: it proposes one seq beyond the next one to execute, so its
+    batch reaches the others before the real primary's batch for that seq.
+    """
 
     @property
     def is_primary(self) -> bool:
         return True
 
     def _propose(self, entries) -> None:
+        self.next_seq = max(self.next_seq, self.last_executed + 2)
         while self.next_seq in self.slots and self.slots[self.next_seq].preprepare is not None:
-            self.next_seq += 1  # The real primary's batch got here first; propose at the next free seq.
+            self.next_seq += 1
         if self.next_seq <= self.high_water:
             super()._propose(entries)
 
@@ -212,6 +217,7 @@ class ModelCheckSettings:
     deviations: int = 1
     crashes_max: int = 1
     time_steps_max: int = 1
+    reorders: bool = True  # Whether delivering a replica's messages out of order counts as a deviation.
     adversaries: tuple[str, ...] = tuple(MENU)
 
     def problem(self) -> str | None:
@@ -230,11 +236,13 @@ class ModelCheckSettings:
 @dataclass
 class Counterexample:
     adversary: str
+    deviations: int
     violations: list[str]
     trace: list[str]
 
     def describe(self) -> list[str]:
-        lines = [f"counterexample with adversary {self.adversary} ({MENU[self.adversary].description}):"]
+        lines = [f"counterexample with adversary {self.adversary} ({MENU[self.adversary].description}), "
+                 f"{self.deviations} deviations from the default schedule, {len(self.trace)} steps:"]
         lines += [f"  violated: {violation}" for violation in self.violations]
         lines += [f"  {step:3}. {line}" for step, line in enumerate(self.trace, 1)]
         return lines
@@ -283,7 +291,8 @@ class _World:
     certificates: dict[tuple[str, int], VerdictCertificate]
     requests: tuple[Request, ...]
     now_ms: int = START_MS
-    acted: tuple[int, ...] = ()  # Replicas the last step gave an input to: the ones worth crashing next.
+    acted: tuple[int, ...] = ()  # Replicas that sent something in the last step: the ones worth crashing next.
+    client_shared: bool = False  # The client object is the parent state's until a reply arrives.
     deviations: int = 0
     crashes: int = 0
     time_steps: int = 0
@@ -330,27 +339,28 @@ class _Model:
     # ------------------------------------------------------------- transitions
 
     def actions(self, world: _World, settings: ModelCheckSettings) -> Iterator[_Action]:
-        """The deviations the budget still allows, then the default step (deliver the first message).
+        """The steps to explore from ``world``, in the order the depth-first search tries them.
 
-        A deviation is a crash, a timeout, or delivering another message to the
-        replica the default message is for: a reordering of that replica's
-        inbox.  (Deliveries to different replicas commute, so reordering across
-        replicas only matters through such per-replica orders.)  Trying
-        deviations first makes the depth-first search reach schedules that
-        deviate early before those that deviate late.
+        The default step delivers the first message.  A deviation is a crash,
+        a timeout, or delivering another message to the replica the default
+        message is for: a reordering of that replica's inbox.  (Deliveries to
+        different replicas commute, so reorderings across replicas matter only
+        through such per-replica orders.)  Crashes and reorderings are tried
+        before the default step, so schedules that deviate early come first;
+        timeouts after it, so the search times out late runs first, where
+        more is in flight.
         """
-        if world.deviations < settings.deviations:
-            if world.crashes < settings.crashes_max:
-                # Crashing a replica later than right after its last input reaches the same states.
-                yield from (_Action("restart", replica_id) for replica_id in self.correct if replica_id in world.acted)
-            if world.time_steps < settings.time_steps_max:
-                yield _Action("time")
-            if world.network:
-                inbox = world.network[0][2]
-                yield from (_Action("deliver", index) for index in range(1, len(world.network))
-                            if world.network[index][2] == inbox)
+        may_deviate = world.deviations < settings.deviations
+        if may_deviate and world.crashes < settings.crashes_max:
+            yield from (_Action("restart", replica_id) for replica_id in self.correct if replica_id in world.acted)
+        if may_deviate and settings.reorders and world.network:
+            inbox = world.network[0][2]
+            yield from (_Action("deliver", index) for index in range(1, len(world.network))
+                        if world.network[index][2] == inbox)
         if world.network:
             yield _Action("deliver", 0)
+        if may_deviate and world.time_steps < settings.time_steps_max:
+            yield _Action("time")
 
     def apply(self, world: _World, action: _Action) -> tuple[_World | None, str]:
         """The successor state (a copy: ``world`` is never changed) and a line describing the step.
@@ -359,7 +369,7 @@ class _Model:
         """
         touched = [world.network[action.index][2]] if action.kind == "deliver" else range(REPLICA_COUNT)
         child = self._copy(world, touched)
-        child.acted = tuple(touched)
+        child.acted = ()
         if action.kind != "deliver" or action.index != 0:
             child.deviations += 1
         if action.kind == "deliver":
@@ -386,7 +396,7 @@ class _Model:
         for replica_id in touched:
             replicas[replica_id] = self.codec.clone(replicas[replica_id])
             stores[replica_id] = stores[replica_id].snapshot()
-        return dataclasses.replace(world, replicas=replicas, stores=stores, client=self.codec.clone(world.client),
+        return dataclasses.replace(world, replicas=replicas, stores=stores, client_shared=True,
                                    network=list(world.network),
                                    wire={replica_id: list(sent) for replica_id, sent in world.wire.items()},
                                    certificates=dict(world.certificates))
@@ -421,6 +431,8 @@ class _Model:
             for each in sent:
                 if isinstance(each, Reply):
                     self._note_evidence(each)
+                    if world.client_shared:
+                        world.client, world.client_shared = self.codec.clone(world.client), False
                     certificate = world.client.on_reply(each)
                     if certificate is not None:
                         world.certificates[certificate.request.key] = certificate
@@ -434,6 +446,8 @@ class _Model:
 
     def _send(self, world: _World, source: int | str, destination: int, message: Message) -> None:
         self.messages_sent += 1
+        if isinstance(source, int) and source not in world.acted:
+            world.acted += (source,)
         rank = _PHASE_RANK.get(type(message), len(_PHASE_RANK))  # Message kinds added later go last.
         key = (rank, destination, str(source), self.codec.record_digest(message))
         bisect.insort(world.network, (key, source, destination, message), key=lambda entry: entry[0])
@@ -453,8 +467,16 @@ class _Model:
     def logs(self, world: _World) -> dict[int, tuple[LogEntry, ...]]:
         return {replica_id: tuple(world.stores[replica_id].log) for replica_id in self.correct}
 
-    def violations(self, world: _World) -> list[Violation]:
+    def check_inputs(self, world: _World) -> tuple:
+        """What the invariants read; a state whose inputs equal its parent's needs no new check of them."""
+        proofs = [world.replicas[r].stable_proof for r in self.correct]
+        return (tuple((len(world.stores[r].log), len(world.stores[r].signed), len(world.wire[r])) for r in self.correct),
+                tuple(proof[0].seq if proof else 0 for proof in proofs), len(world.certificates))
+
+    def violations(self, world: _World, parent_inputs: tuple | None = None) -> list[Violation]:
         """S1-S5, S7 (persisted and on the wire) and S8 over the correct replicas, plus progress at quiescence."""
+        if parent_inputs == self.check_inputs(world):
+            return self._progress_violations(world)
         signed = {replica_id: tuple(world.stores[replica_id].signed) + tuple(world.wire[replica_id])
                   for replica_id in self.correct}
         stable_proofs = {replica_id: world.replicas[replica_id].stable_proof for replica_id in self.correct}
@@ -614,9 +636,10 @@ class _Search:
 
     def run(self) -> None:
         world = self.model.initial()
-        self._visit(world, 0, None, {})
+        self._visit(world, 0, None, {}, None)
 
-    def _visit(self, world: _World, depth: int, trace: tuple | None, parent_logs: dict) -> None:
+    def _visit(self, world: _World, depth: int, trace: tuple | None, parent_logs: dict,
+               parent_inputs: tuple | None) -> None:
         logs = self.model.logs(world)
         stability = check_stability(parent_logs, logs)
         if stability:
@@ -629,7 +652,8 @@ class _Search:
         earlier.append(spent)
         self.result.states += 1
         self.result.depth_reached = max(self.result.depth_reached, depth)
-        violations = self.model.violations(world)
+        inputs = self.model.check_inputs(world)
+        violations = self.model.violations(world, parent_inputs)
         if violations:
             raise _Found(violations, _unwind(trace))
         if self.result.states >= self.settings.max_states:
@@ -645,7 +669,7 @@ class _Search:
             if child is None:
                 continue
             self.result.transitions += 1
-            self._visit(child, depth + 1, (description, trace), logs)
+            self._visit(child, depth + 1, (description, trace), logs, inputs)
 
 
 def _unwind(trace: tuple | None) -> list[str]:
@@ -657,24 +681,30 @@ def _unwind(trace: tuple | None) -> list[str]:
 
 
 def run_model_check(settings: ModelCheckSettings) -> ModelCheckResult:
-    """Explore each adversary in ``settings.adversaries`` in turn; stop at the first violation."""
+    """Explore every adversary with 0 deviations, then with 1, and so on; stop at the first violation.
+
+    Few deviations come first because most bugs need few, and each pass is
+    much cheaper than the next.  Each (pass, adversary) gets an equal share of
+    what is left of the state budget.
+    """
     problem = settings.problem()
     if problem:
         raise ValueError(problem)
     result = ModelCheckResult(settings)
     started = time.perf_counter()
-    for position, name in enumerate(settings.adversaries):
+    passes = [(deviations, name) for deviations in range(settings.deviations + 1) for name in settings.adversaries]
+    for position, (deviations, name) in enumerate(passes):
         before = result.states
-        # Each adversary gets an equal share of what is left of the state budget.
-        share = max(1, (settings.max_states - before) // (len(settings.adversaries) - position))
-        search = _Search(_Model(MENU[name]), dataclasses.replace(settings, max_states=before + share), result)
+        share = max(1, (settings.max_states - before) // (len(passes) - position))
+        bounds = dataclasses.replace(settings, deviations=deviations, max_states=before + share)
         try:
-            search.run()
+            _Search(_Model(MENU[name]), bounds, result).run()
         except _BudgetSpent:
             result.exhausted = False
         except _Found as found:
-            result.counterexample = Counterexample(name, [str(v) for v in found.violations], found.trace)
-        result.states_by_adversary[name] = result.states - before
+            violations = list(dict.fromkeys(str(violation) for violation in found.violations))
+            result.counterexample = Counterexample(name, deviations, violations, found.trace)
+        result.states_by_adversary[name] = result.states_by_adversary.get(name, 0) + result.states - before
         if result.counterexample:
             break
     result.wall_seconds = time.perf_counter() - started

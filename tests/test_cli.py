@@ -255,3 +255,85 @@ def test_submit_verify_status_and_audit_against_a_running_cluster(cluster_direct
         connection.execute("UPDATE verdict_log SET reason = 'edited' WHERE position = 1")
     code, out, _ = run(capsys, "audit", "verify", "--db", database)
     assert code == EXIT_FAILED and "position 1: hash" in out
+
+
+# ---------------------------------------------------------------------------- operator commands
+
+def test_an_operator_quarantines_and_releases_a_replica_and_status_shows_it(tmp_path, capsys):
+    directory = tmp_path / "cluster"
+    assert run(capsys, "init", directory, "--replicas", "4")[0] == EXIT_OK
+    config = directory / "cluster.toml"
+    operator = ("--config", config, "--operator", "operator-0")
+    with InProcessCluster(config):
+        code, out, err = run(capsys, "operator", "quarantine", *operator, "--replica", "3", "--note", "INC-42")
+        result = json.loads(out)
+        assert (code, err, result["status"]) == (EXIT_OK, "", "ALLOW"), out
+        assert result["command"] == {"command": "quarantine", "replica": 3, "note": "INC-42"}
+        assert result["client_id"] == "operator:operator-0" and result["certificate"] is not None
+
+        code, out, _ = run(capsys, "operator", "quarantine", *operator, "--replica", "2")
+        assert code == EXIT_DENY
+        assert json.loads(out)["reason"] == "command rejected: without proof at most f = 1 replicas may be quarantined"
+
+        code, out, _ = run(capsys, "status", "--config", config)
+        assert code == EXIT_OK and out.count(" ok ") == 4, out
+        assert "  quarantined: 3\n  suspected:   none\n  evidence:    0 records\n" in out, out
+        assert "  blocklist:   0 active of 0 patterns endorsed\n" in out, out
+        code, out, _ = run(capsys, "status", "--config", config, "--json")
+        assert all(replica["accountability"]["quarantined"] == [3] for replica in json.loads(out))
+        code, out, _ = run(capsys, "operator", "evidence", "--config", config)
+        assert code == EXIT_OK and out.startswith("0 evidence records (replica ")
+        code, out, _ = run(capsys, "operator", "blocklist", "--config", config)
+        assert code == EXIT_OK and out.startswith("0 active of 0 endorsed patterns (replica ")
+
+        code, out, _ = run(capsys, "operator", "release", *operator, "--replica", "3", "--note", "fixed")
+        assert code == EXIT_OK and json.loads(out)["status"] == "ALLOW"
+        code, out, _ = run(capsys, "status", "--config", config)
+        assert "  quarantined: none\n" in out, out
+
+    code, out, _ = run(capsys, "status", "--db", directory / "data" / "replica-0.db")
+    assert code == EXIT_OK
+    lines = out.splitlines()
+    assert lines[0] == 'position 1: quarantined replica 3 (by="operator:operator-0", cause="operator", detail="INC-42")'
+    assert lines[1] == 'position 3: released replica 3 (by="operator:operator-0", note="fixed")'
+    assert lines[2] == f"2 events in {directory / 'data' / 'replica-0.db'}"
+    code, out, _ = run(capsys, "status", "--db", directory / "data" / "replica-1.db", "--json")
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["quarantined", "released"]
+    code, out, _ = run(capsys, "operator", "evidence", "--db", directory / "data" / "replica-2.db")
+    assert (code, out) == (EXIT_OK, f"0 events in {directory / 'data' / 'replica-2.db'}\n")
+
+
+OPERATOR_MISTAKES = [
+    (("operator",), "choose an action"),
+    (("operator", "quarantine", "--config", "{config}", "--operator", "mallory", "--replica", "1"),
+     "there is no operator 'mallory' (the operators are: operator-0)"),
+    (("operator", "quarantine", "--config", "{config}", "--operator", "operator-0", "--replica", "4"),
+     "there is no replica 4 (the replicas are 0 to 3)"),
+    (("operator", "release", "--config", "{config}", "--operator", "operator-0", "--replica", "-1"), "outside [0,"),
+    (("operator", "quarantine", "--config", "{config}", "--operator", "operator-0", "--replica", "1", "--note",
+      "x" * 201), "'note' must be text of at most 200 bytes"),
+    (("operator", "quarantine", "--config", "{config}", "--operator", "operator-0", "--replica", "1",
+      "--key-file", "{missing}"), "the key file does not exist"),
+    (("operator", "quarantine", "--config", "{missing}", "--operator", "operator-0", "--replica", "1"),
+     "the cluster file does not exist"),
+    (("operator", "evidence"), "one of the arguments --config --db is required"),
+    (("operator", "blocklist", "--config", "{config}", "--db", "{config}"), "not allowed with argument"),
+    (("operator", "blocklist", "--db", "{missing}"), "is not a file"),
+    (("status", "--db", "{config}"), "not a readable verdict log"),
+]
+
+
+@pytest.mark.parametrize("argv, contains", OPERATOR_MISTAKES,
+                         ids=[" ".join(argv[:2]) + f" {i}" for i, (argv, _) in enumerate(OPERATOR_MISTAKES)])
+def test_every_operator_mistake_is_one_sentence_and_exit_code_2(argv, contains, cluster_directory, tmp_path, capsys):
+    arguments = [argument.format(config=cluster_directory / "cluster.toml", missing=tmp_path / "missing")
+                 for argument in argv]
+    assert_one_sentence_error(capsys, EXIT_USAGE, *arguments, contains=contains)
+
+
+def test_operator_commands_with_no_replica_running_are_refused_and_listings_fail(cluster_directory, capsys):
+    code, out, err = run(capsys, "operator", "quarantine", "--config", cluster_directory, "--operator", "operator-0",
+                         "--replica", "1", "--timeout-ms", "300")
+    assert (code, err) == (EXIT_REFUSED, "") and json.loads(out)["status"] == "REFUSED"
+    code, out, err = run(capsys, "operator", "blocklist", "--config", cluster_directory, "--timeout-ms", "200")
+    assert (code, out) == (EXIT_FAILED, "") and err.startswith("no replica's metrics could be read")

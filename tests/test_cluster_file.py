@@ -16,7 +16,7 @@ import tomli_w
 from bft._cluster_file import (ClusterFile, ConfigFileError, PolicySpec, dump_cluster_file, load_cluster_file,
                                parse_address, read_key_file, write_key_file)
 from bft._cluster_init import create_cluster_directory, free_loopback_ports
-from bft.core import ClusterConfig, KeyPair, Limits, Risk, VerdictRule
+from bft.core import AccountabilityOptions, ClusterConfig, KeyPair, Limits, Risk, VerdictRule
 from bft.runtime import NodeOptions, TransportLimits
 
 
@@ -68,14 +68,16 @@ def test_init_writes_private_keys_readable_by_the_owner_only_and_refuses_to_over
 
 def test_overrides_round_trip_and_defaults_are_not_written(cluster_directory, tmp_path):
     cluster = load_cluster_file(cluster_directory / "cluster.toml")
-    assert "[limits]" not in dump_cluster_file(cluster) and "[node" not in dump_cluster_file(cluster)
+    assert not {"[limits]", "[node", "[accountability]"} & set(dump_cluster_file(cluster).split())
     edited = ClusterFile(
         tmp_path / "cluster.toml",
         ClusterConfig.create(
             "edited", cluster.config.replica_keys, {entry.client_id: entry.public_key for entry in cluster.clients},
             faulty_max=1, rules={**cluster.config.rules, Risk.HIGH: VerdictRule(min_allow_votes=4, max_deny_votes=0)},
             limits=Limits(view_change_timeout_ticks=20, checkpoint_interval=8, log_window=32),
-            operator_keys={entry.operator_id: entry.public_key for entry in cluster.operators}),
+            operator_keys={entry.operator_id: entry.public_key for entry in cluster.operators},
+            accountability=AccountabilityOptions(auto_quarantine_suspects=True, suspicion_min_votes=5,
+                                                 approval_gap_permille=250)),
         tuple(entry.__class__(entry.replica_id, entry.address, entry.public_key, entry.key_file, entry.database,
                               PolicySpec("rate", {"window_requests": 5}) if entry.replica_id == 3 else entry.policy,
                               None if entry.replica_id == 2 else entry.metrics_address)
@@ -86,6 +88,10 @@ def test_overrides_round_trip_and_defaults_are_not_written(cluster_directory, tm
     (tmp_path / "cluster.toml").write_text(text)
     loaded = load_cluster_file(tmp_path / "cluster.toml")
     assert loaded == edited
+    assert loaded.config.accountability == AccountabilityOptions(auto_quarantine_suspects=True, suspicion_min_votes=5,
+                                                                 approval_gap_permille=250)
+    assert tomllib.loads(text)["accountability"] == {"auto_quarantine_suspects": True, "suspicion_min_votes": 5,
+                                                     "approval_gap_permille": 250}
     assert loaded.node_options.transport.idle_timeout_s == 7.5
     assert loaded.replicas[3].policy.build().window_requests == 5
     assert dump_cluster_file(loaded) == text
@@ -165,6 +171,15 @@ BAD_DOCUMENTS = {
                              "[rules.high] is missing 'max_deny_votes'"),
     "too many faulty": (lambda d: d.update(faulty_max=2), "4 replicas cannot tolerate 2 faulty ones"),
     "negative faulty": (lambda d: d.update(faulty_max=-1), "cannot tolerate -1 faulty"),
+    "unknown accountability key": (lambda d: d.update(accountability={"auto_quarantine": True}),
+                                   "unknown key 'auto_quarantine' in [accountability]"),
+    "accountability switch as a number": (lambda d: d.update(accountability={"auto_quarantine_suspects": 1}),
+                                          "'auto_quarantine_suspects' in [accountability] must be true or false"),
+    "accountability bound as a switch": (lambda d: d.update(accountability={"evidence_records_max": True}),
+                                         "'evidence_records_max' in [accountability] must be a whole number"),
+    "unusable accountability bounds": (lambda d: d.update(accountability={"suspicion_min_votes": 500}),
+                                       "the [accountability] settings are not usable: suspicion_min_votes must be"),
+    "accountability not a table": (lambda d: d.update(accountability=True), "[accountability] must be a table"),
     "unknown node option": (lambda d: d.update(node={"turbo": True}), "unknown key 'turbo' in [node]"),
     "unusable node option": (lambda d: d.update(node={"tick_ms": 0}), "node options are not usable: tick_ms"),
     "node option as boolean": (lambda d: d.update(node={"tick_ms": True}), "'tick_ms' in [node] must be"),
@@ -209,6 +224,19 @@ def test_lookups_of_unknown_replicas_and_clients_name_what_exists(cluster_direct
         cluster.replica(4)
     with pytest.raises(ConfigFileError, match="there is no client 'mallory' .*client-0, client-1"):
         cluster.client("mallory")
+    with pytest.raises(ConfigFileError, match=r"there is no operator 'mallory' \(the operators are: operator-0\)"):
+        cluster.client("operator:mallory")
+
+
+def test_operators_reach_the_config_and_sign_as_operator_clients_with_their_own_key(cluster_directory):
+    cluster = load_cluster_file(cluster_directory / "cluster.toml")
+    operator = cluster.operator("operator-0")
+    assert dict(cluster.config.operator_keys) == {"operator-0": operator.public_key}
+    assert cluster.config.client_keys["operator:operator-0"] == operator.public_key
+    assert "operator:operator-0" not in cluster.config.ordinary_client_ids
+    entry = cluster.client("operator:operator-0")
+    assert (entry.public_key, entry.key_file) == (operator.public_key, cluster_directory / "keys" / "operator-0.key")
+    assert KeyPair.from_seed(cluster.client_seed("operator:operator-0")).public_key == operator.public_key
 
 
 def test_key_files_are_checked_for_permissions_content_and_the_configured_key(tmp_path):

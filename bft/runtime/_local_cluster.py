@@ -15,7 +15,7 @@ from typing import AbstractSet, Any, AsyncContextManager, AsyncIterator, Sequenc
 
 import trio
 
-from ..core import ClusterConfig, KeyPair, Limits, Risk, VerdictRule
+from ..core import AccountabilityOptions, ClusterConfig, KeyPair, Limits, Risk, VerdictRule, operator_signer_id
 from ..policy import Policy
 from ..storage import Store
 from ._client import AsyncClient, open_client
@@ -76,22 +76,28 @@ class LocalCluster:
 async def open_local_cluster(policies: Sequence[Policy], *, client_ids: Sequence[str] = ("client-0",),
                              cluster_id: str = "local", key_seed: int = 0, options: NodeOptions | None = None,
                              limits: Limits | None = None, rules: dict[Risk, VerdictRule] | None = None,
-                             stores: Sequence[Store] | None = None,
-                             relayed: bool = False) -> AsyncIterator[LocalCluster]:
+                             stores: Sequence[Store] | None = None, relayed: bool = False,
+                             accountability: AccountabilityOptions | None = None,
+                             operator_ids: Sequence[str] = ()) -> AsyncIterator[LocalCluster]:
     """Start one replica per policy and yield the running cluster; stop them all on exit.
 
     ``stores`` gives each replica its store (default: a fresh ``MemoryStore``);
     a store that already holds a replica's state restarts that replica from it.
     The caller owns the stores and closes them.  ``relayed`` routes replica-to-replica
-    links through relays so that ``LocalCluster.partition`` can cut them.
+    links through relays so that ``LocalCluster.partition`` can cut them.  Each of
+    ``operator_ids`` becomes an operator of the cluster; ``open_client("operator:NAME")``
+    then signs as that operator.
     """
     assert stores is None or len(stores) == len(policies), "one store per replica"
     options = (options or NodeOptions()).check()
     replica_keys = [derive_keypair(key_seed, f"replica-{i}") for i in range(len(policies))]
     client_keys = {client_id: derive_keypair(key_seed, client_id) for client_id in client_ids}
     public_client_keys = {name: key.public_key for name, key in client_keys.items()}
+    operator_keys = {name: derive_keypair(key_seed, operator_signer_id(name)) for name in operator_ids}
+    client_keys.update({operator_signer_id(name): key for name, key in operator_keys.items()})
     config = ClusterConfig.create(cluster_id, tuple(k.public_key for k in replica_keys), public_client_keys,
-                                  rules=rules, limits=limits)
+                                  rules=rules, limits=limits, accountability=accountability,
+                                  operator_keys={name: key.public_key for name, key in operator_keys.items()})
     listeners = [(await trio.open_tcp_listeners(0, host=LOOPBACK))[0] for _ in policies]
     addresses = {i: (LOOPBACK, listener.socket.getsockname()[1]) for i, listener in enumerate(listeners)}
     clock = RuntimeClock()

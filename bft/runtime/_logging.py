@@ -15,6 +15,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from ..core import LogEntry
+
 # Attributes every LogRecord has; anything else on a record came from ``extra`` and is emitted as a field.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -70,3 +72,32 @@ def configure_json_logging(stream: TextIO | None = None, level: int | str = logg
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+# Accountability events that call for an operator's attention; the others (releases, endorsements,
+# expiries, cleared suspicions) are routine and logged at INFO.
+ALERT_EVENTS = frozenset({"evidence", "quarantined", "suspected", "quarantine-skipped"})
+
+
+def log_accountability_events(logger: logging.Logger, replica_id: int, entry: LogEntry) -> int:
+    """Log one line per accountability event ``entry`` recorded; returns how many.
+
+    Each line carries ``event`` (its type), ``replica`` (the replica it is about,
+    or None for a blocklist pattern), ``position`` (of the log entry) and
+    ``details`` (the event's other fields).  The events come from our own core,
+    which bounds them (``EVENTS_BYTES_MAX``), so they are trusted JSON.
+    """
+    if not entry.events:
+        return 0
+    events = json.loads(entry.events)
+    assert isinstance(events, list), entry.position
+    for event in events:
+        kind = event["event"]
+        subject = next((event[key] for key in ("replica", "accused", "by") if type(event.get(key)) is int), None)
+        details = {key: value for key, value in event.items() if key != "event"}
+        about = "" if subject is None else f" replica {subject}"
+        logger.log(logging.WARNING if kind in ALERT_EVENTS else logging.INFO,
+                   "replica %d at log position %d: %s%s", replica_id, entry.position, kind, about,
+                   extra={"replica_id": replica_id, "event": kind, "replica": subject, "position": entry.position,
+                          "details": details})
+    return len(events)

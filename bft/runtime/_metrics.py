@@ -4,7 +4,10 @@ Each ``ReplicaMetrics`` owns a ``CollectorRegistry`` rather than using the
 process-wide default, so several replicas in one process (tests, the demo)
 never mix their numbers.  Label values come from fixed sets: a reason token
 nobody listed is counted as ``other``, so a hostile peer cannot grow a label
-set (and the scrape) by inventing reasons.
+set (and the scrape) by inventing reasons.  The accountability gauges are
+labelled by replica id (at most n values) and by active blocklist pattern (at
+most ``blocklist_patterns_max`` values, each endorsed by f+1 replicas, so no
+single replica can add one).
 
 The node updates the metrics from its main task only; prometheus-client's own
 locks make the scrape thread's reads safe.
@@ -21,7 +24,7 @@ from wsgiref.simple_server import WSGIServer
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..core import REFUSAL_REASONS, Decision, LogEntry, Risk
+from ..core import REFUSAL_REASONS, AccountabilityState, Decision, LogEntry, Risk
 
 logger = logging.getLogger("bft.runtime.metrics")
 
@@ -85,6 +88,7 @@ class ReplicaMetrics:
                                          ["reason"], registry=registry)
         self.refusals = Counter("bft_refusals", "Requests refused instead of ordered, by reason.", ["reason"],
                                 registry=registry)
+        self._init_accountability_gauges()
         self._prime_labels()
         self._arrivals_s: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._max_tracked_requests = max_tracked_requests
@@ -92,6 +96,31 @@ class ReplicaMetrics:
         # three view changes it did not make in this run.
         self._installed_view: int | None = None
         self._stable_seq: int | None = None
+
+    def _init_accountability_gauges(self) -> None:
+        registry = self.registry
+        self.quarantined_replicas = Gauge("bft_quarantined_replicas", "Replicas whose votes do not count.",
+                                          registry=registry)
+        self.suspected_replicas = Gauge("bft_suspected_replicas", "Replicas whose votes drift from their peers'.",
+                                        registry=registry)
+        self.evidence_records = Gauge("bft_evidence_records", "Proofs of equivocation in the replicated state.",
+                                      registry=registry)
+        self.blocklist_patterns = Gauge("bft_blocklist_patterns", "Shared blocklist patterns with any endorsement.",
+                                        registry=registry)
+        self.blocklist_patterns_active = Gauge("bft_blocklist_patterns_active",
+                                               "Shared blocklist patterns endorsed by at least f+1 replicas.",
+                                               registry=registry)
+        self.replica_quarantined = Gauge("bft_replica_quarantined", "1 if that replica is quarantined, else 0.",
+                                         ["replica"], registry=registry)
+        self.replica_suspected = Gauge("bft_replica_suspected", "1 if that replica is suspected, else 0.",
+                                       ["replica"], registry=registry)
+        self.replica_evidence_records = Gauge("bft_replica_evidence_records",
+                                              "Proofs of equivocation held against that replica.", ["replica"],
+                                              registry=registry)
+        self.blocklist_pattern_endorsers = Gauge("bft_blocklist_pattern_endorsers",
+                                                 "Endorsing replicas of each active shared blocklist pattern.",
+                                                 ["pattern"], registry=registry)
+        self._active_patterns: frozenset[str] = frozenset()
 
     def _prime_labels(self) -> None:
         """Create every labelled series at zero, so a scrape shows them before the first event."""
@@ -148,6 +177,35 @@ class ReplicaMetrics:
     def observe_connectivity(self, peers_connected: int, quorum_reachable: bool) -> None:
         self.peers_connected.set(peers_connected)
         self.quorum_reachable.set(1 if quorum_reachable else 0)
+
+    def observe_accountability(self, state: AccountabilityState, replica_count: int) -> None:
+        """Record the replicated accountability state; call at start and whenever the core executes.
+
+        Like ``bft_last_executed_seq`` it shows what the core executed, which may be a
+        moment ahead of what is durable.  Every replica id gets a series (n at most),
+        and only active patterns get one (``blocklist_patterns_max`` at most).
+        """
+        summary = state.summary()
+        self.quarantined_replicas.set(summary["quarantined"])
+        self.suspected_replicas.set(summary["suspects"])
+        self.evidence_records.set(summary["evidence"])
+        self.blocklist_patterns.set(summary["blocklist_patterns"])
+        self.blocklist_patterns_active.set(summary["blocklist_active"])
+        evidence_by_replica = [0] * replica_count
+        for record in state.evidence:
+            evidence_by_replica[record.accused] += 1
+        for replica_id in range(replica_count):
+            label = str(replica_id)
+            self.replica_quarantined.labels(replica=label).set(1 if replica_id in state.quarantined else 0)
+            self.replica_suspected.labels(replica=label).set(1 if replica_id in state.suspects else 0)
+            self.replica_evidence_records.labels(replica=label).set(evidence_by_replica[replica_id])
+        active = state.active_patterns()
+        for pattern in self._active_patterns - active.keys():
+            self.blocklist_pattern_endorsers.remove(pattern)
+        for pattern, endorsers in active.items():
+            self.blocklist_pattern_endorsers.labels(pattern=pattern).set(len(endorsers))
+        self._active_patterns = frozenset(active)
+        assert len(self._active_patterns) == summary["blocklist_active"]
 
     def exposition(self) -> bytes:
         """The text a scrape returns (what the endpoint serves)."""

@@ -12,7 +12,11 @@ and fsync never blocks the event loop).
 CP mode: a node whose links reach fewer than a quorum, for longer than
 ``quorum_loss_grace_ms``, answers new requests with a signed ``Refusal`` instead
 of taking them (see ``_quorum_watch``), and takes them again once it reaches a
-quorum.  Metrics go to ``self.metrics`` (a ``ReplicaMetrics``).
+quorum.  Metrics go to ``self.metrics`` (a ``ReplicaMetrics``), including the
+accountability gauges, refreshed whenever the core executes.  Each accountability
+event a finalized entry records (a quarantine, a release, evidence, a suspicion,
+a blocklist change) is logged once it is durable, as one line on the
+``bft.runtime.accountability`` logger with its type, replica and log position.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from ._connection import FramedConnection, SendQueue
 from ._durability import Durable, Persister, Released
 from ._framing import encode_frame
 from ._handshake import Identity
+from ._logging import log_accountability_events
 from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
 from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
 from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex
 
 logger = logging.getLogger("bft.runtime")
+accountability_logger = logging.getLogger("bft.runtime.accountability")
 
 INBOX_DRAIN_MAX = 64
 # Log reads answered by the store and waiting for the core to sign them; more are dropped (the
@@ -72,6 +78,8 @@ class ReplicaNode:
         self.clock = clock or RuntimeClock()
         self.counters: Counter[str] = Counter()
         self.metrics = metrics if metrics is not None else ReplicaMetrics()
+        self.metrics.observe_accountability(self.replica.accountability, config.replica_count)
+        self._accountability_observed_seq = self.replica.last_executed
         self.finalized_count = 0
         self.port: int | None = None
         self._seed = seed
@@ -240,6 +248,10 @@ class ReplicaNode:
         """Hand ``ready`` to the persister (which persists, then sends), then act on what needs no disk."""
         replica = self.replica
         self.metrics.observe_replica(replica.view, replica.view_active, replica.last_executed, replica.low_water)
+        if replica.last_executed != self._accountability_observed_seq:
+            # Only execution changes the accountability state; the gauges then match bft_last_executed_seq.
+            self._accountability_observed_seq = replica.last_executed
+            self.metrics.observe_accountability(replica.accountability, self.config.replica_count)
         prune_signed_below_seq, prune_views_below = self._prune_marks()
         if not ready.is_empty() or prune_signed_below_seq is not None or prune_views_below is not None:
             await self._persister.put(Durable(ready, prune_signed_below_seq, prune_views_below))
@@ -283,6 +295,7 @@ class ReplicaNode:
         now_s = trio.current_time()
         for entry in released.finalized:
             self.metrics.verdict_finalized(entry, now_s)
+            log_accountability_events(accountability_logger, self.replica_id, entry)
         self.finalized_count += len(released.finalized)
         for read, entries in released.log_reads:
             if not entries:
