@@ -32,7 +32,7 @@ cluster file and its own key file, nothing else.  The format::
     metrics = "127.0.0.1:9100"          # optional Prometheus endpoint
     policy = "deny-list"                # a built-in name, or "package.module:Name"
     [replicas.policy_options]           # optional keyword arguments of the policy
-    max_amount = 100
+    denied_capabilities = ["shell", "payments"]
 
     [[clients]]
     id = "client-0"
@@ -117,14 +117,15 @@ class PolicySpec:
         module_name, _, attribute = self.name.partition(":")
         try:
             policy_type = getattr(importlib.import_module(module_name), attribute)
-        except ImportError as error:
-            raise ValueError(f"cannot import policy module {module_name!r}: {error}") from None
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+        except Exception as error:  # Third-party import code may raise anything; it is a config problem.
+            raise ValueError(f"cannot import policy module {module_name!r}: "
+                             f"{type(error).__name__}: {error}") from None
         try:
             policy = policy_type(**self.options)
-        except TypeError as error:
-            raise ValueError(f"bad options for policy {self.name!r}: {error}") from None
+        except Exception as error:  # A plug-in constructor may raise anything on bad options.
+            raise ValueError(f"bad options for policy {self.name!r}: {type(error).__name__}: {error}") from None
         if not callable(getattr(policy, "evaluate", None)):
             raise ValueError(f"{self.name} does not build a policy (it has no evaluate method)")
         return policy

@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     scenario.add_argument("--out", type=Path, default=Path("mission-report"),
                           help="write report.html, results.json and the histories here (default ./mission-report)")
     scenario.add_argument("--real", action="store_true", help="real replica processes behind the fault proxy")
+    from . import _modelcheck, _mutant_hunt
+    _mutant_hunt.add_parser(commands)
+    _modelcheck.add_parser(commands)
     return root
 
 
@@ -102,6 +105,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     if arguments.command == "scenario":
         from ._mission import main_scenario
         return main_scenario(arguments, out)
+    if arguments.command in ("mutants", "modelcheck"):
+        from . import _modelcheck, _mutant_hunt
+        return (_mutant_hunt if arguments.command == "mutants" else _modelcheck).main(arguments, out)
     if arguments.requests is not None and not 0 <= arguments.requests <= 10_000:
         parser().error("--requests must be in [0, 10000]")
     liveness_required = arguments.liveness == "require"

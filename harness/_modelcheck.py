@@ -18,13 +18,16 @@ primary and no timeouts or crashes, every correct replica must have executed
 both requests (the normal case needs no timer).
 
 Bounds.  Exploring every interleaving is hopeless beyond a few steps, so
-schedules are counted in *deviations* from delivering the oldest message
-first (delay-bounded search): with ``deviations`` = k, every schedule that
-departs from FIFO order at most k times, each departure being any other
-delivery, a timeout or a crash, is explored, up to ``depth`` steps and
-``max_states`` states.  States are fingerprinted (``_fingerprint``) and a state
-already reached with no more depth or deviations spent is not explored again.
-The search is depth-first and fully deterministic.
+runs are counted in *deviations* from a default schedule (delay-bounded
+search).  The default delivers in-flight messages phase by phase (requests,
+then votes, pre-prepares, prepares, commits, checkpoints, view changes), each
+phase by destination; a deviation is a crash, a timeout, or delivering another
+message to the same replica first (``_Model.actions``).  Passes with 0, 1, ...
+``deviations`` deviations run in turn, up to ``depth`` steps per run and
+``max_states`` states in all.  States are fingerprinted (``_model_state``),
+and a state already reached with no more steps, deviations, crashes or
+timeouts spent is not explored again.  The search is depth-first and fully
+deterministic.
 """
 
 from __future__ import annotations
@@ -32,25 +35,23 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
-import io
 import pickle
 import time
-import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
-from bft.core import (Batch, BatchEntry, Checkpoint, ClientCore, ClusterConfig, Commit, Decision, KeyPair, Limits,
-                      LogEntry, Message, NewView, PrePrepare, Prepare, PreparedProof, Replica, Reply, Request, Risk,
-                      Signer, VerdictCertificate, VerdictRule, Verifier, ViewChange, Vote, apply_ready,
-                      request_digest)
-from bft.core._messages import NULL_BATCH
-from types import MappingProxyType
-from bft.policy import PolicyDecision, evaluate_fail_safe
+from bft.core import (Checkpoint, ClientCore, ClusterConfig, Commit, KeyPair, Limits, LogEntry, Message, NewView,
+                      PrePrepare, Prepare, Replica, Reply, Request, Risk, Signer, VerdictCertificate, ViewChange, Vote,
+                      apply_ready, request_digest)
+from bft.policy import evaluate_fail_safe
 from bft.storage import MemoryStore
-from bft.testing import equivocating_primary
 from specs.invariants import Evidence, Violation, check_all, check_stability
 
-REPLICA_COUNT = 4
+from ._model_menu import MENU, POLICIES, REPLICA_COUNT, Adversary
+from ._model_state import StateCodec
+
+# Counted per sender, so their order of arrival at one replica does not matter (see ``_Model.actions``).
+_ORDER_INSENSITIVE = (Prepare, Commit, Checkpoint)
 # The default schedule delivers messages phase by phase, in this order; any other choice is a deviation.
 _PHASE_RANK = {kind: rank for rank, kind in enumerate(
     (Request, Vote, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView))}
@@ -62,149 +63,7 @@ DEADLINE_MS = START_MS + 10**9
 LIMITS = Limits(checkpoint_interval=2, log_window=8, max_in_flight_batches=4, vote_wait_ticks=2)
 ACTIONS = ({"tool": "read_file", "path": "README"}, Risk.LOW), ({"tool": "send_email", "to": "x"}, Risk.HIGH)
 TRACE_SHOWN_MAX = 200
-
-
-# ----------------------------------------------------------------------------- policies and adversaries
-
-
-class ToolPolicy:
-    """Replica 2 denies e-mail; everyone allows reading.  So one request is vetoed at HIGH risk, one is not."""
-
-    def __init__(self, denied: frozenset[str]) -> None:
-        self.denied = denied
-        self.name = "deny:" + ",".join(sorted(denied))
-
-    def evaluate(self, action, context) -> PolicyDecision:
-        if action.get("tool") in self.denied:
-            return PolicyDecision.deny(f"{action.get('tool')} is denied")
-        return PolicyDecision.allow("allowed")
-
-
-POLICIES = {replica_id: ToolPolicy(frozenset({"send_email"} if replica_id == 2 else ())) for replica_id in
-            range(REPLICA_COUNT)}
-
-Transform = Callable[[Replica, int, Message, Signer], list[Message]]
-
-
-@dataclass(frozen=True)
-class Adversary:
-    """A Byzantine behaviour: which replica, what core it runs, and how it rewrites what that core sends."""
-
-    name: str
-    replica_id: int
-    transform: Transform
-    description: str
-    core_type: type = Replica
-
-
-def _from_interceptor(interceptor) -> Transform:
-    return lambda core, destination, message, signer: interceptor(destination, message, signer)
-
-
-def _other_batch(batch: Batch) -> Batch:
-    return dataclasses.replace(batch, timestamp_ms=batch.timestamp_ms + 1)
-
-
-def _double_preprepare(core, destination, message, signer) -> list[Message]:
-    """Sends every backup two different pre-prepares for one seq, one after the other."""
-    if not isinstance(message, PrePrepare):
-        return [message]
-    return [message, signer.sign(dataclasses.replace(message, batch=_other_batch(message.batch)))]
-
-
-def _resign_entries(message: PrePrepare, signer: Signer, rewrite: Callable[[BatchEntry], tuple]) -> PrePrepare:
-    entries = tuple(dataclasses.replace(entry, votes=rewrite(entry)) for entry in message.batch.entries)
-    return signer.sign(dataclasses.replace(message, batch=dataclasses.replace(message.batch, entries=entries)))
-
-
-def _transplanting_primary(core, destination, message, signer) -> list[Message]:
-    """Gives every entry the all-ALLOW vote set of another request this primary knows, if there is one."""
-    if not isinstance(message, PrePrepare):
-        return [message]
-    known = [tuple(entry.votes) for slot in core.slots.values() if slot.preprepare is not None
-             for entry in slot.preprepare.batch.entries]
-    known += [pending.vote_tuple() for pending in core.pending]
-    approving = [votes for votes in known if len(votes) >= core.quorum
-                 and all(vote.decision is Decision.ALLOW for vote in votes)]
-
-    def rewrite(entry: BatchEntry) -> tuple:
-        digest = request_digest(core.config.cluster_id, entry.request)
-        foreign = [votes for votes in approving if votes[0].request_digest != digest]
-        return foreign[0] if foreign else entry.votes
-    return [_resign_entries(message, signer, rewrite)]
-
-
-def _stuffing_primary(core, destination, message, signer) -> list[Message]:
-    """Replaces every entry's votes by its own ALLOW vote, repeated a quorum of times."""
-    if not isinstance(message, PrePrepare):
-        return [message]
-
-    def rewrite(entry: BatchEntry) -> tuple:
-        own = signer.sign(Vote(request_digest(core.config.cluster_id, entry.request), Decision.ALLOW, "stuffed",
-                               core.replica_id, bytes(64)))
-        return (own,) * core.quorum
-    return [_resign_entries(message, signer, rewrite)]
-
-
-def _forging_voter(core, destination, message, signer) -> list[Message]:
-    """With each vote, also sends ALLOW votes in the other replicas' names (signed with its own key)."""
-    if not isinstance(message, Vote):
-        return [message]
-    forged = [signer.sign(dataclasses.replace(message, decision=Decision.ALLOW, reason="forged",
-                                              replica_id=other))
-              for other in range(REPLICA_COUNT) if other not in (core.replica_id, destination)]
-    return [message] + forged
-
-
-def _lying_new_primary(core, destination, message, signer) -> list[Message]:
-    """As a new primary, re-proposes no-ops where the view-change proofs require real batches."""
-    if not isinstance(message, NewView) or not message.preprepares:
-        return [message]
-    empty = tuple(signer.sign(dataclasses.replace(preprepare, batch=NULL_BATCH)) for preprepare in message.preprepares)
-    return [signer.sign(dataclasses.replace(message, preprepares=empty))]
-
-
-class UsurpingReplica(Replica):
-    """A backup that runs the proposer's code as if it were primary, signing PRE-PREPAREs in its own name.
-
-    It races ahead: it proposes one seq beyond the next one to execute, so its
-    batch reaches the others before the real primary's batch for that seq.
-    """
-
-    @property
-    def is_primary(self) -> bool:
-        return True
-
-    def _propose(self, entries) -> None:
-        self.next_seq = max(self.next_seq, self.last_executed + 2)
-        while self.next_seq in self.slots and self.slots[self.next_seq].preprepare is not None:
-            self.next_seq += 1
-        if self.next_seq <= self.high_water:
-            super()._propose(entries)
-
-
-def _usurping_backup(core, destination, message, signer) -> list[Message]:
-    """Its own proposals get a later timestamp, so they never coincide with the real primary's."""
-    if isinstance(message, PrePrepare) and message.replica_id == core.replica_id:
-        return [signer.sign(dataclasses.replace(message, batch=_other_batch(message.batch)))]
-    return [message]
-
-
-MENU: dict[str, Adversary] = {adversary.name: adversary for adversary in (
-    Adversary("equivocating-primary", 0, _from_interceptor(equivocating_primary({2, 3})),
-              "the primary sends replicas 2 and 3 a different batch for each seq"),
-    Adversary("double-preprepare", 0, _double_preprepare,
-              "the primary sends every backup two different batches for each seq"),
-    Adversary("transplanting-primary", 0, _transplanting_primary,
-              "the primary justifies each request with another request's ALLOW votes"),
-    Adversary("stuffing-primary", 0, _stuffing_primary,
-              "the primary justifies each request with its own ALLOW vote, repeated"),
-    Adversary("forging-voter", 1, _forging_voter, "a backup sends ALLOW votes in the other replicas' names"),
-    Adversary("usurping-backup", 1, _usurping_backup, "a backup proposes batches as if it were primary",
-              UsurpingReplica),
-    Adversary("lying-new-primary", 1, _lying_new_primary,
-              "the primary of view 1 re-proposes no-ops in its NEW-VIEW"),
-)}
+DEPTH_MAX = 500  # The search recurses once per step; this stays well inside Python's recursion limit.
 
 
 # ----------------------------------------------------------------------------- settings and results
@@ -221,8 +80,8 @@ class ModelCheckSettings:
     adversaries: tuple[str, ...] = tuple(MENU)
 
     def problem(self) -> str | None:
-        if not 1 <= self.depth <= 10_000:
-            return "--depth must be in [1, 10000]"
+        if not 1 <= self.depth <= DEPTH_MAX:
+            return f"--depth must be in [1, {DEPTH_MAX}]"
         if not 1 <= self.max_states <= 10_000_000:
             return "--max-states must be in [1, 10000000]"
         if not 0 <= self.deviations <= 16 or not 0 <= self.crashes_max <= 4 or not 0 <= self.time_steps_max <= 4:
@@ -265,7 +124,7 @@ class ModelCheckResult:
             ("no violation" + ("" if self.exhausted else " (state budget reached before the bounds were exhausted)"))
         lines = [f"model check: {verdict}",
                  f"  {self.states} states, {self.transitions} transitions, depth reached {self.depth_reached} "
-                 f"(bound {settings.depth}), {settings.deviations} deviations from FIFO, "
+                 f"(bound {settings.depth}), at most {settings.deviations} deviations from the default schedule, "
                  f"{self.wall_seconds:.1f} s"]
         lines += [f"  {name:24} {count} states" for name, count in self.states_by_adversary.items()]
         return lines + (self.counterexample.describe() if self.counterexample else [])
@@ -285,7 +144,7 @@ class _World:
     replicas: list[Replica]
     stores: list[MemoryStore]
     client: ClientCore
-    # In-flight messages as (order key, source, destination, message), kept sorted by ``_Model.send_order``.
+    # In-flight messages as (order key, source, destination, message), kept sorted: the default delivers the first.
     network: list[tuple[tuple, int | str, int, Message]]
     wire: dict[int, list[Message]]  # What each correct replica signed and sent, for S7 on the wire.
     certificates: dict[tuple[str, int], VerdictCertificate]
@@ -318,7 +177,7 @@ class _Model:
         self.byzantine_signer = Signer(self.config.cluster_id, self.seeds[adversary.replica_id])
         self.correct = [i for i in range(REPLICA_COUNT) if i != adversary.replica_id]
         self.evidence = Evidence()  # Shared by all states: it only indexes signed material, re-verified on use.
-        self.codec = _StateCodec()
+        self.codec = StateCodec()
         self.messages_sent = 0
 
     def initial(self) -> _World:
@@ -345,20 +204,23 @@ class _Model:
         a timeout, or delivering another message to the replica the default
         message is for: a reordering of that replica's inbox.  (Deliveries to
         different replicas commute, so reorderings across replicas matter only
-        through such per-replica orders.)  Crashes and reorderings are tried
-        before the default step, so schedules that deviate early come first;
-        timeouts after it, so the search times out late runs first, where
-        more is in flight.
+        through such per-replica orders.  Prepares, commits and checkpoints are
+        counted per sender, so moving one ahead of a message of an earlier
+        phase reaches no new state, and is not tried.)  Crashes are tried
+        before the default step, so runs crash early first, while little is
+        durable; reorderings and timeouts after it, so the search tries them
+        late in a run first, where more is in flight.
         """
         may_deviate = world.deviations < settings.deviations
         if may_deviate and world.crashes < settings.crashes_max:
             yield from (_Action("restart", replica_id) for replica_id in self.correct if replica_id in world.acted)
+        if world.network:
+            yield _Action("deliver", 0)
         if may_deviate and settings.reorders and world.network:
             inbox = world.network[0][2]
             yield from (_Action("deliver", index) for index in range(1, len(world.network))
-                        if world.network[index][2] == inbox)
-        if world.network:
-            yield _Action("deliver", 0)
+                        if world.network[index][2] == inbox
+                        and not isinstance(world.network[index][3], _ORDER_INSENSITIVE))
         if may_deviate and world.time_steps < settings.time_steps_max:
             yield _Action("time")
 
@@ -470,8 +332,8 @@ class _Model:
     def check_inputs(self, world: _World) -> tuple:
         """What the invariants read; a state whose inputs equal its parent's needs no new check of them."""
         proofs = [world.replicas[r].stable_proof for r in self.correct]
-        return (tuple((len(world.stores[r].log), len(world.stores[r].signed), len(world.wire[r])) for r in self.correct),
-                tuple(proof[0].seq if proof else 0 for proof in proofs), len(world.certificates))
+        sizes = tuple((len(world.stores[r].log), len(world.stores[r].signed), len(world.wire[r])) for r in self.correct)
+        return sizes, tuple(proof[0].seq if proof else 0 for proof in proofs), len(world.certificates)
 
     def violations(self, world: _World, parent_inputs: tuple | None = None) -> list[Violation]:
         """S1-S5, S7 (persisted and on the wire) and S8 over the correct replicas, plus progress at quiescence."""
@@ -513,103 +375,14 @@ def _summary(message: Message) -> str:
     return ""
 
 
-# ----------------------------------------------------------------------------- cloning and fingerprints
-
-
-# Frozen records never change, so states share them.  Configuration, keys and verifiers are shared too (a
-# verifier's cache holds only facts about signatures).
-_IMMUTABLE_TYPES = frozenset({Request, Vote, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
-                              Batch, BatchEntry, PreparedProof, LogEntry, VerdictCertificate})
-_SHARED_TYPES = (ClusterConfig, Limits, MappingProxyType, Signer, Verifier, VerdictRule)
-
-
-_PLAIN_TYPES = frozenset({int, str, bytes, tuple, list, dict, bool, type(None)})
-
-
-def _is_shared(obj) -> bool:
-    kind = type(obj)
-    return kind not in _PLAIN_TYPES and (kind in _IMMUTABLE_TYPES or isinstance(obj, _SHARED_TYPES))
-
-
-class _CloningPickler(pickle.Pickler):
-    def __init__(self, buffer, shared: list) -> None:
-        super().__init__(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        self.shared = shared
-
-    def persistent_id(self, obj):
-        if _is_shared(obj):
-            self.shared.append(obj)
-            return len(self.shared) - 1
-        return None
-
-
-class _FingerprintPickler(pickle.Pickler):
-    """Pickles a state with records replaced by their digests and sets in a fixed order."""
-
-    def __init__(self, buffer, codec: "_StateCodec") -> None:
-        super().__init__(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        self.codec = codec
-
-    def persistent_id(self, obj):
-        kind = type(obj)
-        if kind in _PLAIN_TYPES:
-            return None
-        if kind in _IMMUTABLE_TYPES:
-            return self.codec.record_digest(obj)
-        if isinstance(obj, _SHARED_TYPES):
-            return type(obj).__name__
-        return None
-
-    def reducer_override(self, obj):
-        if type(obj) in (set, frozenset):
-            return type(obj), (sorted(obj, key=repr),)
-        return NotImplemented
-
-
-class _StateCodec:
-    """Clones and fingerprints the mutable parts of a state (replicas, stores, the client) through pickle.
-
-    States are copy-on-write: a transition clones only what it changes, so an
-    object is never mutated after its fingerprint is taken, and the
-    fingerprint is cached on the object's identity.
-    """
-
-    def __init__(self) -> None:
-        self._records: dict[int, tuple[object, bytes]] = {}
-        self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def clone(self, obj):
-        buffer, shared = io.BytesIO(), []
-        _CloningPickler(buffer, shared).dump(obj)
-        unpickler = pickle.Unpickler(io.BytesIO(buffer.getvalue()))
-        unpickler.persistent_load = shared.__getitem__
-        return unpickler.load()
-
-    def fingerprint(self, obj) -> bytes:
-        cached = self._fingerprints.get(obj)
-        if cached is None:
-            cached = self._fingerprints[obj] = self._digest(obj)
-        return cached
-
-    def record_digest(self, record) -> bytes:
-        cached = self._records.get(id(record))
-        if cached is None or cached[0] is not record:
-            fields = tuple(getattr(record, name.name) for name in dataclasses.fields(record))
-            cached = self._records[id(record)] = (record, self._digest((type(record).__name__, fields)))
-        return cached[1]
-
-    def _digest(self, obj) -> bytes:
-        buffer = io.BytesIO()
-        _FingerprintPickler(buffer, self).dump(obj)
-        return hashlib.blake2b(buffer.getvalue(), digest_size=16).digest()
-
-    def world_fingerprint(self, world: _World) -> bytes:
-        parts = ([self.fingerprint(replica) for replica in world.replicas],
-                 [self.fingerprint(store) for store in world.stores], self.fingerprint(world.client),
-                 [key for key, _, _, _ in world.network],
-                 [(replica_id, [self.record_digest(m) for m in sent]) for replica_id, sent in sorted(world.wire.items())],
-                 sorted(world.certificates), world.now_ms, world.acted)
-        return hashlib.blake2b(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL), digest_size=16).digest()
+def _world_fingerprint(codec: StateCodec, world: _World) -> bytes:
+    """The state's identity for pruning: every part that can change, in-flight messages in their sorted order."""
+    parts = ([codec.fingerprint(replica) for replica in world.replicas],
+             [codec.fingerprint(store) for store in world.stores], codec.fingerprint(world.client),
+             [key for key, _, _, _ in world.network],
+             [(replica_id, [codec.record_digest(m) for m in sent]) for replica_id, sent in sorted(world.wire.items())],
+             sorted(world.certificates), world.now_ms, world.acted)
+    return hashlib.blake2b(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL), digest_size=16).digest()
 
 
 # ----------------------------------------------------------------------------- the search
@@ -645,7 +418,7 @@ class _Search:
         if stability:
             raise _Found(stability, _unwind(trace))
         spent = (depth, world.deviations, world.crashes, world.time_steps)
-        fingerprint = self.codec.world_fingerprint(world)
+        fingerprint = _world_fingerprint(self.codec, world)
         earlier = self.visited.setdefault(fingerprint, [])
         if any(all(old <= new for old, new in zip(previous, spent)) for previous in earlier):
             return
@@ -709,3 +482,44 @@ def run_model_check(settings: ModelCheckSettings) -> ModelCheckResult:
             break
     result.wall_seconds = time.perf_counter() - started
     return result
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_parser(commands) -> None:
+    check = commands.add_parser("modelcheck", help="small-scope model checking of the real core (n=4, 2 requests)")
+    check.add_argument("--depth", type=int, required=True, help=f"steps per run, at most {DEPTH_MAX}")
+    check.add_argument("--max-states", type=int, default=ModelCheckSettings.max_states,
+                       help="stop after exploring this many distinct states")
+    check.add_argument("--deviations", type=int, default=ModelCheckSettings.deviations,
+                       help="departures from the default schedule per run (default 1)")
+    check.add_argument("--crashes", type=int, default=ModelCheckSettings.crashes_max,
+                       help="crash-restarts of a correct replica per run (default 1)")
+    check.add_argument("--timeouts", type=int, default=ModelCheckSettings.time_steps_max,
+                       help="times a view-change timeout elapses per run (default 1)")
+    check.add_argument("--no-reorders", action="store_true", help="do not reorder a replica's inbox")
+    check.add_argument("--adversary", action="append", metavar="NAME",
+                       help=f"Byzantine behaviour to explore, repeatable (default all: {', '.join(MENU)})")
+    check.add_argument("--mutant", help="explore with this planted bug active (see: python -m harness mutants)")
+
+
+def main(arguments, out) -> int:
+    """Exit status 0 when no invariant breaks within the bounds, 1 with a counterexample, 2 on bad usage."""
+    import sys
+    from contextlib import nullcontext
+
+    from ._mutants import MUTANTS
+    settings = ModelCheckSettings(depth=arguments.depth, max_states=arguments.max_states,
+                                  deviations=arguments.deviations, crashes_max=arguments.crashes,
+                                  time_steps_max=arguments.timeouts, reorders=not arguments.no_reorders,
+                                  adversaries=tuple(arguments.adversary or MENU))
+    problem = settings.problem() or (f"unknown mutant {arguments.mutant!r}; choose from {', '.join(MUTANTS)}"
+                                     if arguments.mutant and arguments.mutant not in MUTANTS else None)
+    if problem:
+        print(f"python -m harness modelcheck: error: {problem}", file=sys.stderr)
+        return 2
+    with MUTANTS[arguments.mutant].activate() if arguments.mutant else nullcontext():
+        result = run_model_check(settings)
+    print("\n".join(result.describe()), file=out)
+    return 1 if result.counterexample else 0

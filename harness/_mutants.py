@@ -21,62 +21,71 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import types
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 from unittest import mock
 
-import bft.core._client as client_module
-import bft.core._execution as execution_module
-import bft.core._replica as replica_module
-import bft.core._replica_views as replica_views_module
-import bft.core._verdict as verdict_module
 from bft.core import ClusterConfig, Decision, RemoteProtocolError, Vote
-from bft.core._view_change import choose_reproposals
 
 
 @dataclass(frozen=True, slots=True)
 class PatchPoint:
-    """One seam of the core that mutants patch: ``owner.attribute``, and what it decides."""
+    """One seam of the core that mutants patch, as ``"module:Owner.attribute"``, and what it decides.
 
-    owner: object
-    attribute: str
+    Targets are resolved when a mutant is switched on, so a seam that a
+    refactor removed fails then, loudly, and importing this module never does.
+    """
+
+    target: str
     role: str
 
-    @property
-    def target(self) -> str:
-        """The patched name in full, e.g. ``bft.core._replica.Replica._broadcast``."""
-        if isinstance(self.owner, type):
-            return f"{self.owner.__module__}.{self.owner.__qualname__}.{self.attribute}"
-        return f"{self.owner.__name__}.{self.attribute}"
+    def resolve(self) -> tuple[object, str]:
+        module_name, _, path = self.target.partition(":")
+        owner: object = importlib.import_module(module_name)
+        *owners, attribute = path.split(".")
+        for name in owners:
+            owner = getattr(owner, name)
+        if not hasattr(owner, attribute):
+            raise AttributeError(f"patch point {self.target} no longer exists; update PATCH_POINTS")
+        return owner, attribute
 
     def original(self):
-        return getattr(self.owner, self.attribute)
+        owner, attribute = self.resolve()
+        return getattr(owner, attribute)
 
     def patch(self, replacement) -> ContextManager:
+        owner, attribute = self.resolve()
         if isinstance(replacement, types.FunctionType):
             # Keep the patched name, so bound methods still pickle (the model checker clones replicas).
-            replacement.__name__ = self.attribute
-            replacement.__qualname__ = f"{getattr(self.owner, '__qualname__', '')}.{self.attribute}".lstrip(".")
-        return mock.patch.object(self.owner, self.attribute, replacement)
+            replacement.__name__ = attribute
+            replacement.__qualname__ = f"{getattr(owner, '__qualname__', '')}.{attribute}".lstrip(".")
+        return mock.patch.object(owner, attribute, replacement)
 
 
-Replica = replica_module.Replica
-
-# Every seam in one table.  Keep targets narrow: a method or a module-level name a core module looks up at call time.
+# Every seam in one table.  Keep targets narrow: a method, or a name a core module looks up at call time.
 PATCH_POINTS: dict[str, PatchPoint] = {
-    "replica-init": PatchPoint(Replica, "__init__", "the configuration (quorum) a replica works with"),
-    "replica-verifier": PatchPoint(replica_module, "Verifier", "the signature verifier a replica builds"),
-    "on-preprepare": PatchPoint(Replica, "_on_preprepare", "which PRE-PREPAREs a backup accepts"),
-    "check-new-view": PatchPoint(replica_views_module, "check_new_view", "NEW-VIEW proof validation"),
-    "check-prepared": PatchPoint(Replica, "_check_prepared", "what happens once a slot is prepared"),
-    "broadcast": PatchPoint(Replica, "_broadcast", "persist-then-send of a replica's own signed messages"),
-    "tick-input": PatchPoint(Replica, "_tick", "what a replica does when its clock ticks"),
-    "validate-votes": PatchPoint(Replica, "_validate_votes", "which vote sets a batch entry may carry"),
-    "count-votes": PatchPoint(verdict_module, "count_votes", "how the verdict rule counts votes"),
-    "execution-decide": PatchPoint(execution_module, "decide", "the verdict rule applied at execution"),
-    "restore-execution": PatchPoint(execution_module.ExecutionState, "restore", "execution state after a restart"),
-    "client-init": PatchPoint(client_module.ClientCore, "__init__", "the configuration a client checks replies with"),
+    "replica-init": PatchPoint("bft.core._replica:Replica.__init__",
+                               "the configuration (quorum, verdict rules) a replica works with"),
+    "replica-verifier": PatchPoint("bft.core._replica:Verifier", "the signature verifier a replica builds"),
+    "on-preprepare": PatchPoint("bft.core._replica:Replica._on_preprepare", "which PRE-PREPAREs a backup accepts"),
+    "primary-of": PatchPoint("bft.core._replica:primary_of", "who a replica takes for the primary of a view"),
+    "check-new-view": PatchPoint("bft.core._replica_views:check_new_view", "NEW-VIEW proof validation"),
+    "check-prepared": PatchPoint("bft.core._replica:Replica._check_prepared", "what happens once a slot is prepared"),
+    "broadcast": PatchPoint("bft.core._replica:Replica._broadcast",
+                            "persist-then-send of a replica's own signed messages"),
+    "tick-input": PatchPoint("bft.core._replica:Replica._tick", "what a replica does when its clock ticks"),
+    "validate-votes": PatchPoint("bft.core._replica:Replica._validate_votes",
+                                 "which vote sets a batch entry may carry"),
+    "count-votes": PatchPoint("bft.core._verdict:count_votes", "how the verdict rule counts votes"),
+    # The verdict rule as execution applies it: one binding per module that executes verdicts.
+    "execution-decide": PatchPoint("bft.core._execution:decide", "the verdict rule in plain execution"),
+    "accountability-decide": PatchPoint("bft.core._accountability_state:decide",
+                                        "the verdict rule when accountability is on"),
+    "restore-execution": PatchPoint("bft.core._execution:ExecutionState.restore", "execution state after a restart"),
+    "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
+                              "the configuration a client checks replies with"),
 }
 
 
@@ -100,20 +109,22 @@ class Mutant:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _config_overriding(config: ClusterConfig, **values: int) -> ClusterConfig:
-    """A copy of ``config`` whose named properties (``quorum``, ``reply_quorum``) return fixed values."""
-    overrides = {name: property(lambda self, value=value: value) for name, value in values.items()}
+def _config_overriding(config: ClusterConfig, properties: dict[str, int] | None = None,
+                       fields: dict | None = None) -> ClusterConfig:
+    """A copy of ``config`` with some fields replaced and some properties (``quorum``...) returning fixed values."""
+    overrides = {name: property(lambda self, value=value: value) for name, value in (properties or {}).items()}
     overridden_type = type(f"Mutated{type(config).__name__}", (type(config),), overrides)
-    return overridden_type(**{field.name: getattr(config, field.name) for field in dataclasses.fields(config)})
+    values = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)} | (fields or {})
+    return overridden_type(**values)
 
 
-def _replica_config(compute: Callable[[ClusterConfig], dict[str, int]]) -> list[ContextManager]:
-    """Replicas built while active see a config with the computed overrides; checkers keep the real one."""
+def _replica_config(mutate: Callable[[ClusterConfig], ClusterConfig]) -> list[ContextManager]:
+    """Replicas built while active see ``mutate(config)``; clients and checkers keep the real one."""
     point = PATCH_POINTS["replica-init"]
     original = point.original()
 
     def init(self, config, replica_id, seed, *arguments, **options):
-        original(self, _config_overriding(config, **compute(config)), replica_id, seed, *arguments, **options)
+        original(self, mutate(config), replica_id, seed, *arguments, **options)
 
     return [point.patch(init)]
 
@@ -127,35 +138,35 @@ def _wrap(point_key: str, make: Callable[[Callable], Callable]) -> ContextManage
 
 
 def _quorum_one_smaller() -> list[ContextManager]:
-    return _replica_config(lambda config: {"quorum": config.quorum - 1})
+    return _replica_config(lambda config: _config_overriding(config, {"quorum": config.quorum - 1}))
 
 
 def _two_f_plus_one_quorum() -> list[ContextManager]:
-    return _replica_config(lambda config: {"quorum": 2 * config.faulty_max + 1})
-
-
-class _TrustingVerifier(replica_module.Verifier):
-    """Accepts every signature: a replica that forgot to check them."""
-
-    def verify(self, message) -> None:
-        self._key_for(message)  # Still names a known signer, so only the signature check is missing.
+    return _replica_config(lambda config: _config_overriding(config, {"quorum": 2 * config.faulty_max + 1}))
 
 
 def _skip_signature_verification() -> list[ContextManager]:
-    return [PATCH_POINTS["replica-verifier"].patch(_TrustingVerifier)]
+    point = PATCH_POINTS["replica-verifier"]
+
+    class TrustingVerifier(point.original()):
+        """Accepts every signature: a replica that forgot to check them."""
+
+        def verify(self, message) -> None:
+            self._key_for(message)  # Still names a known signer, so only the signature check is missing.
+    return [point.patch(TrustingVerifier)]
 
 
 def _accept_preprepare_from_non_primary() -> list[ContextManager]:
+    primary_point = PATCH_POINTS["primary-of"]
+    real_primary_of = primary_point.original()
+
     def make(original):
         def on_preprepare(self, preprepare):
-            # Judge the sender as if it were the primary of the view it names; nothing else changes.
-            real_primary_of = replica_module.primary_of
-            claimed = preprepare.replica_id
-
+            # While judging this PRE-PREPARE, its sender counts as the primary of the view it names.
             def primary_of(view, replica_count):
-                return claimed if view == preprepare.view else real_primary_of(view, replica_count)
+                return preprepare.replica_id if view == preprepare.view else real_primary_of(view, replica_count)
 
-            with mock.patch.object(replica_module, "primary_of", primary_of):
+            with primary_point.patch(primary_of):
                 return original(self, preprepare)
         return on_preprepare
     return [_wrap("on-preprepare", make)]
@@ -232,16 +243,15 @@ def _ignore_deadline() -> list[ContextManager]:
         def decide(rule, votes, timestamp_ms, deadline_ms):
             return original(rule, votes, timestamp_ms, max(deadline_ms, timestamp_ms))
         return decide
-    return [_wrap("execution-decide", make)]
+    return [_wrap("execution-decide", make), _wrap("accountability-decide", make)]
 
 
 def _verdict_ignores_vetoes() -> list[ContextManager]:
-    def make(original):
-        def decide(rule, votes, timestamp_ms, deadline_ms):
-            lenient = dataclasses.replace(rule, max_deny_votes=len(votes))
-            return original(lenient, votes, timestamp_ms, deadline_ms)
-        return decide
-    return [_wrap("execution-decide", make)]
+    def lenient(config: ClusterConfig) -> ClusterConfig:
+        rules = {risk: dataclasses.replace(rule, max_deny_votes=config.replica_count)
+                 for risk, rule in config.rules.items()}
+        return _config_overriding(config, fields={"rules": types.MappingProxyType(rules)})
+    return _replica_config(lenient)
 
 
 def _forget_exactly_once_after_restart() -> list[ContextManager]:
@@ -258,7 +268,7 @@ def _certificate_accepts_f_replies() -> list[ContextManager]:
     original = point.original()
 
     def init(self, config, client_id, seed, *arguments, **options):
-        weak = _config_overriding(config, reply_quorum=config.faulty_max)
+        weak = _config_overriding(config, {"reply_quorum": config.faulty_max})
         original(self, weak, client_id, seed, *arguments, **options)
     return [point.patch(init)]
 
@@ -270,9 +280,9 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("replica-init",), _two_f_plus_one_quorum),
     Mutant("skip-signature-verification", "replicas accept any signature: forged votes and messages count (S2)",
            ("replica-verifier",), _skip_signature_verification),
-    Mutant("accept-preprepare-from-non-primary", "a backup may propose; its batches poison later view changes",
-           ("on-preprepare",), _accept_preprepare_from_non_primary),
-    Mutant("skip-new-view-validation", "a new primary's re-proposals are installed unchecked (S1, S6)",
+    Mutant("accept-preprepare-from-non-primary", "a backup may propose; correct replicas split and stall",
+           ("on-preprepare", "primary-of"), _accept_preprepare_from_non_primary),
+    Mutant("skip-new-view-validation", "a new primary's re-proposals are installed unchecked (S1, S8)",
            ("check-new-view",), _skip_new_view_validation),
     Mutant("execute-before-commit", "a prepared batch executes without a commit quorum (S1 after a view change)",
            ("check-prepared",), _execute_before_commit),
@@ -283,10 +293,10 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("count-duplicate-votes", "one replica's vote counted several times (S2)",
            ("validate-votes", "count-votes"), _count_duplicate_votes),
     Mutant("ignore-deadline", "requests ordered after their deadline may be ALLOW (S5)",
-           ("execution-decide",), _ignore_deadline),
+           ("execution-decide", "accountability-decide"), _ignore_deadline),
     Mutant("verdict-ignores-vetoes", "DENY votes no longer veto MEDIUM/HIGH/CRITICAL requests (S2)",
-           ("execution-decide",), _verdict_ignores_vetoes),
-    Mutant("forget-exactly-once-after-restart", "a restarted replica re-executes answered requests (S1, S4)",
+           ("replica-init",), _verdict_ignores_vetoes),
+    Mutant("forget-exactly-once-after-restart", "a restarted replica forgets what it answered; state diverges (S8, S4)",
            ("restore-execution",), _forget_exactly_once_after_restart),
     Mutant("certificate-accepts-f-replies", "clients accept a verdict on f replies, none surely correct (S3)",
            ("client-init",), _certificate_accepts_f_replies),

@@ -23,6 +23,7 @@ from bft.runtime import NodeOptions
 
 PLUGIN_MODULE = "h9_policy_plugin_fixture"
 BROKEN_MODULE = "h9_policy_plugin_broken_fixture"
+CRASHING_MODULE = "h9_policy_plugin_crashing_fixture"
 
 PLUGIN_SOURCE = '''
 from bft.policy import PolicyDecision
@@ -55,6 +56,13 @@ class RaisingPolicy:
 
 class NotAPolicy:
     name = "not-a-policy"
+
+
+class CrashingConstructor:
+    name = "crashing-constructor"
+
+    def __init__(self):
+        raise RuntimeError("the plug-in's own bug")
 '''
 
 
@@ -65,9 +73,10 @@ def plugin_path(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / f"{PLUGIN_MODULE}.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
     (folder / f"{BROKEN_MODULE}.py").write_text("import h9_a_dependency_that_is_not_installed\n")
+    (folder / f"{CRASHING_MODULE}.py").write_text("raise RuntimeError('crashes at import')\n")
     monkeypatch.syspath_prepend(str(folder))
     yield folder
-    for name in (PLUGIN_MODULE, BROKEN_MODULE):
+    for name in (PLUGIN_MODULE, BROKEN_MODULE, CRASHING_MODULE):
         sys.modules.pop(name, None)
 
 
@@ -126,6 +135,8 @@ def test_bft_init_hands_out_the_incident_memory_policy(tmp_path, capsys):
 @pytest.mark.parametrize("policy, options, problem", [
     (f"{BROKEN_MODULE}:Anything", None, f"cannot import policy module '{BROKEN_MODULE}'"),
     ("h9_no_such_module_anywhere:Policy", None, "cannot import policy module 'h9_no_such_module_anywhere'"),
+    (f"{CRASHING_MODULE}:Anything", None, "RuntimeError: crashes at import"),
+    (f"{PLUGIN_MODULE}:CrashingConstructor", None, "RuntimeError: the plug-in's own bug"),
     (f"{PLUGIN_MODULE}:Missing", None, "has no attribute 'Missing'"),
     (f"{PLUGIN_MODULE}:SpendingLimit", None, "bad options"),
     (f"{PLUGIN_MODULE}:SpendingLimit", {"limit": 5, "colour": "red"}, "bad options"),

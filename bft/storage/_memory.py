@@ -22,6 +22,7 @@ class MemoryStore:
         self._signed: list[Message] = []
         self._log: list[LogEntry] = []
         self._positions_by_key: dict[tuple[str, int], int] = {}
+        self._seq_by_request_digest: dict[bytes, int] = {}  # The verdict_log_by_request index of the SQLite store.
         self._metadata: dict[str, MetadataValue] = {}
         self._head = LogHead()
 
@@ -45,6 +46,8 @@ class MemoryStore:
         for item in items:
             (self._log if isinstance(item, LogEntry) else self._signed).append(item)
         self._positions_by_key.update(new_keys)
+        self._seq_by_request_digest.update((entry.request_digest, entry.seq) for entry in items
+                                           if isinstance(entry, LogEntry))
         self._metadata.update(metadata or {})
         self._head = head
         assert len(self._log) == self._head.length
@@ -56,8 +59,7 @@ class MemoryStore:
     def prune_signed_below(self, seq: int) -> int:
         """Forget signed messages made obsolete by a stable checkpoint at ``seq``; return how many."""
         assert seq >= 0, seq
-        executed = {entry.request_digest for entry in self._log if entry.seq < seq}
-        return self._remove_signed(lambda message: is_prunable(message, seq, executed))
+        return self._remove_signed(lambda message: is_prunable(message, seq, self._seq_by_request_digest.get))
 
     def prune_views_below(self, view: int) -> int:
         """Forget view-change and new-view messages of views below ``view``; return how many."""
@@ -85,6 +87,7 @@ class MemoryStore:
         copy._signed = list(self._signed)
         copy._log = list(self._log)
         copy._positions_by_key = dict(self._positions_by_key)
+        copy._seq_by_request_digest = dict(self._seq_by_request_digest)
         copy._metadata = dict(self._metadata)
         copy._head = self._head
         return copy

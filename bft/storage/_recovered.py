@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from ..core import GENESIS_HASH, LogEntry, Message
 
@@ -93,17 +93,20 @@ def signed_columns(message: Message) -> tuple[str, int | None, int | None, bytes
     return type(message).__name__, view, seq, request_digest
 
 
-def is_prunable(message: Message, seq_floor: int, executed_below_floor: set[bytes]) -> bool:
+def is_prunable(message: Message, seq_floor: int, executed_seq_of: Callable[[bytes], int | None]) -> bool:
     """May ``message`` be forgotten once a checkpoint at ``seq_floor`` is stable?
 
     Slot messages (pre-prepare, prepare, commit, checkpoint) below the stable
     checkpoint can never be needed again.  A vote can go once its request
-    executed below the floor: exactly-once execution means it is never voted on
-    again.  View-change messages are kept (see ``prune_views_below``).
+    executed below the floor (``executed_seq_of`` looks the request up in the
+    log, so the cost follows the stored votes, not the length of the log):
+    exactly-once execution means it is never voted on again.  View-change
+    messages are kept (see ``prune_views_below``).
     """
     kind, _, seq, request_digest = signed_columns(message)
     if kind == "Vote":
-        return request_digest in executed_below_floor
+        executed_seq = executed_seq_of(request_digest)
+        return executed_seq is not None and executed_seq < seq_floor
     return seq is not None and seq < seq_floor
 
 

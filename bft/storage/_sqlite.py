@@ -263,9 +263,12 @@ class SqliteStore:
         executed below ``seq``.  The verdict log is never pruned: it is the audit record.
         """
         assert seq >= 0, seq
+        # EXISTS probes verdict_log_by_request once per stored vote; an IN over "seq < ?" would scan
+        # the whole log at every checkpoint, and the log grows without bound.
         return self._delete(
-            "DELETE FROM signed_messages WHERE (seq IS NOT NULL AND seq < ?1) OR (kind = 'Vote' AND request_digest IN "
-            "(SELECT request_digest FROM verdict_log WHERE seq < ?1))", (seq,))
+            "DELETE FROM signed_messages WHERE (seq IS NOT NULL AND seq < ?1) OR (kind = 'Vote' AND EXISTS "
+            "(SELECT 1 FROM verdict_log WHERE verdict_log.request_digest = signed_messages.request_digest "
+            "AND verdict_log.seq < ?1))", (seq,))
 
     def prune_views_below(self, view: int) -> int:
         """Delete view-change and new-view messages of views below ``view``; return how many."""
