@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak bench clean
+.PHONY: demo test soak mission bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ soak: $(STAMP)
 # a few minutes.  Writes bench/results/<run>/results.json and PNG plots, prints the table.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The mission scenario (n=5 against n=7, an approve-everything replica, 500 ms links) in simulation.
+mission: $(STAMP)
+	$(BIN)/python -m harness scenario mission --out mission-report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
