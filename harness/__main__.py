@@ -10,6 +10,7 @@ Exit status: 0 when every run is valid and live; 1 when any run is invalid
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -135,5 +136,15 @@ def _failure_writer(directory: Path, out: TextIO):
     return write
 
 
+def run_from_shell() -> int:
+    """``main`` for the shell: a reader that goes away (``| head``) ends the run quietly."""
+    try:
+        return main()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_from_shell())
