@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from bft.core import (GENESIS_HASH, Checkpoint, ClusterConfig, Commit, Decision, LogEntry, Message, PrePrepare,
                       Prepare, RemoteProtocolError, Request, VerdictCertificate, Verifier, Vote,
-                      request_digest, votes_digest)
+                      effective_rule, request_digest, votes_digest)
+from bft.core._accountability import voters_of
 
 if TYPE_CHECKING:
     from bft.testing import SimCluster
@@ -189,12 +190,14 @@ def _check_agreement_by_seq(logs: Logs) -> list[Violation]:
 
 
 def allow_problem(votes: Sequence[Vote], digest_of_request: bytes, rule_min_allow: int, rule_max_deny: int,
-                  config: ClusterConfig) -> str | None:
+                  config: ClusterConfig, uncounted: Iterable[int] = ()) -> str | None:
     """Why ``votes`` cannot justify ALLOW for the request with ``digest_of_request``, or None if they can.
 
     ALLOW needs a quorum of distinct, validly signed votes for this very request,
-    at least max(min_allow_votes, 2f+1) of them ALLOW, and no more DENY votes
-    than the rule tolerates.
+    at least max(min_allow_votes, 2f+1) ALLOW votes from replicas that are not
+    quarantined (``uncounted``), and no more counted DENY votes than the rule
+    tolerates.  Whatever ``uncounted`` says, 2f+1 distinct signed ALLOW votes
+    stay the floor, so at least f+1 correct replicas approved.
     """
     verifier = _verifier(config)
     replica_ids = [vote.replica_id for vote in votes]
@@ -206,13 +209,20 @@ def allow_problem(votes: Sequence[Vote], digest_of_request: bytes, rule_min_allo
         return f"votes from replicas {invalid} are not validly signed for this request"
     if len(votes) < config.quorum:
         return f"only {len(votes)} votes, a quorum is {config.quorum}"
-    allow = sum(1 for vote in votes if vote.decision is Decision.ALLOW)
+    uncounted = frozenset(uncounted)
+    counted = [vote for vote in votes if vote.replica_id not in uncounted]
+    allow = sum(1 for vote in counted if vote.decision is Decision.ALLOW)
     needed = max(rule_min_allow, 2 * config.faulty_max + 1)
     if allow < needed:
         return f"{allow} distinct signed ALLOW votes, {needed} needed"
-    if len(votes) - allow > rule_max_deny:
-        return f"{len(votes) - allow} DENY votes, the veto tolerates {rule_max_deny}"
+    if len(counted) - allow > rule_max_deny:
+        return f"{len(counted) - allow} DENY votes, the veto tolerates {rule_max_deny}"
     return None
+
+
+def _rule_under_quarantine(config: ClusterConfig, risk, uncounted: Sequence[int]):
+    """The configured rule for ``risk`` as it applies while ``uncounted`` replicas are quarantined."""
+    return effective_rule(config.rules[risk], config.replica_count, config.faulty_max, len(uncounted))
 
 
 def check_validity(logs: Logs, config: ClusterConfig, evidence: Evidence | None = None,
@@ -223,9 +233,10 @@ def check_validity(logs: Logs, config: ClusterConfig, evidence: Evidence | None 
     for certificate in certificates:
         if certificate.decision is not Decision.ALLOW:
             continue
-        rule = config.rules[certificate.request.risk]
+        uncounted = certificate.uncounted_voters
+        rule = _rule_under_quarantine(config, certificate.request.risk, uncounted)
         problem = allow_problem(certificate.votes, request_digest(config.cluster_id, certificate.request),
-                                rule.min_allow_votes, rule.max_deny_votes, config)
+                                rule.min_allow_votes, rule.max_deny_votes, config, uncounted)
         if problem:
             violations.append(Violation("S2", f"certificate for {certificate.request.key} says ALLOW but {problem}"))
     verdicts: dict[tuple[bytes, bytes, object], str | None] = {}
@@ -245,11 +256,12 @@ def _entry_allow_problem(entry: LogEntry, config: ClusterConfig, evidence: Evide
     votes = evidence.vote_sets.get(entry.votes_digest) if evidence else None
     if votes is None:
         return "no vote set with its votes_digest is known" if require_evidence else None
-    cache_key = (entry.votes_digest, entry.request_digest, entry.risk)
+    cache_key = (entry.votes_digest, entry.request_digest, entry.risk, entry.uncounted_voters)
     if cache_key not in verdicts:
-        rule = config.rules[entry.risk]
+        uncounted = voters_of(entry.uncounted_voters)
+        rule = _rule_under_quarantine(config, entry.risk, uncounted)
         verdicts[cache_key] = allow_problem(votes, entry.request_digest, rule.min_allow_votes,
-                                            rule.max_deny_votes, config)
+                                            rule.max_deny_votes, config, uncounted)
     return verdicts[cache_key]
 
 

@@ -142,6 +142,18 @@ def test_validity_reports_an_allow_certificate_with_only_2f_allow_votes(run: Hon
     assert ids(violations) == {"S2"} and "2 distinct signed ALLOW votes, 3 needed" in violations[0].message
 
 
+def test_validity_does_not_count_the_votes_of_quarantined_replicas(run: HonestRun) -> None:
+    certificate = run.allow_certificate()
+    digest = certificate.votes[0].request_digest
+    all_allow = tuple(run.vote(i, digest, Decision.ALLOW) for i in range(4))
+    # Three ALLOW votes of four are enough for LOW, but not once two of the voters are quarantined.
+    honest = run.reissue(certificate, votes=all_allow[:3], uncounted_voters=())
+    assert check_validity({}, run.config, certificates=[honest]) == []
+    quarantined = run.reissue(certificate, votes=all_allow[:3], uncounted_voters=(0, 1))
+    violations = check_validity({}, run.config, certificates=[quarantined])
+    assert ids(violations) == {"S2"} and "1 distinct signed ALLOW votes, 3 needed" in violations[0].message
+
+
 @pytest.mark.parametrize("flaw", ["too-few", "forged-signature", "other-request", "duplicate-voter", "vetoed",
                                   "below-quorum"])
 def test_validity_reports_an_allow_log_entry_whose_votes_do_not_justify_it(run: HonestRun, flaw: str) -> None:

@@ -27,6 +27,7 @@ from bft.audit import LOG_COLUMNS, log_entry_to_row, verify_database, verify_log
 from bft.core import (GENESIS_HASH, Batch, Checkpoint, Commit, Decision, LogEntry, NewView, PrePrepare, Prepare,
                       Risk, Signer, ViewChange, Vote, encode)
 from bft.storage import LogHead, MemoryStore, RecoveredState, SqliteStore, StorageError, Store
+from bft.storage._sqlite import SCHEMA_VERSION
 
 SIGNER = Signer("storage-test", hashlib.sha256(b"storage-test-replica").digest())
 NO_SIGNATURE = bytes(64)
@@ -193,7 +194,7 @@ def test_wal_and_full_synchronous_are_really_set(tmp_path):
         settings_read = store.settings()
         assert settings_read["journal_mode"] == "wal"
         assert settings_read["synchronous"] == 2  # FULL
-        assert settings_read["user_version"] == 1
+        assert settings_read["user_version"] == SCHEMA_VERSION
         # WAL is recorded in the file itself: an unrelated connection sees it too.
         other = sqlite3.connect(path)
         try:

@@ -39,7 +39,8 @@ from ..core import GENESIS_HASH, LogEntry, Message, ProtocolError, Risk, decode,
 from ._recovered import (LogHead, MetadataValue, RecoveredState, StorageError, check_metadata,
                          check_metadata_count, signed_columns)
 
-SCHEMA_VERSION = 1
+# Version 2 added the accountability columns of the verdict log; a version-1 file is refused, not migrated.
+SCHEMA_VERSION = 2
 APPLICATION_ID = int.from_bytes(b"bftv", "big")  # Marks the file as ours in its header.
 SYNCHRONOUS_FULL = 2
 
