@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from ._cluster_file import Address, ClusterFile, format_address, load_cluster_file
 
@@ -88,14 +88,18 @@ class LocalProcessCluster:
     ``listen_addresses`` ({replica: (host, port)}) and ``peer_addresses``
     ({replica: {peer: (host, port)}}) are passed to ``bft replica`` as
     ``--listen`` and ``--peer``, so a harness can route links through a proxy.
-    ``wait_listening`` probes each replica's listen address.
+    ``wait_listening`` probes each replica's listen address.  ``replica_programs``
+    ({replica: arguments after the interpreter}) runs another program in place of
+    ``-m bft replica`` for those replicas (a test harness's Byzantine replica); it
+    gets the same ``--config``, ``--id``, ``--listen`` and ``--peer`` arguments.
     """
 
     def __init__(self, cluster_path: str | os.PathLike, *, run_directory: str | os.PathLike | None = None,
                  log_directory: str | os.PathLike | None = None, python: str = sys.executable,
                  listen_addresses: Mapping[int, Address] | None = None,
                  peer_addresses: Mapping[int, Mapping[int, Address]] | None = None,
-                 environment: Mapping[str, str] | None = None) -> None:
+                 environment: Mapping[str, str] | None = None,
+                 replica_programs: Mapping[int, Sequence[str]] | None = None) -> None:
         self.cluster: ClusterFile = load_cluster_file(cluster_path)
         base = self.cluster.path.parent
         self.run_directory = Path(run_directory) if run_directory is not None else base / "run"
@@ -104,8 +108,9 @@ class LocalProcessCluster:
         self.listen_addresses = dict(listen_addresses or {})
         self.peer_addresses = {replica: dict(peers) for replica, peers in (peer_addresses or {}).items()}
         self.environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(environment or {})}
+        self.replica_programs = {replica: list(program) for replica, program in (replica_programs or {}).items()}
         self._children: dict[int, subprocess.Popen] = {}
-        for replica_id in (*self.listen_addresses, *self.peer_addresses):
+        for replica_id in (*self.listen_addresses, *self.peer_addresses, *self.replica_programs):
             self.cluster.replica(replica_id)  # Raises ConfigFileError for an unknown replica.
 
     # ------------------------------------------------------------ where things are
@@ -125,7 +130,8 @@ class LocalProcessCluster:
 
     def command(self, replica_id: int) -> list[str]:
         """The command line that runs replica ``replica_id``."""
-        command = [self.python, "-m", "bft", "replica", "--config", str(self.cluster.path), "--id", str(replica_id)]
+        program = self.replica_programs.get(replica_id, ["-m", "bft", "replica"])
+        command = [self.python, *program, "--config", str(self.cluster.path), "--id", str(replica_id)]
         if replica_id in self.listen_addresses:
             command += ["--listen", format_address(self.listen_addresses[replica_id])]
         for peer, address in sorted(self.peer_addresses.get(replica_id, {}).items()):

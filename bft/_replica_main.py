@@ -22,13 +22,14 @@ as ``ReplicaStartError``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import trio
 
@@ -40,6 +41,8 @@ from .storage import SqliteStore, StorageError, Store
 logger = logging.getLogger("bft.replica")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Builds the node from ReplicaNode's arguments; a test harness may pass a wrapper (never the CLI).
+NodeFactory = Callable[..., ReplicaNode]
 
 
 class ReplicaStartError(Exception):
@@ -100,6 +103,7 @@ def open_store(launch: ReplicaLaunch) -> SqliteStore:
 
 
 async def serve_replica(launch: ReplicaLaunch, store: Store, *, stop_on_signals: bool = True,
+                        node_factory: NodeFactory = ReplicaNode,
                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the replica until SIGTERM or SIGINT arrives (or the caller cancels); return normally then.
 
@@ -109,17 +113,18 @@ async def serve_replica(launch: ReplicaLaunch, store: Store, *, stop_on_signals:
     """
     if stop_on_signals:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            await _serve(launch, store, signals, task_status)
+            await _serve(launch, store, signals, task_status, node_factory)
     else:
-        await _serve(launch, store, None, task_status)
+        await _serve(launch, store, None, task_status, node_factory)
 
 
-async def _serve(launch: ReplicaLaunch, store: Store, signals, task_status: trio.TaskStatus[int]) -> None:
+async def _serve(launch: ReplicaLaunch, store: Store, signals, task_status: trio.TaskStatus[int],
+                 node_factory: NodeFactory) -> None:
     cluster = launch.cluster
     metrics = ReplicaMetrics()
     try:
-        node = ReplicaNode(cluster.config, launch.replica_id, launch.seed, launch.policy, launch.addresses,
-                           store=store, options=cluster.node_options, metrics=metrics)
+        node = node_factory(cluster.config, launch.replica_id, launch.seed, launch.policy, launch.addresses,
+                            store=store, options=cluster.node_options, metrics=metrics)
     except StorageError as error:
         raise ReplicaStartError(f"{launch.database}: the stored state cannot be recovered ({error})") from None
     host, port = launch.listen_address
@@ -165,14 +170,15 @@ def _start_metrics(launch: ReplicaLaunch, metrics: ReplicaMetrics) -> MetricsSer
 
 
 def run_replica(cluster_path: str | os.PathLike, replica_id: int, listen_address: Address | None = None,
-                peer_addresses: Mapping[int, Address] | None = None) -> None:
+                peer_addresses: Mapping[int, Address] | None = None, *,
+                node_factory: NodeFactory = ReplicaNode) -> None:
     """The body of ``bft replica``: returns after a clean shutdown, raises ``ReplicaStartError`` otherwise."""
     launch = prepare_launch(cluster_path, replica_id, listen_address, peer_addresses)
     # Only now: a mistake in the invocation is reported as one plain sentence, not as a log line.
     configure_json_logging(replica_id=replica_id)
     store = open_store(launch)
     try:
-        trio.run(serve_replica, launch, store)
+        trio.run(functools.partial(serve_replica, launch, store, node_factory=node_factory))
     finally:
         store.close()
     logger.info("replica %d stopped", replica_id)

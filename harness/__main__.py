@@ -1,5 +1,6 @@
 """``python -m harness sim``: one reproducible simulated run, or a swarm of them; ``python -m harness scenario
-mission``: the mission scenario (see ``harness._mission``).
+mission``: the mission scenario (see ``harness._mission``); ``python -m harness byzantine-replica``: one real
+replica process that lies to its peers (see ``harness._byzantine_replica``).
 
 Exit status: 0 when every run is valid and live; 1 when any run is invalid
 (a safety check failed); 3 when none is invalid but a checker gave up
@@ -36,16 +37,19 @@ def parser() -> argparse.ArgumentParser:
                                               "(for a swarm: one directory per failing run)")
     sim.add_argument("--liveness", choices=("require", "report"), default="require",
                      help="whether a stalled liveness phase makes the exit status non-zero")
-    scenario = commands.add_parser("scenario", help="a named end-to-end scenario (mission)")
-    scenario.add_argument("name", choices=("mission",), help="which scenario")
+    scenario = commands.add_parser("scenario", help="a named end-to-end scenario (mission, isolation)")
+    scenario.add_argument("name", choices=("mission", "isolation"),
+                          help="mission: the mission scenario; isolation: the cluster's own detector isolates the "
+                               "approve-everything replica with the automatic rule on")
     scenario.add_argument("--replicas", type=int, choices=(5, 7), help="one cluster size (default: 5 and 7)")
     scenario.add_argument("--seed", type=int, default=0, help="the seed (default 0)")
     scenario.add_argument("--out", type=Path, default=Path("mission-report"),
                           help="write report.html, results.json and the histories here (default ./mission-report)")
     scenario.add_argument("--real", action="store_true", help="real replica processes behind the fault proxy")
-    from . import _modelcheck, _mutant_hunt
+    from . import _byzantine_replica, _modelcheck, _mutant_hunt
     _mutant_hunt.add_parser(commands)
     _modelcheck.add_parser(commands)
+    _byzantine_replica.add_parser(commands)
     return root
 
 
@@ -103,9 +107,15 @@ def exit_status(results: list[RunResult], liveness_required: bool) -> int:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     arguments = parser().parse_args(argv)
+    if arguments.command == "scenario" and arguments.name == "isolation":
+        from ._mission_isolation import main_isolation
+        return main_isolation(arguments, out)
     if arguments.command == "scenario":
         from ._mission import main_scenario
         return main_scenario(arguments, out)
+    if arguments.command == "byzantine-replica":
+        from ._byzantine_replica import main as main_byzantine_replica
+        return main_byzantine_replica(arguments, out)
     if arguments.command in ("mutants", "modelcheck"):
         from . import _modelcheck, _mutant_hunt
         return (_mutant_hunt if arguments.command == "mutants" else _modelcheck).main(arguments, out)
