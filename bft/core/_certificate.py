@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from ._codec import pack, request_digest
 from ._config import ClusterConfig
 from ._crypto import Verifier
-from ._errors import CertificateError, RemoteProtocolError
+from ._errors import CertificateError, LocalProtocolError, RemoteProtocolError
 from ._messages import MAX_REPLICAS, Decision, Reply, Request, Vote
 from ._schema import ListOf, Nested, check_schema_matches_fields, record_from_wire, record_to_wire
 from ._accountability import is_command_request
@@ -50,9 +50,18 @@ class VerdictCertificate:
     def votes(self) -> tuple[Vote, ...]:
         return self.replies[0].votes
 
-    def verify(self, config: ClusterConfig) -> None:
-        """Raise ``CertificateError`` naming the first problem; return None if the certificate holds."""
-        verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+    def verify(self, config: ClusterConfig, verifier: Verifier | None = None) -> None:
+        """Raise ``CertificateError`` naming the first problem; return None if the certificate holds.
+
+        Offline, each signature is checked afresh.  A caller that already checked
+        some of them (a client verifies each reply as it arrives) may pass its own
+        ``verifier``, built for this same configuration: its cache holds only
+        signatures that verified under these keys, so skipping them is as strict.
+        """
+        if verifier is None:
+            verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+        elif not verifier.checks_for(config.cluster_id, config.replica_keys, config.client_keys):
+            raise LocalProtocolError("the verifier given was built for another cluster configuration")
         try:
             verifier.verify(self.request)
             digest = request_digest(config.cluster_id, self.request)

@@ -81,7 +81,7 @@ class ClientCore:
             return None
         certificate = VerdictCertificate(entry.request, matching)
         try:
-            certificate.verify(self.config)
+            certificate.verify(self.config, verifier=self._verifier)  # The replies were checked just above.
         except CertificateError:
             self.rejected_replies += len(matching)
             return None

@@ -57,10 +57,15 @@ class Verifier:
                  client_keys: dict[str, bytes], cache_size: int = 8192) -> None:
         assert cache_size > 0
         self._cluster_id = cluster_id
+        self._identities = (tuple(replica_keys), dict(client_keys))
         self._replica_keys = tuple(nacl.signing.VerifyKey(key) for key in replica_keys)
         self._client_keys = {client: nacl.signing.VerifyKey(key) for client, key in client_keys.items()}
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
+
+    def checks_for(self, cluster_id: str, replica_keys: tuple[bytes, ...], client_keys) -> bool:
+        """Whether this verifier checks signatures for exactly this cluster and these identities."""
+        return (cluster_id, tuple(replica_keys), dict(client_keys)) == (self._cluster_id, *self._identities)
 
     def verify(self, message: Message) -> None:
         """Raise ``RemoteProtocolError`` unless ``message`` is signed by the identity it names."""

@@ -4,36 +4,99 @@ Votes are broadcast to every replica, so whichever replica becomes primary
 already holds them, and a backup can tell when a request has become
 proposable (a quorum of votes), which is when it starts to expect progress.
 The pool is bounded: when full, new requests are refused, never buffered.
+
+The replica asks three questions of the pool after almost every input: which
+requests could go into a batch, whether any request awaits ordering, and which
+entries expired.  Scanning the whole pool for each (up to
+``max_pending_requests`` entries) made the primary's cost per input grow with
+its backlog, so the pool keeps the answers up to date as entries change: a
+proposal-candidate index in arrival order, a count, a deadline heap and the
+entries still waiting for their request, which expire in arrival order.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
+from typing import Iterable
+
+from sortedcontainers import SortedDict
 
 from ._messages import Request, Vote
 
+# Below this many entries ``check_invariants`` re-derives every index from scratch (tests and
+# simulations run small pools); above it, it checks only constant-time bounds, so the check after
+# each input never costs as much as the scans the indexes replace.
+FULL_CHECK_ENTRIES_MAX = 16
+
 
 class PendingRequest:
-    __slots__ = ("digest", "request", "votes", "evaluation_requested", "quorum_tick", "proposed_seq", "created_tick",
-                 "forwarded", "orphan_of")
+    """One request digest's state.  The fields the pool indexes are properties that keep it informed."""
 
-    def __init__(self, digest: bytes, created_tick: int) -> None:
+    __slots__ = ("digest", "_request", "votes", "evaluation_requested", "_quorum_tick", "_proposed_seq",
+                 "created_tick", "forwarded", "orphan_of", "serial", "_pool", "_awaits_order", "_is_candidate")
+
+    def __init__(self, digest: bytes, created_tick: int, serial: int = 0, pool: "PendingPool | None" = None) -> None:
         self.digest = digest
-        self.request: Request | None = None
+        self._request: Request | None = None
         self.votes: dict[int, Vote] = {}
         self.evaluation_requested = False
-        self.quorum_tick: int | None = None
-        self.proposed_seq: int | None = None
+        self._quorum_tick: int | None = None
+        self._proposed_seq: int | None = None
         self.created_tick = created_tick
         self.forwarded = False
         self.orphan_of: int | None = None  # The replica whose vote created this entry before its request came.
+        self.serial = serial  # Arrival order in the pool: every index iterates in this order.
+        self._pool = pool  # None once discarded, so a stale reference cannot disturb the indexes.
+        self._awaits_order = False
+        self._is_candidate = False
+
+    @property
+    def request(self) -> Request | None:
+        return self._request
+
+    @request.setter
+    def request(self, request: Request) -> None:
+        assert request is not None and self._request is None, "a pending entry's request is set once"
+        self._request = request
+        if self._pool is not None:
+            self._pool._request_arrived(self)
+
+    @property
+    def quorum_tick(self) -> int | None:
+        """The tick at which this entry first held a quorum of votes."""
+        return self._quorum_tick
+
+    @quorum_tick.setter
+    def quorum_tick(self, tick: int | None) -> None:
+        self._quorum_tick = tick
+        if self._pool is not None:
+            self._pool._reindex(self)
+
+    @property
+    def proposed_seq(self) -> int | None:
+        """The seq of the accepted pre-prepare (current view) that carries this request."""
+        return self._proposed_seq
+
+    @proposed_seq.setter
+    def proposed_seq(self, seq: int | None) -> None:
+        self._proposed_seq = seq
+        if self._pool is not None:
+            self._pool._reindex(self)
 
     def vote_tuple(self) -> tuple[Vote, ...]:
         return tuple(self.votes[replica_id] for replica_id in sorted(self.votes))
 
 
 class PendingPool:
-    """Insertion-ordered, bounded map from request digest to ``PendingRequest``."""
+    """Insertion-ordered, bounded map from request digest to ``PendingRequest``, with incremental indexes.
+
+    - ``proposal_candidates()``: entries with their request and a quorum of votes that no accepted
+      pre-prepare carries, in arrival order (what the primary's batch builder examines).
+    - ``requests_with_quorum_count``: entries with their request and a quorum of votes, proposed
+      or not (work the progress timer waits for).
+    - ``expire``: entries whose request's deadline passed, or that never got their request.
+    """
 
     def __init__(self, capacity: int, orphans_per_replica_max: int) -> None:
         assert capacity >= 1 and orphans_per_replica_max >= 1
@@ -41,6 +104,14 @@ class PendingPool:
         self._orphans_per_replica_max = orphans_per_replica_max
         self._entries: OrderedDict[bytes, PendingRequest] = OrderedDict()
         self._orphans_by_replica: dict[int, int] = {}
+        self._serial_next = 0
+        self._last_created_tick = 0
+        self._candidates: SortedDict[int, PendingRequest] = SortedDict()
+        self.requests_with_quorum_count = 0
+        # (deadline_ms, serial, entry) for every entry with its request; discarded ones are skipped lazily.
+        self._deadlines: list[tuple[int, int, PendingRequest]] = []
+        # Entries still without their request.  Their created ticks never decrease along this order.
+        self._unrequested: OrderedDict[bytes, PendingRequest] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -55,7 +126,11 @@ class PendingPool:
         """The entry for ``digest``, created if there is room; None when the pool is full."""
         entry = self._entries.get(digest)
         if entry is None and len(self._entries) < self._capacity:
-            entry = self._entries[digest] = PendingRequest(digest, tick)
+            assert tick >= self._last_created_tick, "orphan expiry relies on entries arriving in tick order"
+            self._last_created_tick = tick
+            entry = self._entries[digest] = self._unrequested[digest] = \
+                PendingRequest(digest, tick, self._serial_next, self)
+            self._serial_next += 1
         assert len(self._entries) <= self._capacity
         return entry
 
@@ -93,8 +168,14 @@ class PendingPool:
 
     def discard(self, digest: bytes) -> None:
         entry = self._entries.pop(digest, None)
-        if entry is not None and entry.orphan_of is not None:
+        if entry is None:
+            return
+        if entry.orphan_of is not None:
             self._release_orphan(entry)
+        self._unrequested.pop(digest, None)
+        self._candidates.pop(entry.serial, None)
+        self.requests_with_quorum_count -= entry._awaits_order
+        entry._pool, entry._awaits_order, entry._is_candidate = None, False, False
 
     def remove_where(self, should_remove) -> list[PendingRequest]:
         """Remove and return every entry ``should_remove`` accepts."""
@@ -102,3 +183,61 @@ class PendingPool:
         for entry in doomed:
             self.discard(entry.digest)
         return doomed
+
+    # ------------------------------------------------------------- indexes
+
+    def proposal_candidates(self) -> Iterable[PendingRequest]:
+        """Entries with their request and a quorum of votes, not in an accepted pre-prepare, in arrival order."""
+        return self._candidates.values()
+
+    def expire(self, now_ms: int, skew_ms: int, tick: int, orphan_ticks: int) -> list[PendingRequest]:
+        """Remove and return, in arrival order, the entries whose request's deadline is more than
+        ``skew_ms`` before ``now_ms``, and those that have waited more than ``orphan_ticks`` for
+        their request."""
+        expired = []
+        while self._deadlines and now_ms > self._deadlines[0][0] + skew_ms:
+            entry = heapq.heappop(self._deadlines)[2]
+            if self._entries.get(entry.digest) is entry:
+                expired.append(entry)
+        for entry in self._unrequested.values():
+            if tick - entry.created_tick <= orphan_ticks:
+                break  # Every later entry arrived no earlier, so it has not waited longer.
+            expired.append(entry)
+        expired.sort(key=lambda entry: entry.serial)
+        for entry in expired:
+            self.discard(entry.digest)
+        return expired
+
+    def _request_arrived(self, entry: PendingRequest) -> None:
+        del self._unrequested[entry.digest]
+        heapq.heappush(self._deadlines, (entry.request.deadline_ms, entry.serial, entry))
+        if len(self._deadlines) > 2 * self._capacity:
+            # Executed entries linger until their deadline; rebuilding keeps the heap within twice the pool.
+            self._deadlines = [(e.request.deadline_ms, e.serial, e) for e in self._entries.values()
+                               if e.request is not None]
+            heapq.heapify(self._deadlines)
+        self._reindex(entry)
+
+    def _reindex(self, entry: PendingRequest) -> None:
+        awaits_order = entry.request is not None and entry.quorum_tick is not None
+        self.requests_with_quorum_count += awaits_order - entry._awaits_order
+        entry._awaits_order = awaits_order
+        is_candidate = awaits_order and entry.proposed_seq is None
+        if is_candidate and not entry._is_candidate:
+            self._candidates[entry.serial] = entry
+        elif entry._is_candidate and not is_candidate:
+            del self._candidates[entry.serial]
+        entry._is_candidate = is_candidate
+
+    def check_invariants(self) -> None:
+        """The indexes agree with the entries: in full for a small pool, by their bounds always."""
+        assert 0 <= len(self._candidates) <= self.requests_with_quorum_count <= len(self._entries) <= self._capacity
+        assert len(self._unrequested) <= len(self._entries) and len(self._deadlines) <= 2 * self._capacity
+        if len(self._entries) > FULL_CHECK_ENTRIES_MAX:
+            return
+        awaiting = [e for e in self._entries.values() if e.request is not None and e.quorum_tick is not None]
+        assert self.requests_with_quorum_count == len(awaiting)
+        assert list(self._candidates.values()) == [e for e in awaiting if e.proposed_seq is None]
+        assert list(self._unrequested.values()) == [e for e in self._entries.values() if e.request is None]
+        live = {id(e) for _, _, e in self._deadlines if self._entries.get(e.digest) is e}
+        assert live == {id(e) for e in self._entries.values() if e.request is not None}

@@ -54,6 +54,11 @@ def truncate_reason(reason: str) -> str:
     return reason.encode("utf-8", errors="replace")[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
+def within_window(seqs, low_water: int, high_water: int) -> bool:
+    """Every seq in ``seqs`` lies in the window (low_water, high_water]."""
+    return not seqs or (low_water < min(seqs) and max(seqs) <= high_water)
+
+
 class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
@@ -288,21 +293,28 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
                                      if replica_id != self.replica_id)
 
     def check_invariants(self) -> None:
-        """Structural bounds that must hold after every input; a failure is a bug in this file."""
-        assert len(self.slots) <= self.limits.log_window, len(self.slots)
-        assert len(self.pending) <= self.limits.max_pending_requests
-        assert all(self.low_water < seq <= self.high_water for seq in self.slots)
-        assert self.low_water <= self.last_executed <= self.high_water
-        assert all(self.low_water < seq <= self.high_water for seq in self.checkpoints)
-        assert len(self.prepared_proofs) <= self.limits.log_window
-        assert all(self.low_water < seq <= self.high_water for seq in self.early_preprepares)
-        assert len(self.signed_digests) <= 4 * self.limits.log_window
+        """Structural bounds that must hold after every input; a failure is a bug in this file.
+
+        It runs after every input, so each check costs O(1) or a C-level pass over a
+        window-bounded table, never a Python loop over the pending pool or the log.
+        """
+        low, high, limits = self.low_water, self.high_water, self.limits
+        assert len(self.slots) <= limits.log_window, len(self.slots)
+        assert len(self.pending) <= limits.max_pending_requests
+        self.pending.check_invariants()
+        # The slots are sorted by seq, so checking the lowest and the highest covers them all.
+        assert not self.slots or low < self.slots.peekitem(0)[0] <= self.slots.peekitem(-1)[0] <= high
+        assert low <= self.last_executed <= high
+        assert within_window(self.checkpoints, low, high)
+        assert len(self.prepared_proofs) <= limits.log_window
+        assert within_window(self.early_preprepares, low, high)
+        assert len(self.signed_digests) <= 4 * limits.log_window
         assert len(self.view_seen_by_replica) <= self.config.replica_count
-        assert len(self.recovered_votes) <= self.limits.max_pending_requests
-        assert all(self.low_water < seq <= self.high_water for seq in self.checkpoint_states)
+        assert len(self.recovered_votes) <= limits.max_pending_requests
+        assert within_window(self.checkpoint_states, low, high)
         assert len(self.checkpoints_ahead) <= self.config.replica_count
-        assert self.transfer is None or self.transfer.buffered <= self.limits.state_transfer_entries_max
-        assert self.stable_state is None or self.low_water > 0
+        assert self.transfer is None or self.transfer.buffered <= limits.state_transfer_entries_max
+        assert self.stable_state is None or low > 0
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert self.view_active or not self.is_primary or self.new_view_message is None \
             or self.new_view_message.view < self.view
@@ -378,7 +390,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
 
     def _proposable(self) -> list[PendingRequest]:
         chosen, keys = [], set()
-        for pending in self.pending:
+        for pending in self.pending.proposal_candidates():
             if len(chosen) == self.limits.max_batch_requests:
                 break
             if self._ready_to_propose(pending) and pending.request.key not in keys:
@@ -389,8 +401,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     def _ready_to_propose(self, pending: PendingRequest) -> bool:
         """A request goes into a batch once it has a quorum of votes and more votes could not change
         its verdict, or it has waited ``vote_wait_ticks`` for the stragglers."""
-        if pending.request is None or pending.proposed_seq is not None or pending.quorum_tick is None:
-            return False
+        assert pending.request is not None and pending.proposed_seq is None and pending.quorum_tick is not None, \
+            "the pool's proposal candidates are requests with a quorum of votes that are not yet proposed"
         if self.execution.cached_reply(*pending.request.key) or self.execution.is_stale(*pending.request.key):
             return False
         waited = self.ticks - pending.quorum_tick >= self.limits.vote_wait_ticks
@@ -646,9 +658,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     def _tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
         self.ticks += 1
-        skew, orphan_ticks = self.limits.max_clock_skew_ms, self.limits.orphan_vote_ticks
-        expired = self.pending.remove_where(lambda p: (p.request is not None and now_ms > p.request.deadline_ms + skew)
-                                            or (p.request is None and self.ticks - p.created_tick > orphan_ticks))
+        expired = self.pending.expire(now_ms, self.limits.max_clock_skew_ms, self.ticks, self.limits.orphan_vote_ticks)
         self._out.dead_votes.extend(p.digest for p in expired if self.replica_id in p.votes)
         self._check_progress_timer()
         self._tick_state_transfer()

@@ -30,13 +30,13 @@ class ViewChangeMixin:
                    limits.view_change_timeout_ticks_max)
 
     def _has_outstanding_work(self) -> bool:
-        if not self.view_active:
+        if not self.view_active or self.pending.requests_with_quorum_count > 0:
             return True
-        if any(slot.preprepare is not None and seq > self.last_executed for seq, slot in self.slots.items()):
+        # Only slots above the last executed one can hold outstanding work; the slots are sorted by seq.
+        if any(self.slots[seq].preprepare is not None for seq in self.slots.irange(minimum=self.last_executed + 1)):
             return True
-        if any(seq > self.last_executed for seq in self.prepared_proofs):
-            return True  # Prepared before a restart of the whole cluster: a view change re-proposes it.
-        return any(p.request is not None and p.quorum_tick is not None for p in self.pending)
+        # Prepared before a restart of the whole cluster: a view change re-proposes it.
+        return any(seq > self.last_executed for seq in self.prepared_proofs)
 
     def _note_progress(self) -> None:
         self._waiting_since = self.ticks
