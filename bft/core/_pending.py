@@ -31,12 +31,13 @@ FULL_CHECK_ENTRIES_MAX = 16
 
 
 class PendingRequest:
-    """One request digest's state.  The fields the pool indexes are properties that keep it informed."""
+    """One request digest's state.  The fields the pool indexes are read-only here: the pool's
+    ``attach_request``, ``note_quorum`` and ``set_proposed`` change them and keep its indexes current."""
 
     __slots__ = ("digest", "_request", "votes", "evaluation_requested", "_quorum_tick", "_proposed_seq",
-                 "created_tick", "forwarded", "orphan_of", "serial", "_pool", "_awaits_order", "_is_candidate")
+                 "created_tick", "forwarded", "orphan_of", "serial", "awaits_order", "is_candidate")
 
-    def __init__(self, digest: bytes, created_tick: int, serial: int = 0, pool: "PendingPool | None" = None) -> None:
+    def __init__(self, digest: bytes, created_tick: int, serial: int) -> None:
         self.digest = digest
         self._request: Request | None = None
         self.votes: dict[int, Vote] = {}
@@ -47,42 +48,22 @@ class PendingRequest:
         self.forwarded = False
         self.orphan_of: int | None = None  # The replica whose vote created this entry before its request came.
         self.serial = serial  # Arrival order in the pool: every index iterates in this order.
-        self._pool = pool  # None once discarded, so a stale reference cannot disturb the indexes.
-        self._awaits_order = False
-        self._is_candidate = False
+        self.awaits_order = False  # Counted in ``requests_with_quorum_count``.
+        self.is_candidate = False  # Held in the proposal-candidate index.
 
     @property
     def request(self) -> Request | None:
         return self._request
-
-    @request.setter
-    def request(self, request: Request) -> None:
-        assert request is not None and self._request is None, "a pending entry's request is set once"
-        self._request = request
-        if self._pool is not None:
-            self._pool._request_arrived(self)
 
     @property
     def quorum_tick(self) -> int | None:
         """The tick at which this entry first held a quorum of votes."""
         return self._quorum_tick
 
-    @quorum_tick.setter
-    def quorum_tick(self, tick: int | None) -> None:
-        self._quorum_tick = tick
-        if self._pool is not None:
-            self._pool._reindex(self)
-
     @property
     def proposed_seq(self) -> int | None:
         """The seq of the accepted pre-prepare (current view) that carries this request."""
         return self._proposed_seq
-
-    @proposed_seq.setter
-    def proposed_seq(self, seq: int | None) -> None:
-        self._proposed_seq = seq
-        if self._pool is not None:
-            self._pool._reindex(self)
 
     def vote_tuple(self) -> tuple[Vote, ...]:
         return tuple(self.votes[replica_id] for replica_id in sorted(self.votes))
@@ -128,8 +109,7 @@ class PendingPool:
         if entry is None and len(self._entries) < self._capacity:
             assert tick >= self._last_created_tick, "orphan expiry relies on entries arriving in tick order"
             self._last_created_tick = tick
-            entry = self._entries[digest] = self._unrequested[digest] = \
-                PendingRequest(digest, tick, self._serial_next, self)
+            entry = self._entries[digest] = self._unrequested[digest] = PendingRequest(digest, tick, self._serial_next)
             self._serial_next += 1
         assert len(self._entries) <= self._capacity
         return entry
@@ -152,10 +132,32 @@ class PendingPool:
             self._orphans_by_replica[voter] = self._orphans_by_replica.get(voter, 0) + 1
         return entry
 
-    def adopt(self, entry: PendingRequest) -> None:
-        """The request of an orphan entry arrived: it no longer counts against its creator's share."""
+    def attach_request(self, entry: PendingRequest, request: Request) -> None:
+        """The request of ``entry`` arrived; if a vote created the entry, it no longer counts against its voter's share."""
+        assert self._entries.get(entry.digest) is entry and entry.request is None, "a request is attached once"
+        entry._request = request
         if entry.orphan_of is not None:
             self._release_orphan(entry)
+        del self._unrequested[entry.digest]
+        heapq.heappush(self._deadlines, (request.deadline_ms, entry.serial, entry))
+        if len(self._deadlines) > 2 * self._capacity:
+            # Executed entries linger until their deadline; rebuilding keeps the heap within twice the pool.
+            self._deadlines = [(e.request.deadline_ms, e.serial, e) for e in self._entries.values()
+                               if e.request is not None]
+            heapq.heapify(self._deadlines)
+        self._reindex(entry)
+
+    def note_quorum(self, entry: PendingRequest, tick: int) -> None:
+        """``entry`` holds a quorum of votes for the first time, at ``tick``."""
+        assert self._entries.get(entry.digest) is entry and entry.quorum_tick is None
+        entry._quorum_tick = tick
+        self._reindex(entry)
+
+    def set_proposed(self, entry: PendingRequest, seq: int | None) -> None:
+        """An accepted pre-prepare at ``seq`` carries ``entry``; None: no pre-prepare of this view does."""
+        assert self._entries.get(entry.digest) is entry
+        entry._proposed_seq = seq
+        self._reindex(entry)
 
     def _release_orphan(self, entry: PendingRequest) -> None:
         remaining = self._orphans_by_replica[entry.orphan_of] - 1
@@ -174,8 +176,8 @@ class PendingPool:
             self._release_orphan(entry)
         self._unrequested.pop(digest, None)
         self._candidates.pop(entry.serial, None)
-        self.requests_with_quorum_count -= entry._awaits_order
-        entry._pool, entry._awaits_order, entry._is_candidate = None, False, False
+        self.requests_with_quorum_count -= entry.awaits_order
+        entry.awaits_order = entry.is_candidate = False
 
     def remove_where(self, should_remove) -> list[PendingRequest]:
         """Remove and return every entry ``should_remove`` accepts."""
@@ -208,26 +210,16 @@ class PendingPool:
             self.discard(entry.digest)
         return expired
 
-    def _request_arrived(self, entry: PendingRequest) -> None:
-        del self._unrequested[entry.digest]
-        heapq.heappush(self._deadlines, (entry.request.deadline_ms, entry.serial, entry))
-        if len(self._deadlines) > 2 * self._capacity:
-            # Executed entries linger until their deadline; rebuilding keeps the heap within twice the pool.
-            self._deadlines = [(e.request.deadline_ms, e.serial, e) for e in self._entries.values()
-                               if e.request is not None]
-            heapq.heapify(self._deadlines)
-        self._reindex(entry)
-
     def _reindex(self, entry: PendingRequest) -> None:
         awaits_order = entry.request is not None and entry.quorum_tick is not None
-        self.requests_with_quorum_count += awaits_order - entry._awaits_order
-        entry._awaits_order = awaits_order
+        self.requests_with_quorum_count += awaits_order - entry.awaits_order
+        entry.awaits_order = awaits_order
         is_candidate = awaits_order and entry.proposed_seq is None
-        if is_candidate and not entry._is_candidate:
+        if is_candidate and not entry.is_candidate:
             self._candidates[entry.serial] = entry
-        elif entry._is_candidate and not is_candidate:
+        elif entry.is_candidate and not is_candidate:
             del self._candidates[entry.serial]
-        entry._is_candidate = is_candidate
+        entry.is_candidate = is_candidate
 
     def check_invariants(self) -> None:
         """The indexes agree with the entries: in full for a small pool, by their bounds always."""

@@ -338,8 +338,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         if pending is None:
             raise RemoteProtocolError("overloaded", "the pending-request pool is full")
         if pending.request is None:
-            pending.request = request
-            self.pending.adopt(pending)
+            self.pending.attach_request(pending, request)
         if not pending.evaluation_requested:
             pending.evaluation_requested = True
             self._out.evaluate.append(request)
@@ -373,7 +372,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         assert vote.replica_id not in pending.votes
         pending.votes[vote.replica_id] = vote
         if pending.quorum_tick is None and len(pending.votes) >= self.quorum:
-            pending.quorum_tick = self.ticks
+            self.pending.note_quorum(pending, self.ticks)
         self._maybe_propose()
 
     # ----------------------------------------------------------------- proposing (primary)
@@ -512,7 +511,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         for digest in digests:
             pending = self.pending.get(digest)
             if pending is not None:
-                pending.proposed_seq = preprepare.seq
+                self.pending.set_proposed(pending, preprepare.seq)
         if not self._may_sign("prepare", preprepare.seq, slot.batch_digest):
             return
         prepare = self._sign(Prepare(self.view, preprepare.seq, slot.batch_digest, self.replica_id, bytes(64)))

@@ -191,7 +191,7 @@ class ViewChangeMixin:
                 self._accept_preprepare(preprepare, digests)
         for pending in self.pending:
             if pending.digest not in reproposed:
-                pending.proposed_seq = None
+                self.pending.set_proposed(pending, None)
         self.next_seq = max(self.low_water, stable_seq + len(batches)) + 1
         self.view_active = True
         self.replay_early_preprepares()
