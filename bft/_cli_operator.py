@@ -105,12 +105,25 @@ def _live_view(arguments: argparse.Namespace):
     return status
 
 
-def _run_evidence(arguments: argparse.Namespace) -> int:
+def _run_listing(arguments: argparse.Namespace, command: str, events, show) -> int:
+    """A listing from a replica's verdict log (``--db``) or, live, from the most advanced replica's metrics."""
     if arguments.db is not None:
-        return print_log_events(arguments.db, arguments.json, "bft operator evidence", EVIDENCE_EVENTS)
+        return print_log_events(arguments.db, arguments.json, command, events)
     status = _live_view(arguments)
     if status is None:
         return EXIT_FAILED
+    return show(status, arguments)
+
+
+def _run_evidence(arguments: argparse.Namespace) -> int:
+    return _run_listing(arguments, "bft operator evidence", EVIDENCE_EVENTS, _show_evidence)
+
+
+def _run_blocklist(arguments: argparse.Namespace) -> int:
+    return _run_listing(arguments, "bft operator blocklist", BLOCKLIST_EVENTS, _show_blocklist)
+
+
+def _show_evidence(status, arguments: argparse.Namespace) -> int:
     view = status.accountability
     if arguments.json:
         print(json.dumps({"replica": status.replica_id, "executed_seq": status.last_executed_seq,
@@ -126,12 +139,7 @@ def _run_evidence(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_blocklist(arguments: argparse.Namespace) -> int:
-    if arguments.db is not None:
-        return print_log_events(arguments.db, arguments.json, "bft operator blocklist", BLOCKLIST_EVENTS)
-    status = _live_view(arguments)
-    if status is None:
-        return EXIT_FAILED
+def _show_blocklist(status, arguments: argparse.Namespace) -> int:
     view = status.accountability
     if arguments.json:
         print(json.dumps({"replica": status.replica_id, "executed_seq": status.last_executed_seq,
