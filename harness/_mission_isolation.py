@@ -19,6 +19,7 @@ from bft.core import AccountabilityOptions
 
 from ._history import history_from_cluster
 from ._linearizability import Validity
+from ._mission import REPLICA_COUNTS, check_honest_majority, compromised_replica
 from ._mission_workload import AGENTS, ActionStream, mission_policies
 from ._swarm import HarnessCluster, _InvariantMonitor, check_run
 
@@ -62,7 +63,6 @@ def run_isolation(seed: int, replica_count: int, compromised: int) -> IsolationR
         cluster.submit(action.agent, action.action, action.risk)
         cluster.run_until(cluster.all_done, REQUEST_TIME_MAX_MS)
     monitor.check({compromised})
-    from ._mission import check_honest_majority  # The mission imports this module; its check is one definition.
     history = history_from_cluster(cluster)
     checks = check_run(history, cluster, {compromised}, monitor)
     checks["honest_majority"] = check_honest_majority(history, policies, compromised)
@@ -95,7 +95,6 @@ def _judge(cluster: HarnessCluster, honest: list[int], compromised: int, request
 
 def main_isolation(arguments, out: TextIO) -> int:
     """``python -m harness scenario isolation [--replicas 5|7] [--seed S]``; non-zero unless every size is valid."""
-    from ._mission import REPLICA_COUNTS, compromised_replica
     results = []
     for replica_count in (arguments.replicas,) if arguments.replicas else REPLICA_COUNTS:
         result = run_isolation(arguments.seed, replica_count, compromised_replica(arguments.seed, replica_count))

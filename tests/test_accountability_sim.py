@@ -8,16 +8,16 @@ the correct replicas' policies say.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 
-from bft.core import (AccountabilityOptions, ClientCore, Decision, KeyPair, Prepare, Risk, endorsement_document,
+from bft.core import (AccountabilityOptions, ClientCore, Decision, KeyPair, Risk, endorsement_document,
                       operator_document)
 from bft.policy import PolicyDecision
 from bft.policies import ApproveEverything
 from bft.testing import SimCluster
+from harness._byzantine_replica import equivocating_prepares
 from specs.invariants import check_sim
 
 ALLOW, DENY = Decision.ALLOW, Decision.DENY
@@ -59,17 +59,10 @@ def assert_same_entry_everywhere(sim: SimCluster, correct: set[int], position: i
     assert len(entries) == 1, f"correct replicas logged different entries at position {position}"
 
 
-def double_prepares(destination, message, signer):
-    """An equivocating replica: every PREPARE goes out twice, the second for a batch that does not exist."""
-    if isinstance(message, Prepare):
-        return [message, signer.sign(dataclasses.replace(message, batch_digest=bytes(32)))]
-    return [message]
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_an_equivocating_replica_is_quarantined_from_its_evidence_at_one_position_everywhere(seed: int) -> None:
     correct = {0, 1, 2}
-    sim = SimCluster(4, seed=seed, policies={r: DenyDangerous() for r in range(4)}, interceptors={3: double_prepares})
+    sim = SimCluster(4, seed=seed, policies={r: DenyDangerous() for r in range(4)}, interceptors={3: equivocating_prepares()})
     expected = {}
     for number in range(4):
         document, verdict = action(number)
