@@ -571,7 +571,9 @@ def run_configuration(seed: int, replica_count: int) -> ConfigurationResult:
     compromised = compromised_replica(seed, replica_count)
     episodes = [_EpisodeRun(spec, seed, compromised).run() for spec in plan_episodes(seed, replica_count, compromised)]
     votes = vote_statistics([episode.history for episode in episodes], replica_count)
-    checks = {"latency_bounds": check_latency_bounds(episodes), "detection": check_detection(votes, compromised)}
+    from ._mission_isolation import isolation_check  # That module builds on this one's checks.
+    checks = {"latency_bounds": check_latency_bounds(episodes), "detection": check_detection(votes, compromised),
+              "isolation": isolation_check(seed, replica_count, compromised)}
     names = [policy.name for _, policy in sorted(mission_policies(replica_count, compromised).items())]
     return ConfigurationResult(replica_count, compromised, names, episodes, votes, checks)
 

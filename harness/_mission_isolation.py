@@ -21,13 +21,13 @@ from ._history import history_from_cluster
 from ._linearizability import Validity
 from ._mission import REPLICA_COUNTS, check_honest_majority, compromised_replica
 from ._mission_workload import AGENTS, ActionStream, mission_policies
-from ._swarm import HarnessCluster, _InvariantMonitor, check_run
+from ._swarm import CheckOutcome, HarnessCluster, _InvariantMonitor, check_run
 
-REQUESTS_MAX = 200
+REQUESTS_MAX = 400
 REQUESTS_AFTER_QUARANTINE = 20
 REQUEST_TIME_MAX_MS = 20_000
-# Smaller than the product's defaults so that a short simulated run accumulates enough evidence.
-OPTIONS = AccountabilityOptions(auto_quarantine_suspects=True, suspicion_window_entries=60, suspicion_min_votes=20)
+# The product's detection defaults, with the deployer's automatic rule switched on.
+OPTIONS = AccountabilityOptions(auto_quarantine_suspects=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,12 @@ def _judge(cluster: HarnessCluster, honest: list[int], compromised: int, request
     return IsolationResult(Validity.VALID, f"every honest replica quarantined replica {compromised} at log "
                                            f"position {position} ({first[0][1]['detail']}), after {requests} "
                                            "requests; verdicts checked before and after", position, requests)
+
+
+def isolation_check(seed: int, replica_count: int, compromised: int) -> CheckOutcome:
+    """The episode as one of the mission's checks."""
+    result = run_isolation(seed, replica_count, compromised)
+    return CheckOutcome(result.validity, result.summary)
 
 
 def main_isolation(arguments, out: TextIO) -> int:

@@ -382,6 +382,6 @@ def test_command_signers_are_derived_from_the_configuration_and_reserved() -> No
         ClusterConfig.create("acct", config.replica_keys, {"replica:1": bytes(32)})
     with pytest.raises(ConfigError, match="operator 'bob' needs a 32-byte"):
         ClusterConfig.create("acct", config.replica_keys, {}, operator_keys={"bob": b"short"})
-    with pytest.raises(ConfigError, match="approval_gap_permille"):
+    with pytest.raises(ConfigError, match="against_peers_permille"):
         ClusterConfig.create("acct", config.replica_keys, {},
-                             accountability=AccountabilityOptions(approval_gap_permille=0))
+                             accountability=AccountabilityOptions(against_peers_permille=500))

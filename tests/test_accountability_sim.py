@@ -93,8 +93,8 @@ def test_an_equivocating_replica_is_quarantined_from_its_evidence_at_one_positio
 @pytest.mark.parametrize("automatic", [False, True])
 def test_the_approve_everything_replica_is_detected_and_isolated_only_when_enabled(automatic: bool) -> None:
     correct = {0, 1, 2, 3}
-    options = AccountabilityOptions(auto_quarantine_suspects=automatic, suspicion_min_votes=10,
-                                    suspicion_window_entries=40)
+    options = AccountabilityOptions(auto_quarantine_suspects=automatic, suspicion_window_entries=40,
+                                    suspicion_min_votes=10, suspicion_min_contested=5)
     policies = {r: DenyDangerous() for r in correct} | {4: ApproveEverything()}
     sim = SimCluster(5, seed=3, policies=policies, config_options={"accountability": options})
     expected = {}

@@ -77,7 +77,7 @@ def test_overrides_round_trip_and_defaults_are_not_written(cluster_directory, tm
             limits=Limits(view_change_timeout_ticks=20, checkpoint_interval=8, log_window=32),
             operator_keys={entry.operator_id: entry.public_key for entry in cluster.operators},
             accountability=AccountabilityOptions(auto_quarantine_suspects=True, suspicion_min_votes=5,
-                                                 approval_gap_permille=250)),
+                                                 against_peers_permille=950)),
         tuple(entry.__class__(entry.replica_id, entry.address, entry.public_key, entry.key_file, entry.database,
                               PolicySpec("rate", {"window_requests": 5}) if entry.replica_id == 3 else entry.policy,
                               None if entry.replica_id == 2 else entry.metrics_address)
@@ -89,9 +89,9 @@ def test_overrides_round_trip_and_defaults_are_not_written(cluster_directory, tm
     loaded = load_cluster_file(tmp_path / "cluster.toml")
     assert loaded == edited
     assert loaded.config.accountability == AccountabilityOptions(auto_quarantine_suspects=True, suspicion_min_votes=5,
-                                                                 approval_gap_permille=250)
+                                                                 against_peers_permille=950)
     assert tomllib.loads(text)["accountability"] == {"auto_quarantine_suspects": True, "suspicion_min_votes": 5,
-                                                     "approval_gap_permille": 250}
+                                                     "against_peers_permille": 950}
     assert loaded.node_options.transport.idle_timeout_s == 7.5
     assert loaded.replicas[3].policy.build().window_requests == 5
     assert dump_cluster_file(loaded) == text

@@ -1,8 +1,9 @@
 """The mission scenario passes in simulation at n=5 and n=7 and writes its report; its analysis says which fault
 combinations no correct protocol can serve fast; n=5 waits or refuses under one replica down plus one behind
 500 ms links while n=7 meets the bounds under the same faults; the vote statistics flag exactly the
-approve-everything replica; each mission check fails on a history that breaks what it checks; and a smoke run of
-real-process mode (replica processes behind fault proxies) keeps every safety check."""
+approve-everything replica and the cluster's own detector isolates it; each mission check fails on a history
+that breaks what it checks; and a smoke run of real-process mode (replica processes behind fault proxies) keeps
+every safety check."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_the_mission_passes_at_n5_and_n7(mission):
         for episode in configuration.episodes:
             assert {"invariants", "linearizability", "durability", "certified_verdicts", "honest_majority",
                     "dangerous_actions", "liveness_after_heal"} <= set(episode.checks)
-        assert set(configuration.checks) == {"latency_bounds", "detection"}
+        assert set(configuration.checks) == {"latency_bounds", "detection", "isolation"}
 
 
 @pytest.mark.parametrize("replica_count, down, slow, reach, floor_ms", [

@@ -1,26 +1,19 @@
-"""Proves the isolation scenario asks the cluster's own detector (automatic rule on) to quarantine exactly the
-approve-everything replica at one log position on every honest replica, with verdicts checked before and after;
-and pins the known false positive at n=5, where the content-blind rate policy is quarantined instead."""
+"""Proves the isolation scenario asks the cluster's own detector (product defaults, automatic rule on) to
+quarantine exactly the approve-everything replica at one log position on every honest replica, with verdicts
+checked before and after, while the honest content-blind rate policy is left alone, at both mission sizes."""
 
 from __future__ import annotations
 
 import pytest
 
 from harness._linearizability import Validity
-from harness._mission import compromised_replica
+from harness._mission import REPLICA_COUNTS, compromised_replica
 from harness._mission_isolation import run_isolation
 
 
-def test_at_n7_every_honest_replica_quarantines_the_approve_everything_replica_at_one_position() -> None:
-    compromised = compromised_replica(0, 7)
-    result = run_isolation(0, 7, compromised)
+@pytest.mark.parametrize("replica_count", REPLICA_COUNTS)
+def test_every_honest_replica_quarantines_the_approve_everything_replica_at_one_position(replica_count: int) -> None:
+    compromised = compromised_replica(0, replica_count)
+    result = run_isolation(0, replica_count, compromised)
     assert result.validity is Validity.VALID, result.summary
-    assert result.quarantine_position is not None and f"replica {compromised}" in result.summary
-
-
-@pytest.mark.xfail(strict=True, reason="known weakness (issue 6): at n=5 the detector's approval-rate rule "
-                                       "quarantines the honest, content-blind rate policy first, which uses up "
-                                       "the automatic quarantine budget of f")
-def test_at_n5_the_detector_isolates_the_approve_everything_replica() -> None:
-    result = run_isolation(0, 5, compromised_replica(0, 5))
-    assert result.validity is Validity.VALID, result.summary
+    assert result.quarantine_position is not None and f"quarantined replica {compromised} " in result.summary

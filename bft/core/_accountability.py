@@ -23,9 +23,10 @@ The state this module keeps (``AccountabilityState``):
   replicas may be quarantined at once.
 - **Evidence.**  Two validly signed, conflicting messages from one replica for
   the same (phase, view, seq).  A correct replica never signs such a pair (S7).
-- **Suspicion.**  Over the last ``suspicion_window_entries`` verdicts, each
-  replica's approval rate and its rate of disagreeing with the final verdict,
-  compared with the median of its peers.  Deterministic integer arithmetic over
+- **Suspicion.**  Over the last ``suspicion_window_entries`` verdicts, a replica
+  that is one-sided: it rarely votes the way its peers often do, and it goes
+  against most other voters on nearly every request they decided the other way
+  (``AccountabilityOptions`` has the thresholds).  Deterministic integer arithmetic over
   the agreed vote sets only (vote latency is a local observation, so it is not used).
 - **Shared blocklist.**  Literal text patterns that replicas endorse.  A pattern
   is active while at least f+1 distinct, non-quarantined replicas hold an

@@ -28,7 +28,7 @@ from ._codec import digest, pack
 from ._config import REPLICA_SIGNER_PREFIX, ClusterConfig
 from ._crypto import Verifier
 from ._messages import Decision, Request, Risk, Vote
-from ._vote_statistics import VoteStatistics, lower_median, vote_masks
+from ._vote_statistics import VoteRates, VoteStatistics, lower_median, vote_masks
 from ._verdict import (BLOCKLISTED_PREFIX, COMMAND_REJECTED_PREFIX, VerdictRule, counted_votes, decide,
                        effective_rule, is_settled)
 
@@ -322,27 +322,44 @@ class AccountabilityState:
         self.statistics.push(allow_mask, deny_mask, allowed)
         return self._update_suspects(position)
 
-    def _suspicion_of(self, replica_id: int, rates: dict[int, tuple[int, int]]) -> tuple[str | None, bool]:
+    def _suspicion_of(self, replica_id: int, rates: dict[int, VoteRates]) -> tuple[str | None, bool]:
         """(reason to suspect, or None; whether an existing suspicion may be cleared)."""
         peers = [rates[p] for p in rates if p != replica_id and p not in self.quarantined]
         if replica_id not in rates or len(peers) < 2:
             return None, False
-        approval, disagreement = rates[replica_id]
-        peer_approval = lower_median([rate[0] for rate in peers])
-        peer_disagreement = lower_median([rate[1] for rate in peers])
+        own = rates[replica_id]
+        peer_approval = lower_median([peer.approval_permille for peer in peers])
+        approver = self._one_sided(1000 - own.approval_permille, 1000 - peer_approval,
+                                   own.peers_denied, own.approved_what_peers_denied)
+        denier = self._one_sided(own.approval_permille, peer_approval,
+                                 own.peers_approved, own.denied_what_peers_approved)
+        if approver[0]:
+            return (f"approval rate {own.approval_permille}/1000 (peers' median {peer_approval}/1000); approved "
+                    f"{own.approved_what_peers_denied} of the {own.peers_denied} requests most others denied"), False
+        if denier[0]:
+            return (f"approval rate {own.approval_permille}/1000 (peers' median {peer_approval}/1000); denied "
+                    f"{own.denied_what_peers_approved} of the {own.peers_approved} requests most others approved"), False
+        return None, approver[1] and denier[1]
+
+    def _one_sided(self, own_rate: int, peer_rate: int, contested: int, against: int) -> tuple[bool, bool]:
+        """(suspect, clearly fine) for one direction: ``own_rate`` and ``peer_rate`` are per mille of the
+        *other* decision (DENY for an approver); ``against`` of the ``contested`` verdicts that most other
+        voters decided that other way, the replica voted against them.
+
+        A suspicion clears only well inside the thresholds (twice the share, twice
+        as far from unanimity), so that a replica near them does not flap.
+        """
         options = self._options
-        approval_gap, disagreement_gap = approval - peer_approval, disagreement - peer_disagreement
-        if approval_gap >= options.approval_gap_permille:
-            return f"approval rate {approval}/1000, peers' median {peer_approval}/1000", False
-        if disagreement_gap >= options.disagreement_gap_permille:
-            return f"disagrees with the verdict {disagreement}/1000, peers' median {peer_disagreement}/1000", False
-        # Hysteresis: clear only well below the thresholds, so a replica near them does not flap.
-        return None, (2 * approval_gap < options.approval_gap_permille
-                      and 2 * disagreement_gap < options.disagreement_gap_permille)
+        share, against_permille = options.one_sided_share_permille, options.against_peers_permille
+        judged = contested >= options.suspicion_min_contested and peer_rate > 0
+        suspect = judged and own_rate * 1000 <= share * peer_rate and against * 1000 >= against_permille * contested
+        fine = (own_rate * 1000 > 2 * share * peer_rate
+                or (judged and against * 1000 < (2 * against_permille - 1000) * contested))
+        return suspect, fine
 
     def _update_suspects(self, position: int) -> list[dict[str, Any]]:
         rates = {r: rate for r in range(self._config.replica_count)
-                 if (rate := self.statistics.rates_permille(r)) is not None}
+                 if (rate := self.statistics.rates(r)) is not None}
         events = []
         for replica_id in range(self._config.replica_count):
             reason, clearable = self._suspicion_of(replica_id, rates)
@@ -375,12 +392,19 @@ class AccountabilityState:
             "blocklist": [{"pattern": pattern, "active": pattern in active,
                            "endorsements": [{"replica": r, "expires_ms": holders[r]} for r in sorted(holders)]}
                           for pattern, holders in sorted(self.endorsements.items())],
-            "replicas": [{"replica": r, "votes": self.statistics.cast[r],
-                          "approval_permille": rates[0] if (rates := self.statistics.rates_permille(r)) else None,
-                          "disagreement_permille": rates[1] if rates else None}
-                         for r in range(self._config.replica_count)],
+            "replicas": [self._replica_figures(r) for r in range(self._config.replica_count)],
             "window_entries": len(self.statistics),
         }
+
+    def _replica_figures(self, replica_id: int) -> dict[str, Any]:
+        rates = self.statistics.rates(replica_id)
+        figures = {"replica": replica_id, "votes": self.statistics.cast[replica_id]}
+        if rates is None:
+            return figures
+        return figures | {"approval_permille": rates.approval_permille,
+                          "disagreement_permille": rates.disagreement_permille,
+                          "approved_what_peers_denied": [rates.approved_what_peers_denied, rates.peers_denied],
+                          "denied_what_peers_approved": [rates.denied_what_peers_approved, rates.peers_approved]}
 
     def summary(self) -> dict[str, int]:
         """Counts for metrics gauges: quarantined, suspects, evidence records, blocklist patterns (all, active)."""

@@ -94,13 +94,20 @@ class AccountabilityOptions:
     merely suspicious replica automatically is the deployer's choice
     (``auto_quarantine_suspects``), off by default.  Proven equivocators are always
     quarantined.  Rates are in per mille so that every replica computes them in integers.
+
+    A replica is suspect when it is one-sided: it votes DENY (or ALLOW) at most
+    ``one_sided_share_permille`` of its peers' median DENY (ALLOW) rate, *and* it
+    went against the other voters on at least ``against_peers_permille`` of the
+    (at least ``suspicion_min_contested``) verdicts where most of them voted the
+    other way.  Either half alone is normal for honest but different policies.
     """
 
     auto_quarantine_suspects: bool = False
     suspicion_window_entries: int = 200
-    suspicion_min_votes: int = 20
-    approval_gap_permille: int = 300
-    disagreement_gap_permille: int = 300
+    suspicion_min_votes: int = 50
+    suspicion_min_contested: int = 20
+    one_sided_share_permille: int = 100
+    against_peers_permille: int = 900
     blocklist_patterns_max: int = 64
     blocklist_endorsements_per_replica_max: int = 16
     blocklist_ttl_ms_max: int = 7 * 24 * 3600 * 1000
@@ -110,8 +117,10 @@ class AccountabilityOptions:
     def problem(self) -> str | None:
         if not 1 <= self.suspicion_min_votes <= self.suspicion_window_entries <= 100_000:
             return "suspicion_min_votes must be in [1, suspicion_window_entries] and the window at most 100000"
-        if not (1 <= self.approval_gap_permille <= 1000 and 1 <= self.disagreement_gap_permille <= 1000):
-            return "approval_gap_permille and disagreement_gap_permille must be in [1, 1000]"
+        if not 1 <= self.suspicion_min_contested <= self.suspicion_window_entries:
+            return "suspicion_min_contested must be in [1, suspicion_window_entries]"
+        if not (1 <= self.one_sided_share_permille <= 1000 and 501 <= self.against_peers_permille <= 1000):
+            return "one_sided_share_permille must be in [1, 1000] and against_peers_permille in [501, 1000]"
         if not (1 <= self.blocklist_patterns_max <= 4096 and 1 <= self.blocklist_endorsements_per_replica_max <= 4096):
             return "blocklist_patterns_max and blocklist_endorsements_per_replica_max must be in [1, 4096]"
         if min(self.blocklist_ttl_ms_max, self.evidence_records_max, self.command_deadline_ms) < 1:

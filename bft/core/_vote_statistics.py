@@ -2,13 +2,21 @@
 
 Only what every correct replica agrees on goes in: the vote set ordered with
 each verdict and the verdict itself.  So every correct replica computes the
-same rates at the same log position.  Vote latency is deliberately absent: when
+same counts at the same log position.  Vote latency is deliberately absent: when
 a vote arrived is a local observation that differs from replica to replica.
+
+Besides how often a replica approves, the window counts how it votes when the
+*other* voters of the same set mostly agree the other way.  Honest policies
+differ, so every replica is outvoted now and then; a replica that approves
+everything (or denies everything) is outvoted on almost every request its
+peers decide the other way.  That one-sidedness, not a high approval rate on
+its own, is what the suspicion rule looks for (``_accountability_state``).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Iterator
 
 from ._messages import Decision, Vote
@@ -40,8 +48,21 @@ def lower_median(values: list[int]) -> int:
     return ordered[(len(ordered) - 1) // 2]
 
 
+@dataclass(frozen=True, slots=True)
+class VoteRates:
+    """One replica's figures over the window; counts, and rates in per mille of ``cast``."""
+
+    cast: int
+    approval_permille: int
+    disagreement_permille: int
+    peers_denied: int  # verdicts where most other voters denied
+    approved_what_peers_denied: int
+    peers_approved: int  # verdicts where most other voters approved
+    denied_what_peers_approved: int
+
+
 class VoteStatistics:
-    """The last ``window_entries`` verdicts' voter masks and, per replica, votes cast, approvals, disagreements."""
+    """The last ``window_entries`` verdicts' voter masks and, per replica, the counts behind ``VoteRates``."""
 
     def __init__(self, replica_count: int, window_entries: int, min_votes: int) -> None:
         assert replica_count >= 1 and 1 <= min_votes <= window_entries
@@ -52,6 +73,10 @@ class VoteStatistics:
         self.cast = [0] * replica_count
         self._allowed = [0] * replica_count
         self._disagreed = [0] * replica_count
+        self._peers_denied = [0] * replica_count
+        self._approved_against = [0] * replica_count
+        self._peers_approved = [0] * replica_count
+        self._denied_against = [0] * replica_count
 
     def __len__(self) -> int:
         return len(self._window)
@@ -66,20 +91,33 @@ class VoteStatistics:
         assert len(self._window) <= self._window_entries
 
     def _count(self, allow_mask: int, deny_mask: int, allowed: bool, sign: int) -> None:
+        allows, denies = allow_mask.bit_count(), deny_mask.bit_count()
         for replica_id in bits_of(allow_mask):
             self.cast[replica_id] += sign
             self._allowed[replica_id] += sign
             self._disagreed[replica_id] += sign * (not allowed)
+            if denies > allows - 1:  # a strict majority of the other voters denied
+                self._peers_denied[replica_id] += sign
+                self._approved_against[replica_id] += sign
+            elif allows - 1 > denies:
+                self._peers_approved[replica_id] += sign
         for replica_id in bits_of(deny_mask):
             self.cast[replica_id] += sign
             self._disagreed[replica_id] += sign * allowed
+            if allows > denies - 1:
+                self._peers_approved[replica_id] += sign
+                self._denied_against[replica_id] += sign
+            elif denies - 1 > allows:
+                self._peers_denied[replica_id] += sign
 
-    def rates_permille(self, replica_id: int) -> tuple[int, int] | None:
-        """(approval, disagreement with the verdict) per mille, or None with too few votes to judge."""
+    def rates(self, replica_id: int) -> VoteRates | None:
+        """The replica's figures, or None with fewer than ``min_votes`` votes in the window to judge by."""
         cast = self.cast[replica_id]
         if cast < self._min_votes:
             return None
-        return self._allowed[replica_id] * 1000 // cast, self._disagreed[replica_id] * 1000 // cast
+        return VoteRates(cast, self._allowed[replica_id] * 1000 // cast, self._disagreed[replica_id] * 1000 // cast,
+                         self._peers_denied[replica_id], self._approved_against[replica_id],
+                         self._peers_approved[replica_id], self._denied_against[replica_id])
 
     def to_wire(self) -> list:
         width = (self._replica_count + 7) // 8
