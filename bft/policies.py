@@ -14,7 +14,9 @@ Five honest policies, each looking at an action from its own angle:
   and whitespace so trivial obfuscation does not slip through.
 - ``RatePolicy`` ("rate"): behavioural; per client, over a bounded sliding window
   of the request numbers this policy has seen, it denies bursts of one capability
-  or of high-risk requests.  Deterministic (no clock) and bounded in memory.
+  or of high-risk requests, and (``max_recent_denials``) high-risk requests from a
+  client the cluster keeps denying, judged by the agreed verdict history.
+  Deterministic (no clock) and bounded in memory.
 - ``IncidentMemory`` ("incident-memory"): history-aware; it remembers the serious
   incidents it denied and, for a bounded number of evaluations, denies what
   repeats one (same capability and target, or the same command once quoting and
@@ -37,7 +39,8 @@ A plug-in is a class whose instances have a ``name`` and an
 ``evaluate(action, context) -> PolicyDecision`` method (``bft.policy.Policy``).
 ``action`` is the client's JSON object, decoded; ``context`` is a
 ``PolicyContext`` (replica id, client id, request number, declared risk,
-deadline).  A replica's entry in the cluster file names it by import path, and
+deadline, and the client's agreed history: its latest verdicts as finalized in
+this replica's log).  A replica's entry in the cluster file names it by import path, and
 its options are the constructor's keyword arguments::
 
     [[replicas]]
@@ -74,7 +77,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from .core import Risk
+from .core import Decision, Risk
 from .policy import Policy, PolicyContext, PolicyDecision
 
 # How much of an action a policy inspects; anything larger or deeper is denied, not skipped.
@@ -411,18 +414,28 @@ class RatePolicy:
     Memory is bounded: at most ``window_requests`` entries per client and
     ``max_clients`` clients (least recently seen forgotten first).  A retried
     request number replaces its earlier entry instead of counting twice.
+
+    With ``max_recent_denials`` set it also judges the client by its agreed
+    history (``PolicyContext.agreed_history``, the verdicts the cluster
+    finalized): a client with more than that many DENY verdicts among its last
+    ``window_requests`` request numbers is probing, and its high-risk requests
+    are denied until its record clears.
     """
 
     name = "rate"
 
     def __init__(self, *, window_requests: int = 20, max_per_capability: int = 8, max_high_risk: int = 6,
-                 max_clients: int = 1024) -> None:
+                 max_clients: int = 1024, max_recent_denials: int | None = None) -> None:
         if min(window_requests, max_per_capability, max_high_risk, max_clients) < 1:
             raise ValueError("window_requests, max_per_capability, max_high_risk and max_clients must be positive")
+        if max_recent_denials is not None and (isinstance(max_recent_denials, bool)
+                                               or not isinstance(max_recent_denials, int) or max_recent_denials < 0):
+            raise ValueError("max_recent_denials must be a non-negative integer")
         self.window_requests = window_requests
         self.max_per_capability = max_per_capability
         self.max_high_risk = max_high_risk
         self.max_clients = max_clients
+        self.max_recent_denials = max_recent_denials
         self._lock = threading.Lock()
         self._clients: OrderedDict[str, dict[int, tuple[Risk, str]]] = OrderedDict()
 
@@ -433,11 +446,20 @@ class RatePolicy:
         same = sum(1 for _, cap in window if cap == capability)
         high = sum(1 for risk, _ in window if RISK_ORDER[risk] >= RISK_ORDER[Risk.HIGH])
         span = f"the last {self.window_requests} requests"
+        is_high_risk = RISK_ORDER[context.risk] >= RISK_ORDER[Risk.HIGH]
         if same > self.max_per_capability:
             return PolicyDecision.deny(f"rate: burst of {same} {capability!r} requests in {span}")
-        if RISK_ORDER[context.risk] >= RISK_ORDER[Risk.HIGH] and high > self.max_high_risk:
+        if is_high_risk and high > self.max_high_risk:
             return PolicyDecision.deny(f"rate: burst of {high} high-risk requests in {span}")
+        denied = self._recent_denials(context)
+        if is_high_risk and self.max_recent_denials is not None and denied > self.max_recent_denials:
+            return PolicyDecision.deny(f"rate: the cluster denied {denied} of this client's requests in {span}")
         return PolicyDecision.allow(f"rate: {same} {capability!r} and {high} high-risk in {span}")
+
+    def _recent_denials(self, context: PolicyContext) -> int:
+        oldest = context.request_number - self.window_requests
+        return sum(1 for verdict in context.agreed_history
+                   if oldest < verdict.request_number < context.request_number and verdict.decision is Decision.DENY)
 
     def _record(self, client_id: str, number: int, risk: Risk, capability: str) -> list[tuple[Risk, str]]:
         history = self._clients.get(client_id)
@@ -537,7 +559,7 @@ class IncidentMemory:
     ``remember_evaluations`` evaluations have passed since it last matched; at most
     ``max_remembered`` signatures are kept, the least recently matched forgotten
     first.  Incidents are shared by all clients unless ``per_client``.  Only what this
-    replica evaluated is remembered: ``PolicyContext`` carries no agreed history.
+    replica evaluated is remembered: the agreed history holds verdicts, not actions.
     """
 
     name = "incident-memory"

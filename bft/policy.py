@@ -14,16 +14,21 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from .core import Decision, Request, Risk, command_vote, is_command_request
+from .core import AgreedVerdict, Decision, Request, Risk, command_vote, is_command_request
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyContext:
+    """What a policy knows besides the action: who asks, at what risk, by when, and the client's
+    ``agreed_history`` (its latest finalized verdicts from this replica's log; see
+    ``ExecutionState.agreed_history``)."""
+
     replica_id: int
     client_id: str
     request_number: int
     risk: Risk
     deadline_ms: int
+    agreed_history: tuple[AgreedVerdict, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +52,13 @@ class Policy(Protocol):
         """Decide whether ``action`` may run.  Must not mutate shared state outside the policy."""
 
 
-def context_for(request: Request, replica_id: int) -> PolicyContext:
-    return PolicyContext(replica_id, request.client_id, request.request_number, request.risk, request.deadline_ms)
+def context_for(request: Request, replica_id: int, agreed_history: tuple[AgreedVerdict, ...] = ()) -> PolicyContext:
+    return PolicyContext(replica_id, request.client_id, request.request_number, request.risk, request.deadline_ms,
+                         agreed_history)
 
 
-def evaluate_fail_safe(policy: Policy, request: Request, replica_id: int) -> PolicyDecision:
+def evaluate_fail_safe(policy: Policy, request: Request, replica_id: int,
+                       agreed_history: tuple[AgreedVerdict, ...] = ()) -> PolicyDecision:
     """Run ``policy`` on ``request``; any failure becomes DENY with the reason named.
 
     A command to the accountability state (a request from a reserved
@@ -62,7 +69,7 @@ def evaluate_fail_safe(policy: Policy, request: Request, replica_id: int) -> Pol
         decision, reason = command_vote(request)
         return PolicyDecision(decision, reason)
     try:
-        decision = policy.evaluate(json.loads(request.action), context_for(request, replica_id))
+        decision = policy.evaluate(json.loads(request.action), context_for(request, replica_id, agreed_history))
     except Exception as error:  # A policy is foreign code: every failure must fail closed.
         return PolicyDecision.deny(f"policy error: {type(error).__name__}: {error}")
     if not isinstance(decision, PolicyDecision) or not isinstance(decision.decision, Decision):

@@ -9,7 +9,7 @@ import threading
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bft.core import Decision, Request, Risk, canonical_action
+from bft.core import AgreedVerdict, Decision, Request, Risk, canonical_action
 from bft.policies import (POLICIES, ApproveEverything, CapabilityDenyList, ContextRules, IncidentMemory, PatternMatcher,
                           RatePolicy, build_policy, command_fingerprint, normalize_target, normalize_text)
 from bft.policy import PolicyContext, PolicyDecision, evaluate_fail_safe
@@ -185,6 +185,26 @@ def test_rate_policy_memory_is_bounded():
         run_rate(policy, [(n, f"t{n % 4}", Risk.LOW) for n in range(1, 50)], f"client-{client}")
     assert len(policy._clients) == 3
     assert all(len(history) <= 5 for history in policy._clients.values())
+
+
+def test_rate_policy_denies_high_risk_requests_of_a_client_the_cluster_keeps_denying():
+    policy = RatePolicy(window_requests=10, max_per_capability=100, max_high_risk=100, max_recent_denials=2)
+    record = tuple(AgreedVerdict(number, number, Decision.DENY if number in (2, 3, 5) else Decision.ALLOW)
+                   for number in range(1, 9))
+
+    def judged(risk: Risk, number: int, history=record) -> PolicyDecision:
+        ask = PolicyContext(0, "c", number, risk, 10_000, agreed_history=history)
+        return policy.evaluate({"tool": f"t{number}"}, ask)
+
+    probing = judged(Risk.HIGH, 9)
+    assert probing.decision is Decision.DENY and "denied 3 of this client's requests" in probing.reason
+    assert judged(Risk.LOW, 10).decision is Decision.ALLOW, "low-risk requests are not held against it"
+    assert judged(Risk.HIGH, 11, record[:4]).decision is Decision.ALLOW, "two denials are within the limit"
+    assert judged(Risk.HIGH, 14).decision is Decision.ALLOW, "denial 2 and 3 have left the last 10 numbers"
+    assert RatePolicy().evaluate({"tool": "t"}, PolicyContext(0, "c", 9, Risk.HIGH, 10_000, record)).decision \
+        is Decision.ALLOW, "off unless max_recent_denials is set"
+    with pytest.raises(ValueError, match="max_recent_denials"):
+        RatePolicy(max_recent_denials=-1)
 
 
 def test_rate_policy_is_deterministic():

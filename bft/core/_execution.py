@@ -103,6 +103,15 @@ class ClientRecord:
         self.replies: SortedDict[int, Reply | LogEntry] = SortedDict()
 
 
+@dataclass(frozen=True, slots=True)
+class AgreedVerdict:
+    """One of a client's finalized verdicts, as every correct replica logged it."""
+
+    request_number: int
+    seq: int
+    decision: Decision
+
+
 class ExecutionState:
     """Applies committed batches in sequence order.
 
@@ -134,6 +143,18 @@ class ExecutionState:
         for entry in log:
             self._append_restored(entry)
         self.last_executed_seq = max(last_executed_seq, log[-1].seq if log else 0)
+
+    def agreed_history(self, client_id: str) -> tuple[AgreedVerdict, ...]:
+        """The client's latest finalized verdicts (at most ``client_window``), by request number.
+
+        This is what a policy may judge a client's behaviour by: every correct
+        replica logged the same verdicts, though a replica that has executed
+        less sees fewer of the newest ones.
+        """
+        record = self.clients.get(client_id)
+        if record is None:
+            return ()
+        return tuple(AgreedVerdict(number, outcome.seq, outcome.decision) for number, outcome in record.replies.items())
 
     def is_stale(self, client_id: str, request_number: int) -> bool:
         """True for a number that may have executed but whose reply was evicted from the window."""

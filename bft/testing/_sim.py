@@ -296,8 +296,9 @@ class SimCluster:
 
     def _evaluate(self, endpoint: Endpoint, request: Request) -> None:
         replica_id = endpoint[1] if isinstance(endpoint, tuple) else endpoint
-        decision = evaluate_fail_safe(self.policies[replica_id], request, replica_id)
         replica = self.twins[replica_id] if isinstance(endpoint, tuple) else self.replicas[replica_id]
+        decision = evaluate_fail_safe(self.policies[replica_id], request, replica_id,
+                                      replica.execution.agreed_history(request.client_id))
         digest = request_digest(self.config.cluster_id, request)
         self._handle_ready(endpoint, replica.record_decision(digest, decision.decision, decision.reason))
 
