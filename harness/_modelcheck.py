@@ -276,6 +276,7 @@ class _Model:
         self._handle(world, replica_id, world.replicas[replica_id].tick(world.now_ms))
 
     def _handle(self, world: _World, replica_id: int, ready) -> None:
+        world.replicas[replica_id].check_invariants()  # In full: the core checks only its bounds per input.
         byzantine = replica_id == self.adversary.replica_id
 
         def to_replica(destination: int, message: Message) -> None:

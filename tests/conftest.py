@@ -167,6 +167,7 @@ class LocalNet:
         return LocalNet(kit, [kit.replica(i) for i in range(kit.n)], **options)
 
     def handle(self, replica_id: int, ready: Ready) -> Ready:
+        self.replicas[replica_id].check_invariants()  # In full: the core checks only its bounds per input.
         self.readies.append((replica_id, ready))
         for destination, message in ready.to_replicas:
             if not self.hold(replica_id, destination, message):

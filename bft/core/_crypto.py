@@ -14,11 +14,9 @@ from collections import OrderedDict
 import nacl.exceptions
 import nacl.signing
 
-from ._codec import digest, signing_payload
+from ._codec import digest, encode, keep_signed_encoding, signing_payload
 from ._errors import RemoteProtocolError
-from ._messages import SIGNATURE_BYTES, Message, Request
-
-_PLACEHOLDER_SIGNATURE = bytes(SIGNATURE_BYTES)
+from ._messages import Message, Request
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,9 +43,10 @@ class Signer:
 
     def sign(self, unsigned: Message) -> Message:
         """Return ``unsigned`` with its signature field filled in."""
-        placeholder = dataclasses.replace(unsigned, signature=_PLACEHOLDER_SIGNATURE)
-        signature = self._key.sign(signing_payload(self._cluster_id, placeholder)).signature
-        return dataclasses.replace(unsigned, signature=signature)
+        payload = signing_payload(self._cluster_id, unsigned)  # The signature field is not part of it.
+        signed = dataclasses.replace(unsigned, signature=self._key.sign(payload).signature)
+        keep_signed_encoding(signed, self._cluster_id, payload)
+        return signed
 
 
 class Verifier:
@@ -70,13 +69,14 @@ class Verifier:
     def verify(self, message: Message) -> None:
         """Raise ``RemoteProtocolError`` unless ``message`` is signed by the identity it names."""
         key = self._key_for(message)
-        payload = signing_payload(self._cluster_id, message)
-        cache_key = digest(payload + message.signature)
+        # The encoding holds the type, every signed field and the signature, and this verifier serves one
+        # cluster, so its digest names exactly what a successful check proved.
+        cache_key = digest(encode(message))
         if cache_key in self._verified:
             self._verified.move_to_end(cache_key)
             return
         try:
-            key.verify(payload, message.signature)
+            key.verify(signing_payload(self._cluster_id, message), message.signature)
         except nacl.exceptions.BadSignatureError:
             raise RemoteProtocolError("bad-signature", f"{type(message).__name__} signature does not verify") from None
         self._verified[cache_key] = None

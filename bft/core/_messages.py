@@ -55,6 +55,21 @@ def _identifier_problem(text: str) -> str | None:
     return None
 
 
+class CodecMemo:
+    """Base of every signed message: a slot where the codec keeps the message's canonical encoding.
+
+    A replica encodes, signs, verifies and digests the same message several
+    times (for every peer, for storage, for the verifier's cache), and each of
+    those used to walk the record again; with the encoding kept, each is a
+    slice of it.  The slot is not a dataclass field, so equality, hashing,
+    ``repr``, ``fields`` and pickling ignore it, and a message made by
+    ``dataclasses.replace`` starts without it.  Messages are frozen, so a
+    filled slot never goes stale.  Only ``_codec`` reads or writes it.
+    """
+
+    __slots__ = ("_wire",)
+
+
 DIGEST = Bytes(DIGEST_BYTES, DIGEST_BYTES)
 SIGNATURE = Bytes(SIGNATURE_BYTES, SIGNATURE_BYTES)
 REPLICA_ID = Int(0, MAX_REPLICAS - 1)
@@ -66,7 +81,7 @@ TIME_MS = Int(0, 2**63 - 1)
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
+class Request(CodecMemo):
     """A client's question: may ``action`` (a JSON object) run, at ``risk``, before ``deadline_ms``?"""
 
     client_id: str
@@ -92,7 +107,7 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class Vote:
+class Vote(CodecMemo):
     """One replica's signed policy decision on one request (independent of view)."""
 
     request_digest: bytes
@@ -138,7 +153,7 @@ NULL_BATCH = Batch(timestamp_ms=0, entries=())
 
 
 @dataclass(frozen=True, slots=True)
-class PrePrepare:
+class PrePrepare(CodecMemo):
     view: int
     seq: int
     batch: Batch
@@ -155,7 +170,7 @@ class PrePrepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepare:
+class Prepare(CodecMemo):
     view: int
     seq: int
     batch_digest: bytes
@@ -172,7 +187,7 @@ class Prepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(CodecMemo):
     view: int
     seq: int
     batch_digest: bytes
@@ -183,7 +198,7 @@ class Commit:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(CodecMemo):
     """A replica's signed statement that it executed ``request_digest`` at ``seq`` with this verdict.
 
     It carries the agreed vote set, so f+1 matching replies form a certificate
@@ -226,7 +241,7 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class Checkpoint(CodecMemo):
     seq: int
     state_digest: bytes
     replica_id: int
@@ -253,7 +268,7 @@ class PreparedProof:
 
 
 @dataclass(frozen=True, slots=True)
-class ViewChange:
+class ViewChange(CodecMemo):
     new_view: int
     stable_seq: int
     stable_proof: tuple[Checkpoint, ...]
@@ -272,7 +287,7 @@ class ViewChange:
 
 
 @dataclass(frozen=True, slots=True)
-class NewView:
+class NewView(CodecMemo):
     view: int
     view_changes: tuple[ViewChange, ...]
     preprepares: tuple[PrePrepare, ...]
@@ -299,7 +314,7 @@ def _refusal_reason_problem(text: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
+class Refusal(CodecMemo):
     """A replica's signed statement that it will not order this request now, and why.
 
     It is not a verdict and carries no decision.  One replica's refusal proves
@@ -331,7 +346,7 @@ MAX_STATE_TRANSFER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class StateRequest:
+class StateRequest(CodecMemo):
     """A lagging replica asks a peer for part of the state of a stable checkpoint.
 
     With ``first_position == 0`` it asks for the snapshot of the peer's latest
@@ -356,7 +371,7 @@ class StateRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class StateReply:
+class StateReply(CodecMemo):
     """A peer's answer to ``StateRequest``: a snapshot with its proof, or a chunk of log entries.
 
     A snapshot reply has ``stable_proof`` (a quorum of matching checkpoints at
@@ -398,3 +413,4 @@ for _record_type in (*SIGNED_MESSAGE_TYPES, BatchEntry, Batch, PreparedProof):
     check_schema_matches_fields(_record_type)
 for _signed_type in SIGNED_MESSAGE_TYPES:
     assert _signed_type.SCHEMA[-1][0] == "signature", _signed_type
+    assert issubclass(_signed_type, CodecMemo), _signed_type

@@ -10,13 +10,12 @@ requests could go into a batch, whether any request awaits ordering, and which
 entries expired.  Scanning the whole pool for each (up to
 ``max_pending_requests`` entries) made the primary's cost per input grow with
 its backlog, so the pool keeps the answers up to date as entries change: a
-proposal-candidate index in arrival order, a count, a deadline heap and the
+proposal-candidate index in arrival order, a count, a deadline index and the
 entries still waiting for their request, which expire in arrival order.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
 from typing import Iterable
 
@@ -25,8 +24,8 @@ from sortedcontainers import SortedDict
 from ._messages import Request, Vote
 
 # Below this many entries ``check_invariants`` re-derives every index from scratch (tests and
-# simulations run small pools); above it, it checks only constant-time bounds, so the check after
-# each input never costs as much as the scans the indexes replace.
+# simulations run small pools); above it, it checks only the constant-time bounds, so that test
+# drivers can afford it after every input even with a large backlog.
 FULL_CHECK_ENTRIES_MAX = 16
 
 
@@ -89,8 +88,8 @@ class PendingPool:
         self._last_created_tick = 0
         self._candidates: SortedDict[int, PendingRequest] = SortedDict()
         self.requests_with_quorum_count = 0
-        # (deadline_ms, serial, entry) for every entry with its request; discarded ones are skipped lazily.
-        self._deadlines: list[tuple[int, int, PendingRequest]] = []
+        # Every entry with its request, by (deadline_ms, serial): expiry takes them from the front.
+        self._deadlines: SortedDict[tuple[int, int], PendingRequest] = SortedDict()
         # Entries still without their request.  Their created ticks never decrease along this order.
         self._unrequested: OrderedDict[bytes, PendingRequest] = OrderedDict()
 
@@ -139,12 +138,7 @@ class PendingPool:
         if entry.orphan_of is not None:
             self._release_orphan(entry)
         del self._unrequested[entry.digest]
-        heapq.heappush(self._deadlines, (request.deadline_ms, entry.serial, entry))
-        if len(self._deadlines) > 2 * self._capacity:
-            # Executed entries linger until their deadline; rebuilding keeps the heap within twice the pool.
-            self._deadlines = [(e.request.deadline_ms, e.serial, e) for e in self._entries.values()
-                               if e.request is not None]
-            heapq.heapify(self._deadlines)
+        self._deadlines[(request.deadline_ms, entry.serial)] = entry
         self._reindex(entry)
 
     def note_quorum(self, entry: PendingRequest, tick: int) -> None:
@@ -174,7 +168,10 @@ class PendingPool:
             return
         if entry.orphan_of is not None:
             self._release_orphan(entry)
-        self._unrequested.pop(digest, None)
+        if entry.request is None:
+            del self._unrequested[digest]
+        else:
+            del self._deadlines[(entry.request.deadline_ms, entry.serial)]
         self._candidates.pop(entry.serial, None)
         self.requests_with_quorum_count -= entry.awaits_order
         entry.awaits_order = entry.is_candidate = False
@@ -197,10 +194,10 @@ class PendingPool:
         ``skew_ms`` before ``now_ms``, and those that have waited more than ``orphan_ticks`` for
         their request."""
         expired = []
-        while self._deadlines and now_ms > self._deadlines[0][0] + skew_ms:
-            entry = heapq.heappop(self._deadlines)[2]
-            if self._entries.get(entry.digest) is entry:
-                expired.append(entry)
+        for (deadline_ms, _), entry in self._deadlines.items():
+            if now_ms <= deadline_ms + skew_ms:
+                break  # Every later entry has a deadline no earlier.
+            expired.append(entry)
         for entry in self._unrequested.values():
             if tick - entry.created_tick <= orphan_ticks:
                 break  # Every later entry arrived no earlier, so it has not waited longer.
@@ -221,15 +218,20 @@ class PendingPool:
             del self._candidates[entry.serial]
         entry.is_candidate = is_candidate
 
+    def check_bounds(self) -> None:
+        """The indexes' sizes agree with the entries: constant time, so a replica checks it after every input."""
+        assert 0 <= len(self._candidates) <= self.requests_with_quorum_count <= len(self._entries) <= self._capacity
+        assert len(self._unrequested) + len(self._deadlines) == len(self._entries)
+
     def check_invariants(self) -> None:
         """The indexes agree with the entries: in full for a small pool, by their bounds always."""
-        assert 0 <= len(self._candidates) <= self.requests_with_quorum_count <= len(self._entries) <= self._capacity
-        assert len(self._unrequested) <= len(self._entries) and len(self._deadlines) <= 2 * self._capacity
+        self.check_bounds()
         if len(self._entries) > FULL_CHECK_ENTRIES_MAX:
             return
         awaiting = [e for e in self._entries.values() if e.request is not None and e.quorum_tick is not None]
         assert self.requests_with_quorum_count == len(awaiting)
         assert list(self._candidates.values()) == [e for e in awaiting if e.proposed_seq is None]
         assert list(self._unrequested.values()) == [e for e in self._entries.values() if e.request is None]
-        live = {id(e) for _, _, e in self._deadlines if self._entries.get(e.digest) is e}
-        assert live == {id(e) for e in self._entries.values() if e.request is not None}
+        assert sorted(self._deadlines.values(), key=lambda e: e.serial) == \
+            [e for e in self._entries.values() if e.request is not None]
+        assert all(key == (e.request.deadline_ms, e.serial) for key, e in self._deadlines.items())

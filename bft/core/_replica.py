@@ -68,6 +68,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         self.config = config
         self.replica_id = replica_id
         self.limits = config.limits
+        self._quorum = config.quorum  # Asked on most inputs; the configuration is frozen.
         self._signer = Signer(config.cluster_id, seed)
         self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
         self.view = 0
@@ -222,7 +223,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
 
     @property
     def quorum(self) -> int:
-        return self.config.quorum
+        return self._quorum
 
     @property
     def primary_id(self) -> int:
@@ -253,7 +254,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
             return self._out.build()
         finally:
             self._out = None
-            self.check_invariants()
+            self._check_bounds()
 
     def _receive(self, message: Message) -> None:
         try:
@@ -293,6 +294,18 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
                                      if replica_id != self.replica_id)
 
     def check_invariants(self) -> None:
+        """Every structural invariant; a failure is a bug in the core.
+
+        The bounds (``_check_bounds``) hold after every input and are checked
+        then.  This also re-derives the pending pool's indexes, a Python loop
+        per input that a production replica does not pay for: the test drivers
+        (the simulator, the unit tests' network, the model checker) call it
+        after every input instead.
+        """
+        self._check_bounds()
+        self.pending.check_invariants()
+
+    def _check_bounds(self) -> None:
         """Structural bounds that must hold after every input; a failure is a bug in this file.
 
         It runs after every input, so each check costs O(1) or a C-level pass over a
@@ -301,7 +314,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         low, high, limits = self.low_water, self.high_water, self.limits
         assert len(self.slots) <= limits.log_window, len(self.slots)
         assert len(self.pending) <= limits.max_pending_requests
-        self.pending.check_invariants()
+        self.pending.check_bounds()
         # The slots are sorted by seq, so checking the lowest and the highest covers them all.
         assert not self.slots or low < self.slots.peekitem(0)[0] <= self.slots.peekitem(-1)[0] <= high
         assert low <= self.last_executed <= high
@@ -551,7 +564,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         table_of(self._slot(message.seq))[message.replica_id] = message
 
     def _check_prepared(self, slot: Slot) -> None:
-        if slot.prepared or slot.preprepare is None or len(slot.matching_prepares()) < self.quorum:
+        if slot.prepared or slot.preprepare is None or slot.matching_prepare_count() < self.quorum:
             return
         slot.prepared = True
         proof = self.prepared_proofs[slot.seq] = slot.prepared_proof(self.quorum)

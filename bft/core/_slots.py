@@ -29,6 +29,9 @@ class Slot:
     def matching_prepares(self) -> tuple[Prepare, ...]:
         return tuple(p for _, p in sorted(self.prepares.items()) if p.batch_digest == self.batch_digest)
 
+    def matching_prepare_count(self) -> int:
+        return sum(1 for prepare in self.prepares.values() if prepare.batch_digest == self.batch_digest)
+
     def matching_commit_count(self) -> int:
         return sum(1 for commit in self.commits.values() if commit.batch_digest == self.batch_digest)
 

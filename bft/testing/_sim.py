@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
 from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, Message, Ready, RemoteProtocolError,
@@ -64,11 +64,13 @@ class SimCluster:
                  interceptors: Mapping[int, Interceptor] | None = None, key_seed: int = 0,
                  config_options: Mapping[str, Any] | None = None,
                  store_factory: Callable[[int], Store] | None = None, prune_stores: bool = False,
-                 record_history: bool = True) -> None:
+                 record_history: bool = True, full_invariant_checks: bool = True) -> None:
         """``store_factory(replica_id)`` opens a replica's store (called again on restart, so a file-backed
         store is reopened from disk); by default each replica gets a ``MemoryStore``.  ``prune_stores``
         prunes stores as a production driver does (``StorePruner``).  Without ``record_history`` the
-        simulation keeps no per-request records once a request completes (for very long runs)."""
+        simulation keeps no per-request records once a request completes (for very long runs).
+        ``full_invariant_checks`` runs each replica's full ``Replica.check_invariants`` after every input (the
+        core itself checks only its bounds then); a benchmark of the core's own cost turns it off."""
         self.random = random.Random(seed)
         self.tick_ms = tick_ms
         self.now_ms = 1_000_000
@@ -84,6 +86,7 @@ class SimCluster:
         self.stores = [store_factory(i) if store_factory else MemoryStore() for i in range(replica_count)]
         self.pruners = [StorePruner() if prune_stores else None for _ in range(replica_count)]
         self.record_history = record_history
+        self.full_invariant_checks = full_invariant_checks
         self.crash_after_persist: dict[int, int] = {}  # Replica -> persisting outputs still to let through.
         self.policies: dict[int, Policy] = {i: AllowAll() for i in range(replica_count)}
         self.policies.update(policies or {})
@@ -259,6 +262,8 @@ class SimCluster:
         store = self.twin_stores[replica_id] if is_twin else self.stores[replica_id]
         if not is_twin and replica_id in self.crashed:
             return  # Output of a replica that died earlier in this same step never happened.
+        if self.full_invariant_checks:
+            (self.twins[replica_id] if is_twin else self.replicas[replica_id]).check_invariants()
         if not is_twin and replica_id in self.crash_after_persist and ready.persist:
             if self.crash_after_persist[replica_id] == 0:
                 store.persist(ready.persist)  # Durable; then the process dies before anything leaves.
