@@ -59,6 +59,10 @@ evaluation runs in a worker thread under ``[node] policy_deadline_ms`` (default
 ``PolicyDecision`` count as a DENY vote (``bft.policy.evaluate_fail_safe``).  An
 overrunning thread is abandoned, not killed, and up to ``[node] policy_threads``
 evaluations run at once, so ``evaluate`` should be quick, bounded and thread-safe.
+A class attribute ``evaluates_inline = True`` declares ``evaluate`` pure
+computation that never waits; the replica then evaluates small actions on its
+event loop, without the cost of a thread (``bft.policy.runs_inline``); every
+built-in policy declares it.
 """
 
 from __future__ import annotations
@@ -175,6 +179,7 @@ class CapabilityDenyList:
     """
 
     name = "deny-list"
+    evaluates_inline = True  # Pure computation, bounded by the action's size: see bft.policy.runs_inline.
 
     def __init__(self, *, denied_capabilities: Iterable[str] = DEFAULT_DENIED_CAPABILITIES,
                  dangerous_arguments: Mapping[str, Iterable[str]] | None = None) -> None:
@@ -212,6 +217,7 @@ class ContextRules:
     """Rules that depend on the action's fields and on the risk class the client declared."""
 
     name = "context-rules"
+    evaluates_inline = True  # Pure computation, bounded by the action's size: see bft.policy.runs_inline.
 
     def __init__(self, *, allowed_write_prefixes: Iterable[str] = ("/workspace/", "/tmp/"),
                  write_tools: Iterable[str] = DEFAULT_WRITE_TOOLS,
@@ -346,6 +352,7 @@ class PatternMatcher:
     """Deny any action whose text carries injection, secrets, credential paths or hidden payloads."""
 
     name = "pattern-matcher"
+    evaluates_inline = True  # Pure computation, bounded by the action's size: see bft.policy.runs_inline.
 
     def __init__(self, *, extra_patterns: Iterable[str] = (), base64_min_chars: int = 64,
                  inspect_base64: bool = True) -> None:
@@ -423,6 +430,7 @@ class RatePolicy:
     """
 
     name = "rate"
+    evaluates_inline = True  # Pure computation, bounded by the action's size: see bft.policy.runs_inline.
 
     def __init__(self, *, window_requests: int = 20, max_per_capability: int = 8, max_high_risk: int = 6,
                  max_clients: int = 1024, max_recent_denials: int | None = None) -> None:
@@ -563,6 +571,7 @@ class IncidentMemory:
     """
 
     name = "incident-memory"
+    evaluates_inline = True  # Pure computation, bounded by the action's size: see bft.policy.runs_inline.
 
     def __init__(self, *, incident_patterns: Mapping[str, Iterable[str]] | None = None,
                  incident_capabilities: Iterable[str] = DEFAULT_DENIED_CAPABILITIES,
@@ -691,6 +700,7 @@ class ApproveEverything:
     """
 
     name = "approve-everything"
+    evaluates_inline = True  # Pure computation, bounded by the action's size: see bft.policy.runs_inline.
 
     def evaluate(self, action: Mapping[str, Any], context: PolicyContext) -> PolicyDecision:
         return PolicyDecision.allow("approve-everything (compromised node)")

@@ -52,6 +52,27 @@ class Policy(Protocol):
         """Decide whether ``action`` may run.  Must not mutate shared state outside the policy."""
 
 
+# Inline evaluation is for small actions only: a policy's cost grows with the text it inspects.
+INLINE_ACTION_CHARS_MAX = 16 * 1024
+
+
+def runs_inline(policy: Policy, request: Request) -> bool:
+    """Whether a driver may evaluate ``request`` on its own task instead of in a worker thread.
+
+    A thread hop costs more than a typical evaluation, but only a thread can be
+    abandoned when it overruns its deadline.  So inline evaluation is for what
+    cannot hang: commands to the accountability state (never shown to the
+    policy), and small actions for a policy that declares ``evaluates_inline =
+    True``: its ``evaluate`` is pure computation, bounded by the size of the
+    action, and never waits (no I/O, no lock another thread may hold long).
+    An inline evaluation still fails safe (``evaluate_fail_safe``), and one
+    that overruns the deadline still votes DENY once it returns.
+    """
+    if is_command_request(request.client_id):
+        return True
+    return getattr(policy, "evaluates_inline", False) is True and len(request.action) <= INLINE_ACTION_CHARS_MAX
+
+
 def context_for(request: Request, replica_id: int, agreed_history: tuple[AgreedVerdict, ...] = ()) -> PolicyContext:
     return PolicyContext(replica_id, request.client_id, request.request_number, request.risk, request.deadline_ms,
                          agreed_history)

@@ -96,6 +96,12 @@ class ReplicaMetrics:
         # three view changes it did not make in this run.
         self._installed_view: int | None = None
         self._stable_seq: int | None = None
+        # The last values given to the core's gauges: the node reports them after every round of inputs
+        # and tick, and a gauge's set takes a lock, so only changes are passed on.
+        self._replica_position: tuple[int, int, int] | None = None
+        self._connectivity: tuple[int, bool] | None = None
+        self._verdict_counters = {(decision, risk): self.verdicts.labels(decision=decision.value, risk=risk.value)
+                                  for decision in Decision for risk in Risk}
 
     def _init_accountability_gauges(self) -> None:
         registry = self.registry
@@ -121,6 +127,7 @@ class ReplicaMetrics:
                                                  "Endorsing replicas of each active shared blocklist pattern.",
                                                  ["pattern"], registry=registry)
         self._active_patterns: frozenset[str] = frozenset()
+        self._replica_series_cache: list[tuple] | None = None
 
     def _prime_labels(self) -> None:
         """Create every labelled series at zero, so a scrape shows them before the first event."""
@@ -148,7 +155,7 @@ class ReplicaMetrics:
         assert len(self._arrivals_s) <= self._max_tracked_requests
 
     def verdict_finalized(self, entry: LogEntry, now_s: float) -> None:
-        self.verdicts.labels(decision=entry.decision.value, risk=entry.risk.value).inc()
+        self._verdict_counters[entry.decision, entry.risk].inc()
         arrived_s = self._arrivals_s.pop(entry.key, None)
         if arrived_s is not None:  # Requests ordered on another replica's word were never seen arriving here.
             self.consensus_latency.observe(max(0.0, now_s - arrived_s))
@@ -162,9 +169,12 @@ class ReplicaMetrics:
     def observe_replica(self, view: int, view_active: bool, last_executed: int, stable_seq: int) -> None:
         """Record the core's position; counts a view change each time a higher view becomes active,
         and a checkpoint each time the stable checkpoint moves."""
-        self.view.set(view)
-        self.last_executed_seq.set(last_executed)
-        self.stable_checkpoint_seq.set(stable_seq)
+        position = (view, last_executed, stable_seq)
+        if position != self._replica_position:
+            self._replica_position = position
+            self.view.set(view)
+            self.last_executed_seq.set(last_executed)
+            self.stable_checkpoint_seq.set(stable_seq)
         if self._installed_view is None or self._stable_seq is None:
             self._installed_view, self._stable_seq = view, stable_seq
         if view_active and view > self._installed_view:
@@ -175,6 +185,9 @@ class ReplicaMetrics:
             self._stable_seq = stable_seq
 
     def observe_connectivity(self, peers_connected: int, quorum_reachable: bool) -> None:
+        if (peers_connected, quorum_reachable) == self._connectivity:
+            return
+        self._connectivity = (peers_connected, quorum_reachable)
         self.peers_connected.set(peers_connected)
         self.quorum_reachable.set(1 if quorum_reachable else 0)
 
@@ -194,11 +207,10 @@ class ReplicaMetrics:
         evidence_by_replica = [0] * replica_count
         for record in state.evidence:
             evidence_by_replica[record.accused] += 1
-        for replica_id in range(replica_count):
-            label = str(replica_id)
-            self.replica_quarantined.labels(replica=label).set(1 if replica_id in state.quarantined else 0)
-            self.replica_suspected.labels(replica=label).set(1 if replica_id in state.suspects else 0)
-            self.replica_evidence_records.labels(replica=label).set(evidence_by_replica[replica_id])
+        for replica_id, (quarantined, suspected, evidence) in enumerate(self._replica_series(replica_count)):
+            quarantined.set(1 if replica_id in state.quarantined else 0)
+            suspected.set(1 if replica_id in state.suspects else 0)
+            evidence.set(evidence_by_replica[replica_id])
         active = state.active_patterns()
         for pattern in self._active_patterns - active.keys():
             self.blocklist_pattern_endorsers.remove(pattern)
@@ -206,6 +218,16 @@ class ReplicaMetrics:
             self.blocklist_pattern_endorsers.labels(pattern=pattern).set(len(endorsers))
         self._active_patterns = frozenset(active)
         assert len(self._active_patterns) == summary["blocklist_active"]
+
+    def _replica_series(self, replica_count: int) -> list[tuple]:
+        """The per-replica accountability series, looked up once (a label lookup costs more than a set)."""
+        if self._replica_series_cache is None:
+            self._replica_series_cache = [
+                tuple(gauge.labels(replica=str(replica_id))
+                      for gauge in (self.replica_quarantined, self.replica_suspected, self.replica_evidence_records))
+                for replica_id in range(replica_count)]
+        assert len(self._replica_series_cache) == replica_count, "one replica count per cluster"
+        return self._replica_series_cache
 
     def exposition(self) -> bytes:
         """The text a scrape returns (what the endpoint serves)."""

@@ -2,12 +2,16 @@
 
 Every core input happens in one task, ``_main_loop``, which takes items from one
 bounded inbox and ticks the core every ``tick_ms``; the core is never entered
-twice at once.  Connection tasks only decode and enqueue.  Policies run in
-worker threads under a deadline; a policy that overruns votes DENY ("policy
-deadline exceeded").  Every ``Ready`` goes to the ``Persister``, which makes it
-durable through ``apply_ready`` in a worker thread and only then sends it
-(sends only enqueue on bounded link queues, so nothing waits on the network,
-and fsync never blocks the event loop).
+twice at once.  Connection tasks only decode and enqueue.  The main task works
+in rounds: it feeds the core every input already queued (up to a bound), then
+hands everything those inputs produced to the ``Persister`` as one item, which
+makes it durable through ``apply_ready`` in a worker thread and only then sends
+it.  A send writes straight to the socket when the peer's writer is idle (one
+write per peer per batch) and otherwise waits in the bounded link queue, so
+nothing waits on the network, and fsync never blocks the event loop.  Policies
+run in worker threads under a deadline, and a policy that overruns votes DENY
+("policy deadline exceeded"); a policy that declares itself pure computation
+is evaluated on the main task instead (``bft.policy.runs_inline``).
 
 CP mode: a node whose links reach fewer than a quorum, for longer than
 ``quorum_loss_grace_ms``, answers new requests with a signed ``Refusal`` instead
@@ -28,9 +32,9 @@ from typing import Any, Mapping
 
 import trio
 
-from ..core import (NO_QUORUM, ClusterConfig, Decision, Message, Ready, Refusal, RemoteProtocolError, Replica, Reply,
-                    Request, Signer, decode, encode, request_digest)
-from ..policy import Policy, PolicyDecision, evaluate_fail_safe
+from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, Ready, Refusal, RemoteProtocolError,
+                    Replica, Reply, Request, Signer, decode, encode, request_digest)
+from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
 from . import _handshake
 from ._connection import FramedConnection, SendQueue
@@ -41,12 +45,13 @@ from ._logging import log_accountability_events
 from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
 from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
-from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex
+from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, write_queued
 
 logger = logging.getLogger("bft.runtime")
 accountability_logger = logging.getLogger("bft.runtime.accountability")
 
-INBOX_DRAIN_MAX = 64
+# Inputs fed to the core before its output goes to the persister and the task yields.
+ROUND_INPUTS_MAX = 64
 # Log reads answered by the store and waiting for the core to sign them; more are dropped (the
 # asking peer asks again), so a flood of requests for old entries costs bounded memory.
 LOG_READ_ANSWERS_MAX = 64
@@ -59,6 +64,7 @@ class _Session:
     identity: Identity
     queue: SendQueue
     cancel_scope: trio.CancelScope
+    connection: FramedConnection
 
 
 class ReplicaNode:
@@ -101,6 +107,9 @@ class ReplicaNode:
                                     self.counters, self._send_released)
         self._quorum_watch: QuorumWatch | None = None
         self._log_read_answers: deque[tuple] = deque()
+        # What the core produced in the current round, and decisions of policies evaluated inline.
+        self._round_readies: list[Ready] = []
+        self._inline_decisions: deque[tuple[bytes, PolicyDecision]] = deque()
 
     def _start_replica(self, replica_id: int, seed: bytes) -> Replica:
         """A fresh replica, or, if the store holds anything, the replica it remembers (so a restarted
@@ -159,42 +168,82 @@ class ReplicaNode:
     # ----------------------------------------------------------------- the core's one task
 
     async def _main_loop(self) -> None:
+        """Tick every ``tick_ms``; in between, rounds of inputs.  Everything this task does with the
+        core is synchronous: it waits only for the persister's room (before a tick or a round) and
+        for the inbox (at the start of a round, when nothing is pending), so the tick's deadline can
+        interrupt nothing but that wait."""
         tick_s = self.options.tick_ms / 1000
         next_tick_s = trio.current_time()
         while True:
+            await self._persister.wait_for_room()
             now_s = trio.current_time()
             if now_s >= next_tick_s:
-                self._watch_quorum(now_s)
-                await self._apply(self.replica.tick(self.clock.now_ms()))
-                await self._answer_log_reads()
+                self._tick(now_s)
                 # After a stall, skip the missed ticks instead of firing them back to back.
                 next_tick_s = max(next_tick_s + tick_s, now_s + tick_s / 2)
                 continue
-            item = None
             with trio.move_on_at(next_tick_s):
-                item = await self._inbox_receive.receive()
-            if item is not None:
-                await self._apply(self._input(item))
-                await self._drain_inbox()
-                await self._answer_log_reads()
+                while self._persister.has_room:
+                    await self._round()
 
-    async def _drain_inbox(self) -> None:
-        """Handle what else is already queued without a trip through the scheduler, up to a bound
-        so that a busy inbox cannot hold back the next tick."""
-        for _ in range(INBOX_DRAIN_MAX):
+    async def _round(self) -> None:
+        """Wait for an input, feed the core it and whatever else is queued (up to ``ROUND_INPUTS_MAX``),
+        then hand the persister all the round produced as one item: one trip through the scheduler
+        and one batch for the disk per round rather than per message."""
+        assert not self._round_readies, "a round starts with nothing pending"
+        # The one wait of a round; with inputs queued it only yields, so a busy inbox cannot starve the
+        # other tasks.  A cancellation (the next tick is due) leaves nothing half done.
+        self._handle(await self._inbox_receive.receive())
+        for _ in range(ROUND_INPUTS_MAX - 1):
             try:
                 item = self._inbox_receive.receive_nowait()
             except trio.WouldBlock:
-                return
-            await self._apply(self._input(item))
+                break
+            self._handle(item)
+        self._answer_log_reads()
+        self._end_round()
 
-    async def _answer_log_reads(self) -> None:
+    def _tick(self, now_s: float) -> None:
+        self._watch_quorum(now_s)
+        self._apply(self.replica.tick(self.clock.now_ms()))
+        self._record_inline_decisions()
+        self._answer_log_reads()
+        self._end_round()
+
+    def _handle(self, item: tuple) -> None:
+        self._apply(self._input(item))
+        self._record_inline_decisions()
+
+    def _record_inline_decisions(self) -> None:
+        """Feed the core the decisions of policies evaluated inline while handling the last input."""
+        # The core asks for each pending request's evaluation once, so this holds at most the pending pool.
+        assert len(self._inline_decisions) <= self.config.limits.max_pending_requests
+        while self._inline_decisions:
+            digest, outcome = self._inline_decisions.popleft()
+            self._apply(self.replica.record_decision(digest, outcome.decision, outcome.reason))
+
+    def _answer_log_reads(self) -> None:
         """Let the core sign what the persister read from the store for peers catching up (those
         waiting now: answers arriving meanwhile wait for the next round)."""
         for _ in range(len(self._log_read_answers)):
             read, entries = self._log_read_answers.popleft()
             self.counters["log-reads-answered"] += 1
-            await self._apply(self.replica.answer_log_read(read, entries))
+            self._apply(self.replica.answer_log_read(read, entries))
+
+    def _end_round(self) -> None:
+        """Refresh the core's gauges and hand the round's output to the persister (which persists,
+        then sends); ``_main_loop`` made sure there is room for it."""
+        replica = self.replica
+        self.metrics.observe_replica(replica.view, replica.view_active, replica.last_executed, replica.low_water)
+        if replica.last_executed != self._accountability_observed_seq:
+            # Only execution changes the accountability state; the gauges then match bft_last_executed_seq.
+            self._accountability_observed_seq = replica.last_executed
+            self.metrics.observe_accountability(replica.accountability, self.config.replica_count)
+        prune_signed_below_seq, prune_views_below = self._prune_marks()
+        if self._round_readies or prune_signed_below_seq is not None or prune_views_below is not None:
+            self._persister.put_nowait(Durable(tuple(self._round_readies), prune_signed_below_seq,
+                                               prune_views_below))
+            self._round_readies.clear()
 
     def _input(self, item: tuple) -> Ready:
         kind = item[0]
@@ -244,17 +293,11 @@ class ReplicaNode:
             assert change == RESTORED, change
             logger.info("replica %d reaches a quorum and accepts requests", self.replica_id, extra=fields)
 
-    async def _apply(self, ready: Ready) -> None:
-        """Hand ``ready`` to the persister (which persists, then sends), then act on what needs no disk."""
-        replica = self.replica
-        self.metrics.observe_replica(replica.view, replica.view_active, replica.last_executed, replica.low_water)
-        if replica.last_executed != self._accountability_observed_seq:
-            # Only execution changes the accountability state; the gauges then match bft_last_executed_seq.
-            self._accountability_observed_seq = replica.last_executed
-            self.metrics.observe_accountability(replica.accountability, self.config.replica_count)
-        prune_signed_below_seq, prune_views_below = self._prune_marks()
-        if not ready.is_empty() or prune_signed_below_seq is not None or prune_views_below is not None:
-            await self._persister.put(Durable(ready, prune_signed_below_seq, prune_views_below))
+    def _apply(self, ready: Ready) -> None:
+        """Add ``ready`` to the round's output (made durable, then sent, when the round ends), then act
+        on what needs no disk."""
+        if not ready.is_empty():
+            self._round_readies.append(ready)
         for rejection in ready.rejected:
             self.counters[f"rejected:{rejection.reason}"] += 1
             self.metrics.rejected(rejection.reason)
@@ -262,9 +305,9 @@ class ReplicaNode:
                          rejection.reason, rejection.detail,
                          extra={"replica_id": self.replica_id, "peer": rejection.sender, "reason": rejection.reason})
             if rejection.evidence is not None:  # Proof of a Byzantine sender: the core submits it as evidence.
-                await self._apply(self.replica.report_equivocation(rejection.evidence))
+                self._apply(self.replica.report_equivocation(rejection.evidence))
         for request in ready.evaluate:
-            await self._start_evaluation(request)
+            self._start_evaluation(request)
 
     def _prune_marks(self) -> tuple[int | None, int | None]:
         """Keep the store bounded like the core: what a stable checkpoint or an installed view made
@@ -288,8 +331,17 @@ class ReplicaNode:
                 frame = frames[id(message)] = encode_frame(encode(message), self._limits.max_frame_bytes)
             return frame
 
-        for peer, message in released.to_replicas:
-            self.links[peer].send(frame_of(message))
+        held: dict[int, Link] = {}
+        try:
+            for peer, message in released.to_replicas:
+                link = held.get(peer)
+                if link is None:
+                    link = held[peer] = self.links[peer]
+                    link.hold()  # All of this batch for one peer leaves in one write.
+                link.send(frame_of(message))
+        finally:
+            for link in held.values():
+                link.flush()
         for client_id, reply in released.to_clients:
             self._send_reply(client_id, frame_of(reply))
         now_s = trio.current_time()
@@ -309,26 +361,44 @@ class ReplicaNode:
         session = self._sessions.get(Identity("client", client_id))
         if session is None:
             self.counters["reply-undeliverable"] += 1  # The client retries; the core replays its cached reply.
-        elif not session.queue.put(frame):
-            self.counters["send-dropped"] += 1
+        else:
+            if not session.queue.put(frame, wake=False):
+                self.counters["send-dropped"] += 1
+            write_queued(session.connection, session.queue)
 
     # ----------------------------------------------------------------- policies
 
-    async def _start_evaluation(self, request: Request) -> None:
+    def _start_evaluation(self, request: Request) -> None:
         digest = request_digest(self.config.cluster_id, request)
-        if self._evaluations_in_flight >= self.options.max_evaluations_in_flight:
+        inline = runs_inline(self.policy, request)
+        if not inline and self._evaluations_in_flight >= self.options.max_evaluations_in_flight:
             self.counters["policy-overloaded"] += 1
-            await self._apply(self.replica.record_decision(digest, Decision.DENY, "policy overloaded"))
+            self._apply(self.replica.record_decision(digest, Decision.DENY, "policy overloaded"))
+            return
+        # Read on this task: the core's state is not for worker threads.
+        history = self.replica.execution.agreed_history(request.client_id)
+        if inline:
+            self._inline_decisions.append((digest, self._evaluate_inline(request, history)))
             return
         self._evaluations_in_flight += 1
-        self._nursery.start_soon(self._evaluate, request, digest)
+        self._nursery.start_soon(self._evaluate, request, digest, history)
 
-    async def _evaluate(self, request: Request, digest: bytes) -> None:
+    def _evaluate_inline(self, request: Request, history: tuple[AgreedVerdict, ...]) -> PolicyDecision:
+        """Evaluate on this task (see ``bft.policy.runs_inline``): no thread to abandon, so an overrun
+        is found afterwards, and still votes DENY, as it would from a thread."""
+        started_s = trio.current_time()
+        outcome = evaluate_fail_safe(self.policy, request, self.replica_id, history)
+        if (trio.current_time() - started_s) * 1000 > self.options.policy_deadline_ms:
+            self.counters["policy-deadline-exceeded"] += 1
+            return PolicyDecision.deny("policy deadline exceeded")
+        return outcome
+
+    async def _evaluate(self, request: Request, digest: bytes, history: tuple[AgreedVerdict, ...]) -> None:
         outcome: PolicyDecision | None = None
         try:
             with trio.move_on_after(self.options.policy_deadline_ms / 1000):
                 outcome = await trio.to_thread.run_sync(evaluate_fail_safe, self.policy, request, self.replica_id,
-                                                        abandon_on_cancel=True, limiter=self._policy_limiter)
+                                                        history, abandon_on_cancel=True, limiter=self._policy_limiter)
         finally:
             self._evaluations_in_flight -= 1
         if outcome is None:
@@ -386,7 +456,7 @@ class ReplicaNode:
             queue = SendQueue(2 * self.config.limits.client_window, self._limits.max_frame_bytes,
                               self._limits.send_queue_policy)
             on_payload = self._client_payload_handler(connection, identity.name)
-        session = _Session(identity, queue, trio.CancelScope())
+        session = _Session(identity, queue, trio.CancelScope(), connection)
         previous = self._sessions.get(identity)
         if previous is not None:
             self.counters["connection-replaced"] += 1

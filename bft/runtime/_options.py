@@ -75,9 +75,10 @@ class NodeOptions:
     # Evaluations running at once; past this, requests are denied at once rather than queued.
     max_evaluations_in_flight: int = 1024
     inbox_capacity: int = 4096
-    # Readies waiting to be made durable; when full, the core's task waits (back-pressure, not memory).
+    # Rounds of the core's output (each the Readies of at most 64 inputs) waiting to be made durable;
+    # when full, the core's task waits (back-pressure, not memory).
     persist_queue_capacity: int = 256
-    # Readies made durable in one storage transaction (one fsync) when they pile up.
+    # Rounds made durable in one storage transaction (one fsync) when they pile up.
     persist_batch_max: int = 64
     # How long a replica must be unable to reach a quorum before it refuses new requests: a start-up
     # or a reconnecting link should not turn into refusals.

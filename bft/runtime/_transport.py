@@ -1,7 +1,9 @@
 """TCP transport: outgoing self-healing links, the accept loop, and the two pumps of a connection.
 
 An outgoing ``Link`` is owned by its sender: it connects to one replica,
-authenticates both ways, then drains its bounded send queue into the socket.
+authenticates both ways, then sends what it is given: straight to the socket
+when it can (``write_queued``), else through its bounded send queue, which a
+writer task drains.
 When the connection fails it reconnects after a jittered, capped exponential
 delay; whatever is queued meanwhile waits in the bounded queue (oldest dropped
 first by default), so a dead peer costs bounded memory and never blocks the
@@ -47,6 +49,28 @@ def new_send_queue(limits: TransportLimits) -> SendQueue:
     return SendQueue(limits.send_queue_frames, limits.send_queue_bytes, limits.send_queue_policy)
 
 
+def write_queued(connection: FramedConnection | None, queue: SendQueue) -> None:
+    """Write what ``queue`` holds straight to the socket if its writer is idle; else wake the writer.
+
+    Most frames go out this way, from the task that produced them, with one system call
+    per peer and no task switch; only what the socket does not take at once (a slow or
+    dead peer) waits for the writer, which then also enforces the send timeout.  The
+    writer is always woken when anything is left, so a frame never waits for a keep-alive.
+    """
+    if queue.is_empty:
+        return
+    if connection is None or connection.sending or not connection.writes_directly:
+        queue.wake()
+        return
+    data = b"".join(queue.take_nowait(connection.limits.receive_chunk_bytes))
+    written = connection.write_nowait(data)
+    assert 0 <= written <= len(data)
+    if written < len(data):
+        queue.put_rest(data[written:])  # Wakes the writer, which finishes the frame first.
+    elif not queue.is_empty:
+        queue.wake()
+
+
 async def write_loop(connection: FramedConnection, queue: SendQueue) -> None:
     """Send queued frames; when there is nothing to send for a while, send a keep-alive."""
     keepalive_s = connection.limits.idle_timeout_s / 3
@@ -57,17 +81,18 @@ async def write_loop(connection: FramedConnection, queue: SendQueue) -> None:
 
 
 async def read_loop(connection: FramedConnection, on_payload: PayloadHandler | None) -> None:
-    """Hand each received payload to ``on_payload``; return when the peer closes cleanly."""
+    """Hand each received payload to ``on_payload``, in order; return when the peer closes cleanly."""
     while True:
-        payload = await connection.receive()
-        if payload is None:
+        payloads = await connection.receive_batch()
+        if payloads is None:
             return
-        if payload == KEEPALIVE:
-            continue
-        if on_payload is None:
-            raise RemoteProtocolError("unexpected-frame", "this side of the link does not accept messages",
-                                      connection.peer)
-        await on_payload(payload)
+        for payload in payloads:
+            if payload == KEEPALIVE:
+                continue
+            if on_payload is None:
+                raise RemoteProtocolError("unexpected-frame", "this side of the link does not accept messages",
+                                          connection.peer)
+            await on_payload(payload)
 
 
 async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payload: PayloadHandler | None) -> None:
@@ -104,6 +129,8 @@ class Link:
         self.counters = counters
         self.queue = new_send_queue(limits)
         self.connected = False
+        self._connection: FramedConnection | None = None  # While authenticated.
+        self._holding = False
         self.connections = 0
         self._authenticated = False
         self._seed = seed
@@ -112,8 +139,21 @@ class Link:
         self._on_rejected = on_rejected
 
     def send(self, frame: bytes) -> None:
-        if not self.queue.put(frame):
+        """Send ``frame`` now if the connection takes it, else queue it (bounded: see ``SendQueue``).
+        Between ``hold`` and ``flush`` frames only queue, so that they leave together."""
+        if not self.queue.put(frame, wake=False):
             self.counters["send-dropped"] += 1
+        if not self._holding:
+            write_queued(self._connection, self.queue)
+
+    def hold(self) -> None:
+        """Queue what ``send`` gets until ``flush``: the caller has several frames for this peer."""
+        self._holding = True
+
+    def flush(self) -> None:
+        """End a ``hold``: write the queued frames at once, or leave them to the writer."""
+        self._holding = False
+        write_queued(self._connection, self.queue)
 
     async def run(self) -> None:
         """Stay connected until cancelled; the delay between attempts is capped, so the loop never spins."""
@@ -134,6 +174,7 @@ class Link:
             with trio.fail_after(self.limits.handshake_timeout_s):
                 await _handshake.initiate(connection, self.config, self.own, self._seed, self.target)
             self._authenticated = self.connected = True
+            self._connection = connection
             self.connections += 1
             started_s = trio.current_time()
             if self._on_connect is not None:
@@ -148,6 +189,8 @@ class Link:
                     backoff.reset()
         finally:
             self.connected = False
+            self._connection = None
+            self.queue.discard_rest()  # A frame this connection began cannot be finished on the next.
             await connection.aclose()
 
     def _log_failure(self, error: BaseException) -> None:
