@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bft.core import (AccountabilityOptions, Batch, BatchEntry, CertificateError, ClusterConfig, Commit,
-                      ConfigError, Decision, KeyPair, LocalProtocolError, Prepare, Replica, Request, Risk, Signer,
-                      VerdictCertificate, VerdictRule, Vote, canonical_action, decide, effective_rule, max_faulty,
-                      request_digest)
+                      ConfigError, Decision, KeyPair, LocalProtocolError, PrePrepare, Prepare, Replica, Request, Risk,
+                      Signer, VerdictCertificate, VerdictRule, Vote, canonical_action, decide, effective_rule,
+                      max_faulty, request_digest)
 from bft.core._accountability import (CommandError, EquivocationProof, command_vote, endorsement_document,
                                       operator_document, parse_command)
 from bft.core._execution import ExecutionState
@@ -356,6 +356,32 @@ def test_a_replica_proposes_an_endorsement_as_its_own_signed_command_and_refuses
     assert {destination for destination, _ in ready.to_replicas} == {0, 1, 3}
     later = replica.endorse_blocklist_pattern("another phrase here", 1000).evaluate[0]
     assert later.request_number > request.request_number
+
+
+def test_a_quarantined_replicas_fast_vote_does_not_start_the_primarys_wait_for_stragglers() -> None:
+    """Otherwise a quarantined replica that votes first could make the primary give up on a late honest
+    vote after ``vote_wait_ticks`` and order a fail-closed DENY for a request every honest replica approves."""
+    from bft.core._accountability_state import QuarantineRecord
+
+    ledger = Ledger(4)
+    primary = Replica(ledger.config, 0, ledger.replica_seeds[0])
+    primary.execution.accountability.quarantined[3] = QuarantineRecord(3, "evidence", "replica:1", 1, "equivocated")
+    now_ms = START_MS
+    primary.tick(now_ms)
+    request = ledger.request("client", {"tool": "read_file"})
+    digest = request_digest("acct", request)
+    primary.submit(request)
+    primary.record_decision(digest, ALLOW, "v")
+    sent = [primary.step(ledger.vote(replica_id, request, ALLOW)) for replica_id in (3, 1)]
+    for _ in range(3 * ledger.config.limits.vote_wait_ticks):
+        now_ms += 10
+        sent.append(primary.tick(now_ms))
+    assert not [m for ready in sent for _, m in ready.to_replicas if isinstance(m, PrePrepare)], \
+        "two counted votes and a quarantined one are not a quorum: the primary keeps waiting"
+    after = [primary.step(ledger.vote(2, request, ALLOW)), primary.tick(now_ms + 10)]
+    [preprepare] = {m for ready in after for _, m in ready.to_replicas if isinstance(m, PrePrepare)}
+    [entry] = preprepare.batch.entries
+    assert {vote.replica_id for vote in entry.votes if vote.decision is ALLOW} >= {0, 1, 2}
 
 
 def test_the_events_of_one_entry_stay_within_the_log_field_limit() -> None:

@@ -384,8 +384,16 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     def _add_vote(self, pending: PendingRequest, vote: Vote) -> None:
         assert vote.replica_id not in pending.votes
         pending.votes[vote.replica_id] = vote
-        if pending.quorum_tick is None and len(pending.votes) >= self.quorum:
+        # A quarantined replica's vote does not count, so it must not start the wait for stragglers either:
+        # the wait starts once a quorum of counted votes is in.
+        if pending.quorum_tick is None and self._counted_vote_count(pending) >= self.quorum:
             self.pending.note_quorum(pending, self.ticks)
+
+    def _counted_vote_count(self, pending: PendingRequest) -> int:
+        accountability = self.execution.accountability
+        if accountability is None or not accountability.quarantined:
+            return len(pending.votes)
+        return sum(1 for replica_id in pending.votes if replica_id not in accountability.quarantined)
         self._maybe_propose()
 
     # ----------------------------------------------------------------- proposing (primary)
