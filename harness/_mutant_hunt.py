@@ -84,12 +84,12 @@ _SWARM_N4 = SwarmPlan(4, 10, 40)
 
 HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "quorum-one-smaller": _MENU_DEFAULT_SCHEDULE,
-    "two-f-plus-one-quorum": SwarmPlan(5, 10, 40),  # The two quorums differ only when n > 3f+1.
+    "two-f-plus-one-quorum": SwarmPlan(5, 10, 20),  # The two quorums differ only when n > 3f+1.
     "skip-signature-verification": _MENU_DEFAULT_SCHEDULE,
     "accept-preprepare-from-non-primary": _targeted("usurping-backup", 2_000, reorders=True),
     "skip-new-view-validation": _targeted("lying-new-primary", 2_000, timeouts=1),
     "execute-before-commit": _SWARM_N4,
-    "send-before-persist": _targeted("forging-voter", 2_000, crashes=1),
+    "send-before-persist": _targeted("double-preprepare", 2_000, crashes=1),
     "vote-not-bound-to-request": _MENU_DEFAULT_SCHEDULE,
     "count-duplicate-votes": _MENU_DEFAULT_SCHEDULE,
     "ignore-deadline": _SWARM_N4,

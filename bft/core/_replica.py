@@ -388,13 +388,13 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         # the wait starts once a quorum of counted votes is in.
         if pending.quorum_tick is None and self._counted_vote_count(pending) >= self.quorum:
             self.pending.note_quorum(pending, self.ticks)
+        self._maybe_propose()
 
     def _counted_vote_count(self, pending: PendingRequest) -> int:
         accountability = self.execution.accountability
         if accountability is None or not accountability.quarantined:
             return len(pending.votes)
         return sum(1 for replica_id in pending.votes if replica_id not in accountability.quarantined)
-        self._maybe_propose()
 
     # ----------------------------------------------------------------- proposing (primary)
 
