@@ -329,17 +329,18 @@ class AccountabilityState:
             return None, False
         own = rates[replica_id]
         peer_approval = lower_median([peer.approval_permille for peer in peers])
-        approver = self._one_sided(1000 - own.approval_permille, 1000 - peer_approval,
-                                   own.peers_denied, own.approved_what_peers_denied)
-        denier = self._one_sided(own.approval_permille, peer_approval,
-                                 own.peers_approved, own.denied_what_peers_approved)
-        if approver[0]:
-            return (f"approval rate {own.approval_permille}/1000 (peers' median {peer_approval}/1000); approved "
-                    f"{own.approved_what_peers_denied} of the {own.peers_denied} requests most others denied"), False
-        if denier[0]:
-            return (f"approval rate {own.approval_permille}/1000 (peers' median {peer_approval}/1000); denied "
-                    f"{own.denied_what_peers_approved} of the {own.peers_approved} requests most others approved"), False
-        return None, approver[1] and denier[1]
+        approves_all, approver_fine = self._one_sided(1000 - own.approval_permille, 1000 - peer_approval,
+                                                      own.peers_denied, own.approved_what_peers_denied)
+        denies_all, denier_fine = self._one_sided(own.approval_permille, peer_approval,
+                                                  own.peers_approved, own.denied_what_peers_approved)
+        rates_text = f"approval rate {own.approval_permille}/1000 (peers' median {peer_approval}/1000)"
+        if approves_all:
+            return (f"{rates_text}; approved {own.approved_what_peers_denied} of the {own.peers_denied} "
+                    "requests most others denied"), False
+        if denies_all:
+            return (f"{rates_text}; denied {own.denied_what_peers_approved} of the {own.peers_approved} "
+                    "requests most others approved"), False
+        return None, approver_fine and denier_fine
 
     def _one_sided(self, own_rate: int, peer_rate: int, contested: int, against: int) -> tuple[bool, bool]:
         """(suspect, clearly fine) for one direction: ``own_rate`` and ``peer_rate`` are per mille of the
