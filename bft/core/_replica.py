@@ -392,9 +392,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
 
     def _counted_vote_count(self, pending: PendingRequest) -> int:
         accountability = self.execution.accountability
-        if accountability is None or not accountability.quarantined:
-            return len(pending.votes)
-        return sum(1 for replica_id in pending.votes if replica_id not in accountability.quarantined)
+        uncounted = accountability.uncounted if accountability is not None else frozenset()
+        return len(pending.votes.keys() - uncounted)
 
     # ----------------------------------------------------------------- proposing (primary)
 
