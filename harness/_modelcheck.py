@@ -238,7 +238,8 @@ class _Model:
             _, source, destination, message = child.network.pop(action.index)
             description = f"deliver {type(message).__name__} {_summary(message)} from {source} to {destination}"
             replica = child.replicas[destination]
-            ready = replica.submit(message) if isinstance(message, Request) else replica.step(message)
+            from_client = isinstance(source, str) and isinstance(message, Request)
+            ready = replica.submit(message) if from_client else replica.step(message)
             self._handle(child, destination, ready)
             rejected = [f"{r.reason}" for r in ready.rejected]
             return child, description + (f" (rejected: {', '.join(rejected)})" if rejected else "")

@@ -97,7 +97,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         self._view_change_sent_tick = 0
         self._out: ReadyBuilder | None = None
         self._handlers: dict[type, Callable] = {
-            Request: self._on_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
+            Request: self._on_forwarded_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
             Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self._on_checkpoint,
             ViewChange: self._on_view_change, NewView: self._on_new_view,
             StateRequest: self._on_state_request, StateReply: self._on_state_reply,
@@ -206,9 +206,13 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     # ----------------------------------------------------------------- inputs
 
     def submit(self, request: Request) -> Ready:
-        return self._run(self._receive, request)
+        """A request from its client (a retransmission of a finalized one is answered from the cache)."""
+        if not isinstance(request, Request):
+            raise LocalProtocolError(f"submit takes a client's Request, not {type(request).__name__}")
+        return self._run(self._receive, request, self._on_request)
 
     def step(self, message: Message) -> Ready:
+        """A message from a peer replica; a ``Request`` among them is one the peer forwarded."""
         return self._run(self._receive, message)
 
     def record_decision(self, digest: bytes, decision: Decision, reason: str) -> Ready:
@@ -256,9 +260,9 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
             self._out = None
             self._check_bounds()
 
-    def _receive(self, message: Message) -> None:
+    def _receive(self, message: Message, handler: Callable | None = None) -> None:
         try:
-            handler = self._handlers.get(type(message))
+            handler = handler or self._handlers.get(type(message))
             if handler is None:
                 raise RemoteProtocolError("unexpected-type", f"replicas do not accept {type(message).__name__}")
             self._verifier.verify(message)
@@ -334,13 +338,19 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
 
     # ----------------------------------------------------------------- requests and votes
 
-    def _on_request(self, request: Request) -> None:
+    def _on_forwarded_request(self, request: Request) -> None:
+        """A peer forwards the requests it has not seen ordered.  One that already finalized here is not
+        answered: its client had the verdict or retransmits for it, and a lagging replica (or a Byzantine
+        one) forwarding every request it missed must not make this replica re-send every verdict."""
+        self._on_request(request, answer_from_cache=False)
+
+    def _on_request(self, request: Request, answer_from_cache: bool = True) -> None:
         digest = request_digest(self.config.cluster_id, request)
         cached = self.execution.cached_reply(*request.key)
         if cached is not None:
             if cached.request_digest != digest:
                 raise RemoteProtocolError("conflicting-request", "this request number already finalized another action")
-            if isinstance(cached, Reply):
+            if answer_from_cache and isinstance(cached, Reply):
                 self._out.to_clients.append((request.client_id, cached))
             return
         if self.execution.is_stale(*request.key):

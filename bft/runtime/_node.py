@@ -254,7 +254,7 @@ class ReplicaNode:
         assert kind in ("client", "replica"), kind
         if kind == "client":
             return self._client_request(message)
-        return self.replica.submit(message) if isinstance(message, Request) else self.replica.step(message)
+        return self.replica.step(message)  # A Request from a peer is one it forwarded.
 
     def _client_request(self, request: Request) -> Ready:
         """A new request goes to the core only while a quorum is reachable; a request the core already

@@ -239,7 +239,8 @@ class SimCluster:
             self._deliver_to_client(destination, message)
             return
         replica = self.twins[destination[1]] if isinstance(destination, tuple) else self.replicas[destination]
-        ready = replica.submit(message) if isinstance(message, Request) else replica.step(message)
+        from_client = isinstance(source, str) and isinstance(message, Request)
+        ready = replica.submit(message) if from_client else replica.step(message)
         self._handle_ready(destination, ready)
 
     def _deliver_to_client(self, client_id: str, message: Message) -> None:
