@@ -39,6 +39,7 @@ import trio
 from bft._cluster_file import ConfigFileError, PolicySpec, load_cluster_file, write_cluster_file
 from bft._cluster_init import create_cluster_directory
 from bft._processes import LocalProcessCluster, ReplicaProcessError
+from bft._status import cluster_status
 from bft.client import Client
 from bft.core import Request, VerdictCertificate
 from bft.policy import context_for
@@ -60,6 +61,8 @@ from ._swarm import CheckOutcome, _outcome_of, check_certificates
 HEALED_MS = 1_000
 HEALED_TIMEOUT_MS = 10_000  # Requests after the heal must finalize within this (the real-time liveness bound).
 CONNECT_TIMEOUT_S = 20.0
+RECONNECT_TIMEOUT_S = 10.0
+RECONNECT_POLL_S = 0.05
 
 
 @dataclass
@@ -173,16 +176,29 @@ class _RealEpisode:
                                           {"delay_ms": SLOW_LINK_MS}, applied_start_ms=elapsed_ms))
 
     async def _heal(self, processes: LocalProcessCluster) -> int:
-        """Lift every fault; returns when the last one ended (a restarted replica listens again)."""
+        """Lift every fault and return when that began: from then on a quorum may legitimately form
+        (a restarted replica rejoins within moments), so the faulty window ends there.  The requests
+        that must finalize start only once every replica is connected to a quorum of peers again."""
+        healed_ms = self.now_ms()
         self.proxies.heal()
         crashed = [victim for victim, kind in self.spec.down if kind == "crash"]
         for victim in crashed:
             await trio.to_thread.run_sync(processes.start, victim)
         await trio.to_thread.run_sync(processes.wait_listening, crashed)
-        healed_ms = self.now_ms()
+        await self._wait_reconnected()
         for event in self.events:
             event.end_ms = event.applied_end_ms = healed_ms
         return healed_ms
+
+    async def _wait_reconnected(self) -> None:
+        """Until every replica reports a quorum of peers connected (bounded: past the bound the
+        liveness check, not this wait, reports a cluster that does not come back)."""
+        deadline_s = trio.current_time() + RECONNECT_TIMEOUT_S
+        while trio.current_time() < deadline_s:
+            statuses = await trio.to_thread.run_sync(cluster_status, self.cluster_file)
+            if all(status.health == "ok" for status in statuses):
+                return
+            await trio.sleep(RECONNECT_POLL_S)
 
     def _result(self, times: tuple[int, int, int], wall_seconds: float) -> EpisodeResult:
         window_start_ms, heal_ms, end_ms = times
