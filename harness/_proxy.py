@@ -250,20 +250,27 @@ class FaultProxy:
         shaper = FrameShaper(self.limits, self.rng, self.counters) if self.framed else None
         async with sender:
             while True:
-                data = b""
-                with trio.move_on_after(self.limits.reorder_hold_ms / 1000 if shaper and shaper.held else math.inf):
-                    data = await source.receive_some(self.limits.chunk_bytes)
-                    if not data:
-                        await self._forward(sender, direction, shaper.release() if shaper else [])
-                        return
+                data = await self._receive(source, shaper)
+                if data == b"":  # End of stream.
+                    await self._forward(sender, direction, shaper.release() if shaper else [])
+                    return
                 toxics = self._toxics[direction.name]
-                if not data:  # The hold timed out: the held frame goes on alone.
+                if data is None:  # The hold timed out: the held frame goes on alone.
                     await self._forward(sender, direction, shaper.release())
                 elif shaper is not None:
                     frames = shaper.feed(data, toxics)
                     await self._forward(sender, direction, [] if toxics.blackhole else frames, len(data))
                 else:
                     await self._forward(sender, direction, [] if toxics.blackhole else [data], len(data))
+
+    async def _receive(self, source: trio.SocketStream, shaper: FrameShaper | None) -> bytes | None:
+        """The next chunk (empty at the end of the stream), or None if a held frame's hold ran out first.
+        Only a held frame sets a deadline: a cancel scope firing costs more than relaying a chunk."""
+        if shaper is None or not shaper.held:
+            return await source.receive_some(self.limits.chunk_bytes)
+        with trio.move_on_after(self.limits.reorder_hold_ms / 1000):
+            return await source.receive_some(self.limits.chunk_bytes)
+        return None
 
     async def _forward(self, sender: trio.MemorySendChannel, direction: _Direction, pieces: list[bytes],
                        read_bytes: int = 0) -> None:
@@ -287,7 +294,8 @@ class FaultProxy:
                           direction: _Direction) -> None:
         async with receiver:
             async for due_s, data in receiver:
-                await trio.sleep_until(due_s)
+                if due_s > trio.current_time():  # Sleeping until a past time still fires a cancel scope.
+                    await trio.sleep_until(due_s)
                 toxics = self._toxics[direction.name]
                 pieces = list(slices(data, toxics.slice_bytes))
                 for index, piece in enumerate(pieces):
