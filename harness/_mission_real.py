@@ -140,7 +140,8 @@ class _RealEpisode:
                 await self._start_faults(processes, window_start_ms)
                 await self._drive(requests, clients, window_start_ms + self.spec.window_ms, None)
                 heal_ms = await self._heal(processes)
-                await self._drive(requests, clients, heal_ms + HEALED_MS, HEALED_TIMEOUT_MS)
+                # The healed requests run for HEALED_MS from when the cluster is back, not from heal_ms.
+                await self._drive(requests, clients, self.now_ms() + HEALED_MS, HEALED_TIMEOUT_MS)
             return window_start_ms, heal_ms, self.now_ms()
 
     async def _drive(self, nursery: trio.Nursery, clients: dict[str, Client], end_ms: int,
