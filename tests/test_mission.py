@@ -221,3 +221,20 @@ def test_a_real_process_episode_behind_fault_proxies_keeps_every_safety_check(tm
     assert [row["replica"] for row in configuration.votes if row["flagged"]] == [configuration.compromised]
     # Wall-clock latency on a shared machine (an fsync per persist, every process on two cores) is reported in
     # the result's latency_bounds check, not asserted here.
+
+
+def test_a_real_process_episode_with_a_crash_ends_its_faulty_window_when_the_restart_begins(tmp_path):
+    """Seed 2 at n=5: replica 4 is SIGKILLed and another replica sits behind 500 ms links.  The window
+    closes when the harness starts lifting the faults (a restarted replica may complete a quorum at
+    once), and the requests that must finalize run once the cluster has reconnected."""
+    result = run_real_mission(2, (5,), tmp_path, episode_names=("down-plus-slow",))
+    episode = result.configurations[0].episodes[0]
+    assert [kind for _, kind in episode.spec.down] == ["crash"] and episode.spec.slow
+    checks = {name: episode.checks[name].validity for name in
+              ("invariants", "no_corner_cutting", "liveness_after_heal")}
+    assert checks == dict.fromkeys(checks, Validity.VALID), {n: episode.checks[n].details for n in checks}
+    healed = [op for op in episode.history.operations() if op.invoke.time_ms >= episode.liveness_start_ms]
+    assert len(healed) >= 5
+    # The restart (a fresh Python process importing the runtime, then reconnecting) lies between the end
+    # of the window and the first healed request; timing the window after it let a quorum form inside it.
+    assert min(op.invoke.time_ms for op in healed) - episode.liveness_start_ms > 100
