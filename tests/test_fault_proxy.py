@@ -101,6 +101,21 @@ async def test_latency_with_jitter_delays_every_byte_and_keeps_their_order():
         assert trio.current_time() - started >= 0.110  # At least latency minus jitter, whatever the machine.
 
 
+@pytest.mark.parametrize("toxics", [Toxics(latency_ms=200), Toxics(bandwidth_bytes_per_s=100_000)],
+                         ids=["latency", "bandwidth"])
+async def test_bytes_sent_after_a_heal_never_overtake_bytes_still_held(toxics):
+    async with proxied_echo(framed=False) as (proxy, stream):
+        proxy.set_toxics(upstream=toxics)
+        held = b"held;" * 4_000  # 20 000 bytes: 0.2 s at the bandwidth cap.
+        await stream.send_all(held)
+        await trio.sleep(0.02)  # The proxy has read it and holds it in its delay line.
+        proxy.heal()
+        after = b"".join(f"after {number};".encode() for number in range(20))
+        for number in range(20):  # A clean link writes directly; these must still wait their turn.
+            await stream.send_all(f"after {number};".encode())
+        assert await receive_bytes(stream, len(held) + len(after)) == held + after
+
+
 async def test_a_bandwidth_cap_limits_the_rate():
     async with proxied_echo(framed=False) as (proxy, stream):
         proxy.set_toxics(upstream=Toxics(bandwidth_bytes_per_s=100_000))
