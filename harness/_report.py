@@ -305,10 +305,12 @@ def _episode_html(episode: dict[str, Any], png: bytes, history_name: str) -> str
                       "end of run" if e["end_ms"] is None else e["end_ms"]] for e in episode["fault_events"]])
     recovered = "" if episode["recovered_ms"] is None else \
         f" A quorum installed the new view {episode['recovered_ms'] - episode['window_start_ms']} ms after the fault."
+    host = "" if episode.get("host_cpu_busy") is None else \
+        f" The host's CPUs were {episode['host_cpu_busy']:.0%} busy from the faults to the end."
     verdict = f'<span class="{episode["validity"]}">{episode["validity"]}</span>'
     return f"""<h3>Episode {html.escape(episode['name'])}: {verdict}</h3>
 <p>{html.escape(episode['summary'])}: {html.escape(episode['faults'])}. <b>{html.escape(episode['reach'])}</b>:
-{html.escape(episode['explanation'])}.{recovered} History: <code>{html.escape(history_name)}</code>.</p>
+{html.escape(episode['explanation'])}.{recovered}{host} History: <code>{html.escape(history_name)}</code>.</p>
 {_checks_table(episode['checks'])}{_table(LATENCY_HEADERS, _latency_rows(episode['latency']))}
 <img alt="latency, throughput and fault timeline" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <h4>Fault timeline (ms since the episode started)</h4>{faults}"""

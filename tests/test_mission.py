@@ -2,7 +2,8 @@
 combinations no correct protocol can serve fast; n=5 waits or refuses under one replica down plus one behind
 500 ms links while n=7 meets the bounds under the same faults; the vote statistics flag exactly the
 approve-everything replica and the cluster's own detector isolates it; each mission check fails on a history
-that breaks what it checks; and a smoke run of real-process mode (replica processes behind fault proxies) keeps
+that breaks what it checks; a missed latency bound names the episodes whose host CPUs were saturated (read from
+/proc/stat), without changing any verdict; and a smoke run of real-process mode (replica processes behind fault proxies) keeps
 every safety check."""
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import pytest
 from bft.core import Decision, Risk
 from harness import Event, EventType, History, Validity
 from harness.__main__ import main
+from harness._host_cpu import CpuTimes, busy_fraction, read_cpu_times
 from harness._mission import (BOUNDED, LATENCY_BOUNDS_MS, REGIME_OF_REACH, Reach, assess, check_fails_closed,
-                              check_honest_majority, check_no_corner_cutting, plan_episodes, run_mission)
+                              check_honest_majority, check_latency_bounds, check_no_corner_cutting, plan_episodes,
+                              run_mission)
 from harness._mission_real import run_real_mission
 from harness._report import vote_statistics
 
@@ -202,6 +205,29 @@ def test_the_command_line_prints_the_comparison_writes_the_report_and_fails_on_a
     assert main(["scenario", "mission", "--out", str(tmp_path / "again")], io.StringIO()) == 1
 
 
+def test_a_missed_latency_bound_names_the_episodes_whose_host_had_no_cpu_to_spare(mission, monkeypatch):
+    episodes = mission.configurations[1].episodes
+    busy = [dataclasses.replace(episodes[0], host_cpu_busy=0.97), dataclasses.replace(episodes[1], host_cpu_busy=0.5)]
+    assert check_latency_bounds(busy).validity is Validity.VALID  # The figure never changes a verdict.
+    monkeypatch.setitem(LATENCY_BOUNDS_MS, Risk.LOW, 1)
+    missed = check_latency_bounds(busy)
+    assert missed.validity is Validity.INVALID
+    saturated = [line for line in missed.details if "busy" in line]
+    assert len(saturated) == 1 and saturated[0].startswith(f"{episodes[0].spec.name}: the host's CPUs were 97% busy")
+
+
+def test_host_cpu_busy_comes_from_the_first_line_of_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 40 5 5 0 0 0\ncpu0 50 0 25 400 20 2 3 0 0 0\n")
+    start = read_cpu_times(stat)
+    assert start == CpuTimes(busy_ticks=160, total_ticks=1000)
+    stat.write_text("cpu  400 0 110 860 40 20 10 0 0 0\n")
+    assert busy_fraction(start, read_cpu_times(stat)) == pytest.approx(380 / 440)
+    stat.write_text("intr 1 2 3\n")
+    assert read_cpu_times(stat) is None and read_cpu_times(tmp_path / "missing") is None
+    assert busy_fraction(start, None) is None and busy_fraction(start, start) is None
+
+
 # ----------------------------------------------------------------- real processes (a smoke run)
 
 
@@ -219,6 +245,8 @@ def test_a_real_process_episode_behind_fault_proxies_keeps_every_safety_check(tm
     assert not failing and set(SAFETY_CHECKS) <= set(episode.checks)
     assert sum(op.outcome is EventType.OK for op in episode.history.operations()) >= 10
     assert [row["replica"] for row in configuration.votes if row["flagged"]] == [configuration.compromised]
+    assert episode.host_cpu_busy is None or 0.0 <= episode.host_cpu_busy <= 1.0
+    assert (read_cpu_times() is None) == (episode.host_cpu_busy is None)
     # Wall-clock latency on a shared machine (an fsync per persist, every process on two cores) is reported in
     # the result's latency_bounds check, not asserted here.
 
