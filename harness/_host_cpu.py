@@ -13,9 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 PROC_STAT = Path("/proc/stat")
-# Above this fraction of busy CPU time, the report says the host was saturated.
-SATURATED_FRACTION = 0.85
+# A sampling interval whose CPU time was at least this busy counts as saturated.
+SATURATED_FRACTION = 0.9
+SAMPLE_INTERVAL_S = 0.25
+# A missed latency bound names the episodes saturated for at least this share of their intervals.
+SATURATED_SHARE_REPORTED = 0.25
+MAX_SAMPLES = 4 * 3600  # An hour of intervals: a monitor never grows without bound.
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +51,55 @@ def busy_fraction(start: CpuTimes | None, end: CpuTimes | None) -> float | None:
         return None
     busy = (end.busy_ticks - start.busy_ticks) / (end.total_ticks - start.total_ticks)
     return min(1.0, max(0.0, busy))
+
+
+@dataclass(frozen=True, slots=True)
+class HostCpu:
+    """How busy the host was over a span: on average, and in how many of its intervals it was saturated."""
+
+    mean_busy: float
+    saturated_share: float  # Of the sampling intervals, those at least SATURATED_FRACTION busy.
+    intervals: int
+
+    def describe(self) -> str:
+        return f"host CPU {self.mean_busy:.0%} busy, saturated {self.saturated_share:.0%} of the time"
+
+    def to_json(self) -> dict:
+        return {"mean_busy": round(self.mean_busy, 3), "saturated_share": round(self.saturated_share, 3),
+                "intervals": self.intervals, "saturated_fraction": SATURATED_FRACTION,
+                "interval_s": SAMPLE_INTERVAL_S}
+
+
+class HostCpuMonitor:
+    """Samples ``/proc/stat`` every SAMPLE_INTERVAL_S while ``run`` runs; ``summary`` covers ``start`` to now."""
+
+    def __init__(self, path: Path = PROC_STAT) -> None:
+        self.path = path
+        self._start: CpuTimes | None = None
+        self._last: CpuTimes | None = None
+        self._interval_busy: list[float] = []
+
+    def start(self) -> None:
+        self._start = self._last = read_cpu_times(self.path)
+        self._interval_busy.clear()
+
+    async def run(self) -> None:
+        """Sample until cancelled (a no-op where ``/proc/stat`` is unreadable)."""
+        while read_cpu_times(self.path) is not None:
+            await trio.sleep(SAMPLE_INTERVAL_S)
+            self._sample()
+
+    def _sample(self) -> None:
+        now = read_cpu_times(self.path)
+        busy = busy_fraction(self._last, now)
+        self._last = now
+        if busy is not None and len(self._interval_busy) < MAX_SAMPLES:
+            self._interval_busy.append(busy)
+
+    def summary(self) -> HostCpu | None:
+        """None before ``start``, where the host's CPU times are unreadable, or before one interval passed."""
+        mean = busy_fraction(self._start, read_cpu_times(self.path))
+        if mean is None or not self._interval_busy:
+            return None
+        saturated = sum(1 for busy in self._interval_busy if busy >= SATURATED_FRACTION)
+        return HostCpu(mean, saturated / len(self._interval_busy), len(self._interval_busy))

@@ -55,7 +55,7 @@ from bft.demo import percentile
 from bft.testing import NetworkFaults
 
 from ._history import EventType, History, Operation, history_from_cluster
-from ._host_cpu import SATURATED_FRACTION
+from ._host_cpu import SATURATED_SHARE_REPORTED, HostCpu
 from ._linearizability import Validity, combine
 from ._mission_workload import AGENTS, ActionStream, MissionAction, mission_policies
 from ._nemesis import FaultEvent
@@ -219,8 +219,8 @@ class EpisodeResult:
     end_ms: int
     recovered_ms: int | None  # Failover only: when a quorum had installed the new view.
     wall_seconds: float
-    # Real processes only: the fraction of the host's CPU time busy from the faults to the end (None if unknown).
-    host_cpu_busy: float | None = None
+    # Real processes only: how busy the host's CPUs were from the faults to the end (None if unknown).
+    host_cpu: HostCpu | None = None
 
     @property
     def validity(self) -> Validity:
@@ -512,11 +512,11 @@ def check_latency_bounds(episodes: list[EpisodeResult]) -> CheckOutcome:
 
 
 def _saturated_hosts(episodes: list[EpisodeResult]) -> list[str]:
-    """For a missed bound: the real-process episodes whose host had almost no CPU to spare (the
+    """For a missed bound: the real-process episodes whose host often had no CPU to spare (the
     latencies then include waiting for a core), so a reader can tell the machine from the cluster."""
-    return [f"{episode.spec.name}: the host's CPUs were {episode.host_cpu_busy:.0%} busy ({os.cpu_count()} cores), "
-            "so these latencies include waiting for a CPU" for episode in episodes
-            if episode.host_cpu_busy is not None and episode.host_cpu_busy >= SATURATED_FRACTION]
+    return [f"{episode.spec.name}: {episode.host_cpu.describe()} ({os.cpu_count()} cores), so these latencies "
+            "include waiting for a CPU" for episode in episodes
+            if episode.host_cpu is not None and episode.host_cpu.saturated_share >= SATURATED_SHARE_REPORTED]
 
 
 def check_detection(votes: list[dict[str, Any]], compromised: int) -> CheckOutcome:
@@ -571,7 +571,7 @@ def episode_json(episode: EpisodeResult) -> dict[str, Any]:
             "heal_ms": episode.liveness_start_ms, "end_ms": episode.end_ms, "recovered_ms": episode.recovered_ms,
             "fault_events": [event.to_json() for event in episode.faults],
             "wall_seconds": round(episode.wall_seconds, 3),
-            "host_cpu_busy": None if episode.host_cpu_busy is None else round(episode.host_cpu_busy, 3)}
+            "host_cpu": None if episode.host_cpu is None else episode.host_cpu.to_json()}
 
 
 def compromised_replica(seed: int, replica_count: int) -> int:
@@ -661,7 +661,7 @@ def describe_mission(result: MissionResult, out: TextIO) -> None:
         print(f"\nn={n} (f={f}, quorum {quorum_size(n, f)}), replica {configuration.compromised} approves "
               f"everything; policies: {policies}", file=out)
         for episode in configuration.episodes:
-            host = "" if episode.host_cpu_busy is None else f" (host CPU {episode.host_cpu_busy:.0%} busy)"
+            host = "" if episode.host_cpu is None else f" ({episode.host_cpu.describe()})"
             print(f"  {episode.spec.name:17} {episode.validity.value:8} {episode.spec.feasibility.reach.value:17} "
                   f"{episode.spec.describe()}{host}", file=out)
             for regime, by_risk in episode.samples().items():

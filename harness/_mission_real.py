@@ -47,7 +47,7 @@ from bft.storage import SqliteStore
 from specs.invariants import check_all
 
 from ._history import build_history
-from ._host_cpu import CpuTimes, busy_fraction, read_cpu_times
+from ._host_cpu import HostCpuMonitor
 from ._linearizability import Validity, check_keys, check_real_time_order
 from ._mission import (DEADLINES_MS, EXIT_USAGE, REPLICA_COUNTS, SLOW_LINK_MS, WARM_UP_MS,
                        ARRIVAL_MS_MIN, ARRIVAL_MS_MAX, ConfigurationResult, EpisodeResult, EpisodeSpec, MissionResult,
@@ -106,8 +106,7 @@ class _RealEpisode:
         self.actions: dict[tuple[str, int], MissionAction] = {}
         self.events: list[FaultEvent] = []
         self.origin_s = 0.0
-        self.cpu_at_window_start: CpuTimes | None = None
-        self.host_cpu_busy: float | None = None
+        self.host_cpu = HostCpuMonitor()
 
     def now_ms(self) -> int:
         return int((trio.current_time() - self.origin_s) * 1000)
@@ -117,6 +116,7 @@ class _RealEpisode:
         ids = range(self.spec.replica_count)
         async with trio.open_nursery() as services:
             await self.proxies.start(services)
+            services.start_soon(self.host_cpu.run)
             peers = {i: {j: address for j, address in self.proxies.addresses_for(i).items() if j != i} for i in ids}
             processes = LocalProcessCluster(self.cluster_file.path, peer_addresses=peers)
             await trio.to_thread.run_sync(processes.start_all)
@@ -140,13 +140,12 @@ class _RealEpisode:
             async with trio.open_nursery() as requests:
                 await trio.sleep(WARM_UP_MS / 1000)
                 window_start_ms = self.now_ms()
-                self.cpu_at_window_start = read_cpu_times()
+                self.host_cpu.start()
                 await self._start_faults(processes, window_start_ms)
                 await self._drive(requests, clients, window_start_ms + self.spec.window_ms, None)
                 heal_ms = await self._heal(processes)
                 # The healed requests run for HEALED_MS from when the cluster is back, not from heal_ms.
                 await self._drive(requests, clients, self.now_ms() + HEALED_MS, HEALED_TIMEOUT_MS)
-            self.host_cpu_busy = busy_fraction(self.cpu_at_window_start, read_cpu_times())
             return window_start_ms, heal_ms, self.now_ms()
 
     async def _drive(self, nursery: trio.Nursery, clients: dict[str, Client], end_ms: int,
@@ -217,7 +216,7 @@ class _RealEpisode:
             recovered = min((r.completed_ms for r in self.observed
                              if r.certificate is not None and r.invoked_ms >= window_start_ms), default=None)
         result = EpisodeResult(self.spec, self.compromised, history, self.events, {}, dict(self.actions), 0,
-                               window_start_ms, heal_ms, end_ms, recovered, wall_seconds, self.host_cpu_busy)
+                               window_start_ms, heal_ms, end_ms, recovered, wall_seconds, self.host_cpu.summary())
         result.checks = self._checks(result)
         return result
 

@@ -305,8 +305,10 @@ def _episode_html(episode: dict[str, Any], png: bytes, history_name: str) -> str
                       "end of run" if e["end_ms"] is None else e["end_ms"]] for e in episode["fault_events"]])
     recovered = "" if episode["recovered_ms"] is None else \
         f" A quorum installed the new view {episode['recovered_ms'] - episode['window_start_ms']} ms after the fault."
-    host = "" if episode.get("host_cpu_busy") is None else \
-        f" The host's CPUs were {episode['host_cpu_busy']:.0%} busy from the faults to the end."
+    cpu = episode.get("host_cpu")
+    host = "" if cpu is None else (f" From the faults to the end the host's CPUs were {cpu['mean_busy']:.0%} busy, "
+                                   f"and at least {cpu['saturated_fraction']:.0%} busy in {cpu['saturated_share']:.0%} "
+                                   f"of its {cpu['interval_s'] * 1000:.0f} ms intervals.")
     verdict = f'<span class="{episode["validity"]}">{episode["validity"]}</span>'
     return f"""<h3>Episode {html.escape(episode['name'])}: {verdict}</h3>
 <p>{html.escape(episode['summary'])}: {html.escape(episode['faults'])}. <b>{html.escape(episode['reach'])}</b>:
