@@ -199,7 +199,10 @@ def plan_episodes(seed: int, replica_count: int, compromised: int) -> list[Episo
 # ----------------------------------------------------------------- running one episode
 
 BOUNDED, FAILOVER, SLOW_QUORUM, NO_QUORUM, RECOVERY = "bounded", "failover", "slow-quorum", "no-quorum", "recovery"
-REGIMES = (BOUNDED, FAILOVER, SLOW_QUORUM, NO_QUORUM, RECOVERY)
+# Requests made before the faults begin: real processes answer their first ones cold (first writes to a
+# fresh database, first use of every code path), which says nothing about latency under faults.
+WARM_UP = "warm-up"
+REGIMES = (WARM_UP, BOUNDED, FAILOVER, SLOW_QUORUM, NO_QUORUM, RECOVERY)
 REGIME_OF_REACH = {Reach.FAST: BOUNDED, Reach.SLOW: SLOW_QUORUM, Reach.NONE: NO_QUORUM}
 
 
@@ -229,6 +232,8 @@ class EpisodeResult:
     def regime(self, invoked_ms: int) -> str:
         """Which latency promise applies to an operation invoked at ``invoked_ms``."""
         reach = self.spec.feasibility.reach
+        if invoked_ms < self.window_start_ms:
+            return WARM_UP
         if self.spec.failover:
             recovered = self.recovered_ms is not None and invoked_ms >= self.recovered_ms
             return BOUNDED if recovered else FAILOVER
@@ -512,11 +517,13 @@ def check_latency_bounds(episodes: list[EpisodeResult]) -> CheckOutcome:
 
 
 def _saturated_hosts(episodes: list[EpisodeResult]) -> list[str]:
-    """For a missed bound: the real-process episodes whose host often had no CPU to spare (the
-    latencies then include waiting for a core), so a reader can tell the machine from the cluster."""
-    return [f"{episode.spec.name}: {episode.host_cpu.describe()} ({os.cpu_count()} cores), so these latencies "
+    """For a missed bound: the real-process episodes with bounded latencies whose host often had no CPU
+    to spare (those latencies then include waiting for a core), so a reader can tell the machine from the
+    cluster."""
+    return [f"{episode.spec.name}: {episode.host_cpu.describe()} ({os.cpu_count()} cores), so its latencies "
             "include waiting for a CPU" for episode in episodes
-            if episode.host_cpu is not None and episode.host_cpu.saturated_share >= SATURATED_SHARE_REPORTED]
+            if episode.host_cpu is not None and episode.host_cpu.saturated_share >= SATURATED_SHARE_REPORTED
+            and any(episode.samples()[BOUNDED].values())]
 
 
 def check_detection(votes: list[dict[str, Any]], compromised: int) -> CheckOutcome:

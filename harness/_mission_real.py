@@ -47,7 +47,7 @@ from bft.storage import SqliteStore
 from specs.invariants import check_all
 
 from ._history import build_history
-from ._host_cpu import HostCpuMonitor
+from ._host_cpu import HostCpu, HostCpuMonitor
 from ._linearizability import Validity, check_keys, check_real_time_order
 from ._mission import (DEADLINES_MS, EXIT_USAGE, REPLICA_COUNTS, SLOW_LINK_MS, WARM_UP_MS,
                        ARRIVAL_MS_MIN, ARRIVAL_MS_MAX, ConfigurationResult, EpisodeResult, EpisodeSpec, MissionResult,
@@ -60,6 +60,8 @@ from ._report import vote_statistics
 from ._swarm import CheckOutcome, _outcome_of, check_certificates
 
 HEALED_MS = 1_000
+WARM_UP_REQUESTS = 6
+WARM_UP_TIMEOUT_S = 10.0
 HEALED_TIMEOUT_MS = 10_000  # Requests after the heal must finalize within this (the real-time liveness bound).
 CONNECT_TIMEOUT_S = 20.0
 RECONNECT_TIMEOUT_S = 10.0
@@ -107,6 +109,7 @@ class _RealEpisode:
         self.events: list[FaultEvent] = []
         self.origin_s = 0.0
         self.host_cpu = HostCpuMonitor()
+        self.host_cpu_used: HostCpu | None = None
 
     def now_ms(self) -> int:
         return int((trio.current_time() - self.origin_s) * 1000)
@@ -138,7 +141,7 @@ class _RealEpisode:
                     await client.wait_connected(timeout_s=CONNECT_TIMEOUT_S)
             self.origin_s = trio.current_time()
             async with trio.open_nursery() as requests:
-                await trio.sleep(WARM_UP_MS / 1000)
+                await self._warm_up(clients)
                 window_start_ms = self.now_ms()
                 self.host_cpu.start()
                 await self._start_faults(processes, window_start_ms)
@@ -146,7 +149,18 @@ class _RealEpisode:
                 heal_ms = await self._heal(processes)
                 # The healed requests run for HEALED_MS from when the cluster is back, not from heal_ms.
                 await self._drive(requests, clients, self.now_ms() + HEALED_MS, HEALED_TIMEOUT_MS)
+            self.host_cpu_used = self.host_cpu.summary()  # Before the replicas shut down.
             return window_start_ms, heal_ms, self.now_ms()
+
+    async def _warm_up(self, clients: dict[str, Client]) -> None:
+        """WARM_UP_REQUESTS requests, one at a time, before the faults: fresh processes answer their
+        first requests cold.  They are in the history and under every check but the latency bounds
+        (their regime is ``warm-up``); a warm-up slower than WARM_UP_TIMEOUT_S just ends there."""
+        with trio.move_on_after(WARM_UP_TIMEOUT_S):
+            for _ in range(WARM_UP_REQUESTS):
+                action = self.stream.next()
+                await self._submit(clients[action.agent], action, DEADLINES_MS[action.risk])
+        await trio.sleep(WARM_UP_MS / 1000)
 
     async def _drive(self, nursery: trio.Nursery, clients: dict[str, Client], end_ms: int,
                      timeout_ms: int | None) -> None:
@@ -216,7 +230,7 @@ class _RealEpisode:
             recovered = min((r.completed_ms for r in self.observed
                              if r.certificate is not None and r.invoked_ms >= window_start_ms), default=None)
         result = EpisodeResult(self.spec, self.compromised, history, self.events, {}, dict(self.actions), 0,
-                               window_start_ms, heal_ms, end_ms, recovered, wall_seconds, self.host_cpu.summary())
+                               window_start_ms, heal_ms, end_ms, recovered, wall_seconds, self.host_cpu_used)
         result.checks = self._checks(result)
         return result
 

@@ -2,9 +2,10 @@
 combinations no correct protocol can serve fast; n=5 waits or refuses under one replica down plus one behind
 500 ms links while n=7 meets the bounds under the same faults; the vote statistics flag exactly the
 approve-everything replica and the cluster's own detector isolates it; each mission check fails on a history
-that breaks what it checks; a missed latency bound names the episodes whose host CPUs were saturated (read from
-/proc/stat), without changing any verdict; and a smoke run of real-process mode (replica processes behind fault proxies) keeps
-every safety check."""
+that breaks what it checks; requests before the faults (a real run's warm-up) are outside the latency
+bounds; a missed latency bound names the episodes whose host CPUs were saturated (read from /proc/stat),
+without changing any verdict; and a smoke run of real-process mode (replica processes behind fault proxies)
+keeps every safety check."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from bft.core import Decision, Risk
 from harness import Event, EventType, History, Validity
 from harness.__main__ import main
 from harness._host_cpu import CpuTimes, HostCpu, HostCpuMonitor, busy_fraction, read_cpu_times
-from harness._mission import (BOUNDED, LATENCY_BOUNDS_MS, REGIME_OF_REACH, Reach, assess, check_fails_closed,
+from harness._mission import (BOUNDED, LATENCY_BOUNDS_MS, WARM_UP, REGIME_OF_REACH, Reach, assess, check_fails_closed,
                               check_honest_majority, check_latency_bounds, check_no_corner_cutting, plan_episodes,
                               run_mission)
-from harness._mission_real import run_real_mission
+from harness._mission_real import WARM_UP_REQUESTS, run_real_mission
 from harness._report import vote_statistics
 
 SEED = 0
@@ -206,17 +207,25 @@ def test_the_command_line_prints_the_comparison_writes_the_report_and_fails_on_a
     assert main(["scenario", "mission", "--out", str(tmp_path / "again")], io.StringIO()) == 1
 
 
+def test_requests_before_the_faults_are_warm_up_and_outside_the_latency_bounds(mission):
+    episode = mission.configurations[0].episodes[0]
+    assert episode.regime(episode.window_start_ms - 1) == WARM_UP
+    assert episode.regime(episode.window_start_ms) == BOUNDED  # The tolerated episode keeps a fast quorum.
+
+
 def test_a_missed_latency_bound_names_the_episodes_whose_host_had_no_cpu_to_spare(mission, monkeypatch):
-    episodes = mission.configurations[1].episodes
-    busy = [dataclasses.replace(episodes[0], host_cpu=HostCpu(0.93, 0.6, 12)),
-            dataclasses.replace(episodes[1], host_cpu=HostCpu(0.7, 0.1, 12))]
+    tolerated, down_plus_slow, no_quorum, _ = mission.configurations[1].episodes
+    assert no_quorum.spec.name == "no-quorum" and not any(no_quorum.samples()[BOUNDED].values())
+    busy = [dataclasses.replace(tolerated, host_cpu=HostCpu(0.93, 0.6, 12)),
+            dataclasses.replace(down_plus_slow, host_cpu=HostCpu(0.7, 0.1, 12)),
+            dataclasses.replace(no_quorum, host_cpu=HostCpu(0.9, 0.5, 12))]  # No bounded latencies: not named.
     assert check_latency_bounds(busy).validity is Validity.VALID  # The figure never changes a verdict.
     monkeypatch.setitem(LATENCY_BOUNDS_MS, Risk.LOW, 1)
     missed = check_latency_bounds(busy)
     assert missed.validity is Validity.INVALID
     saturated = [line for line in missed.details if "busy" in line]
-    assert saturated == [f"{episodes[0].spec.name}: host CPU 93% busy, saturated 60% of the time "
-                         f"({os.cpu_count()} cores), so these latencies include waiting for a CPU"]
+    assert saturated == [f"tolerated: host CPU 93% busy, saturated 60% of the time "
+                         f"({os.cpu_count()} cores), so its latencies include waiting for a CPU"]
 
 
 def test_host_cpu_busy_comes_from_the_first_line_of_proc_stat(tmp_path):
@@ -262,6 +271,9 @@ def test_a_real_process_episode_behind_fault_proxies_keeps_every_safety_check(tm
     assert not failing and set(SAFETY_CHECKS) <= set(episode.checks)
     assert sum(op.outcome is EventType.OK for op in episode.history.operations()) >= 10
     assert [row["replica"] for row in configuration.votes if row["flagged"]] == [configuration.compromised]
+    warm_up = [op for op in episode.history.operations() if op.invoke.time_ms < episode.window_start_ms]
+    assert len(warm_up) == WARM_UP_REQUESTS and all(op.outcome is EventType.OK for op in warm_up)
+    assert {episode.regime(op.invoke.time_ms) for op in warm_up} == {WARM_UP}  # Not under the latency bounds.
     if read_cpu_times() is not None:  # Linux: the host's CPU use over the episode is recorded.
         assert 0.0 <= episode.host_cpu.mean_busy <= 1.0 and 0.0 <= episode.host_cpu.saturated_share <= 1.0
         assert episode.host_cpu.intervals >= 8  # Sampled every 0.25 s over a run of several seconds.
