@@ -84,8 +84,10 @@ class HostCpuMonitor:
         self._interval_busy.clear()
 
     async def run(self) -> None:
-        """Sample until cancelled (a no-op where ``/proc/stat`` is unreadable)."""
-        while read_cpu_times(self.path) is not None:
+        """Sample until cancelled (returns at once where ``/proc/stat`` is unreadable)."""
+        if read_cpu_times(self.path) is None:
+            return
+        while True:
             await trio.sleep(SAMPLE_INTERVAL_S)
             self._sample()
 
