@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     scenario.add_argument("--out", type=Path, default=Path("mission-report"),
                           help="write report.html, results.json and the histories here (default ./mission-report)")
     scenario.add_argument("--real", action="store_true", help="real replica processes behind the fault proxy")
+    scenario.add_argument("--rate", type=float, metavar="PER_S",
+                          help="mission only: requests a second the agents offer together (default 12.5); a host "
+                               "too small for the cluster at that rate misses latency bounds, see README")
     from . import _byzantine_replica, _modelcheck, _mutant_hunt
     _mutant_hunt.add_parser(commands)
     _modelcheck.add_parser(commands)
@@ -108,10 +111,16 @@ def exit_status(results: list[RunResult], liveness_required: bool) -> int:
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     arguments = parser().parse_args(argv)
     if arguments.command == "scenario" and arguments.name == "isolation":
+        if arguments.rate is not None:
+            parser().error("--rate applies to the mission scenario only")
         from ._mission_isolation import main_isolation
         return main_isolation(arguments, out)
     if arguments.command == "scenario":
-        from ._mission import main_scenario
+        from ._mission import DEFAULT_RATE_PER_S, ArrivalGaps, main_scenario
+        try:
+            arguments.gaps = ArrivalGaps.for_rate(DEFAULT_RATE_PER_S if arguments.rate is None else arguments.rate)
+        except ValueError as error:
+            parser().error(f"--rate: {error}")
         return main_scenario(arguments, out)
     if arguments.command == "byzantine-replica":
         from ._byzantine_replica import main as main_byzantine_replica

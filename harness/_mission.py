@@ -71,10 +71,38 @@ WARM_UP_MS = 300
 WINDOW_MS = 2_500
 NO_QUORUM_WINDOW_MS = 1_500
 HEALED_MS = 1_000
-ARRIVAL_MS_MIN, ARRIVAL_MS_MAX = 40, 120
+DEFAULT_RATE_PER_S = 12.5  # Requests a second offered by the three agents together.
+RATE_PER_S_MIN, RATE_PER_S_MAX = 1.0, 50.0  # Above 50 a second the 10 ms steps would distort the mean.
+ARRIVAL_STEP_MS = 10
 CLIENT_RETRY_MS = 1_000
 DOWN_KINDS = ("crash", "isolate")
 SHOWN_MAX = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalGaps:
+    """Time between two submissions: uniform over [min_ms, max_ms] in steps of ``ARRIVAL_STEP_MS``,
+    from half to one and a half times the mean gap of the offered rate (12.5 a second: 40-120 ms)."""
+
+    rate_per_s: float
+    min_ms: int
+    max_ms: int
+
+    @classmethod
+    def for_rate(cls, rate_per_s: float) -> ArrivalGaps:
+        if not RATE_PER_S_MIN <= rate_per_s <= RATE_PER_S_MAX:
+            raise ValueError(f"the offered rate must be in [{RATE_PER_S_MIN:g}, {RATE_PER_S_MAX:g}] requests a "
+                             f"second, not {rate_per_s:g}")
+        mean_ms = 1000 / rate_per_s
+        min_ms = max(ARRIVAL_STEP_MS, round(mean_ms / 2 / ARRIVAL_STEP_MS) * ARRIVAL_STEP_MS)
+        max_ms = max(min_ms, round(mean_ms * 3 / 2 / ARRIVAL_STEP_MS) * ARRIVAL_STEP_MS)
+        return cls(rate_per_s, min_ms, max_ms)
+
+    def draw(self, rng: random.Random) -> int:
+        return rng.randrange(self.min_ms, self.max_ms + 1, ARRIVAL_STEP_MS)
+
+
+DEFAULT_ARRIVALS = ArrivalGaps.for_rate(DEFAULT_RATE_PER_S)
 
 
 # ----------------------------------------------------------------- what any correct protocol can do
@@ -265,8 +293,9 @@ def _latency_ms(operation: Operation) -> int:
 class _EpisodeRun:
     """Drives one episode: warm up, faults with a workload, heal, fresh requests that must finalize, checks."""
 
-    def __init__(self, spec: EpisodeSpec, seed: int, compromised: int) -> None:
+    def __init__(self, spec: EpisodeSpec, seed: int, compromised: int, gaps: ArrivalGaps) -> None:
         self.spec = spec
+        self.gaps = gaps
         self.compromised = compromised
         self.policies = mission_policies(spec.replica_count, compromised)
         simulator_seed = random.Random(f"mission-sim/{seed}/{spec.replica_count}/{spec.name}").randrange(2**32)
@@ -319,7 +348,7 @@ class _EpisodeRun:
                 request = cluster.submit(action.agent, action.action, action.risk, deadline_for(action.risk))
                 self.actions[request.key] = action
                 submitted.append(request.key)
-                next_submission_ms += self.arrivals.randrange(ARRIVAL_MS_MIN, ARRIVAL_MS_MAX + 1, cluster.tick_ms)
+                next_submission_ms += self.gaps.draw(self.arrivals)
             self._resend_unanswered()
             self._watch_failover()
             cluster.run(cluster.tick_ms)
@@ -586,10 +615,11 @@ def compromised_replica(seed: int, replica_count: int) -> int:
     return random.Random(f"mission-compromised/{seed}/{replica_count}").randrange(1, replica_count)
 
 
-def run_configuration(seed: int, replica_count: int) -> ConfigurationResult:
+def run_configuration(seed: int, replica_count: int, gaps: ArrivalGaps = DEFAULT_ARRIVALS) -> ConfigurationResult:
     assert replica_count in REPLICA_COUNTS, replica_count
     compromised = compromised_replica(seed, replica_count)
-    episodes = [_EpisodeRun(spec, seed, compromised).run() for spec in plan_episodes(seed, replica_count, compromised)]
+    episodes = [_EpisodeRun(spec, seed, compromised, gaps).run()
+                for spec in plan_episodes(seed, replica_count, compromised)]
     votes = vote_statistics([episode.history for episode in episodes], replica_count)
     from ._mission_isolation import isolation_check  # That module builds on this one's checks.
     checks = {"latency_bounds": check_latency_bounds(episodes), "detection": check_detection(votes, compromised),
@@ -604,6 +634,7 @@ class MissionResult:
     configurations: list[ConfigurationResult]
     wall_seconds: float
     real: bool = False  # Replica processes behind fault proxies instead of the simulator.
+    gaps: ArrivalGaps = DEFAULT_ARRIVALS
 
     @property
     def validity(self) -> Validity:
@@ -630,17 +661,20 @@ class MissionResult:
                 "deadlines_ms": {risk.value: deadline for risk, deadline in DEADLINES_MS.items()},
                 "feasibility": feasibility_matrix(), "comparison": self.comparison(),
                 "configurations": [configuration.to_json() for configuration in self.configurations],
-                "mode": "real processes" if self.real else "simulation", "reproduce": self.reproduce_command()}
+                "mode": "real processes" if self.real else "simulation", "rate_per_s": self.gaps.rate_per_s,
+                "arrival_gap_ms": [self.gaps.min_ms, self.gaps.max_ms], "reproduce": self.reproduce_command()}
 
     def reproduce_command(self) -> str:
         sizes = "" if len(self.configurations) != 1 else f" --replicas {self.configurations[0].replica_count}"
-        return f"python -m harness scenario mission --seed {self.seed}{sizes}{' --real' if self.real else ''}"
+        rate = "" if self.gaps == DEFAULT_ARRIVALS else f" --rate {self.gaps.rate_per_s:g}"
+        return f"python -m harness scenario mission --seed {self.seed}{sizes}{rate}{' --real' if self.real else ''}"
 
 
-def run_mission(seed: int, replica_counts: tuple[int, ...] = REPLICA_COUNTS) -> MissionResult:
+def run_mission(seed: int, replica_counts: tuple[int, ...] = REPLICA_COUNTS,
+                gaps: ArrivalGaps = DEFAULT_ARRIVALS) -> MissionResult:
     started = time.perf_counter()
-    configurations = [run_configuration(seed, count) for count in replica_counts]
-    return MissionResult(seed, configurations, time.perf_counter() - started)
+    configurations = [run_configuration(seed, count, gaps) for count in replica_counts]
+    return MissionResult(seed, configurations, time.perf_counter() - started, gaps=gaps)
 
 
 def describe_samples(risk: Risk, samples: list[Sample]) -> str:
@@ -661,7 +695,7 @@ def describe_mission(result: MissionResult, out: TextIO) -> None:
     operations = sum(len(e.history.operations()) for c in result.configurations for e in c.episodes)
     mode = "real processes" if result.real else "simulation"
     print(f"mission seed {result.seed} ({mode}): {result.validity.value.upper()} "
-          f"({operations} requests, {result.wall_seconds:.1f} s)", file=out)
+          f"({operations} requests at {result.gaps.rate_per_s:g} a second, {result.wall_seconds:.1f} s)", file=out)
     for configuration in result.configurations:
         n, f = configuration.replica_count, max_faulty(configuration.replica_count)
         policies = ", ".join(f"{i} {name}" for i, name in enumerate(configuration.policy_names))
@@ -710,7 +744,7 @@ def main_scenario(arguments, out: TextIO) -> int:
     if arguments.real:
         from ._mission_real import main_real
         return main_real(arguments, out)
-    result = run_mission(arguments.seed, counts)
+    result = run_mission(arguments.seed, counts, arguments.gaps)
     describe_mission(result, out)
     return report_and_exit_status(result, arguments.out, out)
 

@@ -49,8 +49,8 @@ from specs.invariants import check_all
 from ._history import build_history
 from ._host_cpu import HostCpu, HostCpuMonitor
 from ._linearizability import Validity, check_keys, check_real_time_order
-from ._mission import (DEADLINES_MS, EXIT_USAGE, REPLICA_COUNTS, SLOW_LINK_MS, WARM_UP_MS,
-                       ARRIVAL_MS_MIN, ARRIVAL_MS_MAX, ConfigurationResult, EpisodeResult, EpisodeSpec, MissionResult,
+from ._mission import (DEADLINES_MS, DEFAULT_ARRIVALS, EXIT_USAGE, REPLICA_COUNTS, SLOW_LINK_MS, WARM_UP_MS,
+                       ArrivalGaps, ConfigurationResult, EpisodeResult, EpisodeSpec, MissionResult,
                        check_detection, check_latency_bounds, compromised_replica, describe_mission, mission_checks,
                        plan_episodes, report_and_exit_status)
 from ._mission_workload import AGENTS, ActionStream, MissionAction, mission_policies, mission_policy_specs
@@ -97,8 +97,9 @@ def write_real_cluster(directory: Path, replica_count: int, compromised: int):
 
 
 class _RealEpisode:
-    def __init__(self, spec: EpisodeSpec, seed: int, compromised: int, directory: Path) -> None:
+    def __init__(self, spec: EpisodeSpec, seed: int, compromised: int, directory: Path, gaps: ArrivalGaps) -> None:
         self.spec = spec
+        self.gaps = gaps
         self.compromised = compromised
         self.cluster_file = write_real_cluster(directory, spec.replica_count, compromised)
         self.proxies = LinkProxies(self.cluster_file.addresses, seed=seed)
@@ -168,7 +169,7 @@ class _RealEpisode:
             action = self.stream.next()
             nursery.start_soon(self._submit, clients[action.agent], action,
                                timeout_ms or DEADLINES_MS[action.risk])
-            await trio.sleep(self.arrivals.randrange(ARRIVAL_MS_MIN, ARRIVAL_MS_MAX + 1, 10) / 1000)
+            await trio.sleep(self.gaps.draw(self.arrivals) / 1000)
 
     async def _submit(self, client: Client, action: MissionAction, timeout_ms: int) -> None:
         invoked_ms = self.now_ms()
@@ -265,11 +266,12 @@ class _RealEpisode:
 
 
 async def run_real_configuration(seed: int, replica_count: int, directory: Path,
-                                 episode_names: tuple[str, ...] | None = None) -> ConfigurationResult:
+                                 episode_names: tuple[str, ...] | None = None,
+                                 gaps: ArrivalGaps = DEFAULT_ARRIVALS) -> ConfigurationResult:
     compromised = compromised_replica(seed, replica_count)
     specs = [spec for spec in plan_episodes(seed, replica_count, compromised)
              if episode_names is None or spec.name in episode_names]
-    episodes = [await _RealEpisode(spec, seed, compromised, directory / f"n{replica_count}-{spec.name}").run()
+    episodes = [await _RealEpisode(spec, seed, compromised, directory / f"n{replica_count}-{spec.name}", gaps).run()
                 for spec in specs]
     votes = vote_statistics([episode.history for episode in episodes], replica_count)
     checks = {"latency_bounds": check_latency_bounds(episodes), "detection": check_detection(votes, compromised)}
@@ -278,22 +280,23 @@ async def run_real_configuration(seed: int, replica_count: int, directory: Path,
 
 
 def run_real_mission(seed: int, replica_counts: tuple[int, ...], directory: Path,
-                     episode_names: tuple[str, ...] | None = None) -> MissionResult:
+                     episode_names: tuple[str, ...] | None = None,
+                     gaps: ArrivalGaps = DEFAULT_ARRIVALS) -> MissionResult:
     started = time.perf_counter()
 
     directory.mkdir(parents=True, exist_ok=True)
     clusters = Path(tempfile.mkdtemp(prefix="clusters-", dir=directory))  # Kept: the replicas' logs and databases.
 
     async def main() -> list[ConfigurationResult]:
-        return [await run_real_configuration(seed, count, clusters, episode_names) for count in replica_counts]
+        return [await run_real_configuration(seed, count, clusters, episode_names, gaps) for count in replica_counts]
 
-    return MissionResult(seed, trio.run(main), time.perf_counter() - started, real=True)
+    return MissionResult(seed, trio.run(main), time.perf_counter() - started, real=True, gaps=gaps)
 
 
 def main_real(arguments, out: TextIO) -> int:
     counts = (arguments.replicas,) if arguments.replicas else REPLICA_COUNTS
     try:
-        result = run_real_mission(arguments.seed, counts, arguments.out)
+        result = run_real_mission(arguments.seed, counts, arguments.out, gaps=arguments.gaps)
     except (ReplicaProcessError, ConfigFileError, OSError) as error:
         print(f"error: the real-process mission could not run: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -346,7 +346,8 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left;vertical-align:top}
 <h1>Mission scenario, seed {plain['seed']}: <span class="{plain['validity']}">{plain['validity']}</span></h1>
 <p>Reproduce with <code>{html.escape(plain['reproduce'])}</code>. Latency bounds: {bounds}, over every request made
 while a fast quorum existed. Client deadlines (ms): {html.escape(str(plain['deadlines_ms']))}. Slow links add
-{plain['slow_link_ms']} ms each way.</p>
+{plain['slow_link_ms']} ms each way. The agents offer {plain['rate_per_s']:g} requests a second together (gaps of
+{plain['arrival_gap_ms'][0]}-{plain['arrival_gap_ms'][1]} ms).</p>
 <h2>What the cluster can and cannot promise</h2>
 <p>A verdict needs a quorum q = ceil((n+f+1)/2) of replicas, so that any two verdict quorums share a correct
 replica. Fewer than q replicas up: nothing can be certified and clients must be refused. At least q up, but fewer

@@ -4,7 +4,8 @@ combinations no correct protocol can serve fast; n=5 waits or refuses under one 
 approve-everything replica and the cluster's own detector isolates it; each mission check fails on a history
 that breaks what it checks; requests before the faults (a real run's warm-up) are outside the latency
 bounds; a missed latency bound names the episodes whose host CPUs were saturated (read from /proc/stat),
-without changing any verdict; and a smoke run of real-process mode (replica processes behind fault proxies)
+without changing any verdict; the offered rate (--rate) sets the gaps between requests and is recorded in
+the results and the reproducing command; and a smoke run of real-process mode (replica processes behind fault proxies)
 keeps every safety check."""
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from bft.core import Decision, Risk
 from harness import Event, EventType, History, Validity
 from harness.__main__ import main
 from harness._host_cpu import CpuTimes, HostCpu, HostCpuMonitor, busy_fraction, read_cpu_times
-from harness._mission import (BOUNDED, LATENCY_BOUNDS_MS, WARM_UP, REGIME_OF_REACH, Reach, assess, check_fails_closed,
+from harness._mission import (BOUNDED, DEFAULT_ARRIVALS, LATENCY_BOUNDS_MS, WARM_UP, REGIME_OF_REACH, ArrivalGaps,
+                              Reach, assess, check_fails_closed,
                               check_honest_majority, check_latency_bounds, check_no_corner_cutting, plan_episodes,
                               run_mission)
 from harness._mission_real import WARM_UP_REQUESTS, run_real_mission
@@ -186,7 +188,7 @@ def test_the_honest_majority_check_catches_an_allow_the_honest_majority_denied(m
 def test_the_command_line_prints_the_comparison_writes_the_report_and_fails_on_a_violation(mission, monkeypatch,
                                                                                             tmp_path):
     five_only = dataclasses.replace(mission, configurations=mission.configurations[:1])
-    monkeypatch.setattr("harness._mission.run_mission", lambda seed, counts: five_only)
+    monkeypatch.setattr("harness._mission.run_mission", lambda seed, counts, gaps: five_only)
     out = io.StringIO()
     assert main(["scenario", "mission", "--seed", str(SEED), "--out", str(tmp_path)], out) == 0
     text = out.getvalue()
@@ -252,6 +254,47 @@ def test_the_host_cpu_monitor_counts_the_intervals_at_least_90_percent_busy(tmp_
     assert summary == HostCpu(mean_busy=pytest.approx(245 / 300), saturated_share=pytest.approx(2 / 3), intervals=3)
     assert summary.describe() == "host CPU 82% busy, saturated 67% of the time"
     assert HostCpuMonitor(tmp_path / "missing").summary() is None
+
+
+def test_the_default_rate_keeps_the_gaps_every_earlier_mission_used_and_other_rates_keep_their_mean():
+    assert (DEFAULT_ARRIVALS.min_ms, DEFAULT_ARRIVALS.max_ms) == (40, 120)  # 12.5 requests a second.
+    for rate in (1, 4, 8.3, 12.5, 20, 50):
+        gaps = ArrivalGaps.for_rate(rate)
+        assert gaps.min_ms >= 10 and gaps.min_ms % 10 == 0 and gaps.max_ms % 10 == 0
+        assert (gaps.min_ms + gaps.max_ms) / 2 == pytest.approx(1000 / rate, abs=5)  # The draw is uniform.
+    rng = __import__("random").Random(1)
+    draws = [ArrivalGaps.for_rate(8).draw(rng) for _ in range(2000)]
+    assert min(draws) == 60 and max(draws) == 190
+
+
+@pytest.mark.parametrize("rate", [0, 0.5, 51, float("nan")])
+def test_a_rate_outside_the_supported_range_is_refused_with_the_range(rate):
+    with pytest.raises(ValueError, match=r"must be in \[1, 50\]"):
+        ArrivalGaps.for_rate(rate)
+
+
+def test_the_command_line_passes_the_rate_on_and_refuses_it_where_it_means_nothing(mission, monkeypatch, tmp_path,
+                                                                                  capsys):
+    five_only = dataclasses.replace(mission, configurations=mission.configurations[:1])
+    asked = []
+
+    def run(seed, counts, gaps):
+        asked.append(gaps)
+        return dataclasses.replace(five_only, gaps=gaps)
+
+    monkeypatch.setattr("harness._mission.run_mission", run)
+    out = io.StringIO()
+    assert main(["scenario", "mission", "--rate", "8", "--out", str(tmp_path)], out) == 0
+    assert asked == [ArrivalGaps.for_rate(8)] and "at 8 a second" in out.getvalue()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["rate_per_s"] == 8 and results["arrival_gap_ms"] == [60, 190]
+    assert results["reproduce"] == "python -m harness scenario mission --seed 0 --replicas 5 --rate 8"
+    assert "offer 8 requests a second together (gaps of\n60-190 ms)" in (tmp_path / "report.html").read_text()
+    for argv in (["scenario", "mission", "--rate", "0"], ["scenario", "isolation", "--rate", "8"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv, io.StringIO())
+        assert exit_info.value.code == 2
+    assert "must be in [1, 50]" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- real processes (a smoke run)
