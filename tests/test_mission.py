@@ -5,8 +5,8 @@ approve-everything replica and the cluster's own detector isolates it; each miss
 that breaks what it checks; requests before the faults (a real run's warm-up) are outside the latency
 bounds; a missed latency bound names the episodes whose host CPUs were saturated (read from /proc/stat),
 without changing any verdict; the offered rate (--rate) sets the gaps between requests and is recorded in
-the results and the reproducing command; and a smoke run of real-process mode (replica processes behind fault proxies)
-keeps every safety check."""
+the results and the reproducing command; and a smoke run of real-process mode (replica processes behind
+fault proxies) keeps every safety check."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 
 import pytest
 
@@ -262,7 +263,7 @@ def test_the_default_rate_keeps_the_gaps_every_earlier_mission_used_and_other_ra
         gaps = ArrivalGaps.for_rate(rate)
         assert gaps.min_ms >= 10 and gaps.min_ms % 10 == 0 and gaps.max_ms % 10 == 0
         assert (gaps.min_ms + gaps.max_ms) / 2 == pytest.approx(1000 / rate, abs=5)  # The draw is uniform.
-    rng = __import__("random").Random(1)
+    rng = random.Random(1)
     draws = [ArrivalGaps.for_rate(8).draw(rng) for _ in range(2000)]
     assert min(draws) == 60 and max(draws) == 190
 
