@@ -261,3 +261,9 @@ def make_net() -> Callable[..., LocalNet]:
 @pytest.fixture(scope="session")
 def batch_digest() -> Callable[[PrePrepare], bytes]:
     return batch_digest_of
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--rewrite``: tests/test_interactions.py writes the replayed output back into the golden scripts."""
+    parser.addoption("--rewrite", action="store_true", default=False,
+                     help="rewrite the expected output of tests/interactions/*.txt from the current behaviour")

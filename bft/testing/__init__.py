@@ -13,3 +13,8 @@ __all__ += [
     "hiding_view_changes", "honest", "lying_checkpoints", "lying_replies", "lying_state_transfer", "lying_votes",
     "mangled_messages", "replaying", "silent", "veto_dropping_primary",
 ]
+
+# Golden interaction scripts (tests/interactions/*.txt): replay one and get its text with today's output.
+from ._interactions import ScriptError, replay as replay_interactions  # noqa: E402
+
+__all__ += ["ScriptError", "replay_interactions"]
