@@ -25,7 +25,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable
 
-from ..core import Limits, LocalProtocolError, PrePrepare, Risk
+from ..core import ConfigError, Limits, LocalProtocolError, PrePrepare, Risk
 from ._byzantine import _other_batch, equivocating_primary, hiding_view_changes, honest, silent
 from ._interaction_cluster import InteractionCluster, ScriptError, endpoint_name
 from ._interaction_text import TYPE_NAMES, quoted
@@ -33,7 +33,8 @@ from ._interaction_text import TYPE_NAMES, quoted
 SEPARATOR = "----"
 STABILIZE_DELIVERIES_MAX = 20_000
 TICKS_PER_COMMAND_MAX = 10_000
-STRATEGY_NAMES = ("honest", "silent", "hiding-view-changes", "equivocating-primary", "double-preprepare")
+STRATEGY_NAMES = ("honest", "silent", "hiding-view-changes", "equivocating-primary", "double-preprepare",
+                  "drop-preprepares")
 
 
 @dataclass
@@ -89,6 +90,11 @@ def replay(text: str) -> str:
             raise ScriptError(f"line {block.line_number}: {block.command!r}: {error}") from None
         replayed.append(Block(block.preamble, block.line_number, block.command, output or ["ok"]))
     return render(replayed, trailing)
+
+
+def drop_preprepares():
+    """A primary whose PRE-PREPAREs never leave it (a silent primary that still answers everything else)."""
+    return lambda destination, message, signer: [] if isinstance(message, PrePrepare) else [message]
 
 
 def double_preprepare(targets: list[int]):
@@ -158,7 +164,7 @@ class Interactions:
         arguments, lines = Arguments(words[1:]), []
         try:
             handler(arguments, lines)
-        except LocalProtocolError as error:
+        except (LocalProtocolError, ConfigError) as error:  # The core refused the input: part of its behaviour.
             lines.append(f"error: {error}")
         arguments.finish()
         return lines
@@ -317,12 +323,13 @@ class Interactions:
                 self.cluster.release(replica_id, lines)
 
     def _byzantine(self, arguments: Arguments, lines: list[str]) -> None:
-        """byzantine r=ID honest|silent|hiding-view-changes|equivocating-primary|double-preprepare targets=IDS"""
+        """byzantine r=ID honest|silent|hiding-view-changes|equivocating-primary|double-preprepare|drop-preprepares targets=IDS"""
         strategy = self._word(arguments, STRATEGY_NAMES)
         replica_id = self._replicas(arguments, default_all=False)[0]
         factories = {"honest": honest, "silent": silent, "hiding-view-changes": hiding_view_changes,
                      "equivocating-primary": lambda: equivocating_primary(
                          replica_ids(arguments.get("targets", ""), self.cluster.replica_count)),
+                     "drop-preprepares": drop_preprepares,
                      "double-preprepare": lambda: double_preprepare(
                          replica_ids(arguments.get("targets", ""), self.cluster.replica_count))}
         if strategy not in factories:
