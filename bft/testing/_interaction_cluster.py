@@ -195,7 +195,7 @@ class InteractionCluster:
     def _deliver_to_client(self, client_id: str, message: Message, lines: list[str]) -> None:
         client = self.clients.get(client_id)
         if client is None or not isinstance(message, Reply):
-            lines.append("  ignored: no such client")
+            lines.append(f"  not read: no client process runs as {client_id}")
             return
         certificate = client.on_reply(message)
         if certificate is not None:

@@ -51,8 +51,18 @@ class RequestNames:
         return describer(self, message)
 
 
+ACTION_CHARS_SHOWN = 60
+
+
+def _action(action: str) -> str:
+    """Short actions in full; a long one (an evidence command carries two messages) cut, with its length."""
+    if len(action) <= ACTION_CHARS_SHOWN:
+        return action
+    return f"{action[:ACTION_CHARS_SHOWN]}...({len(action)} chars)"
+
+
 def _request(names: RequestNames, request: Request) -> str:
-    return (f"REQUEST {names.learn(request)} {request.risk.value} {request.action} "
+    return (f"REQUEST {names.learn(request)} {request.risk.value} {_action(request.action)} "
             f"deadline={request.deadline_ms}")
 
 
