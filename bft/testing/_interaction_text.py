@@ -135,8 +135,10 @@ def _state_reply(names: RequestNames, reply: StateReply) -> str:
 
 def _log_entry(names: RequestNames, entry: LogEntry) -> str:
     events = f" events={entry.events}" if entry.events else ""
+    uncounted = f" uncounted={entry.uncounted_voters}" if entry.uncounted_voters else ""
     return (f"LOG pos={entry.position} seq={entry.seq} {entry.client_id}#{entry.request_number} "
-            f"{entry.decision.value} hash={short(entry.entry_hash)}{events}")
+            f"{entry.decision.value} allow={entry.allow_voters or '-'} deny={entry.deny_voters or '-'}{uncounted} "
+            f"hash={short(entry.entry_hash)}{events}")
 
 
 _DESCRIBERS = {
