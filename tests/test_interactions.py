@@ -9,12 +9,13 @@ intended change with ``pytest tests/test_interactions.py --rewrite`` (or
 from __future__ import annotations
 
 import difflib
+import re
 import os
 from pathlib import Path
 
 import pytest
 
-from bft.testing import replay_interactions
+from bft.testing import ScriptError, replay_interactions
 
 SCRIPTS_DIR = Path(__file__).parent / "interactions"
 SCRIPTS = sorted(SCRIPTS_DIR.glob("*.txt"))
@@ -45,3 +46,30 @@ def test_replay_is_deterministic() -> None:
     """Replaying one script twice in one process gives the same text (no hidden clock or global state)."""
     text = SCRIPTS[0].read_text()
     assert replay_interactions(text) == replay_interactions(text)
+
+
+def test_comments_and_commands_are_kept_and_only_outputs_are_recomputed() -> None:
+    script = "# a comment\ncluster n=4\n----\nstale output\n\n# another\nheal\n----\n"
+    replayed = replay_interactions(script)
+    assert replayed.startswith("# a comment\ncluster n=4\n----\nn=4 f=1 quorum=3")
+    assert "stale output" not in replayed
+    assert replayed.endswith("\n# another\nheal\n----\nhealed\n")
+
+
+@pytest.mark.parametrize("script, problem", [
+    ("cluster n=4\nstatus\n----\n", "must be followed by a line '----'"),
+    ("status\n----\n", "the first command must be cluster"),
+    ("cluster n=4\n----\n\nfly\n----\n", "unknown command 'fly'"),
+    ("cluster n=4\n----\n\nstatus colour=red\n----\n", "unknown options: colour"),
+    ("cluster n=4\n----\n\ncrash r=7\n----\n", "'7' is not a replica of a cluster of 4"),
+    ("cluster n=4\n----\n\nrestart r=1\n----\n", "r1 is not crashed"),
+    ("cluster n=4\n----\n\npolicy r=1 maybe\n----\n", "policy r=IDS allow|deny|manual"),
+])
+def test_a_malformed_script_fails_with_its_line_and_reason(script: str, problem: str) -> None:
+    with pytest.raises(ScriptError, match=re.escape(problem)):
+        replay_interactions(script)
+
+
+def test_a_configuration_the_core_refuses_is_printed_not_raised() -> None:
+    replayed = replay_interactions("cluster n=4 log_window=4 checkpoint_interval=4\n----\n")
+    assert "error: log_window must be at least twice checkpoint_interval" in replayed
