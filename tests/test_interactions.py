@@ -26,7 +26,7 @@ def rewrite_requested(config: pytest.Config) -> bool:
 
 
 def test_there_are_scripts() -> None:
-    assert len(SCRIPTS) >= 15, f"expected the golden scripts in {SCRIPTS_DIR}"
+    assert len(SCRIPTS) >= 16, f"expected the golden scripts in {SCRIPTS_DIR}"
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[script.stem for script in SCRIPTS])

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from ..core import (ClientCore, ClusterConfig, Decision, Message, Ready, Replica, Reply, Request, Risk, Signer,
+
+from ..core import (ClientCore, ClusterConfig, Decision, Limits, Message, Ready, Replica, Reply, Request, Risk, Signer,
                     apply_ready, decode, encode, request_digest)
 from ..policy import PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore
@@ -58,7 +59,13 @@ class FixedPolicy:
 
 
 class InteractionCluster:
-    def __init__(self, replica_count: int, client_ids: tuple[str, ...], limits, key_seed: int = 0) -> None:
+    """n replicas with their stores, the clients (and operator alice), the queue and the fault switches.
+
+    Keys come from ``keypair_for_test(key_seed, name)``, so every run signs the same bytes.
+    Stores are never pruned, so ``log`` and restarts see everything a replica persisted.
+    """
+
+    def __init__(self, replica_count: int, client_ids: tuple[str, ...], limits: Limits, key_seed: int = 0) -> None:
         replica_keys = [keypair_for_test(key_seed, f"replica-{i}") for i in range(replica_count)]
         client_keys = {client_id: keypair_for_test(key_seed, client_id) for client_id in client_ids}
         operator_key = keypair_for_test(key_seed, f"operator-{OPERATOR}")

@@ -323,7 +323,7 @@ class Interactions:
                 self.cluster.release(replica_id, lines)
 
     def _byzantine(self, arguments: Arguments, lines: list[str]) -> None:
-        """byzantine r=ID honest|silent|hiding-view-changes|equivocating-primary|double-preprepare|drop-preprepares targets=IDS"""
+        """byzantine r=ID STRATEGY [targets=IDS]: the replica's outgoing messages pass STRATEGY (STRATEGY_NAMES)."""
         strategy = self._word(arguments, STRATEGY_NAMES)
         replica_id = self._replicas(arguments, default_all=False)[0]
         factories = {"honest": honest, "silent": silent, "hiding-view-changes": hiding_view_changes,
