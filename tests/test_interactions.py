@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bft.testing import ScriptError, replay_interactions
+from bft.testing._interactions import Interactions
 
 SCRIPTS_DIR = Path(__file__).parent / "interactions"
 SCRIPTS = sorted(SCRIPTS_DIR.glob("*.txt"))
@@ -27,6 +28,19 @@ def rewrite_requested(config: pytest.Config) -> bool:
 
 def test_there_are_scripts() -> None:
     assert len(SCRIPTS) >= 16, f"expected the golden scripts in {SCRIPTS_DIR}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[script.stem for script in SCRIPTS])
+def test_every_script_starts_by_saying_what_it_shows(script: Path) -> None:
+    first_line = script.read_text().split("\n", 1)[0]
+    assert first_line.startswith("# ") and len(first_line) > 20, f"{script.name} must open with a comment"
+
+
+def test_the_readme_documents_every_command_and_the_spec_links_every_script() -> None:
+    readme = (SCRIPTS_DIR / "README.md").read_text()
+    spec = (SCRIPTS_DIR.parent.parent / "specs" / "SPEC.md").read_text()
+    assert [name for name in Interactions().commands if f"`{name}" not in readme] == []
+    assert [script.name for script in SCRIPTS if f"tests/interactions/{script.name}" not in spec] == []
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[script.stem for script in SCRIPTS])
