@@ -245,6 +245,17 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     def last_executed(self) -> int:
         return self.execution.last_executed_seq
 
+    @property
+    def is_quiescent(self) -> bool:
+        """True when a tick can change nothing but the tick count: no request or vote waits, no slot
+        waits for execution, no view change or state transfer is under way.
+
+        A driver may then stop ticking until its next input, as long as it ticks (to bring ``now_ms``
+        up to date) before feeding that input: no timer of the core is running, so no tick is owed.
+        """
+        return (self.view_active and not self.pending and self.transfer is None and not self.lag_target_seq
+                and not self._dead_votes_backlog and not self._has_outstanding_work())
+
     # ----------------------------------------------------------------- plumbing
 
     def _run(self, handler: Callable, *arguments) -> Ready:

@@ -109,6 +109,7 @@ class ReplicaNode:
         self._log_read_answers: deque[tuple] = deque()
         # What the core produced in the current round, and decisions of policies evaluated inline.
         self._round_readies: list[Ready] = []
+        self._last_tick_s = float("-inf")  # When the core last ticked, on trio's clock.
         self._inline_decisions: deque[tuple[bytes, PolicyDecision]] = deque()
 
     def _start_replica(self, replica_id: int, seed: bytes) -> Replica:
@@ -168,23 +169,27 @@ class ReplicaNode:
     # ----------------------------------------------------------------- the core's one task
 
     async def _main_loop(self) -> None:
-        """Tick every ``tick_ms``; in between, rounds of inputs.  Everything this task does with the
-        core is synchronous: it waits only for the persister's room (before a tick or a round) and
-        for the inbox (at the start of a round, when nothing is pending), so the tick's deadline can
-        interrupt nothing but that wait."""
-        tick_s = self.options.tick_ms / 1000
-        next_tick_s = trio.current_time()
+        """Tick every ``tick_ms`` while the core has work a timer may act on, every ``idle_tick_ms``
+        while it is quiescent; in between, rounds of inputs.  Everything this task does with the core is
+        synchronous: it waits only for the persister's room (before a tick or a round) and for the
+        inbox (at the start of a round), so the tick's deadline can interrupt nothing but that wait."""
         while True:
             await self._persister.wait_for_room()
-            now_s = trio.current_time()
-            if now_s >= next_tick_s:
-                self._tick(now_s)
-                # After a stall, skip the missed ticks instead of firing them back to back.
-                next_tick_s = max(next_tick_s + tick_s, now_s + tick_s / 2)
+            due_s = self._tick_due_s()
+            if trio.current_time() >= due_s:
+                self._tick(trio.current_time())
                 continue
-            with trio.move_on_at(next_tick_s):
-                while self._persister.has_room:
+            with trio.move_on_at(due_s):
+                # A round that gives the quiescent core work brings the next tick forward: look again.
+                while self._persister.has_room and self._tick_due_s() >= due_s:
                     await self._round()
+
+    def _tick_due_s(self) -> float:
+        """When the next tick is due: ``tick_ms`` after the last one, or ``idle_tick_ms`` after it while
+        the core is quiescent (``Replica.is_quiescent``: no timer of the core is running).  Ticks are
+        counted from when they ran, so after a stall the missed ones are skipped, not fired in a burst."""
+        idle = self.replica.is_quiescent
+        return self._last_tick_s + (self.options.idle_tick_ms if idle else self.options.tick_ms) / 1000
 
     async def _round(self) -> None:
         """Wait for an input, feed the core it and whatever else is queued (up to ``ROUND_INPUTS_MAX``),
@@ -193,7 +198,13 @@ class ReplicaNode:
         assert not self._round_readies, "a round starts with nothing pending"
         # The one wait of a round; with inputs queued it only yields, so a busy inbox cannot starve the
         # other tasks.  A cancellation (the next tick is due) leaves nothing half done.
-        self._handle(await self._inbox_receive.receive())
+        item = await self._inbox_receive.receive()
+        now_s = trio.current_time()
+        if now_s >= self._last_tick_s + self.options.tick_ms / 1000:
+            # After a quiescent stretch the core's clock is behind: a primary stamps batches with it and
+            # deadlines are judged by it, so it is brought up to date before the input.
+            self._tick_core(now_s)
+        self._handle(item)
         for _ in range(ROUND_INPUTS_MAX - 1):
             try:
                 item = self._inbox_receive.receive_nowait()
@@ -204,11 +215,15 @@ class ReplicaNode:
         self._end_round()
 
     def _tick(self, now_s: float) -> None:
+        self._tick_core(now_s)
+        self._answer_log_reads()
+        self._end_round()
+
+    def _tick_core(self, now_s: float) -> None:
+        self._last_tick_s = now_s
         self._watch_quorum(now_s)
         self._apply(self.replica.tick(self.clock.now_ms()))
         self._record_inline_decisions()
-        self._answer_log_reads()
-        self._end_round()
 
     def _handle(self, item: tuple) -> None:
         self._apply(self._input(item))

@@ -70,6 +70,9 @@ class NodeOptions:
     """How a replica node drives its core."""
 
     tick_ms: int = 10
+    # While the core has nothing a tick could act on (``Replica.is_quiescent``), the node ticks this
+    # rarely instead (for the quorum watch and the gauges), and ticks at once when an input arrives.
+    idle_tick_ms: int = 500
     policy_deadline_ms: int = 2000
     policy_threads: int = 2
     # Evaluations running at once; past this, requests are denied at once rather than queued.
@@ -88,6 +91,8 @@ class NodeOptions:
     def problem(self) -> str | None:
         if not 1 <= self.tick_ms <= 10_000:
             return "tick_ms must be in [1, 10000]"
+        if not self.tick_ms <= self.idle_tick_ms <= 10_000:
+            return "idle_tick_ms must be in [tick_ms, 10000]"
         if self.policy_deadline_ms < 1:
             return "policy_deadline_ms must be positive"
         if min(self.policy_threads, self.max_evaluations_in_flight, self.inbox_capacity) < 1:
