@@ -125,12 +125,23 @@ class UsurpingReplica(Replica):
     """A backup that runs the proposer's code as if it were primary, signing PRE-PREPAREs in its own name.
 
     It races ahead: it proposes one seq beyond the next one to execute, so its
-    batch reaches the others before the real primary's batch for that seq.
+    batch reaches the others before the real primary's batch for that seq.  The
+    votes it needs it copies from the real primary's PRE-PREPAREs.
     """
 
     @property
     def is_primary(self) -> bool:
         return True
+
+    def _on_preprepare(self, preprepare) -> None:
+        # Votes go to the real primary alone, so the usurper takes them from its proposals, validly
+        # signed, and races to propose the same requests at a later seq before accepting the original.
+        if preprepare.replica_id != self.replica_id:
+            for vote in (vote for entry in preprepare.batch.entries for vote in entry.votes):
+                pending = self.pending.get(vote.request_digest)
+                if pending is not None and vote.replica_id not in pending.votes:
+                    self._add_vote(pending, vote)
+        super()._on_preprepare(preprepare)
 
     def _propose(self, entries) -> None:
         self.next_seq = max(self.next_seq, self.last_executed + 2)

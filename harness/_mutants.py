@@ -84,6 +84,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "accountability-decide": PatchPoint("bft.core._accountability_state:decide",
                                         "the verdict rule when accountability is on"),
     "restore-execution": PatchPoint("bft.core._execution:ExecutionState.restore", "execution state after a restart"),
+    "outstanding-work": PatchPoint("bft.core._replica_views:ViewChangeMixin._has_outstanding_work",
+                                   "what work a replica times the primary on"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
                               "the configuration a client checks replies with"),
 }
@@ -273,6 +275,21 @@ def _certificate_accepts_f_replies() -> list[ContextManager]:
     return [point.patch(init)]
 
 
+def _backup_ignores_own_votes_in_timer() -> list[ContextManager]:
+    """Votes go to the primary alone, but a backup still times the primary only on a quorum of votes it
+    no longer sees: a primary that takes the votes and never proposes is never replaced."""
+    def make(original):
+        def has_outstanding_work(self):
+            counted = self.pending.voted_unproposed_count
+            self.pending.voted_unproposed_count = 0
+            try:
+                return original(self)
+            finally:
+                self.pending.voted_unproposed_count = counted
+        return has_outstanding_work
+    return [_wrap("outstanding-work", make)]
+
+
 MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("quorum-one-smaller", "quorums of q-1: two quorums may share no correct replica (S1)",
            ("replica-init",), _quorum_one_smaller),
@@ -300,6 +317,8 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("restore-execution",), _forget_exactly_once_after_restart),
     Mutant("certificate-accepts-f-replies", "clients accept a verdict on f replies, none surely correct (S3)",
            ("client-init",), _certificate_accepts_f_replies),
+    Mutant("backup-ignores-own-votes-in-timer", "a primary that withholds proposals is never replaced (liveness)",
+           ("outstanding-work",), _backup_ignores_own_votes_in_timer),
 )}
 
 assert all(key in PATCH_POINTS for mutant in MUTANTS.values() for key in mutant.patch_points)

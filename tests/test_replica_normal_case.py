@@ -39,8 +39,9 @@ def test_the_primary_proposes_once_it_holds_a_quorum_of_votes(kit) -> None:
     ready = primary.submit(request)
     assert ready.evaluate == (request,) and ready.to_replicas == ()
     ready = primary.record_decision(kit.digest(request), ALLOW, "fine")
-    own_vote = sent(ready, Vote)
-    assert len(own_vote) == kit.n - 1 and ready.persist == (own_vote[0],) and sent(ready, PrePrepare) == []
+    # The primary keeps its own vote (votes go to the primary alone) and persists it.
+    assert sent(ready, Vote) == [] and [type(item) for item in ready.persist] == [Vote]
+    assert sent(ready, PrePrepare) == []
     for voter in range(1, kit.config.quorum - 1):
         assert sent(primary.step(kit.vote(voter, request)), PrePrepare) == []
     ready = primary.step(kit.vote(kit.config.quorum - 1, request))
@@ -457,8 +458,17 @@ def test_apply_ready_persists_before_any_send(kit, make_net) -> None:
     assert any(kind == "send" for kind, *_ in events) and any(kind == "reply" for kind, *_ in events)
 
 
+def test_a_backup_persists_its_vote_and_sends_it_to_the_primary_alone(kit) -> None:
+    backup = kit.replica(2)
+    request = kit.request()
+    backup.submit(request)
+    ready = backup.record_decision(kit.digest(request), ALLOW, "ok")
+    [vote] = [item for item in ready.persist if isinstance(item, Vote)]
+    assert ready.to_replicas == ((backup.primary_id, vote),)
+
+
 def test_apply_ready_sends_nothing_if_storage_fails(kit) -> None:
-    replica = kit.replica(0)
+    replica = kit.replica(1)
     request = kit.request()
     replica.submit(request)
     ready = replica.record_decision(kit.digest(request), ALLOW, "ok")

@@ -34,7 +34,8 @@ class PendingRequest:
     ``attach_request``, ``note_quorum`` and ``set_proposed`` change them and keep its indexes current."""
 
     __slots__ = ("digest", "_request", "votes", "evaluation_requested", "_quorum_tick", "_proposed_seq",
-                 "created_tick", "forwarded", "orphan_of", "serial", "awaits_order", "is_candidate")
+                 "created_tick", "forwarded", "orphan_of", "serial", "awaits_order", "is_candidate", "own_vote",
+                 "awaits_proposal_here")
 
     def __init__(self, digest: bytes, created_tick: int, serial: int) -> None:
         self.digest = digest
@@ -49,6 +50,8 @@ class PendingRequest:
         self.serial = serial  # Arrival order in the pool: every index iterates in this order.
         self.awaits_order = False  # Counted in ``requests_with_quorum_count``.
         self.is_candidate = False  # Held in the proposal-candidate index.
+        self.own_vote = False  # This replica voted on the request (set by the pool's ``note_own_vote``).
+        self.awaits_proposal_here = False  # Counted in ``voted_unproposed_count``.
 
     @property
     def request(self) -> Request | None:
@@ -75,6 +78,8 @@ class PendingPool:
       pre-prepare carries, in arrival order (what the primary's batch builder examines).
     - ``requests_with_quorum_count``: entries with their request and a quorum of votes, proposed
       or not (work the progress timer waits for).
+    - ``voted_unproposed_count``: entries this replica voted on that no accepted pre-prepare carries
+      (what a backup, which sees no one else's votes, times the primary on).
     - ``expire``: entries whose request's deadline passed, or that never got their request.
     """
 
@@ -88,6 +93,7 @@ class PendingPool:
         self._last_created_tick = 0
         self._candidates: SortedDict[int, PendingRequest] = SortedDict()
         self.requests_with_quorum_count = 0
+        self.voted_unproposed_count = 0
         # Every entry with its request, by (deadline_ms, serial): expiry takes them from the front.
         self._deadlines: SortedDict[tuple[int, int], PendingRequest] = SortedDict()
         # Entries still without their request.  Their created ticks never decrease along this order.
@@ -147,6 +153,16 @@ class PendingPool:
         entry._quorum_tick = tick
         self._reindex(entry)
 
+    def note_own_vote(self, entry: PendingRequest) -> None:
+        """This replica voted on ``entry``'s request (it evaluated it, so it holds the request)."""
+        assert self._entries.get(entry.digest) is entry and entry.request is not None and not entry.own_vote
+        entry.own_vote = True
+        self._reindex(entry)
+
+    def voted_unproposed(self) -> list[PendingRequest]:
+        """The entries counted in ``voted_unproposed_count``, in arrival order."""
+        return [entry for entry in self._entries.values() if entry.awaits_proposal_here]
+
     def set_proposed(self, entry: PendingRequest, seq: int | None) -> None:
         """An accepted pre-prepare at ``seq`` carries ``entry``; None: no pre-prepare of this view does."""
         assert self._entries.get(entry.digest) is entry
@@ -174,7 +190,8 @@ class PendingPool:
             del self._deadlines[(entry.request.deadline_ms, entry.serial)]
         self._candidates.pop(entry.serial, None)
         self.requests_with_quorum_count -= entry.awaits_order
-        entry.awaits_order = entry.is_candidate = False
+        self.voted_unproposed_count -= entry.awaits_proposal_here
+        entry.awaits_order = entry.is_candidate = entry.awaits_proposal_here = False
 
     def remove_where(self, should_remove) -> list[PendingRequest]:
         """Remove and return every entry ``should_remove`` accepts."""
@@ -217,10 +234,14 @@ class PendingPool:
         elif entry.is_candidate and not is_candidate:
             del self._candidates[entry.serial]
         entry.is_candidate = is_candidate
+        awaits_proposal_here = entry.own_vote and entry.proposed_seq is None
+        self.voted_unproposed_count += awaits_proposal_here - entry.awaits_proposal_here
+        entry.awaits_proposal_here = awaits_proposal_here
 
     def check_bounds(self) -> None:
         """The indexes' sizes agree with the entries: constant time, so a replica checks it after every input."""
         assert 0 <= len(self._candidates) <= self.requests_with_quorum_count <= len(self._entries) <= self._capacity
+        assert 0 <= self.voted_unproposed_count <= len(self._entries)
         assert len(self._unrequested) + len(self._deadlines) == len(self._entries)
 
     def check_invariants(self) -> None:
@@ -231,6 +252,8 @@ class PendingPool:
         awaiting = [e for e in self._entries.values() if e.request is not None and e.quorum_tick is not None]
         assert self.requests_with_quorum_count == len(awaiting)
         assert list(self._candidates.values()) == [e for e in awaiting if e.proposed_seq is None]
+        assert self.voted_unproposed_count == sum(1 for e in self._entries.values()
+                                                  if e.own_vote and e.proposed_seq is None)
         assert list(self._unrequested.values()) == [e for e in self._entries.values() if e.request is None]
         assert sorted(self._deadlines.values(), key=lambda e: e.serial) == \
             [e for e in self._entries.values() if e.request is not None]

@@ -385,10 +385,25 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         vote = self.recovered_votes.pop(digest, None)
         if vote is None:
             vote = self._sign(Vote(digest, decision, truncate_reason(reason), self.replica_id, bytes(64)))
-            self._broadcast(vote)
-        else:
-            self._send_to_others(vote)
+            self._out.persist.append(vote)
+        self._send_vote_to_primary(vote)
+        self.pending.note_own_vote(pending)
         self._add_vote(pending, vote)
+
+    def _send_vote_to_primary(self, vote: Vote) -> None:
+        """Votes go to the primary alone: only its batch needs them, and it carries them to everyone.
+
+        A backup times the primary on its own vote instead of on a quorum of votes it no longer sees
+        (``PendingPool.voted_unproposed_count``), and sends its votes again to each new primary
+        (``_resend_votes_to_primary``); SPEC.md section 5, step 3.
+        """
+        if not self.is_primary:
+            self._out.to_replicas.append((self.primary_id, vote))
+
+    def _resend_votes_to_primary(self) -> None:
+        """A new view's primary may never have received our votes: send those it has not proposed."""
+        for pending in self.pending.voted_unproposed():
+            self._send_vote_to_primary(pending.votes[self.replica_id])
 
     def _on_vote(self, vote: Vote) -> None:
         pending = self.pending.get(vote.request_digest)

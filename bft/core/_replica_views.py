@@ -32,6 +32,10 @@ class ViewChangeMixin:
     def _has_outstanding_work(self) -> bool:
         if not self.view_active or self.pending.requests_with_quorum_count > 0:
             return True
+        # A backup no longer sees the others' votes: its own vote on a request the primary has not
+        # proposed is what it times the primary on (SPEC.md section 11).
+        if not self.is_primary and self.pending.voted_unproposed_count > 0:
+            return True
         # Only slots above the last executed one can hold outstanding work; the slots are sorted by seq.
         if any(self.slots[seq].preprepare is not None for seq in self.slots.irange(minimum=self.last_executed + 1)):
             return True
@@ -195,6 +199,7 @@ class ViewChangeMixin:
         self.next_seq = max(self.low_water, stable_seq + len(batches)) + 1
         self.view_active = True
         self.replay_early_preprepares()
+        self._resend_votes_to_primary()
         self._maybe_propose()
 
     def _adopt_stable_checkpoint(self, seq: int, proof) -> None:
