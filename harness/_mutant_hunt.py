@@ -98,6 +98,7 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "forget-exactly-once-after-restart": SwarmPlan(4, 40, 20),
     "certificate-accepts-f-replies": _SWARM_N4,
     "backup-ignores-own-votes-in-timer": _SWARM_N4,
+    "drop-phase-votes-before-quorum": _SWARM_N4,
 }
 assert set(HUNT_PLANS) == set(MUTANTS), "every mutant has a hunt plan"
 

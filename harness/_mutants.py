@@ -86,6 +86,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "restore-execution": PatchPoint("bft.core._execution:ExecutionState.restore", "execution state after a restart"),
     "outstanding-work": PatchPoint("bft.core._replica_views:ViewChangeMixin._has_outstanding_work",
                                    "what work a replica times the primary on"),
+    "adds-nothing": PatchPoint("bft.core._replica:Replica._adds_nothing",
+                               "which PREPAREs and COMMITs are dropped unverified as superfluous"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
                               "the configuration a client checks replies with"),
 }
@@ -290,6 +292,17 @@ def _backup_ignores_own_votes_in_timer() -> list[ContextManager]:
     return [_wrap("outstanding-work", make)]
 
 
+def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
+    """The superfluous-message filter judges a slot by its PRE-PREPARE instead of its quorum: the PREPAREs
+    and COMMITs a slot still needs are dropped unverified, and the slot never prepares."""
+    def adds_nothing(self, message):
+        if type(message).__name__ not in ("Prepare", "Commit") or message.view != self.view:
+            return False
+        slot = self._current_slot(message.seq)
+        return slot is not None and slot.preprepare is not None and message.replica_id != slot.preprepare.replica_id
+    return [PATCH_POINTS["adds-nothing"].patch(adds_nothing)]
+
+
 MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("quorum-one-smaller", "quorums of q-1: two quorums may share no correct replica (S1)",
            ("replica-init",), _quorum_one_smaller),
@@ -319,6 +332,8 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("client-init",), _certificate_accepts_f_replies),
     Mutant("backup-ignores-own-votes-in-timer", "a primary that withholds proposals is never replaced (liveness)",
            ("outstanding-work",), _backup_ignores_own_votes_in_timer),
+    Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
+           ("adds-nothing",), _drop_phase_votes_before_their_quorum),
 )}
 
 assert all(key in PATCH_POINTS for mutant in MUTANTS.values() for key in mutant.patch_points)
