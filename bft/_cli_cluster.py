@@ -15,6 +15,7 @@ from pathlib import Path
 from ._cluster_file import CLUSTER_FILE_NAME, Address, format_address, load_cluster_file, parse_address
 from .cli import EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, UsageError, _bounded_int
 from .core import CertificateError, LocalProtocolError, Risk, VerdictCertificate
+from .core._certificate import check_fields_match, load_json_document
 
 SUBMIT_TIMEOUT_MS_MAX = 10 * 60 * 1000
 MAX_CERTIFICATE_FILE_BYTES = 16 * 1024 * 1024
@@ -255,7 +256,7 @@ def _run_verify(arguments: argparse.Namespace) -> int:
     cluster = load_cluster_file(arguments.config)
     text = _read_certificate_text(arguments.certificate)
     try:
-        certificate = VerdictCertificate.from_json(_certificate_json(text))
+        certificate = certificate_in_document(load_json_document(text))
         certificate.verify(cluster.config)
     except CertificateError as error:
         print(f"invalid: {error}", file=sys.stderr)
@@ -278,17 +279,25 @@ def _read_certificate_text(path: Path) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _certificate_json(text: str) -> str:
-    """The certificate's JSON text, also when ``text`` is the output of ``bft submit`` (which nests it)."""
-    try:
-        document = json.loads(text)
-    except ValueError as error:
-        raise CertificateError(f"not JSON ({error})") from None
-    if isinstance(document, dict) and "status" in document and "certificate" in document:
-        if document["certificate"] is None:
-            raise CertificateError(f"this {document['status']} outcome carries no certificate")
-        return json.dumps(document["certificate"])
-    return text
+def certificate_in_document(document) -> VerdictCertificate:
+    """The certificate in a parsed certificate document or ``bft submit`` output, every readable field checked.
+
+    In the output of ``bft submit`` the verdict fields around the certificate must equal what it
+    says too; ``latency_ms`` is the one field nobody signed (the client's own measurement), so it
+    only has to be a number.
+    """
+    if not (isinstance(document, dict) and "status" in document and "certificate" in document):
+        return VerdictCertificate.from_document(document)
+    if document["certificate"] is None:
+        raise CertificateError(f"this {str(document['status'])[:20]} outcome carries no certificate")
+    certificate = VerdictCertificate.from_document(document["certificate"], where="certificate.")
+    latency_ms = document.get("latency_ms")
+    if type(latency_ms) not in (int, float) or not 0 <= latency_ms < float("inf"):
+        raise CertificateError("latency_ms does not match the signed content (it must be a number of milliseconds)")
+    expected = {"status": certificate.decision.value, "reason": certificate.reason,
+                "client_id": certificate.request.client_id, "request_number": certificate.request.request_number}
+    check_fields_match(document, expected, signed_keys={"certificate", "latency_ms"})
+    return certificate
 
 
 # ---------------------------------------------------------------------------- status

@@ -20,6 +20,9 @@ from ._schema import Bytes, Enum, Int, ListOf, Nested, Text, check_schema_matche
 MAX_REPLICAS = 128
 MAX_ID_BYTES = 64
 MAX_ACTION_BYTES = 32 * 1024
+# Brackets deep, the action object itself being 1: deep enough for any real tool call, shallow enough
+# that every JSON parser and policy walks it far from Python's recursion limit.
+MAX_ACTION_DEPTH = 32
 MAX_REASON_BYTES = 200
 MAX_BATCH_ENTRIES = 256
 MAX_PREPARED_PROOFS = 1024
