@@ -16,9 +16,12 @@ from ._cluster_file import CLUSTER_FILE_NAME, Address, format_address, load_clus
 from .cli import EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, UsageError, _bounded_int
 from .core import CertificateError, LocalProtocolError, Risk, VerdictCertificate
 from .core._certificate import check_fields_match, load_json_document
+from .core._messages import MAX_ACTION_BYTES, action_shape_problem
 
 SUBMIT_TIMEOUT_MS_MAX = 10 * 60 * 1000
 MAX_CERTIFICATE_FILE_BYTES = 16 * 1024 * 1024
+# Room for an action of the largest size the protocol carries, written out with spaces and indentation.
+MAX_ACTION_FILE_BYTES = 4 * MAX_ACTION_BYTES
 EXIT_BY_STATUS = {"ALLOW": EXIT_OK, "DENY": EXIT_DENY, "REFUSED": EXIT_REFUSED}
 
 
@@ -224,13 +227,14 @@ def outcome_document(outcome) -> dict:
 
 
 def _read_action(text: str) -> dict:
+    """The action object; its nesting is measured before ``json`` parses it (see ``bft.core.canonical_action``)."""
     source = "--action"
     if text.startswith("@"):
         source = text[1:]
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"bft submit: cannot read the action file {source} ({error})") from None
+        text = _read_action_file(Path(source))
+    problem = action_shape_problem(text, bytes_max=len(text.encode()))
+    if problem:
+        raise UsageError(f"bft submit: {source}: {problem}")
     try:
         action = json.loads(text)
     except ValueError as error:
@@ -238,6 +242,18 @@ def _read_action(text: str) -> dict:
     if not isinstance(action, dict):
         raise UsageError(f"bft submit: {source} must be a JSON object, like {{\"tool\": \"shell\"}}")
     return action
+
+
+def _read_action_file(path: Path) -> str:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_ACTION_FILE_BYTES + 1)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"bft submit: cannot read the action file {path} ({error})") from None
+    if len(data) > MAX_ACTION_FILE_BYTES:
+        raise UsageError(f"bft submit: the action file {path} is larger than {MAX_ACTION_FILE_BYTES} bytes")
+    return text
 
 
 # ---------------------------------------------------------------------------- verify

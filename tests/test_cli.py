@@ -15,6 +15,8 @@ import pytest
 import trio
 
 from bft._replica_main import open_store, prepare_launch, serve_replica
+from bft.client import BlockingClient
+from bft.core import ActionShapeError
 from bft.cli import EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
 
 BENIGN = json.dumps({"tool": "read_file", "path": "/workspace/README.md"})
@@ -187,6 +189,22 @@ def test_a_bad_key_file_and_a_broken_cluster_file_are_one_sentence(cluster_direc
     broken = tmp_path / "broken.toml"
     broken.write_text((cluster_directory / "cluster.toml").read_text().replace("[[replicas]]", "[[replica]]", 1))
     assert_one_sentence_error(capsys, EXIT_USAGE, "status", "--config", broken, contains="unknown key 'replica'")
+
+
+def test_a_deeply_nested_action_is_one_sentence_from_submit_and_a_clear_error_from_the_library(cluster_directory,
+                                                                                               tmp_path, capsys):
+    action_file = tmp_path / "deep.json"
+    for text in ("[" * 10_000 + "]" * 10_000, '{"a": ' + "[" * 10_000 + "]" * 10_000 + "}"):
+        action_file.write_text(text)
+        assert_one_sentence_error(capsys, EXIT_USAGE, "submit", "--config", cluster_directory, "--client", "client-0",
+                                  "--risk", "low", "--action", f"@{action_file}", "--timeout-ms", "300",
+                                  contains="nests deeper than 32 levels")
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    with BlockingClient(cluster_directory / "cluster.toml", "client-0", timeout_ms=300) as client:
+        with pytest.raises(ActionShapeError, match="the action nests deeper than 32 levels"):
+            client.submit({"a": deep}, "low")
 
 
 # ---------------------------------------------------------------------------- with nothing running
