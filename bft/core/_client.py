@@ -136,6 +136,10 @@ class ClientCore:
         del self._outstanding[refusal.request_number]
         return True
 
+    def forget(self, request: Request) -> None:
+        """Stop waiting for ``request``: its caller gave up before it was sent (it is refused)."""
+        del self._outstanding[request.request_number]
+
     def expire(self, now_ms: int) -> tuple[Request, ...]:
         """Forget and return requests whose deadline passed without a certificate: they are refused."""
         expired = tuple(e.request for e in self._outstanding.values() if e.request.deadline_ms < now_ms)
