@@ -108,14 +108,15 @@ def _add_up(subcommands) -> None:
 
 
 def _run_up(arguments: argparse.Namespace) -> int:
-    from ._processes import LocalProcessCluster, ReplicaProcessError
+    from ._processes import LocalProcessCluster, PortInUseError, ReplicaProcessError
+    from ._replica_main import ReplicaUsageError
     processes = LocalProcessCluster(arguments.directory)
-    results = processes.start_all()
     try:
-        processes.wait_listening(timeout_s=arguments.timeout_s)
+        results = processes.up(timeout_s=arguments.timeout_s)
+    except (PortInUseError, ReplicaUsageError) as error:  # Found before anything started.
+        raise UsageError(f"bft up: {error}") from None
     except ReplicaProcessError as error:
         print(f"bft up: {error}", file=sys.stderr)
-        _print_started(processes, results)
         return EXIT_FAILED
     _print_started(processes, results)
     return EXIT_OK
