@@ -15,9 +15,13 @@ from pathlib import Path
 from ._cluster_file import CLUSTER_FILE_NAME, Address, format_address, load_cluster_file, parse_address
 from .cli import EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, UsageError, _bounded_int
 from .core import CertificateError, LocalProtocolError, Risk, VerdictCertificate
+from .core._certificate import check_fields_match, load_json_document
+from .core._messages import MAX_ACTION_BYTES, action_shape_problem
 
 SUBMIT_TIMEOUT_MS_MAX = 10 * 60 * 1000
 MAX_CERTIFICATE_FILE_BYTES = 16 * 1024 * 1024
+# Room for an action of the largest size the protocol carries, written out with spaces and indentation.
+MAX_ACTION_FILE_BYTES = 4 * MAX_ACTION_BYTES
 EXIT_BY_STATUS = {"ALLOW": EXIT_OK, "DENY": EXIT_DENY, "REFUSED": EXIT_REFUSED}
 
 
@@ -104,14 +108,15 @@ def _add_up(subcommands) -> None:
 
 
 def _run_up(arguments: argparse.Namespace) -> int:
-    from ._processes import LocalProcessCluster, ReplicaProcessError
+    from ._processes import LocalProcessCluster, PortInUseError, ReplicaProcessError
+    from ._replica_main import ReplicaUsageError
     processes = LocalProcessCluster(arguments.directory)
-    results = processes.start_all()
     try:
-        processes.wait_listening(timeout_s=arguments.timeout_s)
+        results = processes.up(timeout_s=arguments.timeout_s)
+    except (PortInUseError, ReplicaUsageError) as error:  # Found before anything started.
+        raise UsageError(f"bft up: {error}") from None
     except ReplicaProcessError as error:
         print(f"bft up: {error}", file=sys.stderr)
-        _print_started(processes, results)
         return EXIT_FAILED
     _print_started(processes, results)
     return EXIT_OK
@@ -223,13 +228,14 @@ def outcome_document(outcome) -> dict:
 
 
 def _read_action(text: str) -> dict:
+    """The action object; its nesting is measured before ``json`` parses it (see ``bft.core.canonical_action``)."""
     source = "--action"
     if text.startswith("@"):
         source = text[1:]
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"bft submit: cannot read the action file {source} ({error})") from None
+        text = _read_action_file(Path(source))
+    problem = action_shape_problem(text, bytes_max=len(text.encode()))
+    if problem:
+        raise UsageError(f"bft submit: {source}: {problem}")
     try:
         action = json.loads(text)
     except ValueError as error:
@@ -237,6 +243,18 @@ def _read_action(text: str) -> dict:
     if not isinstance(action, dict):
         raise UsageError(f"bft submit: {source} must be a JSON object, like {{\"tool\": \"shell\"}}")
     return action
+
+
+def _read_action_file(path: Path) -> str:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_ACTION_FILE_BYTES + 1)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"bft submit: cannot read the action file {path} ({error})") from None
+    if len(data) > MAX_ACTION_FILE_BYTES:
+        raise UsageError(f"bft submit: the action file {path} is larger than {MAX_ACTION_FILE_BYTES} bytes")
+    return text
 
 
 # ---------------------------------------------------------------------------- verify
@@ -255,7 +273,7 @@ def _run_verify(arguments: argparse.Namespace) -> int:
     cluster = load_cluster_file(arguments.config)
     text = _read_certificate_text(arguments.certificate)
     try:
-        certificate = VerdictCertificate.from_json(_certificate_json(text))
+        certificate = certificate_in_document(load_json_document(text))
         certificate.verify(cluster.config)
     except CertificateError as error:
         print(f"invalid: {error}", file=sys.stderr)
@@ -278,17 +296,25 @@ def _read_certificate_text(path: Path) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _certificate_json(text: str) -> str:
-    """The certificate's JSON text, also when ``text`` is the output of ``bft submit`` (which nests it)."""
-    try:
-        document = json.loads(text)
-    except ValueError as error:
-        raise CertificateError(f"not JSON ({error})") from None
-    if isinstance(document, dict) and "status" in document and "certificate" in document:
-        if document["certificate"] is None:
-            raise CertificateError(f"this {document['status']} outcome carries no certificate")
-        return json.dumps(document["certificate"])
-    return text
+def certificate_in_document(document) -> VerdictCertificate:
+    """The certificate in a parsed certificate document or ``bft submit`` output, every readable field checked.
+
+    In the output of ``bft submit`` the verdict fields around the certificate must equal what it
+    says too; ``latency_ms`` is the one field nobody signed (the client's own measurement), so it
+    only has to be a number.
+    """
+    if not (isinstance(document, dict) and "status" in document and "certificate" in document):
+        return VerdictCertificate.from_document(document)
+    if document["certificate"] is None:
+        raise CertificateError(f"this {str(document['status'])[:20]} outcome carries no certificate")
+    certificate = VerdictCertificate.from_document(document["certificate"], where="certificate.")
+    latency_ms = document.get("latency_ms")
+    if type(latency_ms) not in (int, float) or not 0 <= latency_ms < float("inf"):
+        raise CertificateError("latency_ms does not match the signed content (it must be a number of milliseconds)")
+    expected = {"status": certificate.decision.value, "reason": certificate.reason,
+                "client_id": certificate.request.client_id, "request_number": certificate.request.request_number}
+    check_fields_match(document, expected, signed_keys={"certificate", "latency_ms"})
+    return certificate
 
 
 # ---------------------------------------------------------------------------- status

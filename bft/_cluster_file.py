@@ -274,6 +274,9 @@ def load_cluster_file(path: str | os.PathLike) -> ClusterFile:
                       enumerate(reader.table_list(document, "operators")))
     reader.check_unique([entry.client_id for entry in clients], "client id")
     reader.check_unique([entry.operator_id for entry in operators], "operator id")
+    reader.check_keys_unique([*((f"replica {entry.replica_id}", entry.public_key) for entry in replicas),
+                              *((f"client {entry.client_id!r}", entry.public_key) for entry in clients),
+                              *((f"operator {entry.operator_id!r}", entry.public_key) for entry in operators)])
     reader.check_unique([*(entry.address for entry in replicas),
                          *(entry.metrics_address for entry in replicas if entry.metrics_address)], "address")
     config = reader.cluster_config(document, cluster_id, replicas, clients, operators)
@@ -326,6 +329,16 @@ class _Reader:
                     value.hex() if isinstance(value, bytes) else repr(value)
                 self.fail(f"{what} {shown} appears more than once")
             seen.add(value)
+
+    def check_keys_unique(self, holders: list[tuple[str, bytes]]) -> None:
+        """Every identity needs its own key: a client holding a replica's key could sign as that replica
+        (its votes, its replies), and two holders of one key cannot be told apart by their signatures."""
+        first_holder: dict[bytes, str] = {}
+        for holder, public_key in holders:
+            if public_key in first_holder:
+                self.fail(f"{first_holder[public_key]} and {holder} have the same public key; every replica, "
+                          f"client and operator needs its own key")
+            first_holder[public_key] = holder
 
     def required(self, table: dict, key: str, where: str) -> Any:
         if key not in table:

@@ -12,8 +12,9 @@ The layout (what ``bft init DIR`` writes)::
 Ports are chosen at random below the kernel's ephemeral range (so no program
 binding port 0 is handed one) and checked by binding them on 127.0.0.1; the
 sockets are closed again before the file is written, so another program could
-still take one before the cluster starts (then ``bft up`` names the replica
-that could not listen, and a new ``bft init`` picks other ports).
+still take one before the cluster starts (then ``bft up`` names the port and
+who holds it, and starts nothing).  Ports that the cluster files in sibling
+folders name are avoided, so clusters initialised side by side do not collide.
 Keys come from the operating system's random source (``KeyPair.generate``).
 """
 
@@ -23,12 +24,13 @@ import os
 import random
 import secrets
 import socket
+from collections.abc import Set
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
 from ._cluster_file import (CLUSTER_FILE_NAME, ClientEntry, ClusterFile, ConfigFileError, OperatorEntry, PolicySpec,
-                            ReplicaEntry, write_cluster_file, write_key_file)
+                            ReplicaEntry, load_cluster_file, write_cluster_file, write_key_file)
 from .core import AccountabilityOptions, ClusterConfig, ConfigError, KeyPair, Limits
 from .policies import POLICIES
 from .runtime import NodeOptions
@@ -41,14 +43,16 @@ CLIENTS_MAX = 64
 PORT_MIN = 20_000  # Above the ports well-known services use.
 MIN_RANGE_PORTS = 1000  # Below this much room under the ephemeral range, let the kernel choose (port 0).
 PORT_ATTEMPTS_PER_PORT = 20
+SIBLING_CLUSTERS_MAX = 256  # Cluster files next to a new one whose ports it keeps clear of.
 
 
-def free_loopback_ports(count: int, rng: random.Random | None = None) -> list[int]:
+def free_loopback_ports(count: int, rng: random.Random | None = None, avoid: Set[int] = frozenset()) -> list[int]:
     """``count`` distinct ports that were free on 127.0.0.1 a moment ago (all held open until all are chosen).
 
     They are drawn at random from below the kernel's ephemeral range when there is room, because the
     kernel hands out ephemeral ports to every program that binds port 0 or connects: a port taken from
     that range and released again here could be given to, say, a test's proxy before the replica binds it.
+    Ports in ``avoid`` (those other clusters' files name, running or not) are never chosen.
     """
     assert 0 <= count <= 2 * REPLICAS_MAX
     rng = rng or random.SystemRandom()
@@ -60,10 +64,32 @@ def free_loopback_ports(count: int, rng: random.Random | None = None) -> list[in
                 break
             candidate = rng.randint(low, high) if high - low >= MIN_RANGE_PORTS else 0
             port = _bind_loopback(stack, candidate)
-            if port is not None and port not in ports:
+            if port is not None and port not in ports and port not in avoid:
                 ports.append(port)
         if len(ports) < count:
             raise OSError(f"found only {len(ports)} of {count} free loopback ports")
+    return ports
+
+
+def ports_of_sibling_clusters(directory: Path) -> set[int]:
+    """The ports named by the cluster files next to ``directory`` (``../*/cluster.toml``), best effort.
+
+    Clusters initialised side by side are often started later, together; a port that was free
+    when each was initialised may be the other's.  Unreadable files are skipped (``bft up``
+    still names any port that turns out to be taken).
+    """
+    ports: set[int] = set()
+    try:
+        siblings = sorted(directory.parent.glob(f"*/{CLUSTER_FILE_NAME}"))[:SIBLING_CLUSTERS_MAX]
+    except OSError:
+        return ports
+    for path in siblings:
+        try:
+            cluster = load_cluster_file(path)
+        except ConfigFileError:
+            continue
+        for entry in cluster.replicas:
+            ports.update(address[1] for address in (entry.address, entry.metrics_address) if address)
     return ports
 
 
@@ -109,7 +135,7 @@ def create_cluster_directory(directory: str | os.PathLike, replica_count: int, c
     identities = ([f"replica-{i}" for i in range(replica_count)] + [f"client-{i}" for i in range(client_count)]
                   + ["operator-0"])
     try:
-        ports = free_loopback_ports(2 * replica_count)
+        ports = free_loopback_ports(2 * replica_count, avoid=ports_of_sibling_clusters(directory))
     except OSError as error:
         raise ConfigFileError(directory, f"cannot choose ports for the cluster ({error})") from None
     pairs = {name: _write_new_key(keys / f"{name}.key") for name in identities}

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from ._cluster_file import Address, ClusterFile, format_address, load_cluster_file
+from ._cluster_file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
 
 POLL_INTERVAL_S = 0.05
 STOP_TIMEOUT_S = 10.0
@@ -52,6 +52,10 @@ STOPPED_STATES = ("T", "t")  # Stopped by a signal; stopped by a tracer.
 
 class ReplicaProcessError(Exception):
     """A replica process could not be started, did not come up, or is not there to signal (one sentence)."""
+
+
+class PortInUseError(ReplicaProcessError):
+    """A port a replica needs is taken (one sentence naming the port and, where known, its owner)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +202,47 @@ class LocalProcessCluster:
 
     def start_all(self) -> list[StartResult]:
         return [self.start(replica_id) for replica_id in self.replica_ids]
+
+    def up(self, timeout_s: float = LISTEN_TIMEOUT_S) -> list[StartResult]:
+        """What ``bft up`` does: check, start every replica not running, wait until each listens.
+
+        Everything a replica would refuse at start-up is checked first (``check_startable``), so a
+        mistake starts nothing.  If a replica still fails to come up, the replicas this call started
+        are stopped again and ``ReplicaProcessError`` says which; replicas found running are left alone.
+        """
+        self.check_startable([replica_id for replica_id in self.replica_ids if not self.is_running(replica_id)])
+        results: list[StartResult] = []
+        try:
+            for replica_id in self.replica_ids:
+                results.append(self.start(replica_id))
+            self.wait_listening(timeout_s=timeout_s)
+        except ReplicaProcessError as error:
+            started = [result.replica_id for result in results if not result.already_running]
+            stopped = [result.replica_id for result in self._stop_many(started, STOP_TIMEOUT_S)
+                       if result.outcome != "not-running"]
+            undone = f"; stopped the replicas it had started ({', '.join(map(str, stopped))})" if stopped else ""
+            raise ReplicaProcessError(f"{error}{undone}") from None
+        return results
+
+    def check_startable(self, replica_ids: Iterable[int]) -> None:
+        """Raise what would stop each replica at start-up, before any process runs.
+
+        A bad key file, policy or ``--peer`` raises ``ConfigFileError`` or ``ReplicaUsageError``
+        (from the same ``prepare_launch`` the replica runs); a port in use, ``PortInUseError``.
+        """
+        from ._ports import listen_problem
+        from ._replica_main import prepare_launch
+        for replica_id in replica_ids:
+            if replica_id in self.replica_programs:
+                continue  # Another program: what it needs is its own business.
+            launch = prepare_launch(self.cluster.path, replica_id, self.listen_addresses.get(replica_id),
+                                    self.peer_addresses.get(replica_id))
+            if launch.database.is_dir():
+                raise ConfigFileError(launch.database, f"replica {replica_id}'s database is a directory")
+            for address in filter(None, (launch.listen_address, launch.metrics_address)):
+                problem = listen_problem(address)
+                if problem:
+                    raise PortInUseError(f"replica {replica_id} cannot start: {problem}")
 
     def wait_listening(self, replica_ids: Iterable[int] | None = None, timeout_s: float = LISTEN_TIMEOUT_S) -> None:
         """Wait until every given replica (default: all) accepts TCP connections on its listen address.

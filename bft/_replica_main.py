@@ -16,12 +16,14 @@ Everything that can go wrong before the node runs is reported in one
 sentence: what the operator got wrong (an unreadable or inconsistent cluster
 or key file, an unknown replica id, a policy that cannot be built, a ``--peer``
 that is not a replica) as ``ConfigFileError`` or ``ReplicaUsageError``, what
-the machine refused (a database that cannot be opened, a port already taken)
-as ``ReplicaStartError``.
+the machine refused (a database that cannot be opened) as ``ReplicaStartError``.
+A port already in use is checked before anything starts and reported as a
+``ReplicaUsageError`` naming the port and, where ``/proc`` tells, its owner.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -34,6 +36,7 @@ from typing import Callable, Mapping
 import trio
 
 from ._cluster_file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
+from ._ports import listen_problem, port_in_use_sentence
 from .policy import Policy
 from .runtime import MetricsServer, ReplicaMetrics, ReplicaNode, configure_json_logging, serve_metrics
 from .storage import SqliteStore, StorageError, Store
@@ -92,6 +95,14 @@ def prepare_launch(cluster_path: str | os.PathLike, replica_id: int, listen_addr
     return ReplicaLaunch(cluster, replica_id, seed, policy, listen_address or entry.address, addresses)
 
 
+def check_ports(launch: ReplicaLaunch) -> None:
+    """``ReplicaUsageError`` naming a port this replica needs that is already in use, and its owner if known."""
+    for address in filter(None, (launch.listen_address, launch.metrics_address)):
+        problem = listen_problem(address)
+        if problem:
+            raise ReplicaUsageError(f"replica {launch.replica_id} cannot start: {problem}")
+
+
 def open_store(launch: ReplicaLaunch) -> SqliteStore:
     """The replica's SQLite store, creating its folder if needed; ``ReplicaStartError`` if it cannot be used."""
     database = launch.database
@@ -131,6 +142,9 @@ async def _serve(launch: ReplicaLaunch, store: Store, signals, task_status: trio
     try:
         listener = (await trio.open_tcp_listeners(port, host=host))[0]
     except OSError as error:
+        if error.errno == errno.EADDRINUSE:  # Taken since ``check_ports`` looked.
+            raise ReplicaUsageError(f"replica {launch.replica_id} cannot start: "
+                                    f"{port_in_use_sentence(launch.listen_address)}") from None
         raise ReplicaStartError(f"replica {launch.replica_id} cannot listen on "
                                 f"{format_address(launch.listen_address)} ({error.strerror or error})") from None
     async with listener:
@@ -165,6 +179,9 @@ def _start_metrics(launch: ReplicaLaunch, metrics: ReplicaMetrics) -> MetricsSer
     try:
         return serve_metrics(metrics, host, port)
     except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ReplicaUsageError(f"replica {launch.replica_id} cannot start: "
+                                    f"{port_in_use_sentence(launch.metrics_address)}") from None
         raise ReplicaStartError(f"replica {launch.replica_id} cannot serve metrics on "
                                 f"{format_address(launch.metrics_address)} ({error.strerror or error})") from None
 
@@ -174,6 +191,7 @@ def run_replica(cluster_path: str | os.PathLike, replica_id: int, listen_address
                 node_factory: NodeFactory = ReplicaNode) -> None:
     """The body of ``bft replica``: returns after a clean shutdown, raises ``ReplicaStartError`` otherwise."""
     launch = prepare_launch(cluster_path, replica_id, listen_address, peer_addresses)
+    check_ports(launch)
     # Only now: a mistake in the invocation is reported as one plain sentence, not as a log line.
     configure_json_logging(replica_id=replica_id)
     store = open_store(launch)

@@ -12,7 +12,10 @@ from the key file the cluster file names for that client (or ``key_file``)::
 ``outcome.status`` is "ALLOW" or "DENY" only together with a
 ``VerdictCertificate`` that was verified against the cluster's keys; when no
 verified certificate arrives before the deadline it is "REFUSED" with a
-reason, which callers must treat as DENY.
+reason, which callers must treat as DENY.  ``submit`` returns by its deadline
+(counted from the call) plus ``reply_grace_ms`` (200 ms), whatever the network
+does: connects that hang, handshakes that never finish, replicas that accept
+and never answer, or every submission slot busy.
 
 **Request numbers.**  Replicas remember each client's request numbers
 (exactly-once) and refuse an old number carrying a new action, so a client
@@ -49,6 +52,9 @@ RESERVE_BLOCK = 64
 COUNTER_SUFFIX = ".next-request"
 REQUEST_NUMBER_MAX = 2**63 - 1
 START_TIMEOUT_S = 10.0
+# Closing cancels the connections and hands unused request numbers back: milliseconds of work, so a
+# close that takes longer (a stuck file lock) is not waited for; a skipped hand-back costs numbers only.
+CLOSE_TIMEOUT_S = 1.0
 
 
 class ClientInUseError(RuntimeError):
@@ -199,9 +205,11 @@ class Client:
                      timeout_ms: int | None = None) -> Outcome:
         """The cluster's verdict on ``action`` (a JSON object, or its text) at ``risk``.
 
-        REFUSED (with a reason) unless a verified certificate arrives within ``timeout_ms``.
-        An action that is not a JSON object, or is too large, raises ``LocalProtocolError``
-        before anything is sent; an unknown risk raises ``ValueError``.
+        REFUSED (with a reason) unless a verified certificate arrives within ``timeout_ms``;
+        returns by then plus ``reply_grace_ms`` (200 ms) whatever the network does.  An action
+        that is not a JSON object within the cluster's depth and size limits raises
+        ``bft.core.ActionShapeError`` (a ``ValueError``) before anything is signed or sent; an
+        unknown risk raises ``ValueError``.
         """
         chosen_risk = parse_risk(risk)
         if self._first_number + self._submissions_started >= self._reserved_end:
@@ -300,7 +308,7 @@ class BlockingClient:
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
             except trio.RunFinishedError:
                 pass
-        self._thread.join(START_TIMEOUT_S)
+        self._thread.join(CLOSE_TIMEOUT_S)
 
     def __enter__(self) -> "BlockingClient":
         return self

@@ -167,8 +167,26 @@ def test_json_round_trip(issued) -> None:
 def test_editing_a_readable_json_field_is_detected(issued, field: str, value) -> None:
     summary = json.loads(issued.certificate.to_json())
     summary[field] = value
-    with pytest.raises(CertificateError):
+    with pytest.raises(CertificateError, match=f"^{field} does not match the signed content$"):
         VerdictCertificate.from_json(json.dumps(summary))
+
+
+@pytest.mark.parametrize("field, look_alike", [
+    ("seq", float), ("request_number", str), ("signers", lambda signers: [float(s) for s in signers]),
+], ids=["float-seq", "text-number", "float-signers"])
+def test_a_look_alike_json_value_is_not_the_signed_value(issued, field: str, look_alike) -> None:
+    summary = json.loads(issued.certificate.to_json())
+    summary[field] = look_alike(summary[field])
+    with pytest.raises(CertificateError, match=f"^{field} does not match the signed content$"):
+        VerdictCertificate.from_json(json.dumps(summary))
+
+
+def test_a_repeated_or_too_deeply_nested_json_field_is_refused(issued) -> None:
+    text = issued.certificate.to_json().replace('"decision": "ALLOW"', '"decision": "DENY", "decision": "ALLOW"', 1)
+    with pytest.raises(CertificateError, match="decision does not match the signed content .it appears twice"):
+        VerdictCertificate.from_json(text)
+    with pytest.raises(CertificateError, match="nested deeper than"):
+        VerdictCertificate.from_json('{"certificate": ' + "[" * 10_000 + "]" * 10_000 + "}")
 
 
 def test_editing_the_deny_decision_in_json_is_detected(issued_deny) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import sqlite3
 import stat
@@ -13,6 +15,8 @@ import pytest
 import trio
 
 from bft._replica_main import open_store, prepare_launch, serve_replica
+from bft.client import BlockingClient
+from bft.core import ActionShapeError
 from bft.cli import EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
 
 BENIGN = json.dumps({"tool": "read_file", "path": "/workspace/README.md"})
@@ -187,6 +191,22 @@ def test_a_bad_key_file_and_a_broken_cluster_file_are_one_sentence(cluster_direc
     assert_one_sentence_error(capsys, EXIT_USAGE, "status", "--config", broken, contains="unknown key 'replica'")
 
 
+def test_a_deeply_nested_action_is_one_sentence_from_submit_and_a_clear_error_from_the_library(cluster_directory,
+                                                                                               tmp_path, capsys):
+    action_file = tmp_path / "deep.json"
+    for text in ("[" * 10_000 + "]" * 10_000, '{"a": ' + "[" * 10_000 + "]" * 10_000 + "}"):
+        action_file.write_text(text)
+        assert_one_sentence_error(capsys, EXIT_USAGE, "submit", "--config", cluster_directory, "--client", "client-0",
+                                  "--risk", "low", "--action", f"@{action_file}", "--timeout-ms", "300",
+                                  contains="nests deeper than 32 levels")
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    with BlockingClient(cluster_directory / "cluster.toml", "client-0", timeout_ms=300) as client:
+        with pytest.raises(ActionShapeError, match="the action nests deeper than 32 levels"):
+            client.submit({"a": deep}, "low")
+
+
 # ---------------------------------------------------------------------------- with nothing running
 
 def test_with_no_replica_running_submit_is_refused_in_time_and_status_says_down(cluster_directory, capsys):
@@ -337,3 +357,74 @@ def test_operator_commands_with_no_replica_running_are_refused_and_listings_fail
     assert (code, err) == (EXIT_REFUSED, "") and json.loads(out)["status"] == "REFUSED"
     code, out, err = run(capsys, "operator", "blocklist", "--config", cluster_directory, "--timeout-ms", "200")
     assert (code, out) == (EXIT_FAILED, "") and err.startswith("no replica's metrics could be read")
+
+
+
+# ---------------------------------------------------------------------------- verify reads the whole document
+
+@pytest.fixture(scope="module")
+def verify_directory(tmp_path_factory) -> Path:
+    """A cluster of its own: other tests here damage their cluster's databases on purpose."""
+    directory = tmp_path_factory.mktemp("cli-verify") / "cluster"
+    assert main(["init", str(directory), "--replicas", "4", "--clients", "2"]) == EXIT_OK
+    return directory
+
+
+@pytest.fixture(scope="module")
+def submitted(verify_directory) -> dict[str, str]:
+    """What ``bft submit`` printed for one ALLOW and one DENY from a running cluster, by status."""
+    config = verify_directory / "cluster.toml"
+    outputs = {}
+    with InProcessCluster(config):
+        for status, action, risk in (("ALLOW", BENIGN, "low"), ("DENY", DANGEROUS, "critical")):
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                main(["submit", "--config", str(config), "--client", "client-1", "--risk", risk, "--action", action])
+            assert json.loads(printed.getvalue())["status"] == status
+            outputs[status] = printed.getvalue()
+    return outputs
+
+
+def edited(text: str, path: tuple[str, ...], value) -> str:
+    document = json.loads(text)
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return json.dumps(document, indent=2)
+
+
+def verify_text(capsys, cluster_directory, tmp_path, text: str) -> tuple[int, str, str]:
+    path = tmp_path / "edited.json"
+    path.write_text(text)
+    return run(capsys, "verify", path, "--config", cluster_directory)
+
+
+@pytest.mark.parametrize("path, value", [
+    (("status",), "ALLOW"), (("reason",), "approved"), (("client_id",), "client-0"), (("request_number",), 1),
+    (("request_number",), "2"), (("certificate", "decision"), "ALLOW"), (("certificate", "reason"), "fine"),
+    (("certificate", "seq"), 99), (("certificate", "client_id"), "client-0"), (("certificate", "request_number"), 7),
+    (("certificate", "risk"), "low"), (("certificate", "action"), {"tool": "read_file"}),
+    (("certificate", "signers"), [0, 1, 2, 3, 3]), (("certificate", "votes"), []), (("extra",), "field"),
+    (("certificate", "extra"), 1), (("latency_ms",), "fast"),
+])
+def test_verify_refuses_a_deny_document_whose_readable_fields_were_edited(path, value, submitted, verify_directory,
+                                                                          tmp_path, capsys):
+    code, out, err = verify_text(capsys, verify_directory, tmp_path, submitted["DENY"])
+    assert code == EXIT_OK and out.startswith("valid: DENY"), err
+    code, out, err = verify_text(capsys, verify_directory, tmp_path, edited(submitted["DENY"], path, value))
+    assert (code, out) == (EXIT_FAILED, ""), out
+    assert err.startswith(f"invalid: {'.'.join(path)} does not match the signed content") and err.count("\n") == 1, err
+
+
+def test_verify_refuses_look_alike_values_and_repeated_fields(submitted, verify_directory, tmp_path, capsys):
+    document = json.loads(submitted["ALLOW"])
+    seq = document["certificate"]["seq"]
+    for path, value in ((("certificate", "seq"), float(seq)), (("request_number",), float(document["request_number"])),
+                        (("certificate", "seq"), True if seq == 1 else str(seq))):
+        code, _, err = verify_text(capsys, verify_directory, tmp_path, edited(submitted["ALLOW"], path, value))
+        assert code == EXIT_FAILED and f"{'.'.join(path)} does not match the signed content" in err, (path, err)
+    # A reader that keeps the first of two repeated keys would see ALLOW where Python sees DENY.
+    repeated = submitted["DENY"].replace('"status": "DENY"', '"status": "ALLOW", "status": "DENY"', 1)
+    code, _, err = verify_text(capsys, verify_directory, tmp_path, repeated)
+    assert code == EXIT_FAILED and err == "invalid: status does not match the signed content (it appears twice)\n"

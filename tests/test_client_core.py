@@ -6,7 +6,9 @@ import dataclasses
 
 import pytest
 
-from bft.core import ClientCore, Decision, LocalProtocolError, Reply, Risk, VerdictCertificate, canonical_action
+from bft.core import (ActionShapeError, ClientCore, ConfigError, Decision, Limits, LocalProtocolError, Reply, Risk,
+                      VerdictCertificate, canonical_action)
+from conftest import Kit
 
 DEADLINE_MS = 1_060_000
 
@@ -142,3 +144,37 @@ def test_expire_keeps_requests_with_later_deadlines(client) -> None:
     late = client.new_request({"op": 2}, Risk.LOW, 200)
     assert client.expire(150) == (early,)
     assert client.outstanding == (late,)
+
+
+def nested_lists(depth: int) -> list:
+    """``depth`` lists, each inside the next."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_deeply_nested_or_self_containing_action_is_refused_before_signing(client) -> None:
+    self_containing: dict = {"a": []}
+    self_containing["a"].append(self_containing)
+    text = '{"a":' + "[" * 10_000 + "]" * 10_000 + "}"
+    for action in ({"a": nested_lists(10_000)}, self_containing, text):
+        with pytest.raises(ActionShapeError, match="^the action nests deeper than 32 levels") as caught:
+            client.new_request(action, Risk.LOW, DEADLINE_MS)
+        assert isinstance(caught.value, LocalProtocolError) and isinstance(caught.value, ValueError)
+    assert client.outstanding == ()
+    request = client.new_request({"a": nested_lists(31)}, Risk.LOW, DEADLINE_MS)  # 32 levels with the object.
+    assert request.action.count("[") == 31
+
+
+def test_the_configured_action_limits_are_enforced_before_signing() -> None:
+    kit = Kit(limits=Limits(action_depth_max=3, action_bytes_max=64))
+    client = ClientCore(kit.config, "alice", kit.client_pairs["alice"].seed)
+    with pytest.raises(ActionShapeError, match="nests deeper than 3 levels"):
+        client.new_request({"a": [[[1]]]}, Risk.LOW, DEADLINE_MS)
+    with pytest.raises(ActionShapeError, match="larger than 64 bytes"):
+        client.new_request({"a": "x" * 60}, Risk.LOW, DEADLINE_MS)
+    assert client.new_request({"a": [[1]]}, Risk.LOW, DEADLINE_MS).action == '{"a":[[1]]}'
+    for limits in (Limits(action_depth_max=0), Limits(action_depth_max=33), Limits(action_bytes_max=40_000)):
+        with pytest.raises(ConfigError, match="action_"):
+            Kit(limits=limits)

@@ -15,7 +15,7 @@ import tomli_w
 
 from bft._cluster_file import (ClusterFile, ConfigFileError, PolicySpec, dump_cluster_file, load_cluster_file,
                                parse_address, read_key_file, write_key_file)
-from bft._cluster_init import create_cluster_directory, free_loopback_ports
+from bft._cluster_init import create_cluster_directory, free_loopback_ports, ports_of_sibling_clusters
 from bft.core import AccountabilityOptions, ClusterConfig, KeyPair, Limits, Risk, VerdictRule
 from bft.runtime import NodeOptions, TransportLimits
 
@@ -154,6 +154,14 @@ BAD_DOCUMENTS = {
     "metrics on a replica port": (lambda d: replica(d, 1).update(metrics=f"{replica(d)['host']}:{replica(d)['port']}"),
                                   "appears more than once"),
     "duplicate client": (lambda d: d["clients"][1].update(id="client-0"), "client id 'client-0' appears more"),
+    "client holding a replica's key": (lambda d: d["clients"][0].update(public_key=replica(d, 2)["public_key"]),
+                                       "replica 2 and client 'client-0' have the same public key"),
+    "two clients with one key": (lambda d: d["clients"][1].update(public_key=d["clients"][0]["public_key"]),
+                                 "client 'client-0' and client 'client-1' have the same public key"),
+    "operator holding a client's key": (lambda d: d["operators"][0].update(public_key=d["clients"][1]["public_key"]),
+                                        "client 'client-1' and operator 'operator-0' have the same public key"),
+    "action depth above the protocol maximum": (lambda d: d.update(limits={"action_depth_max": 33}),
+                                                "action_depth_max must be in [1, 32]"),
     "empty client id": (lambda d: d["clients"][0].update(id=""), "'id' in client entry 1 must be 1 to 64 bytes"),
     "unknown client key": (lambda d: d["clients"][0].update(role="admin"), "unknown key 'role' in client entry 1"),
     "clients not tables": (lambda d: d.update(clients="client-0"), "'clients' must be an array of tables"),
@@ -285,3 +293,26 @@ def test_init_ports_are_distinct_free_and_outside_the_kernels_ephemeral_range():
     for port in ports:  # Each one can really be bound.
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", port))
+
+
+class ReplayedChoices(random.Random):
+    """A random source whose ``randint`` returns the given ports in turn (then the last one forever)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__(0)
+        self.ports = list(ports)
+
+    def randint(self, low: int, high: int) -> int:
+        return self.ports.pop(0) if len(self.ports) > 1 else self.ports[0]
+
+
+def test_init_keeps_clear_of_the_ports_its_sibling_clusters_name(tmp_path):
+    first, second = (create_cluster_directory(tmp_path / name, 2, 1) for name in ("first", "second"))
+    named = {port for cluster in (first, second) for entry in cluster.replicas
+             for port in (entry.address[1], entry.metrics_address[1])}
+    assert ports_of_sibling_clusters(tmp_path / "third") == named
+    spare = free_loopback_ports(2, random.Random(3), avoid=named)
+    # The random source offers every named port first; none is taken although each is free to bind.
+    assert free_loopback_ports(2, ReplayedChoices([*sorted(named), *spare]), avoid=named) == spare
+    third = create_cluster_directory(tmp_path / "third", 2, 1)
+    assert not named & {port for entry in third.replicas for port in (entry.address[1], entry.metrics_address[1])}

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -252,13 +253,58 @@ def test_a_pid_file_naming_another_process_is_stale_and_never_signalled(tmp_path
         bystander.wait()
 
 
-def test_up_names_the_replica_that_did_not_come_up_and_down_stops_the_rest(tmp_path, stop_everything_afterwards):
+def test_up_names_the_replica_that_did_not_come_up_and_stops_the_ones_it_started(tmp_path,
+                                                                              stop_everything_afterwards):
     directory = tmp_path / "broken"
-    create_cluster_directory(directory, 2, 1)
+    create_cluster_directory(directory, 4, 1)
     stop_everything_afterwards(directory / "cluster.toml")
-    (directory / "data" / "replica-1.db").mkdir()  # Replica 1 cannot open its database.
+    (directory / "data" / "replica-1.db").write_bytes(b"not a database" * 100)  # Found only when opened.
     up = bft("up", directory, check_exit=1)
-    assert up.stderr.count("\n") == 1 and "replica 1 exited with code 1" in up.stderr
-    assert "cannot open the replica database" in up.stderr and "replica-1.log" in up.stderr
+    assert "replica 1 exited with code 1" in up.stderr and "cannot open the replica database" in up.stderr
+    assert "replica-1.log" in up.stderr and "stopped the replicas it had started (0, 2, 3)" in up.stderr
+    assert LocalProcessCluster(directory / "cluster.toml").running() == {}
     down = bft("down", directory)
-    assert "replica 0: stopped (pid" in down.stdout and "replica 1: was not running" in down.stdout
+    assert down.stdout.count("was not running") == 4
+
+
+def test_up_checks_everything_first_and_starts_nothing_when_anything_is_wrong(tmp_path, stop_everything_afterwards):
+    directory = tmp_path / "unchecked"
+    cluster = create_cluster_directory(directory, 4, 1)
+    stop_everything_afterwards(directory / "cluster.toml")
+    (directory / "keys" / "replica-2.key").rename(directory / "keys" / "elsewhere.key")
+    up = bft("up", directory, check_exit=2)
+    assert up.stderr.count("\n") == 1 and "replica-2.key: the key file does not exist" in up.stderr, up.stderr
+    assert LocalProcessCluster(directory / "cluster.toml").running() == {}
+    (directory / "keys" / "elsewhere.key").rename(directory / "keys" / "replica-2.key")
+
+    for address in (cluster.replica(1).address, cluster.replica(3).metrics_address):
+        with socket.create_server(address) as squatter:  # Someone else listens on a port the cluster needs.
+            up = bft("up", directory, check_exit=2)
+            assert up.stderr.count("\n") == 1, up.stderr
+            assert f"port {address[1]} on {address[0]} is already in use" in up.stderr, up.stderr
+            assert f"by pid {os.getpid()}" in up.stderr, up.stderr  # Its owner, found through /proc.
+            assert LocalProcessCluster(directory / "cluster.toml").running() == {}
+            replica = bft("replica", "--config", directory, "--id", 1 if address == cluster.replica(1).address else 3,
+                          check_exit=2)
+            assert f"port {address[1]} on {address[0]} is already in use" in replica.stderr, replica.stderr
+            assert replica.stderr.count("\n") == 1, replica.stderr
+            squatter.close()
+
+
+def test_two_clusters_that_collide_on_a_port_get_a_clear_error_naming_it(tmp_path, stop_everything_afterwards):
+    first = create_cluster_directory(tmp_path / "first", 1, 1)
+    second = create_cluster_directory(tmp_path / "second", 1, 1)
+    for cluster in (first, second):
+        stop_everything_afterwards(cluster.path)
+    document = tomllib.loads(second.path.read_text())
+    document["replicas"][0]["metrics"] = f"127.0.0.1:{first.replica(0).metrics_address[1]}"  # As if chosen twice.
+    second.path.write_text(tomli_w.dumps(document))
+    bft("up", tmp_path / "first")
+    owner = LocalProcessCluster(first.path).pid(0)
+    up = bft("up", tmp_path / "second", check_exit=2)
+    assert f"port {first.replica(0).metrics_address[1]} on 127.0.0.1 is already in use by pid {owner}" in up.stderr
+    assert LocalProcessCluster(second.path).running() == {}
+    third = create_cluster_directory(tmp_path / "third", 1, 1)  # Init keeps clear of its siblings' ports.
+    taken = {port for cluster in (first, second) for entry in cluster.replicas
+             for port in (entry.address[1], entry.metrics_address[1])}
+    assert not taken & {third.replica(0).address[1], third.replica(0).metrics_address[1]}

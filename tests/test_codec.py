@@ -362,6 +362,17 @@ def test_field_limits_are_enforced(kit) -> None:
     assert_rejected(msgpack.packb(replaced(plain, (5,), 2**63), use_bin_type=True))
 
 
+def test_an_action_deeper_than_the_protocol_maximum_is_rejected_before_any_policy_sees_it(kit) -> None:
+    for depth, accepted in ((31, True), (32, False), (10_000, False)):  # Plus one level for the object itself.
+        action = '{"a":' + "[" * depth + "]" * depth + "}"
+        data = msgpack.packb(replaced(wire_of(kit.request()), (4,), action), use_bin_type=True)
+        if accepted:
+            assert decode(data).action == action
+        else:
+            error = assert_rejected(data)
+            assert error.reason == "schema" and "nests deeper than 32 levels" in error.detail, error
+
+
 @pytest.mark.parametrize("action", [
     '{"a":' + "[" * 10_000 + "]" * 10_000 + "}",  # json.loads raises RecursionError
     '{"a":' + "1" * 5_000 + "}",  # int digit limit: a plain ValueError without .msg

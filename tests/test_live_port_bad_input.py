@@ -1,4 +1,4 @@
-"""Hostile input against the TCP port of a live replica process (started with `bft replica` through LocalProcessCluster): garbage bytes, a truncated frame, an oversize frame and an unknown key in the handshake each cost only that connection (the replica closes it and counts the reason in its metrics); a valid client replaying an old signed request gets the verdict already finalized, with no second execution, and a different action under an old number is rejected; after each, the replica keeps serving another client."""
+"""Hostile input against the TCP port of a live replica process (started with `bft replica` through LocalProcessCluster): garbage bytes, a signed request whose action nests 10,000 deep, a truncated frame, an oversize frame and an unknown key in the handshake each cost only that connection (the replica closes it and counts the reason in its metrics); a valid client replaying an old signed request gets the verdict already finalized, with no second execution, and a different action under an old number is rejected; after each, the replica keeps serving another client."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from bft._cluster_file import ClusterFile, load_cluster_file
 from bft._cluster_init import create_cluster_directory
 from bft._processes import LocalProcessCluster
 from bft._status import scrape
-from bft.core import ClusterConfig, KeyPair, RemoteProtocolError, Reply, Signer, Verifier, decode, encode
+from bft.core import (ClusterConfig, KeyPair, RemoteProtocolError, Reply, Request, Risk, Signer, Verifier, decode,
+                      encode)
 from bft.runtime import FramedConnection, Identity
 from bft.runtime import _handshake
 from prometheus_client.parser import text_string_to_metric_families
@@ -127,7 +128,18 @@ async def handshake_with_someone_elses_key(cluster: ClusterFile) -> trio.SocketS
     return await handshake(cluster, cluster.config, "client-0", STRANGER.seed)
 
 
+async def send_a_request_nested_10000_deep(cluster: ClusterFile) -> trio.SocketStream:
+    """A validly signed request whose action is 10,000 nested lists (a client library would refuse to sign it)."""
+    connection = await authenticated(cluster, cluster.config, "client-0", cluster.client_seed("client-0"))
+    action = '{"a":' + "[" * 10_000 + "]" * 10_000 + "}"
+    request = Signer(cluster.config.cluster_id, cluster.client_seed("client-0")).sign(
+        Request("client-0", 2**40, Risk.LOW, action, 2**62, bytes(64)))
+    await connection.send(encode(request))
+    return connection.stream
+
+
 @pytest.mark.parametrize("attack, reason", [
+    (send_a_request_nested_10000_deep, "schema"),
     (send_garbage, "oversized-frame"),
     (send_truncated_frame, "truncated-frame"),
     (send_oversize_frame, "oversized-frame"),

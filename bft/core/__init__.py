@@ -9,7 +9,7 @@ from ._client import ClientCore, canonical_action
 from ._codec import MAX_WIRE_BYTES, decode, encode, request_digest
 from ._config import ClusterConfig, ConfigError, Limits
 from ._crypto import KeyPair, Signer, Verifier
-from ._errors import CertificateError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._errors import ActionShapeError, CertificateError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._execution import GENESIS_HASH, AgreedVerdict, LogEntry, votes_digest
 from ._messages import (Batch, BatchEntry, Checkpoint, Commit, Decision, Message, NewView, PrePrepare,
                         Prepare, PreparedProof, Refusal, Reply, Request, Risk, ViewChange, Vote)
@@ -20,7 +20,7 @@ from ._replica import Replica
 from ._verdict import VerdictRule, decide, default_rules, is_settled
 
 __all__ = [
-    "AgreedVerdict", "Batch", "BatchEntry", "CertificateError", "Checkpoint", "ClientCore", "ClusterConfig", "Commit",
+    "ActionShapeError", "AgreedVerdict", "Batch", "BatchEntry", "CertificateError", "Checkpoint", "ClientCore", "ClusterConfig", "Commit",
     "ConfigError", "Decision", "GENESIS_HASH", "KeyPair", "Limits", "LocalProtocolError", "LogEntry",
     "MAX_WIRE_BYTES", "Message", "NewView", "PrePrepare", "Prepare", "PreparedProof", "ProtocolError",
     "NO_QUORUM", "REFUSAL_REASONS", "Ready", "Refusal", "Rejection", "RemoteProtocolError", "Replica", "Reply", "Request", "Risk", "Signer",

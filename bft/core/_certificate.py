@@ -17,12 +17,16 @@ from ._codec import pack, request_digest
 from ._config import ClusterConfig
 from ._crypto import Verifier
 from ._errors import CertificateError, LocalProtocolError, RemoteProtocolError
-from ._messages import MAX_REPLICAS, Decision, Reply, Request, Vote
+from ._json_shape import text_depth
+from ._messages import MAX_ACTION_DEPTH, MAX_REPLICAS, Decision, Reply, Request, Vote
 from ._schema import ListOf, Nested, check_schema_matches_fields, record_from_wire, record_to_wire
 from ._accountability import is_command_request
 from ._verdict import BLOCKLISTED_PREFIX, COMMAND_REJECTED_PREFIX, counted_votes, decide, effective_rule
 
 import msgpack
+
+# A document holds the action and three levels around it (the submit output, the summary, a vote).
+DOCUMENT_DEPTH_MAX = MAX_ACTION_DEPTH + 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,31 +154,89 @@ class VerdictCertificate:
             raise CertificateError("certificate bytes are not canonical")
         return certificate
 
-    def to_json(self) -> str:
-        """Readable summary plus the canonical bytes; only the bytes are trusted on reading."""
-        summary: dict[str, Any] = {
+    def readable_fields(self) -> dict[str, Any]:
+        """The human-readable summary, every value derived from the signed content."""
+        return {
             "decision": self.decision.value, "reason": self.reason, "seq": self.seq,
             "client_id": self.request.client_id, "request_number": self.request.request_number,
             "risk": self.request.risk.value, "action": json.loads(self.request.action),
             "votes": [{"replica": v.replica_id, "decision": v.decision.value, "reason": v.reason} for v in self.votes],
             "signers": [reply.replica_id for reply in self.replies],
-            "certificate": base64.b64encode(self.to_bytes()).decode(),
         }
+
+    def to_json(self) -> str:
+        """Readable summary plus the canonical bytes; only the bytes are trusted on reading."""
+        summary = {**self.readable_fields(), "certificate": base64.b64encode(self.to_bytes()).decode()}
         return json.dumps(summary, indent=2, sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> "VerdictCertificate":
-        """Parse ``to_json`` output and check the readable fields agree with the signed bytes."""
+        """Parse ``to_json`` output and check every readable field equals what the signed bytes say."""
+        return VerdictCertificate.from_document(load_json_document(text))
+
+    @staticmethod
+    def from_document(summary: Any, where: str = "") -> "VerdictCertificate":
+        """The certificate in a parsed ``to_json`` document; ``where`` prefixes field names in errors.
+
+        Each field is compared by its JSON text, so a look-alike value (``1.0`` or
+        ``true`` for a sequence number of 1) differs, as it would to a strict reader.
+        """
+        if not isinstance(summary, dict) or "certificate" not in summary:
+            raise CertificateError(f"malformed certificate JSON: {where}certificate is missing")
         try:
-            summary = json.loads(text)
-            certificate = VerdictCertificate.from_bytes(base64.b64decode(summary["certificate"], validate=True))
-        except CertificateError:
-            raise
-        except (ValueError, KeyError, TypeError) as error:
-            raise CertificateError(f"malformed certificate JSON: {error}") from None
-        if json.loads(certificate.to_json()) != summary:
-            raise CertificateError("the readable fields do not match the signed certificate")
+            encoded = base64.b64decode(summary["certificate"], validate=True)
+        except (ValueError, TypeError) as error:
+            raise CertificateError(f"malformed certificate JSON: {where}certificate is not base64 ({error})") from None
+        certificate = VerdictCertificate.from_bytes(encoded)
+        check_fields_match(summary, certificate.readable_fields(), where, signed_keys={"certificate"})
         return certificate
+
+
+def check_fields_match(document: dict, expected: dict[str, Any], where: str = "",
+                       signed_keys: frozenset[str] | set[str] = frozenset()) -> None:
+    """Raise ``CertificateError`` naming the first field of ``document`` that is not exactly ``expected``.
+
+    ``signed_keys`` are fields checked elsewhere; any other field ``expected`` lacks is refused too:
+    a reader cannot tell a field nobody signed from one that was checked.
+    """
+    for key in [*expected, *sorted(set(document) - set(expected) - set(signed_keys))]:
+        if key not in document or key not in expected or _json_text(document[key]) != _json_text(expected[key]):
+            raise CertificateError(f"{where}{key} does not match the signed content")
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _RepeatedKey(key)
+        document[key] = value
+    return document
+
+
+def load_json_document(text: str) -> Any:
+    """Parse a certificate document strictly: bounded nesting, and no key given twice.
+
+    Readers disagree on a repeated key (Python keeps the last, others the first), so a
+    document that repeats one could say ALLOW to one reader and DENY to another.
+    """
+    if text_depth(text) > DOCUMENT_DEPTH_MAX:
+        raise CertificateError(f"malformed certificate JSON: nested deeper than {DOCUMENT_DEPTH_MAX} levels")
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_repeats)
+    except _RepeatedKey as repeated:
+        raise CertificateError(f"{repeated.key} does not match the signed content (it appears twice)") from None
+    except ValueError as error:
+        raise CertificateError(f"malformed certificate JSON: {error}") from None
 
 
 check_schema_matches_fields(VerdictCertificate)

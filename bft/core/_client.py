@@ -16,19 +16,46 @@ from ._certificate import VerdictCertificate
 from ._codec import request_digest
 from ._config import ClusterConfig
 from ._crypto import Signer, Verifier
-from ._errors import CertificateError, LocalProtocolError, RemoteProtocolError
-from ._messages import MAX_ACTION_BYTES, Refusal, Reply, Request, Risk
+from ._errors import ActionShapeError, CertificateError, LocalProtocolError, RemoteProtocolError
+from ._json_shape import value_shape_problem
+from ._messages import MAX_ACTION_BYTES, MAX_ACTION_DEPTH, Refusal, Reply, Request, Risk, action_shape_problem
 
 
-def canonical_action(action: Mapping[str, Any] | str) -> str:
-    """The one JSON text for an action object: sorted keys, no spaces."""
-    value = json.loads(action) if isinstance(action, str) else action
+def canonical_action(action: Mapping[str, Any] | str, depth_max: int = MAX_ACTION_DEPTH,
+                     bytes_max: int = MAX_ACTION_BYTES) -> str:
+    """The one JSON text for an action object: sorted keys, no spaces.
+
+    Raises ``ActionShapeError`` (a ``LocalProtocolError`` and a ``ValueError``) for anything
+    that is not a JSON object of at most ``depth_max`` levels and ``bytes_max`` bytes.  The
+    shape is measured with loops before ``json`` parses or writes it, so a value ten thousand
+    levels deep, or one that contains itself, is refused rather than crashing the caller.
+    """
+    if isinstance(action, str):
+        problem = action_shape_problem(action, depth_max, len(action.encode()))
+        value = _parsed(action) if problem is None else None
+    else:
+        problem = value_shape_problem(action, depth_max, bytes_max)
+        problem = problem and f"the action {problem}"
+        value = action
+    if problem:
+        raise ActionShapeError(problem)
     if not isinstance(value, Mapping):
-        raise LocalProtocolError("an action must be a JSON object")
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode()) > MAX_ACTION_BYTES:
-        raise LocalProtocolError(f"the action is larger than {MAX_ACTION_BYTES} bytes")
+        raise ActionShapeError("an action must be a JSON object")
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as error:  # Sets, bytes, mixed key types: not JSON.
+        raise ActionShapeError(f"the action cannot be written as JSON ({error})") from None
+    problem = action_shape_problem(text, depth_max, bytes_max)
+    if problem:
+        raise ActionShapeError(problem)
     return text
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ActionShapeError(f"the action is not valid JSON ({error})") from None
 
 
 @dataclass(slots=True)
@@ -58,8 +85,8 @@ class ClientCore:
 
     def new_request(self, action: Mapping[str, Any] | str, risk: Risk, deadline_ms: int) -> Request:
         """A signed request with a fresh number; the caller sends it to every replica."""
-        request = self._signer.sign(Request(self.client_id, self._next_number, risk,
-                                            canonical_action(action), deadline_ms, bytes(64)))
+        text = canonical_action(action, self.config.limits.action_depth_max, self.config.limits.action_bytes_max)
+        request = self._signer.sign(Request(self.client_id, self._next_number, risk, text, deadline_ms, bytes(64)))
         self._next_number += 1
         digest = request_digest(self.config.cluster_id, request)
         self._outstanding[request.request_number] = _Outstanding(request, digest, {})
@@ -108,6 +135,10 @@ class ClientCore:
             return False
         del self._outstanding[refusal.request_number]
         return True
+
+    def forget(self, request: Request) -> None:
+        """Stop waiting for ``request``: its caller gave up before it was sent (it is refused)."""
+        del self._outstanding[request.request_number]
 
     def expire(self, now_ms: int) -> tuple[Request, ...]:
         """Forget and return requests whose deadline passed without a certificate: they are refused."""

@@ -11,7 +11,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 from ._codec import MAX_WIRE_BYTES
-from ._messages import MAX_BATCH_ENTRIES, MAX_ID_BYTES, MAX_PREPARED_PROOFS, MAX_REPLICAS, Risk
+from ._messages import (MAX_ACTION_BYTES, MAX_ACTION_DEPTH, MAX_BATCH_ENTRIES, MAX_ID_BYTES, MAX_PREPARED_PROOFS,
+                        MAX_REPLICAS, Risk)
 from ._quorum import max_faulty, quorum_size, reply_quorum
 from ._verdict import VerdictRule, default_rules, rule_problem
 
@@ -44,6 +45,10 @@ class Limits:
     state_transfer_entries_max: int = 65_536
     state_transfer_wait_ticks: int = 10
     state_transfer_retry_ticks: int = 20
+    # The shape of an action a client may sign: brackets deep (the object itself is 1) and canonical
+    # JSON bytes.  The protocol maxima bound every replica whatever is configured.
+    action_depth_max: int = MAX_ACTION_DEPTH
+    action_bytes_max: int = MAX_ACTION_BYTES
 
     def problem(self) -> str | None:
         if not 1 <= self.max_batch_requests <= MAX_BATCH_ENTRIES:
@@ -65,6 +70,10 @@ class Limits:
         if not 1 <= self.state_transfer_chunk_entries <= min(4096, self.state_transfer_entries_max):
             # 4096 entries of at most ~600 bytes each keep a chunk far below the state-transfer frame limit.
             return "state_transfer_chunk_entries must be in [1, min(4096, state_transfer_entries_max)]"
+        if not 1 <= self.action_depth_max <= MAX_ACTION_DEPTH:
+            return f"action_depth_max must be in [1, {MAX_ACTION_DEPTH}]"
+        if not 2 <= self.action_bytes_max <= MAX_ACTION_BYTES:
+            return f"action_bytes_max must be in [2, {MAX_ACTION_BYTES}]"
         if min(self.state_transfer_wait_ticks + 1, self.state_transfer_retry_ticks) < 1:
             return "state_transfer_wait_ticks must be non-negative and state_transfer_retry_ticks positive"
         return None

@@ -38,5 +38,9 @@ class RemoteProtocolError(ProtocolError):
         return RemoteProtocolError(self.reason, self.detail, sender, evidence=self.evidence)
 
 
+class ActionShapeError(LocalProtocolError, ValueError):
+    """The caller's action is not a JSON object within the cluster's depth and size limits; nothing was signed."""
+
+
 class CertificateError(Exception):
     """A verdict certificate failed offline verification; the message says why."""

@@ -14,12 +14,16 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ._json_shape import text_depth
 from ._schema import Bytes, Enum, Int, ListOf, Nested, Text, check_schema_matches_fields
 
 # Hard protocol maxima.  Configured limits (``Limits``) may be tighter, never looser.
 MAX_REPLICAS = 128
 MAX_ID_BYTES = 64
 MAX_ACTION_BYTES = 32 * 1024
+# Brackets deep, the action object itself being 1: deep enough for any real tool call, shallow enough
+# that every JSON parser and policy walks it far from Python's recursion limit.
+MAX_ACTION_DEPTH = 32
 MAX_REASON_BYTES = 200
 MAX_BATCH_ENTRIES = 256
 MAX_PREPARED_PROOFS = 1024
@@ -39,7 +43,25 @@ class Decision(enum.Enum):
     DENY = "DENY"
 
 
+def action_shape_problem(text: str, depth_max: int = MAX_ACTION_DEPTH,
+                         bytes_max: int = MAX_ACTION_BYTES) -> str | None:
+    """Why action ``text`` is beyond ``depth_max`` levels of nesting or ``bytes_max`` bytes, or None.
+
+    Measured without recursion and before any JSON parser runs, so no input can drive
+    a parser or a policy's walk towards Python's recursion limit.
+    """
+    size = len(text) if text.isascii() else len(text.encode())
+    if size > bytes_max:
+        return f"the action is larger than {bytes_max} bytes"
+    if text_depth(text) > depth_max:
+        return f"the action nests deeper than {depth_max} levels"
+    return None
+
+
 def _json_object_problem(text: str) -> str | None:
+    problem = action_shape_problem(text)
+    if problem:
+        return problem
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as error:  # Hostile JSON: bad syntax, huge ints, deep nesting.

@@ -98,6 +98,7 @@ class AsyncClient:
                            on_payload=self._payload_handler(replica_id), on_connect=self._resend_outstanding)
                       for replica_id in range(config.replica_count)]
         self._waiters: dict[int, _Waiter] = {}
+        self.max_outstanding = max_outstanding
         self._slots = trio.Semaphore(max_outstanding)
         self._running = False
 
@@ -129,22 +130,42 @@ class AsyncClient:
                      timeout_ms: int | None = None) -> Outcome:
         """Ask the cluster for a verdict on ``action``; REFUSED if none is certified before the deadline.
 
-        An action that is not a JSON object, or is too large, is the caller's mistake and raises
-        ``LocalProtocolError`` before anything is sent.
+        The deadline runs from this call, whatever happens after it: waiting for one of the
+        ``max_outstanding`` slots, connects and handshakes that hang, replicas that never answer.
+        The call returns by the deadline plus ``reply_grace_ms`` (a reply already on its way may
+        still land), never later.  An action that is not a JSON object within the cluster's shape
+        limits is the caller's mistake and raises ``ActionShapeError`` before anything is sent.
         """
         assert self._running, "submit needs a running client (use open_client)"
         chosen_timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         if chosen_timeout_ms < 1:
             raise ValueError("timeout_ms must be positive")
-        async with self._slots:
-            return await self._submit(action, risk, chosen_timeout_ms)
-
-    async def _submit(self, action: Mapping[str, Any] | str, risk: Risk, timeout_ms: int) -> Outcome:
         started_s = trio.current_time()
+        deadline_ms = self.clock.now_ms() + chosen_timeout_ms
+        with trio.move_on_at(self.clock.trio_time_at(deadline_ms)) as waiting_for_slot:
+            await self._slots.acquire()
+        if waiting_for_slot.cancelled_caught:  # Cancelled before the slot was ours: nothing to release.
+            return self._refused_without_slot(action, risk, deadline_ms, started_s)
+        try:
+            return await self._submit(action, risk, deadline_ms, started_s, chosen_timeout_ms)
+        finally:
+            self._slots.release()
+
+    def _refused_without_slot(self, action: Mapping[str, Any] | str, risk: Risk, deadline_ms: int,
+                              started_s: float) -> Outcome:
+        """REFUSED: every slot stayed busy until the deadline, so nothing was sent."""
+        request = self._core.new_request(action, risk, deadline_ms)
+        self._core.forget(request)
+        self.counters["refused"] += 1
+        self.counters["refused:no-free-slot"] += 1
+        reason = f"no free submission slot before the deadline ({self.max_outstanding} in flight)"
+        return Outcome("REFUSED", reason, None, (trio.current_time() - started_s) * 1000, request)
+
+    async def _submit(self, action: Mapping[str, Any] | str, risk: Risk, deadline_ms: int, started_s: float,
+                      timeout_ms: int) -> Outcome:
         now_ms = self.clock.now_ms()
         # Forget requests abandoned by cancelled callers once their deadline (and grace) passed.
         self._core.expire(now_ms - self.reply_grace_ms)
-        deadline_ms = now_ms + timeout_ms
         request = self._core.new_request(action, risk, deadline_ms)
         waiter = self._waiters[request.request_number] = _Waiter()
         frame = encode_frame(encode(request), self.limits.max_frame_bytes)
