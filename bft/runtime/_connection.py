@@ -10,6 +10,7 @@ connection, and nothing it carried reaches the core.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import random
 
@@ -186,6 +187,8 @@ class FramedConnection:
         self._byte_budget = TokenBucket(limits.receive_bytes_per_s, limits.receive_bytes_per_s)
         self._sending = False
         self._frame_started_s: float | None = None
+        self.quiet_timeout_s: float | None = None  # See ``close_when_quiet``.
+        self._last_payload_s = 0.0
         self.frames_received = 0
         self.bytes_received = 0
 
@@ -193,6 +196,12 @@ class FramedConnection:
     def sending(self) -> bool:
         """True while a task is inside ``send_frame`` (waiting for the peer to take bytes)."""
         return self._sending
+
+    def close_when_quiet(self, timeout_s: float) -> None:
+        """From now on, end the connection when ``timeout_s`` pass with no payload but keep-alives."""
+        assert timeout_s > 0
+        self.quiet_timeout_s = timeout_s
+        self._last_payload_s = trio.current_time()
 
     def set_frame_limit(self, max_frame_bytes: int) -> None:
         """Tighten the frame size while the handshake runs, restore it afterwards."""
@@ -306,14 +315,27 @@ class FramedConnection:
             if self._frame_started_s is None:
                 self._frame_started_s = now_s
             deadline_s = self._frame_started_s + self.limits.frame_timeout_s
-        with trio.move_on_at(deadline_s):
+        quiet_deadline_s = self._quiet_deadline_s()
+        with trio.move_on_at(min(deadline_s, quiet_deadline_s)):
             if self._socket is None:
                 return await self.stream.receive_some(self.limits.receive_chunk_bytes)
             return await self._read_from_socket()
+        raise self._expired(quiet_deadline_s)
+
+    def _quiet_deadline_s(self) -> float:
+        if self.quiet_timeout_s is None:
+            return math.inf
+        return self._last_payload_s + self.quiet_timeout_s
+
+    def _expired(self, quiet_deadline_s: float) -> RemoteProtocolError:
+        """Why the receive deadline passed."""
+        if trio.current_time() >= quiet_deadline_s:
+            return RemoteProtocolError("idle-session", f"no message but keep-alives for {self.quiet_timeout_s} s",
+                                       self.peer)
         if self._frame_started_s is not None:
-            raise RemoteProtocolError("slow-frame", f"a frame took longer than {self.limits.frame_timeout_s} s "
-                                      "to arrive", self.peer)
-        raise RemoteProtocolError("idle", f"nothing received for {self.limits.idle_timeout_s} s", self.peer)
+            return RemoteProtocolError("slow-frame", f"a frame took longer than {self.limits.frame_timeout_s} s "
+                                       "to arrive", self.peer)
+        return RemoteProtocolError("idle", f"nothing received for {self.limits.idle_timeout_s} s", self.peer)
 
     async def _read_from_socket(self) -> bytes:
         # Waiting first saves the failed read trio would try: a connection is mostly idle.
@@ -332,6 +354,8 @@ class FramedConnection:
             raise RemoteProtocolError("flood", f"more than {self.limits.receive_frames_per_s:.0f} frames/s",
                                       self.peer)
         self.frames_received += 1
+        if payload != KEEPALIVE:
+            self._last_payload_s = trio.current_time()
         return payload
 
     async def aclose(self) -> None:

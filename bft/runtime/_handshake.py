@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import nacl.exceptions
@@ -140,14 +140,20 @@ async def initiate(connection: FramedConnection, config: ClusterConfig, own: Ide
     connection.set_frame_limit(connection.limits.max_frame_bytes)
 
 
-async def accept(connection: FramedConnection, config: ClusterConfig, own: Identity, seed: bytes) -> Identity:
-    """Authenticate an incoming connection; return who it is, or raise ``RemoteProtocolError``."""
+async def accept(connection: FramedConnection, config: ClusterConfig, own: Identity, seed: bytes,
+                 on_hello: Callable[[Identity], None] | None = None) -> Identity:
+    """Authenticate an incoming connection; return who it is, or raise ``RemoteProtocolError``.
+
+    ``on_hello`` learns the identity the peer claims as soon as its hello names a configured one,
+    before anything is proven: admission uses it to move the connection out of the anonymous pool."""
     assert own.role == "replica" and public_key_of(config, own) is not None
     connection.set_frame_limit(connection.limits.handshake_frame_bytes)
     initiator_hello = await _receive(connection)
     identity = _parse_hello(initiator_hello, config, connection.peer)
     if identity == own:
         raise RemoteProtocolError("wrong-identity", "a peer claims to be this replica", connection.peer)
+    if on_hello is not None:
+        on_hello(identity)
     acceptor_hello = _hello(config, own, os.urandom(NONCE_BYTES))
     signature = nacl.signing.SigningKey(seed).sign(_transcript(config, "acceptor", initiator_hello, acceptor_hello))
     await connection.send(_pack([acceptor_hello, signature.signature]))

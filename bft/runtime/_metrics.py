@@ -40,8 +40,8 @@ REJECTION_REASONS = frozenset({
     "conflicting-request", "equivocation", "expired", "not-primary", "outside-window", "overloaded",
     "stale-request", "unexpected-type", "unknown-signer", "wrong-view",
     # framing, connections and the handshake (bft.runtime)
-    "bad-handshake", "bad-key", "flood", "idle", "oversized-frame", "refused", "slow-frame", "timeout",
-    "too-many-connections", "too-many-handshakes", "truncated-frame", "unexpected-frame", "unexpected-message",
+    "bad-handshake", "bad-key", "evicted", "flood", "idle", "idle-session", "oversized-frame", "refused",
+    "slow-frame", "timeout", "too-many-connections", "truncated-frame", "unexpected-frame", "unexpected-message",
     "unknown-identity", "wrong-cluster", "wrong-identity",
 })
 

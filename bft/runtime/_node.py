@@ -37,6 +37,7 @@ from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, 
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
 from . import _handshake
+from ._admission import Admission
 from ._connection import FramedConnection, SendQueue
 from ._durability import Durable, Persister, Released
 from ._framing import encode_frame
@@ -45,7 +46,8 @@ from ._logging import log_accountability_events
 from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
 from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
-from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, write_queued
+from ._transport import (CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, source_address,
+                         write_queued)
 
 logger = logging.getLogger("bft.runtime")
 accountability_logger = logging.getLogger("bft.runtime.accountability")
@@ -96,7 +98,7 @@ class ReplicaNode:
                                  on_rejected=self.metrics.rejected)
                       for peer in range(config.replica_count) if peer != replica_id}
         self._sessions: dict[Identity, _Session] = {}
-        self._handshakes_in_progress = 0
+        self._admission = Admission(self._limits, self.counters, self.metrics.rejected)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[tuple](self.options.inbox_capacity)
         self._policy_limiter = trio.CapacityLimiter(self.options.policy_threads)
         self._evaluations_in_flight = 0
@@ -410,22 +412,22 @@ class ReplicaNode:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         connection = FramedConnection(stream, self._limits, peer_name(stream))
-        if self._handshakes_in_progress >= self._limits.max_handshakes_in_progress:
-            # Strangers may not take every connection slot: authenticated peers keep the rest.
-            self.counters["connection-refused:too-many-handshakes"] += 1
-            self.metrics.rejected("too-many-handshakes")
-            await connection.aclose()
-            return
-        self._handshakes_in_progress += 1
+        pending = self._admission.admit(source_address(stream), trio.current_time() + self._limits.handshake_timeout_s)
+        identity = None
         try:
-            with trio.fail_after(self._limits.handshake_timeout_s):
-                identity = await _handshake.accept(connection, self.config, self.identity, self._seed)
+            with pending.cancel_scope:
+                identity = await _handshake.accept(connection, self.config, self.identity, self._seed,
+                                                   on_hello=lambda claimed: self._admission.identify(pending, claimed))
         except CONNECTION_ERRORS as error:
             self._count_failure("connection-refused", error, connection.peer)
-            await connection.aclose()
-            return
         finally:
-            self._handshakes_in_progress -= 1
+            self._admission.release(pending)
+        if identity is None:
+            if pending.cancel_scope.cancelled_caught and not pending.evicted:
+                self._count_failure("connection-refused", trio.TooSlowError("the handshake took too long"),
+                                    connection.peer)
+            await connection.aclose()  # Evictions were counted by the admission.
+            return
         connection.peer = f"{identity} at {connection.peer}"
         try:
             await self._serve_session(connection, identity)
@@ -456,6 +458,7 @@ class ReplicaNode:
             queue = SendQueue(2 * self.config.limits.client_window, self._limits.max_frame_bytes,
                               self._limits.send_queue_policy)
             on_payload = self._client_payload_handler(connection, identity.name)
+            connection.close_when_quiet(self._limits.client_idle_timeout_s)  # A client that asks nothing leaves.
         session = _Session(identity, queue, trio.CancelScope(), connection)
         previous = self._sessions.get(identity)
         if previous is not None:

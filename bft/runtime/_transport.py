@@ -45,6 +45,14 @@ def peer_name(stream: trio.abc.Stream) -> str:
     return f"{host}:{port}"
 
 
+def source_address(stream: trio.abc.Stream) -> str:
+    """The host a connection comes from (admission limits count per host, not per port)."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (AttributeError, OSError):
+        return "unknown"
+
+
 def new_send_queue(limits: TransportLimits) -> SendQueue:
     return SendQueue(limits.send_queue_frames, limits.send_queue_bytes, limits.send_queue_policy)
 
