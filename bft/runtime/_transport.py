@@ -70,7 +70,7 @@ def write_queued(connection: FramedConnection | None, queue: SendQueue) -> None:
     if connection is None or connection.sending or not connection.writes_directly:
         queue.wake()
         return
-    data = b"".join(queue.take_nowait(connection.limits.receive_chunk_bytes))
+    data = queue.take_wire(connection.limits.receive_chunk_bytes, connection.seal_frames)
     written = connection.write_nowait(data)
     assert 0 <= written <= len(data)
     if written < len(data):
@@ -84,8 +84,9 @@ async def write_loop(connection: FramedConnection, queue: SendQueue) -> None:
     keepalive_s = connection.limits.idle_timeout_s / 3
     keepalive = encode_frame(KEEPALIVE, connection.limits.max_frame_bytes)
     while True:
-        frames = await queue.get_batch(keepalive_s, connection.limits.receive_chunk_bytes)
-        await connection.send_frame(b"".join(frames) if frames else keepalive)
+        data = await queue.get_wire(keepalive_s, connection.limits.receive_chunk_bytes, connection.seal_frames)
+        # Sealed only now, just before it goes out: frames are numbered in the order they leave.
+        await connection.send_frame(data or connection.seal_frames([keepalive]))
 
 
 async def read_loop(connection: FramedConnection, on_payload: PayloadHandler | None) -> None:
@@ -105,6 +106,7 @@ async def read_loop(connection: FramedConnection, on_payload: PayloadHandler | N
 
 async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payload: PayloadHandler | None) -> None:
     """Pump both directions until either ends; re-raise the first connection error, unwrapped."""
+    assert connection.secured, "messages only travel on sealed connections"
     failures: list[BaseException] = []
 
     async def guarded(pump, *arguments) -> None:
