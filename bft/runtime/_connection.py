@@ -13,7 +13,7 @@ import collections
 import math
 import os
 import random
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -201,6 +201,7 @@ class FramedConnection:
         self._sealer: FrameSealer | None = None
         self._opener: FrameOpener | None = None
         self._frame_started_s: float | None = None
+        self._watchdog: trio.CancelScope | None = None  # While ``read_batches`` runs.
         self.quiet_timeout_s: float | None = None  # See ``close_when_quiet``.
         self._last_payload_s = 0.0
         self.frames_received = 0
@@ -326,6 +327,30 @@ class FramedConnection:
             if not await self._receive_into_decoder():
                 return None
 
+    async def read_batches(self, on_payloads: Callable[[list[bytes]], Awaitable[None]]) -> None:
+        """Hand ``on_payloads`` the messages of each read as one list, in order (keep-alives left out);
+        return when the peer closes cleanly.
+
+        One watchdog cancel scope serves the whole connection: each read only moves its deadline
+        (idle, frame or quiet timeout, whichever is nearest), instead of entering a scope per read.
+        While ``on_payloads`` waits (a full inbox pushing back), the watchdog is off: the wait is
+        ours, not the peer's."""
+        assert self._watchdog is None, "one reader per connection"
+        with trio.CancelScope() as watchdog:
+            self._watchdog = watchdog
+            try:
+                while True:
+                    payloads = await self.receive_batch()
+                    if payloads is None:
+                        return
+                    messages = [payload for payload in payloads if payload != KEEPALIVE]
+                    if messages:
+                        watchdog.deadline = math.inf
+                        await on_payloads(messages)
+            finally:
+                self._watchdog = None
+        raise self._expired(self._quiet_deadline_s())
+
     async def _receive_into_decoder(self) -> bool:
         """Feed the decoder one chunk; False when the peer closed cleanly."""
         data = await self._receive_chunk()
@@ -352,11 +377,17 @@ class FramedConnection:
                 self._frame_started_s = now_s
             deadline_s = self._frame_started_s + self.limits.frame_timeout_s
         quiet_deadline_s = self._quiet_deadline_s()
+        if self._watchdog is not None:
+            self._watchdog.deadline = min(deadline_s, quiet_deadline_s)  # ``read_batches`` reports the expiry.
+            return await self._read_chunk()
         with trio.move_on_at(min(deadline_s, quiet_deadline_s)):
-            if self._socket is None:
-                return await self.stream.receive_some(self.limits.receive_chunk_bytes)
-            return await self._read_from_socket()
+            return await self._read_chunk()
         raise self._expired(quiet_deadline_s)
+
+    async def _read_chunk(self) -> bytes:
+        if self._socket is None:
+            return await self.stream.receive_some(self.limits.receive_chunk_bytes)
+        return await self._read_from_socket()
 
     def _quiet_deadline_s(self) -> float:
         if self.quiet_timeout_s is None:

@@ -54,6 +54,8 @@ accountability_logger = logging.getLogger("bft.runtime.accountability")
 
 # Inputs fed to the core before its output goes to the persister and the task yields.
 ROUND_INPUTS_MAX = 64
+# Inbox items that carry the messages of one socket read, and the kind of each message in them.
+BATCH_KINDS = {"replica-batch": "replica", "client-batch": "client"}
 # Log reads answered by the store and waiting for the core to sign them; more are dropped (the
 # asking peer asks again), so a flood of requests for old entries costs bounded memory.
 LOG_READ_ANSWERS_MAX = 64
@@ -213,6 +215,12 @@ class ReplicaNode:
         self._end_round()
 
     def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind in BATCH_KINDS:  # The messages of one read of one connection, fed one by one.
+            for message in item[1]:
+                self._apply(self._input((BATCH_KINDS[kind], message)))
+                self._record_inline_decisions()
+            return
         self._apply(self._input(item))
         self._record_inline_decisions()
 
@@ -453,11 +461,11 @@ class ReplicaNode:
         and one identity cannot take many connection slots."""
         if identity.role == "replica":
             # The peer sends on this connection; we only answer with keep-alives so it knows we are here.
-            queue, on_payload = SendQueue(1, 1), self._replica_payload_handler(connection)
+            queue, on_payloads = SendQueue(1, 1), self._replica_payload_handler(connection)
         else:
             queue = SendQueue(2 * self.config.limits.client_window, self._limits.max_frame_bytes,
                               self._limits.send_queue_policy)
-            on_payload = self._client_payload_handler(connection, identity.name)
+            on_payloads = self._client_payload_handler(connection, identity.name)
             connection.close_when_quiet(self._limits.client_idle_timeout_s)  # A client that asks nothing leaves.
         session = _Session(identity, queue, trio.CancelScope(), connection)
         previous = self._sessions.get(identity)
@@ -467,28 +475,32 @@ class ReplicaNode:
         self._sessions[identity] = session
         try:
             with session.cancel_scope:
-                await run_duplex(connection, session.queue, on_payload)
+                await run_duplex(connection, session.queue, on_payloads)
         finally:
             if self._sessions.get(identity) is session:
                 del self._sessions[identity]
 
     def _replica_payload_handler(self, connection: FramedConnection):
-        async def on_payload(payload: bytes) -> None:
-            message = self._decode(payload, connection.peer)
-            if isinstance(message, (Reply, Refusal)):
-                raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
-                                          connection.peer)
-            await self._enqueue(("replica", message))
-        return on_payload
+        async def on_payloads(payloads: list[bytes]) -> None:
+            """One read's messages become one inbox item.  One bad message drops the connection and
+            the whole batch with it: an honest replica never sends one."""
+            messages = [self._decode(payload, connection.peer) for payload in payloads]
+            for message in messages:
+                if isinstance(message, (Reply, Refusal)):
+                    raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
+                                              connection.peer)
+            await self._enqueue(("replica-batch", messages))
+        return on_payloads
 
     def _client_payload_handler(self, connection: FramedConnection, client_id: str):
-        async def on_payload(payload: bytes) -> None:
-            message = self._decode(payload, connection.peer)
-            if not isinstance(message, Request) or message.client_id != client_id:
-                raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
-                                          connection.peer)
-            await self._enqueue(("client", message))
-        return on_payload
+        async def on_payloads(payloads: list[bytes]) -> None:
+            requests = [self._decode(payload, connection.peer) for payload in payloads]
+            for request in requests:
+                if not isinstance(request, Request) or request.client_id != client_id:
+                    raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
+                                              connection.peer)
+            await self._enqueue(("client-batch", requests))
+        return on_payloads
 
     async def _enqueue(self, item: tuple) -> None:
         """Put ``item`` in the inbox; when it is full, wait (which stops reading that connection,
