@@ -1,10 +1,14 @@
 """One framed connection with its limits, a bounded send queue, and reconnect backoff.
 
-``FramedConnection.receive`` enforces, per connection: the frame size (via the
+``FramedConnection`` enforces, per connection: the frame size (via the
 decoder), a deadline for finishing a frame once it has started (slowloris), an
-idle deadline, and token-bucket rates of frames and bytes (floods).  Any
-violation is a ``RemoteProtocolError``: the caller logs it and drops the
-connection, and nothing it carried reaches the core.
+idle deadline, optionally a deadline for sending anything but keep-alives
+(idle client sessions), token-bucket rates of frames and bytes (floods), and,
+once the handshake has secured it, the seal and order of every frame
+(``_link_cipher``).  Any violation is a ``RemoteProtocolError``: the caller
+logs it and drops the connection, and nothing it carried reaches the core.
+After the handshake one reader (``read_batches``) hands over the messages of
+each socket read as one batch, under one watchdog deadline per connection.
 """
 
 from __future__ import annotations
