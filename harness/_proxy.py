@@ -16,7 +16,13 @@ Message-level toxics: the proxy reads the stream as the runtime's
 length-prefixed frames (``bft.runtime`` framing) and can ``drop``,
 ``duplicate`` or ``reorder`` whole frames.  The first ``handshake_frames`` of
 each direction always pass untouched: without a handshake there is no link
-to fault.  A reordered frame is held back until the next frame has gone
+to fault.  After the handshake the runtime seals and numbers every frame
+(``bft.runtime._link_cipher``), so on a link between runtime parties a
+dropped, duplicated or reordered frame ends that connection (counted by the
+receiver as ``skipped-frame`` or ``replayed-frame``), and the link reconnects:
+these toxics now exercise the link layer's tamper detection and reconnection,
+not the protocol's handling of lost or repeated messages (the simulator's
+network covers that).  Byte-level toxics keep frames intact and behave as before.  A reordered frame is held back until the next frame has gone
 (or ``reorder_hold_ms`` passed), so at most one frame per direction is held.
 
 Everything is bounded: a direction holds at most ``queued_chunks_max`` chunks
@@ -38,6 +44,7 @@ import trio
 
 from bft.core import RemoteProtocolError
 from bft.runtime import FrameDecoder, encode_frame
+from bft.runtime._link_cipher import SEAL_OVERHEAD_BYTES
 
 Address = tuple[str, int]
 LOOPBACK = "127.0.0.1"
@@ -82,7 +89,7 @@ BLACKHOLE = Toxics(blackhole=True)
 class ProxyLimits:
     chunk_bytes: int = 64 * 1024
     queued_chunks_max: int = 64
-    max_frame_bytes: int = 4 * 1024 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024 + SEAL_OVERHEAD_BYTES  # The runtime's largest sealed frame.
     handshake_frames: int = 2  # The runtime's handshake: two frames each way.
     max_connections: int = 64
     reorder_hold_ms: int = 50

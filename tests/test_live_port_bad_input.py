@@ -17,6 +17,7 @@ from bft.core import (ClusterConfig, KeyPair, RemoteProtocolError, Reply, Reques
                       encode)
 from bft.runtime import FramedConnection, Identity
 from bft.runtime import _handshake
+from bft.runtime._link_cipher import SEAL_OVERHEAD_BYTES
 from prometheus_client.parser import text_string_to_metric_families
 
 BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
@@ -101,7 +102,8 @@ async def send_truncated_frame(cluster: ClusterFile) -> trio.SocketStream:
 
 async def send_oversize_frame(cluster: ClusterFile) -> trio.SocketStream:
     connection = await authenticated(cluster, cluster.config, "client-0", cluster.client_seed("client-0"))
-    too_large = cluster.node_options.transport.max_frame_bytes + 1
+    # One byte beyond the largest sealed frame (a maximum payload plus the link's seal).
+    too_large = cluster.node_options.transport.max_frame_bytes + SEAL_OVERHEAD_BYTES + 1
     await connection.stream.send_all(too_large.to_bytes(4, "big") + b"x" * 1000)
     return connection.stream
 

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bft.core import Decision, Limits, LogEntry, Request, Risk, canonical_action, encode
 from bft.policies import ApproveEverything, CapabilityDenyList, ContextRules, PatternMatcher
-from bft.runtime import FramedConnection, Identity, ReplicaMetrics, encode_frame, open_local_cluster, serve_metrics
+from bft.runtime import FramedConnection, Identity, ReplicaMetrics, open_local_cluster, serve_metrics
 from bft.runtime import _handshake
 from bft.runtime._metrics import OTHER_REASON, REJECTION_REASONS
 
@@ -82,7 +82,7 @@ async def test_rejected_input_is_counted_by_reason_at_the_connection_and_in_the_
             await _handshake.initiate(connection, cluster.config, Identity("client", "client-0"),
                                       cluster.client_keys["client-0"].seed, Identity("replica", 0))
             unsigned = Request("client-0", 1, Risk.LOW, canonical_action(BENIGN), 2**62, bytes(64))
-            await connection.send_frame(encode_frame(encode(unsigned), cluster.options.transport.max_frame_bytes))
+            await connection.send(encode(unsigned))
             with trio.fail_after(5):
                 while sample(node.metrics, "bft_messages_rejected_total", reason="bad-signature") < 1:
                     await trio.sleep(0.01)

@@ -1,4 +1,4 @@
-"""The runtime's fast paths keep its guarantees: direct socket writes never break a frame (a partial write's rest goes first, is never dropped, and dies with its connection), a batch of frames received together arrives whole and in order, the persister's queue stays bounded and its store thread is never abandoned, and inline policy evaluation still fails closed (errors and overruns vote DENY) while undeclared policies and large actions keep their worker thread."""
+"""The runtime's fast paths keep its guarantees: direct socket writes never break a sealed frame (a partial write's rest goes first, is never dropped, and dies with its connection), a batch of frames received together arrives whole and in order, the persister's queue stays bounded and its store thread is never abandoned, and inline policy evaluation still fails closed (errors and overruns vote DENY) while undeclared policies and large actions keep their worker thread."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from bft.policy import INLINE_ACTION_CHARS_MAX, PolicyDecision, runs_inline
 from bft.runtime import (FrameDecoder, FramedConnection, NodeOptions, SendQueue, TransportLimits, encode_frame,
                          open_local_cluster)
 from bft.runtime._durability import Durable, Persister, StoreThread
+from bft.runtime._link_cipher import SEAL_OVERHEAD_BYTES, FrameOpener, FrameSealer
 from bft.runtime._transport import write_loop, write_queued
 from bft.storage import MemoryStore
 
@@ -23,23 +24,32 @@ BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
 LIMITS = TransportLimits()
 
 
-async def connected_pair() -> tuple[FramedConnection, trio.SocketStream]:
-    """A framed connection on a real loopback TCP socket, and the raw stream of the peer at its other end."""
+SENDING_KEY = bytes(range(32))  # What a handshake would agree; fixed here, as no handshake runs.
+
+
+async def connected_pair(secured: bool = False) -> tuple[FramedConnection, trio.SocketStream]:
+    """A framed connection on a real loopback TCP socket, and the raw stream of the peer at its other end;
+    ``secured`` seals what the connection sends under ``SENDING_KEY``."""
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     async with listener:
         ours = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
         peer = await listener.accept()
-    return FramedConnection(ours, LIMITS, "test peer"), peer
+    connection = FramedConnection(ours, LIMITS, "test peer")
+    if secured:
+        connection.secure(FrameSealer(SENDING_KEY), FrameOpener(bytes(32)))
+    return connection, peer
 
 
 async def read_frames(stream: trio.SocketStream, count: int) -> list[bytes]:
-    decoder = FrameDecoder(LIMITS.max_frame_bytes)
+    """The payloads of the next ``count`` frames ``stream`` receives, opened with ``SENDING_KEY``."""
+    decoder = FrameDecoder(LIMITS.max_frame_bytes + SEAL_OVERHEAD_BYTES)
+    opener = FrameOpener(SENDING_KEY)
     frames: list[bytes] = []
     with trio.fail_after(10):
         while len(frames) < count:
             decoder.receive_data(await stream.receive_some(1 << 20))
             while (payload := decoder.next_frame()) is not None:
-                frames.append(payload)
+                frames.append(opener.open(payload))
     return frames
 
 
@@ -73,7 +83,7 @@ def test_a_rest_is_discarded_with_its_connection_and_counts_against_the_batch_bu
 # ---------------------------------------------------------------------------- direct writes
 
 async def test_direct_writes_to_a_peer_that_stops_reading_keep_every_frame_whole_and_in_order():
-    connection, peer = await connected_pair()
+    connection, peer = await connected_pair(secured=True)
     queue = SendQueue(LIMITS.send_queue_frames, LIMITS.send_queue_bytes)
     frames = [encode_frame(bytes([index % 251]) * 50_000, LIMITS.max_frame_bytes) for index in range(200)]
     async with trio.open_nursery() as nursery:

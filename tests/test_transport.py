@@ -16,6 +16,7 @@ from bft.policy import PolicyDecision
 from bft.runtime import (Backoff, FramedConnection, Identity, NodeOptions, ReplicaNode, RuntimeClock, SendQueue,
                          TransportLimits, derive_keypair, encode_frame, open_client, open_local_cluster)
 from bft.runtime import _handshake
+from bft.runtime._link_cipher import SEAL_OVERHEAD_BYTES
 from bft.storage import MemoryStore, SqliteStore
 
 BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
@@ -141,17 +142,20 @@ async def say_nothing(cluster) -> trio.SocketStream:
     return await raw_stream(cluster)
 
 
-async def after_handshake(cluster, data: bytes, eof: bool = False) -> trio.SocketStream:
+async def after_handshake(cluster, data: bytes | list[bytes], eof: bool = False) -> trio.SocketStream:
+    """Authenticate as a client, then send ``data``: raw bytes, or frames to seal as the link would."""
     connection = await authenticated(cluster, cluster.config, Identity("client", "client-0"),
                                      cluster.client_keys["client-0"].seed)
-    await connection.stream.send_all(data)
+    await connection.stream.send_all(data if isinstance(data, bytes) else connection.seal_frames(data))
     if eof:
         await connection.stream.send_eof()
     return connection.stream
 
 
 async def send_oversize_frame(cluster) -> trio.SocketStream:
-    return await after_handshake(cluster, (FAST_LIMITS.max_frame_bytes + 1).to_bytes(4, "big") + b"x" * 100)
+    # Beyond the largest sealed frame (a maximum payload plus the seal), so refused from its header alone.
+    length = FAST_LIMITS.max_frame_bytes + SEAL_OVERHEAD_BYTES + 1
+    return await after_handshake(cluster, length.to_bytes(4, "big") + b"x" * 100)
 
 
 async def send_truncated_frame(cluster) -> trio.SocketStream:
@@ -159,12 +163,15 @@ async def send_truncated_frame(cluster) -> trio.SocketStream:
 
 
 async def send_undecodable_message(cluster) -> trio.SocketStream:
+    return await after_handshake(cluster, [encode_frame(b"\x93\x63\x02\x03", FAST_LIMITS.max_frame_bytes)])
+
+
+async def send_an_unsealed_message(cluster) -> trio.SocketStream:
     return await after_handshake(cluster, encode_frame(b"\x93\x63\x02\x03", FAST_LIMITS.max_frame_bytes))
 
 
 async def flood(cluster) -> trio.SocketStream:
-    keepalive = encode_frame(b"", FAST_LIMITS.max_frame_bytes)
-    return await after_handshake(cluster, keepalive * 1000)
+    return await after_handshake(cluster, [encode_frame(b"", FAST_LIMITS.max_frame_bytes)] * 1000)
 
 
 @pytest.mark.parametrize("attack, counter", [
@@ -175,6 +182,7 @@ async def flood(cluster) -> trio.SocketStream:
     (send_oversize_frame, "connection-dropped:oversized-frame"),
     (send_truncated_frame, "connection-dropped:truncated-frame"),
     (send_undecodable_message, "connection-dropped:unknown-type"),
+    (send_an_unsealed_message, "connection-dropped:bad-frame-auth"),
     (flood, "connection-dropped:flood"),
 ])
 async def test_bad_input_drops_that_connection_and_the_replica_keeps_serving(attack, counter):
@@ -193,18 +201,19 @@ async def test_bad_input_drops_that_connection_and_the_replica_keeps_serving(att
 
 
 async def test_strangers_cannot_hold_every_connection_slot_and_one_identity_holds_one_connection():
-    limits = TransportLimits(handshake_timeout_s=1.0, max_handshakes_in_progress=2)
+    limits = TransportLimits(handshake_timeout_s=5.0, max_handshakes_in_progress=2)
     with trio.fail_after(20):
         async with open_local_cluster(honest_policies(), client_ids=CLIENTS,
                                       options=NodeOptions(transport=limits)) as cluster:
             node = cluster.nodes[0]
             assert await cluster.wait_connected()  # so that no replica link is mid-handshake
-            refused_before = node.counters["connection-refused:too-many-handshakes"]
+            evicted_before = node.counters["connection-refused:evicted"]
             silent = [await raw_stream(cluster) for _ in range(2)]
             await trio.sleep(0.1)
             third = await raw_stream(cluster)
-            await assert_closed_by_peer(third, timeout_s=0.5)  # refused at once, not at the handshake timeout
-            assert node.counters["connection-refused:too-many-handshakes"] == refused_before + 1
+            # The newcomer displaces the oldest silent connection at once, long before the handshake timeout.
+            await assert_closed_by_peer(silent[0], timeout_s=1.0)
+            assert node.counters["connection-refused:evicted"] == evicted_before + 1
             for stream in (*silent, third):
                 await stream.aclose()
 
@@ -426,14 +435,15 @@ async def test_send_queue_drops_oldest_or_newest_and_counts():
         oldest.put(frame)
         newest.put(frame)
     assert (oldest.dropped, newest.dropped) == (2, 2)
-    assert await oldest.get_batch(0.01, 1000) == [b"3", b"4", b"5"]
-    assert await newest.get_batch(0.01, 1000) == [b"1", b"2", b"3"]
-    assert await oldest.get_batch(0.01, 1000) == []
+    joined = b"".join  # Sealing is left out here: the queue hands frames to whatever seals them.
+    assert await oldest.get_wire(0.01, 1000, joined) == b"345"
+    assert await newest.get_wire(0.01, 1000, joined) == b"123"
+    assert await oldest.get_wire(0.01, 1000, joined) == b""
     by_bytes = SendQueue(frames_max=100, bytes_max=10)
     for _ in range(5):
         by_bytes.put(b"abcd")
     assert len(by_bytes) == 2 and by_bytes.queued_bytes == 8 and by_bytes.dropped == 3
-    assert await by_bytes.get_batch(0.01, 5) == [b"abcd"]  # A batch stops at its byte budget.
+    assert await by_bytes.get_wire(0.01, 5, joined) == b"abcd"  # A batch stops at its byte budget.
 
 
 def test_backoff_grows_exponentially_with_jitter_and_stays_capped():

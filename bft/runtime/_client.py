@@ -95,7 +95,7 @@ class AsyncClient:
         self._core = ClientCore(config, client_id, seed, first_request_number)
         own = Identity("client", client_id)
         self.links = [Link(config, own, seed, replica_id, addresses[replica_id], self.limits, self.counters,
-                           on_payload=self._payload_handler(replica_id), on_connect=self._resend_outstanding)
+                           on_payloads=self._payload_handler(replica_id), on_connect=self._resend_outstanding)
                       for replica_id in range(config.replica_count)]
         self._waiters: dict[int, _Waiter] = {}
         self.max_outstanding = max_outstanding
@@ -191,9 +191,10 @@ class AsyncClient:
         return Outcome("REFUSED", reason, None, latency_ms, request)
 
     def _payload_handler(self, replica_id: int):
-        async def on_payload(payload: bytes) -> None:
-            self._on_reply(replica_id, payload)
-        return on_payload
+        async def on_payloads(payloads: list[bytes]) -> None:
+            for payload in payloads:
+                self._on_reply(replica_id, payload)
+        return on_payloads
 
     def _on_reply(self, replica_id: int, payload: bytes) -> None:
         peer = f"replica {replica_id}"

@@ -1,22 +1,29 @@
 """One framed connection with its limits, a bounded send queue, and reconnect backoff.
 
-``FramedConnection.receive`` enforces, per connection: the frame size (via the
+``FramedConnection`` enforces, per connection: the frame size (via the
 decoder), a deadline for finishing a frame once it has started (slowloris), an
-idle deadline, and token-bucket rates of frames and bytes (floods).  Any
-violation is a ``RemoteProtocolError``: the caller logs it and drops the
-connection, and nothing it carried reaches the core.
+idle deadline, optionally a deadline for sending anything but keep-alives
+(idle client sessions), token-bucket rates of frames and bytes (floods), and,
+once the handshake has secured it, the seal and order of every frame
+(``_link_cipher``).  Any violation is a ``RemoteProtocolError``: the caller
+logs it and drops the connection, and nothing it carried reaches the core.
+After the handshake one reader (``read_batches``) hands over the messages of
+each socket read as one batch, under one watchdog deadline per connection.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 import random
+from typing import Awaitable, Callable
 
 import trio
 
-from ..core import RemoteProtocolError
+from ..core import LocalProtocolError, RemoteProtocolError
 from ._framing import FrameDecoder, encode_frame
+from ._link_cipher import SEAL_OVERHEAD_BYTES, FrameOpener, FrameSealer
 from ._options import TransportLimits
 
 KEEPALIVE = b""
@@ -99,7 +106,7 @@ class SendQueue:
         return kept_everything
 
     def put_rest(self, rest: bytes) -> None:
-        """Keep the unsent rest of a frame just taken with ``take_nowait``; it leaves first."""
+        """Keep the unsent rest of wire bytes just taken with ``take_wire``; it leaves first."""
         assert rest and not self._rest, "at most one frame is ever partly written"
         self._rest = rest
         self._lot.unpark_all()
@@ -109,7 +116,7 @@ class SendQueue:
         self._rest = b""
 
     def wake(self) -> None:
-        """Let a writer parked in ``get_batch`` look at the queue again."""
+        """Let a writer parked in ``get_wire`` look at the queue again."""
         self._lot.unpark_all()
 
     def clear(self) -> None:
@@ -117,18 +124,28 @@ class SendQueue:
         self._bytes = 0
         self._rest = b""
 
-    async def get_batch(self, timeout_s: float, bytes_max: int) -> list[bytes]:
-        """The oldest frames, at least one and else up to ``bytes_max`` bytes, waiting up to
-        ``timeout_s`` for the first; an empty list if none arrived in time.  Taking what has
-        piled up in one go lets the writer send it with one system call."""
+    async def get_wire(self, timeout_s: float, bytes_max: int, seal: Callable[[list[bytes]], bytes]) -> bytes:
+        """What ``take_wire`` returns, waiting up to ``timeout_s`` for something to be queued; empty if
+        nothing was.  Taking what has piled up in one go lets the writer send it with one system call."""
         if self.is_empty:
             with trio.move_on_after(timeout_s):
                 while self.is_empty:
                     await self._lot.park()
-        return self.take_nowait(bytes_max)
+        return self.take_wire(bytes_max, seal)
+
+    def take_wire(self, bytes_max: int, seal: Callable[[list[bytes]], bytes]) -> bytes:
+        """The bytes to write next: the rest of a partly written frame (already sealed), then the oldest
+        frames (up to ``bytes_max``) as ``seal`` turns them into wire bytes.  The caller must write them
+        before taking anything else, since sealing numbers the frames in wire order."""
+        had_rest = bool(self._rest)
+        batch = self.take_nowait(bytes_max)
+        if not had_rest:
+            return seal(batch)
+        return batch[0] + seal(batch[1:]) if len(batch) > 1 else batch[0]
 
     def take_nowait(self, bytes_max: int) -> list[bytes]:
-        """What ``get_batch`` returns, without waiting: empty if the queue is."""
+        """The rest of a partly written frame, if any, then the oldest frames up to ``bytes_max``, as they
+        were queued; empty if the queue is."""
         assert bytes_max >= 1
         batch: list[bytes] = [self._rest] if self._rest else []
         batch_bytes = len(self._rest)
@@ -185,7 +202,12 @@ class FramedConnection:
         self._frame_budget = TokenBucket(limits.receive_frames_per_s, limits.receive_frames_per_s)
         self._byte_budget = TokenBucket(limits.receive_bytes_per_s, limits.receive_bytes_per_s)
         self._sending = False
+        self._sealer: FrameSealer | None = None
+        self._opener: FrameOpener | None = None
         self._frame_started_s: float | None = None
+        self._watchdog: trio.CancelScope | None = None  # While ``read_batches`` runs.
+        self.quiet_timeout_s: float | None = None  # See ``close_when_quiet``.
+        self._last_payload_s = 0.0
         self.frames_received = 0
         self.bytes_received = 0
 
@@ -194,17 +216,45 @@ class FramedConnection:
         """True while a task is inside ``send_frame`` (waiting for the peer to take bytes)."""
         return self._sending
 
+    def close_when_quiet(self, timeout_s: float) -> None:
+        """From now on, end the connection when ``timeout_s`` pass with no payload but keep-alives."""
+        assert timeout_s > 0
+        self.quiet_timeout_s = timeout_s
+        self._last_payload_s = trio.current_time()
+
     def set_frame_limit(self, max_frame_bytes: int) -> None:
-        """Tighten the frame size while the handshake runs, restore it afterwards."""
+        """Tighten the frame size while the handshake runs (``secure`` sets the limit for the rest)."""
         assert 0 < max_frame_bytes <= self.limits.max_frame_bytes
         self._decoder.max_frame_bytes = max_frame_bytes
 
+    def secure(self, sealer: FrameSealer, opener: FrameOpener) -> None:
+        """From now on seal every frame sent and accept only sealed frames (see ``_link_cipher``)."""
+        assert self._sealer is None and self._opener is None, "a connection is secured once"
+        self._sealer, self._opener = sealer, opener
+        self._decoder.max_frame_bytes = self.limits.max_frame_bytes + SEAL_OVERHEAD_BYTES
+
+    @property
+    def secured(self) -> bool:
+        return self._sealer is not None
+
+    def seal_frames(self, frames: list[bytes]) -> bytes:
+        """The wire bytes of plain ``frames``, sealed in order; they must be written before anything else."""
+        assert self._sealer is not None, "only a secured connection carries messages"
+        return self._sealer.seal_frames(frames)
+
     async def send(self, payload: bytes) -> None:
-        frame = encode_frame(payload, self.limits.max_frame_bytes)
-        await self.send_frame(frame)
+        """Send one payload: in plain during the handshake, sealed afterwards."""
+        if self._sealer is None:
+            await self.send_frame(encode_frame(payload, self.limits.max_frame_bytes))
+            return
+        if len(payload) > self.limits.max_frame_bytes:
+            raise LocalProtocolError(f"a {len(payload)}-byte frame exceeds the limit of "
+                                     f"{self.limits.max_frame_bytes} bytes")
+        await self.send_frame(self._sealer.seal(payload))
 
     async def send_frame(self, frame: bytes) -> None:
-        """Write encoded frames; a peer that does not drain them in time is cut off.
+        """Write wire bytes (plain frames in the handshake, else sealed ones); a peer that does not drain
+        them in time is cut off.
 
         One task sends on a connection at a time (the handshake, then the writer),
         which is asserted rather than locked."""
@@ -281,6 +331,30 @@ class FramedConnection:
             if not await self._receive_into_decoder():
                 return None
 
+    async def read_batches(self, on_payloads: Callable[[list[bytes]], Awaitable[None]]) -> None:
+        """Hand ``on_payloads`` the messages of each read as one list, in order (keep-alives left out);
+        return when the peer closes cleanly.
+
+        One watchdog cancel scope serves the whole connection: each read only moves its deadline
+        (idle, frame or quiet timeout, whichever is nearest), instead of entering a scope per read.
+        While ``on_payloads`` waits (a full inbox pushing back), the watchdog is off: the wait is
+        ours, not the peer's."""
+        assert self._watchdog is None, "one reader per connection"
+        with trio.CancelScope() as watchdog:
+            self._watchdog = watchdog
+            try:
+                while True:
+                    payloads = await self.receive_batch()
+                    if payloads is None:
+                        return
+                    messages = [payload for payload in payloads if payload != KEEPALIVE]
+                    if messages:
+                        watchdog.deadline = math.inf
+                        await on_payloads(messages)
+            finally:
+                self._watchdog = None
+        raise self._expired(self._quiet_deadline_s())
+
     async def _receive_into_decoder(self) -> bool:
         """Feed the decoder one chunk; False when the peer closed cleanly."""
         data = await self._receive_chunk()
@@ -306,14 +380,33 @@ class FramedConnection:
             if self._frame_started_s is None:
                 self._frame_started_s = now_s
             deadline_s = self._frame_started_s + self.limits.frame_timeout_s
-        with trio.move_on_at(deadline_s):
-            if self._socket is None:
-                return await self.stream.receive_some(self.limits.receive_chunk_bytes)
-            return await self._read_from_socket()
+        quiet_deadline_s = self._quiet_deadline_s()
+        if self._watchdog is not None:
+            self._watchdog.deadline = min(deadline_s, quiet_deadline_s)  # ``read_batches`` reports the expiry.
+            return await self._read_chunk()
+        with trio.move_on_at(min(deadline_s, quiet_deadline_s)):
+            return await self._read_chunk()
+        raise self._expired(quiet_deadline_s)
+
+    async def _read_chunk(self) -> bytes:
+        if self._socket is None:
+            return await self.stream.receive_some(self.limits.receive_chunk_bytes)
+        return await self._read_from_socket()
+
+    def _quiet_deadline_s(self) -> float:
+        if self.quiet_timeout_s is None:
+            return math.inf
+        return self._last_payload_s + self.quiet_timeout_s
+
+    def _expired(self, quiet_deadline_s: float) -> RemoteProtocolError:
+        """Why the receive deadline passed."""
+        if trio.current_time() >= quiet_deadline_s:
+            return RemoteProtocolError("idle-session", f"no message but keep-alives for {self.quiet_timeout_s} s",
+                                       self.peer)
         if self._frame_started_s is not None:
-            raise RemoteProtocolError("slow-frame", f"a frame took longer than {self.limits.frame_timeout_s} s "
-                                      "to arrive", self.peer)
-        raise RemoteProtocolError("idle", f"nothing received for {self.limits.idle_timeout_s} s", self.peer)
+            return RemoteProtocolError("slow-frame", f"a frame took longer than {self.limits.frame_timeout_s} s "
+                                       "to arrive", self.peer)
+        return RemoteProtocolError("idle", f"nothing received for {self.limits.idle_timeout_s} s", self.peer)
 
     async def _read_from_socket(self) -> bytes:
         # Waiting first saves the failed read trio would try: a connection is mostly idle.
@@ -331,7 +424,11 @@ class FramedConnection:
         if not self._frame_budget.take(1, trio.current_time()):
             raise RemoteProtocolError("flood", f"more than {self.limits.receive_frames_per_s:.0f} frames/s",
                                       self.peer)
+        if self._opener is not None:
+            payload = self._opener.open(payload, self.peer)
         self.frames_received += 1
+        if payload != KEEPALIVE:
+            self._last_payload_s = trio.current_time()
         return payload
 
     async def aclose(self) -> None:

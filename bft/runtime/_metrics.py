@@ -40,9 +40,10 @@ REJECTION_REASONS = frozenset({
     "conflicting-request", "equivocation", "expired", "not-primary", "outside-window", "overloaded",
     "stale-request", "unexpected-type", "unknown-signer", "wrong-view",
     # framing, connections and the handshake (bft.runtime)
-    "bad-handshake", "bad-key", "flood", "idle", "oversized-frame", "refused", "slow-frame", "timeout",
-    "too-many-connections", "too-many-handshakes", "truncated-frame", "unexpected-frame", "unexpected-message",
-    "unknown-identity", "wrong-cluster", "wrong-identity",
+    "bad-frame-auth", "bad-handshake", "bad-key", "evicted", "flood", "idle", "idle-session", "oversized-frame",
+    "refused", "replayed-frame", "skipped-frame", "slow-frame", "timeout", "too-many-connections",
+    "truncated-frame", "unexpected-frame", "unexpected-message", "unknown-identity", "wrong-cluster",
+    "wrong-identity",
 })
 
 # Upper bounds in seconds: from a fast loopback round to a request that waited out a view change.

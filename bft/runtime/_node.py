@@ -37,6 +37,7 @@ from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, 
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
 from . import _handshake
+from ._admission import Admission
 from ._connection import FramedConnection, SendQueue
 from ._durability import Durable, Persister, Released
 from ._framing import encode_frame
@@ -45,13 +46,16 @@ from ._logging import log_accountability_events
 from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
 from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
-from ._transport import CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, write_queued
+from ._transport import (CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, source_address,
+                         write_queued)
 
 logger = logging.getLogger("bft.runtime")
 accountability_logger = logging.getLogger("bft.runtime.accountability")
 
 # Inputs fed to the core before its output goes to the persister and the task yields.
 ROUND_INPUTS_MAX = 64
+# Inbox items that carry the messages of one socket read, and the kind of each message in them.
+BATCH_KINDS = {"replica-batch": "replica", "client-batch": "client"}
 # Log reads answered by the store and waiting for the core to sign them; more are dropped (the
 # asking peer asks again), so a flood of requests for old entries costs bounded memory.
 LOG_READ_ANSWERS_MAX = 64
@@ -96,7 +100,7 @@ class ReplicaNode:
                                  on_rejected=self.metrics.rejected)
                       for peer in range(config.replica_count) if peer != replica_id}
         self._sessions: dict[Identity, _Session] = {}
-        self._handshakes_in_progress = 0
+        self._admission = Admission(self._limits, self.counters, self.metrics.rejected)
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[tuple](self.options.inbox_capacity)
         self._policy_limiter = trio.CapacityLimiter(self.options.policy_threads)
         self._evaluations_in_flight = 0
@@ -226,6 +230,12 @@ class ReplicaNode:
         self._record_inline_decisions()
 
     def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind in BATCH_KINDS:  # The messages of one read of one connection, fed one by one.
+            for message in item[1]:
+                self._apply(self._input((BATCH_KINDS[kind], message)))
+                self._record_inline_decisions()
+            return
         self._apply(self._input(item))
         self._record_inline_decisions()
 
@@ -425,22 +435,22 @@ class ReplicaNode:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         connection = FramedConnection(stream, self._limits, peer_name(stream))
-        if self._handshakes_in_progress >= self._limits.max_handshakes_in_progress:
-            # Strangers may not take every connection slot: authenticated peers keep the rest.
-            self.counters["connection-refused:too-many-handshakes"] += 1
-            self.metrics.rejected("too-many-handshakes")
-            await connection.aclose()
-            return
-        self._handshakes_in_progress += 1
+        pending = self._admission.admit(source_address(stream), trio.current_time() + self._limits.handshake_timeout_s)
+        identity = None
         try:
-            with trio.fail_after(self._limits.handshake_timeout_s):
-                identity = await _handshake.accept(connection, self.config, self.identity, self._seed)
+            with pending.cancel_scope:
+                identity = await _handshake.accept(connection, self.config, self.identity, self._seed,
+                                                   on_hello=lambda claimed: self._admission.identify(pending, claimed))
         except CONNECTION_ERRORS as error:
             self._count_failure("connection-refused", error, connection.peer)
-            await connection.aclose()
-            return
         finally:
-            self._handshakes_in_progress -= 1
+            self._admission.release(pending)
+        if identity is None:
+            if pending.cancel_scope.cancelled_caught and not pending.evicted:
+                self._count_failure("connection-refused", trio.TooSlowError("the handshake took too long"),
+                                    connection.peer)
+            await connection.aclose()  # Evictions were counted by the admission.
+            return
         connection.peer = f"{identity} at {connection.peer}"
         try:
             await self._serve_session(connection, identity)
@@ -466,11 +476,12 @@ class ReplicaNode:
         and one identity cannot take many connection slots."""
         if identity.role == "replica":
             # The peer sends on this connection; we only answer with keep-alives so it knows we are here.
-            queue, on_payload = SendQueue(1, 1), self._replica_payload_handler(connection)
+            queue, on_payloads = SendQueue(1, 1), self._replica_payload_handler(connection)
         else:
             queue = SendQueue(2 * self.config.limits.client_window, self._limits.max_frame_bytes,
                               self._limits.send_queue_policy)
-            on_payload = self._client_payload_handler(connection, identity.name)
+            on_payloads = self._client_payload_handler(connection, identity.name)
+            connection.close_when_quiet(self._limits.client_idle_timeout_s)  # A client that asks nothing leaves.
         session = _Session(identity, queue, trio.CancelScope(), connection)
         previous = self._sessions.get(identity)
         if previous is not None:
@@ -479,28 +490,32 @@ class ReplicaNode:
         self._sessions[identity] = session
         try:
             with session.cancel_scope:
-                await run_duplex(connection, session.queue, on_payload)
+                await run_duplex(connection, session.queue, on_payloads)
         finally:
             if self._sessions.get(identity) is session:
                 del self._sessions[identity]
 
     def _replica_payload_handler(self, connection: FramedConnection):
-        async def on_payload(payload: bytes) -> None:
-            message = self._decode(payload, connection.peer)
-            if isinstance(message, (Reply, Refusal)):
-                raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
-                                          connection.peer)
-            await self._enqueue(("replica", message))
-        return on_payload
+        async def on_payloads(payloads: list[bytes]) -> None:
+            """One read's messages become one inbox item.  One bad message drops the connection and
+            the whole batch with it: an honest replica never sends one."""
+            messages = [self._decode(payload, connection.peer) for payload in payloads]
+            for message in messages:
+                if isinstance(message, (Reply, Refusal)):
+                    raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
+                                              connection.peer)
+            await self._enqueue(("replica-batch", messages))
+        return on_payloads
 
     def _client_payload_handler(self, connection: FramedConnection, client_id: str):
-        async def on_payload(payload: bytes) -> None:
-            message = self._decode(payload, connection.peer)
-            if not isinstance(message, Request) or message.client_id != client_id:
-                raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
-                                          connection.peer)
-            await self._enqueue(("client", message))
-        return on_payload
+        async def on_payloads(payloads: list[bytes]) -> None:
+            requests = [self._decode(payload, connection.peer) for payload in payloads]
+            for request in requests:
+                if not isinstance(request, Request) or request.client_id != client_id:
+                    raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
+                                              connection.peer)
+            await self._enqueue(("client-batch", requests))
+        return on_payloads
 
     async def _enqueue(self, item: tuple) -> None:
         """Put ``item`` in the inbox; when it is full, wait (which stops reading that connection,

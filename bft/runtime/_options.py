@@ -22,7 +22,8 @@ class TransportLimits:
 
     max_frame_bytes: int = 4 * 1024 * 1024
     handshake_frame_bytes: int = 1024
-    handshake_timeout_s: float = 5.0
+    # A connection must finish its handshake within this time (silent connections hold a slot no longer).
+    handshake_timeout_s: float = 1.0
     connect_timeout_s: float = 5.0
     # A frame that has started must finish within this time: a slowloris sender is cut off.
     frame_timeout_s: float = 10.0
@@ -36,8 +37,14 @@ class TransportLimits:
     receive_frames_per_s: float = 50_000.0
     receive_bytes_per_s: float = 64 * 1024 * 1024
     max_connections: int = 256
-    # Connections still in their handshake; the rest of max_connections stays for authenticated peers.
+    # Connections still in their handshake that have not yet named a configured identity, in all and per
+    # source address; past either, a new connection displaces the oldest (see ``_admission``).
     max_handshakes_in_progress: int = 64
+    max_handshakes_per_address: int = 16
+    # Connections in their handshake that claim one configured identity (reserved: strangers cannot fill them).
+    max_handshakes_per_identity: int = 2
+    # An authenticated client connection that sends no request for this long is closed (keep-alives do not count).
+    client_idle_timeout_s: float = 600.0
     reconnect_delay_s_min: float = 0.02
     reconnect_delay_s_max: float = 2.0
 
@@ -47,13 +54,17 @@ class TransportLimits:
         if not 64 <= self.handshake_frame_bytes <= self.max_frame_bytes:
             return "handshake_frame_bytes must be in [64, max_frame_bytes]"
         timeouts = (self.handshake_timeout_s, self.connect_timeout_s, self.frame_timeout_s,
-                    self.idle_timeout_s, self.send_timeout_s)
+                    self.idle_timeout_s, self.send_timeout_s, self.client_idle_timeout_s)
         if min(timeouts) <= 0:
             return "every timeout must be positive"
         if min(self.send_queue_frames, self.receive_chunk_bytes, self.max_connections) < 1:
             return "send_queue_frames, receive_chunk_bytes and max_connections must be positive"
         if not 1 <= self.max_handshakes_in_progress <= self.max_connections:
             return "max_handshakes_in_progress must be in [1, max_connections]"
+        if self.max_handshakes_per_address < 1:
+            return "max_handshakes_per_address must be positive"
+        if not 1 <= self.max_handshakes_per_identity <= 16:
+            return "max_handshakes_per_identity must be in [1, 16]"
         if self.send_queue_bytes < self.max_frame_bytes:
             return "send_queue_bytes must hold at least one maximum-sized frame"
         if self.send_queue_policy not in SEND_QUEUE_POLICIES:

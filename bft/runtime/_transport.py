@@ -34,7 +34,8 @@ CONNECTION_ERRORS = (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedR
                      trio.TooSlowError, OSError)
 
 Address = tuple[str, int]
-PayloadHandler = Callable[[bytes], Awaitable[None]]
+# Receives the messages of one socket read, in order, as one list (never empty, keep-alives left out).
+PayloadHandler = Callable[[list[bytes]], Awaitable[None]]
 
 
 def peer_name(stream: trio.abc.Stream) -> str:
@@ -43,6 +44,14 @@ def peer_name(stream: trio.abc.Stream) -> str:
     except (AttributeError, OSError):
         return "unknown peer"
     return f"{host}:{port}"
+
+
+def source_address(stream: trio.abc.Stream) -> str:
+    """The host a connection comes from (admission limits count per host, not per port)."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (AttributeError, OSError):
+        return "unknown"
 
 
 def new_send_queue(limits: TransportLimits) -> SendQueue:
@@ -62,7 +71,7 @@ def write_queued(connection: FramedConnection | None, queue: SendQueue) -> None:
     if connection is None or connection.sending or not connection.writes_directly:
         queue.wake()
         return
-    data = b"".join(queue.take_nowait(connection.limits.receive_chunk_bytes))
+    data = queue.take_wire(connection.limits.receive_chunk_bytes, connection.seal_frames)
     written = connection.write_nowait(data)
     assert 0 <= written <= len(data)
     if written < len(data):
@@ -76,27 +85,26 @@ async def write_loop(connection: FramedConnection, queue: SendQueue) -> None:
     keepalive_s = connection.limits.idle_timeout_s / 3
     keepalive = encode_frame(KEEPALIVE, connection.limits.max_frame_bytes)
     while True:
-        frames = await queue.get_batch(keepalive_s, connection.limits.receive_chunk_bytes)
-        await connection.send_frame(b"".join(frames) if frames else keepalive)
+        data = await queue.get_wire(keepalive_s, connection.limits.receive_chunk_bytes, connection.seal_frames)
+        # Sealed only now, just before it goes out: frames are numbered in the order they leave.
+        await connection.send_frame(data or connection.seal_frames([keepalive]))
 
 
-async def read_loop(connection: FramedConnection, on_payload: PayloadHandler | None) -> None:
-    """Hand each received payload to ``on_payload``, in order; return when the peer closes cleanly."""
-    while True:
-        payloads = await connection.receive_batch()
-        if payloads is None:
-            return
-        for payload in payloads:
-            if payload == KEEPALIVE:
-                continue
-            if on_payload is None:
-                raise RemoteProtocolError("unexpected-frame", "this side of the link does not accept messages",
-                                          connection.peer)
-            await on_payload(payload)
+async def read_loop(connection: FramedConnection, on_payloads: PayloadHandler | None) -> None:
+    """Hand the messages of each read to ``on_payloads`` as one batch; return when the peer closes cleanly."""
+    await connection.read_batches(on_payloads if on_payloads is not None else _refuse_payloads(connection))
 
 
-async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payload: PayloadHandler | None) -> None:
+def _refuse_payloads(connection: FramedConnection) -> PayloadHandler:
+    async def refuse(payloads: list[bytes]) -> None:
+        raise RemoteProtocolError("unexpected-frame", "this side of the link does not accept messages",
+                                  connection.peer)
+    return refuse
+
+
+async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payloads: PayloadHandler | None) -> None:
     """Pump both directions until either ends; re-raise the first connection error, unwrapped."""
+    assert connection.secured, "messages only travel on sealed connections"
     failures: list[BaseException] = []
 
     async def guarded(pump, *arguments) -> None:
@@ -108,7 +116,7 @@ async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payload:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(guarded, write_loop, connection, queue)
-        nursery.start_soon(guarded, read_loop, connection, on_payload)
+        nursery.start_soon(guarded, read_loop, connection, on_payloads)
     if failures:
         raise failures[0]
 
@@ -117,7 +125,7 @@ class Link:
     """An outgoing, authenticated, reconnecting connection to one replica."""
 
     def __init__(self, config: ClusterConfig, own: Identity, seed: bytes, target_id: int, address: Address,
-                 limits: TransportLimits, counters: Counter, *, on_payload: PayloadHandler | None = None,
+                 limits: TransportLimits, counters: Counter, *, on_payloads: PayloadHandler | None = None,
                  on_connect: Callable[["Link"], None] | None = None,
                  on_rejected: Callable[[str], None] | None = None) -> None:
         assert 0 <= target_id < config.replica_count
@@ -134,7 +142,7 @@ class Link:
         self.connections = 0
         self._authenticated = False
         self._seed = seed
-        self._on_payload = on_payload
+        self._on_payloads = on_payloads
         self._on_connect = on_connect
         self._on_rejected = on_rejected
 
@@ -180,7 +188,7 @@ class Link:
             if self._on_connect is not None:
                 self._on_connect(self)
             try:
-                await run_duplex(connection, self.queue, self._on_payload)
+                await run_duplex(connection, self.queue, self._on_payloads)
                 logger.info("%s: %s closed the connection", self.own, self.target, extra={"peer": str(self.target)})
             finally:
                 # Only a connection that lasted counts as recovery; a peer that accepts and at once
