@@ -159,7 +159,7 @@ def run_episode(cluster: PausableCluster, load: LoadDriver, kind: str, replica_i
     start_ms = cluster.now_ms
     view_before = majority_view(cluster, replica_id)
     apply_fault(cluster, kind, replica_id)
-    load.run(FAULT_MS, loaded)
+    load.run(FAULT_MS, True)  # The cluster works on without it; afterwards it is idle or still loaded.
     end_fault(cluster, kind, replica_id)
     bound = REJOIN_BOUND_LOADED_MS if loaded else REJOIN_BOUND_IDLE_MS
     took = load.run(bound, loaded, until=lambda: rejoined(cluster, replica_id))
