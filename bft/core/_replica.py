@@ -274,9 +274,9 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
             if handler is None:
                 raise RemoteProtocolError("unexpected-type", f"replicas do not accept {type(message).__name__}")
             self._verifier.verify(message)
-            if not isinstance(message, Request):
-                self._note_heard()
             handler(message)
+            if isinstance(message, (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)):
+                self._note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
         except RemoteProtocolError as error:
             self._reject(error.from_sender(sender_of(message)))
 
@@ -486,10 +486,12 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     def _on_preprepare(self, preprepare: PrePrepare) -> None:
         if preprepare.replica_id != primary_of(preprepare.view, self.config.replica_count):
             raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
-        self._note_view_evidence(preprepare.replica_id, preprepare.view)
-        self._note_peer_view(preprepare.replica_id, preprepare.view)
         if preprepare.view > self.view or (preprepare.view == self.view and not self.view_active):
             self._hold_early_preprepare(preprepare)
+            self._note_view_evidence(preprepare.replica_id, preprepare.view)
+            self._note_peer_view(preprepare.replica_id, preprepare.view)
+            return
+        if not self._followed_lower_view(preprepare):
             return
         self._check_current_view(preprepare.view)
         self._check_window(preprepare.seq)
@@ -501,6 +503,16 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
             return
         digests = self._validate_batch(preprepare.batch)
         self._accept_preprepare(preprepare, digests, vote=self._may_prepare(preprepare.batch))
+        self._note_peer_view(preprepare.replica_id, preprepare.view)
+
+    def _followed_lower_view(self, message: PrePrepare | Prepare | Commit) -> bool:
+        """A lower view's message while we wait for our own: evidence, not misbehaviour (the peer has not
+        moved, and we may be the one who left alone).  True if we now follow that view and should process it."""
+        if message.view >= self.view or self.view_active:
+            return True
+        self._check_window(message.seq)
+        self._note_peer_view(message.replica_id, message.view)
+        return message.view == self.view
 
     def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
         """A new primary's first proposals can overtake its NEW-VIEW; keep them (bounded) until it lands."""
@@ -593,12 +605,14 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
         # Prepares and commits for the view being installed are kept: they may
         # overtake the NEW-VIEW that lets this replica accept the batch.
-        self._note_peer_view(message.replica_id, message.view)
         self._check_window(message.seq)
         if message.view > self.view:
             # Not misbehaviour: a correct peer already runs a later view.  It is
             # evidence for rejoining, not a message to act on here.
             self._note_view_evidence(message.replica_id, message.view)
+            self._note_peer_view(message.replica_id, message.view)
+            return
+        if not self._followed_lower_view(message):
             return
         self._check_current_view(message.view, require_active=False)
         slot = self._current_slot(message.seq)
@@ -609,6 +623,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
                                           evidence=EquivocationProof.of(existing, message))
             return
         table_of(self._slot(message.seq))[message.replica_id] = message
+        self._note_peer_view(message.replica_id, message.view)
 
     def _check_prepared(self, slot: Slot) -> None:
         if slot.prepared or slot.preprepare is None or slot.matching_prepare_count() < self.quorum:
