@@ -422,8 +422,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     # ----------------------------------------------------------------- proposing (primary)
 
     def _maybe_propose(self) -> None:
-        if not (self.is_primary and self.view_active):
-            return
+        if not (self.is_primary and self.view_active) or self.view < self.vote_floor_view:
+            return  # A follower of a view it asked to leave proposes nothing there (section 11a).
         in_flight_max = self.limits.max_in_flight_batches
         while self.next_seq - 1 - self.last_executed < in_flight_max and self.next_seq <= self.high_water:
             entries = self._proposable()
