@@ -39,9 +39,9 @@ S9  state transfer    each adoption a correct replica recorded (its proof, its s
                       proof certifies the digest, correct replicas checkpointed the
                       same digest there, and every correct log is a prefix of every
                       longer correct log.
-S10 vote floor        ``signed`` in the order each replica persisted it: after a
-                      VIEW-CHANGE for view w, no PRE-PREPARE, PREPARE or COMMIT of
-                      a view below w.
+S10 vote floor        ``signed`` in the order each replica persisted it (a repeated
+                      message counts where it first appears): after a VIEW-CHANGE
+                      for view w, no PRE-PREPARE, PREPARE or COMMIT of a view below w.
 ==  ================  ===========================================================
 
 Predicates return violations and never raise on bad data: a checker that
@@ -472,10 +472,11 @@ def check_vote_floor(signed: SignedByReplica) -> list[Violation]:
     ``w``, it signs no PRE-PREPARE, PREPARE or COMMIT in them (its own messages, in the order it persisted them)."""
     violations = []
     for replica_id in sorted(signed):
-        floor = 0
+        floor, seen = 0, set()
         for message in signed[replica_id]:
-            if getattr(message, "replica_id", None) != replica_id:
-                continue
+            if getattr(message, "replica_id", None) != replica_id or message in seen:
+                continue  # Another's, or a copy of one listed earlier (the same message seen on the wire too).
+            seen.add(message)
             if isinstance(message, ViewChange):
                 floor = max(floor, message.new_view)
             elif isinstance(message, (PrePrepare, Prepare, Commit)) and message.view < floor:
