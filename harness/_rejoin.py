@@ -127,13 +127,18 @@ class LoadDriver:
         return self.cluster.now_ms - start if until is not None and until() else None
 
     def verdict_gap_ms_max(self, since_ms: int) -> int:
-        """The longest stretch since ``since_ms`` with requests outstanding and no verdict."""
-        records = [r for r in self.cluster.operations.values() if r.invoked_ms >= since_ms - 10_000]
-        completions = sorted(r.completed_ms for r in records if r.completed_ms is not None and r.completed_ms >= since_ms)
-        marks = [since_ms, *completions, self.cluster.now_ms]
-        outstanding = [r for r in records if r.certificate is None and not r.refused]
-        gaps = [later - earlier for earlier, later in zip(marks, marks[1:])]
-        return max(gaps) if (outstanding or completions) and gaps else 0
+        """The longest stretch since ``since_ms`` during which some request was outstanding and no verdict came:
+        for each request, from when it was waiting (invoked, or the verdict before its own) to its verdict."""
+        records = [r for r in self.cluster.operations.values()
+                   if r.invoked_ms >= since_ms or (r.completed_ms or self.cluster.now_ms) >= since_ms]
+        completions = sorted(r.completed_ms for r in records if r.completed_ms is not None and r.certificate)
+        gap = 0
+        for record in records:
+            end = record.completed_ms if record.certificate else self.cluster.now_ms
+            earlier = [c for c in completions if c < end]
+            start = max(record.invoked_ms, since_ms, earlier[-1] if earlier else since_ms)
+            gap = max(gap, end - start)
+        return gap
 
 
 def apply_fault(cluster: PausableCluster, kind: str, replica_id: int) -> None:
@@ -213,6 +218,19 @@ def run_rejoin_scenario(seed: int = 0, replica_count: int = 4, kinds: tuple[str,
     result.problems += stranded_problems
     result.problems += [f"{violation}" for violation in monitor.check()]
     return result
+
+
+def main_rejoin(arguments, out: TextIO) -> int:
+    """``python -m harness scenario rejoin [--seed S] [--replicas N] [--real]``: 0 when every episode rejoined
+    within its bound with at most one view change and the stranded-replica sequence served, else 1."""
+    if arguments.real:
+        from ._rejoin_real import main_rejoin_real
+        return main_rejoin_real(arguments, out)
+    result = run_rejoin_scenario(arguments.seed, arguments.replicas or 4)
+    print(f"rejoin scenario, simulated, seed {arguments.seed}: reproduce with python -m harness scenario rejoin "
+          f"--seed {arguments.seed}", file=out)
+    print_result(result, out)
+    return 1 if result.problems else 0
 
 
 def print_result(result: RejoinResult, out: TextIO) -> None:

@@ -14,8 +14,9 @@ executed), or may be (it restarted, its clock jumped as after a pause, or it hea
 timeout), it asks one peer at a time for its committed slots above its last executed seq:
 ``StateRequest(last_executed, 0, top)`` with ``top`` above ``last_executed``.  The peer answers with what it holds,
 each message signed by its author: for each committed slot of its current view in the range, the pre-prepare and
-a quorum of matching commits; and if the requester is below the peer's stable checkpoint, that checkpoint's
-proof, which starts a state transfer.  The requester checks every message as if it came from its author.  While
+a quorum of matching commits; if the requester is below the peer's stable checkpoint, that checkpoint's proof,
+which starts a state transfer; and if the requester is in an earlier view, the NEW-VIEW of the peer's view (an idle
+cluster may have changed view while it was away, with nothing committed since).  The requester checks every message as if it came from its author.  While
 it is behind it does not start a view change (``_replica_views``): its lack of progress is its own.
 
 Bounds: one catch-up request per ``state_transfer_retry_ticks`` while behind and one probe per view-change timeout
@@ -112,7 +113,7 @@ class CatchUpMixin:
         self._catch_up_sent_tick = self.ticks
         self.catch_up_counts[f"asked-{why}"] += 1
         top = min(self.high_water, self.last_executed + SLOTS_PER_ANSWER_MAX)
-        request = self._sign(StateRequest(self.last_executed, 0, top, self.replica_id, bytes(64)))
+        request = self._sign(StateRequest(self.last_executed, 0, top, self.view, self.replica_id, bytes(64)))
         self._out.to_replicas.append((peer, request))
 
     # ------------------------------------------------------------- answering
@@ -133,5 +134,8 @@ class CatchUpMixin:
             if slot.committed and slot.preprepare is not None:
                 matching = [c for _, c in sorted(slot.commits.items()) if c.batch_digest == slot.batch_digest]
                 sent += [slot.preprepare, *matching[:self.quorum]]
+        if request.view < self.view and self.view_active and self.new_view_message is not None \
+                and self.new_view_message.view == self.view:
+            sent.append(self.new_view_message)  # It missed our view change; nothing else would tell it.
         self.catch_up_counts["answered"] += 1
         self._out.to_replicas.extend((request.replica_id, message) for message in sent)

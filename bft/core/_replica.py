@@ -100,6 +100,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         self._dead_votes_backlog: list[bytes] = []
         self._view_change_attempts = 0
         self._view_change_sent_tick = 0
+        self._view_change_started_tick = 0
         self._out: ReadyBuilder | None = None
         self._handlers: dict[type, Callable] = {
             Request: self._on_forwarded_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
@@ -495,6 +496,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
             return
         self._check_current_view(preprepare.view)
         self._check_window(preprepare.seq)
+        if self._later_slot_held(preprepare.seq):
+            return
         slot = self._current_slot(preprepare.seq)
         if slot is not None and slot.preprepare is not None:
             if slot.preprepare != preprepare:
@@ -513,6 +516,12 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         self._check_window(message.seq)
         self._note_peer_view(message.replica_id, message.view)
         return message.view == self.view
+
+    def _later_slot_held(self, seq: int) -> bool:
+        """A follower keeps what it holds of a later view at ``seq`` (the view it asked for may form after all)
+        rather than replace it with the lower view's slot; it learns that seq by catching up if need be."""
+        slot = self.slots.get(seq)
+        return slot is not None and slot.view > self.view
 
     def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
         """A new primary's first proposals can overtake its NEW-VIEW; keep them (bounded) until it lands."""
@@ -615,6 +624,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         if not self._followed_lower_view(message):
             return
         self._check_current_view(message.view, require_active=False)
+        if self._later_slot_held(message.seq):
+            return
         slot = self._current_slot(message.seq)
         existing = table_of(slot).get(message.replica_id) if slot else None
         if existing is not None:

@@ -111,6 +111,8 @@ class ViewChangeMixin:
         """
         if self.view_active or self._view_change_support() - 1 > self.config.faulty_max:
             return
+        if self.ticks - self._view_change_started_tick < self.limits.view_change_timeout_ticks // 2:
+            return  # Others may be timing out too: give their VIEW-CHANGEs a round trip to arrive.
         with_us = {r for r, vc in self.view_change_by_replica.items() if vc.new_view >= self.view}
         lower = sorted((v for r, v in self.active_view_by_replica.items() if r not in with_us and v < self.view),
                        reverse=True)
@@ -150,7 +152,7 @@ class ViewChangeMixin:
         assert new_view > self.view or (new_view == self.view and self.view_active is False)
         self.view = new_view
         self.view_active = False
-        self._waiting_since = self.ticks
+        self._waiting_since = self._view_change_started_tick = self.ticks
         own = self.view_change_by_replica.get(self.replica_id)
         if own is not None and own.new_view == new_view:
             # Asked for this view before and followed a lower one since: the same VIEW-CHANGE again (S7),

@@ -180,7 +180,7 @@ class StateTransferMixin:
         else:
             last, _ = session.link()
             first = max(self.execution.log_length + 1, last - self.limits.state_transfer_chunk_entries + 1)
-        request = self._sign(StateRequest(session.target_seq, first, last, self.replica_id, bytes(64)))
+        request = self._sign(StateRequest(session.target_seq, first, last, self.view, self.replica_id, bytes(64)))
         session.outstanding = request
         session.sent_tick = self.ticks
         self._out.to_replicas.append((session.peer, request))
