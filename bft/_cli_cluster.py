@@ -347,11 +347,11 @@ def _run_status(arguments: argparse.Namespace) -> int:
     else:
         print(f"cluster {cluster.config.cluster_id}: {cluster.config.replica_count} replicas, "
               f"quorum {cluster.config.quorum}")
-        print(f"{'replica':>7}  {'address':<21} {'health':<9} {'view':>5} {'executed':>9} {'checkpoint':>10} "
-              f"{'peers':>5}  detail")
+        print(f"{'replica':>7}  {'address':<21} {'health':<11} {'view':>5} {'executed':>9} {'lag':>5} "
+              f"{'checkpoint':>10} {'peers':>5}  detail")
         for status in statuses:
-            print(f"{status.replica_id:>7}  {format_address(status.address):<21} {status.health:<9} "
-                  f"{_shown(status.view):>5} {_shown(status.last_executed_seq):>9} "
+            print(f"{status.replica_id:>7}  {format_address(status.address):<21} {status.health:<11} "
+                  f"{_shown(status.view):>5} {_shown(status.last_executed_seq):>9} {_shown(status.lag_seq):>5} "
                   f"{_shown(status.stable_checkpoint_seq):>10} {_shown(status.peers_connected):>5}  {status.detail}")
         print_accountability(most_advanced_view(statuses))
     return EXIT_OK if all(status.health == "ok" for status in statuses) else EXIT_FAILED

@@ -18,6 +18,7 @@ import json
 import sqlite3
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,10 @@ MAX_SCRAPE_BYTES = 4 * 1024 * 1024
 # The gauges a replica exposes (bft.runtime metrics) and the status fields they fill.
 GAUGES = {"bft_view": "view", "bft_last_executed_seq": "last_executed_seq",
           "bft_stable_checkpoint_seq": "stable_checkpoint_seq", "bft_peers_connected": "peers_connected"}
-HEALTH_STATES = ("ok", "isolated", "listening", "down", "unknown")
+# The core's own account of keeping up (optional: a replica of an older version does not expose them).
+PROGRESS_GAUGES = {"bft_lag_seq": "lag_seq", "bft_highest_seq_known": "highest_seq_known"}
+REPLICA_STATE = "bft_replica_state"
+HEALTH_STATES = ("ok", "catching-up", "view-change", "isolated", "listening", "down", "unknown")
 # The accountability gauges (bft.runtime metrics): counts, and per-replica or per-pattern series.
 ACCOUNTABILITY_COUNTS = {"bft_evidence_records": "evidence_records", "bft_blocklist_patterns": "blocklist_patterns"}
 PER_REPLICA = {"bft_replica_quarantined": "quarantined", "bft_replica_suspected": "suspects",
@@ -66,7 +70,11 @@ class AccountabilityView:
 class ReplicaStatus:
     """One replica's self-report.  ``health``:
 
-    - ``ok``: metrics reachable and connected to enough peers to form a quorum with them;
+    - ``ok``: metrics reachable, connected to enough peers to form a quorum with them, in the cluster's view
+      and not behind;
+    - ``catching-up``: behind what the cluster committed (by its own proofs, or further behind the most
+      advanced replica than the batches a healthy replica can have in flight);
+    - ``view-change``: changing view, or in another view than the cluster's (the view most replicas report);
     - ``isolated``: metrics reachable, but too few peers connected for a quorum;
     - ``listening``: metrics not reachable, but the replica port accepts connections;
     - ``down``: neither answers;
@@ -82,6 +90,9 @@ class ReplicaStatus:
     last_executed_seq: int | None = None
     stable_checkpoint_seq: int | None = None
     peers_connected: int | None = None
+    lag_seq: int | None = None
+    highest_seq_known: int | None = None
+    core_state: str | None = None  # What the replica says of itself: ok, catching-up or view-change.
     accountability: AccountabilityView | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -92,8 +103,8 @@ class ReplicaStatus:
                 "metrics": format_address(self.metrics_address) if self.metrics_address else None,
                 "health": self.health, "detail": self.detail, "view": self.view,
                 "last_executed_seq": self.last_executed_seq, "stable_checkpoint_seq": self.stable_checkpoint_seq,
-                "peers_connected": self.peers_connected,
-                "accountability": self.accountability.as_dict() if self.accountability else None}
+                "peers_connected": self.peers_connected, "lag_seq": self.lag_seq,
+                "highest_seq_known": self.highest_seq_known, "accountability": self.accountability.as_dict() if self.accountability else None}
 
 
 def parse_gauges(text: str) -> dict[str, int]:
@@ -111,6 +122,10 @@ def parse_metrics(text: str) -> tuple[dict[str, int], AccountabilityView | None]
         name = family.name
         if name in GAUGES and family.samples and GAUGES[name] not in values:
             values[GAUGES[name]] = int(family.samples[0].value)
+        elif name in PROGRESS_GAUGES and family.samples:
+            values[PROGRESS_GAUGES[name]] = int(family.samples[0].value)
+        elif name == REPLICA_STATE:
+            values.update({"core_state": sample.labels["state"] for sample in family.samples if sample.value == 1})
         elif name in ACCOUNTABILITY_COUNTS and family.samples:
             counts[ACCOUNTABILITY_COUNTS[name]] = int(family.samples[0].value)
         elif name in PER_REPLICA:
@@ -157,7 +172,34 @@ def cluster_status(cluster: ClusterFile, timeout_s: float = SCRAPE_TIMEOUT_S) ->
     """Every replica's status, scraped in parallel; takes at most about twice ``timeout_s``."""
     replica_ids = range(cluster.config.replica_count)
     with ThreadPoolExecutor(max_workers=min(16, len(replica_ids))) as pool:
-        return list(pool.map(lambda replica_id: replica_status(cluster, replica_id, timeout_s), replica_ids))
+        statuses = list(pool.map(lambda replica_id: replica_status(cluster, replica_id, timeout_s), replica_ids))
+    return compare_replicas(statuses, cluster.config.limits.max_in_flight_batches)
+
+
+def compare_replicas(statuses: list[ReplicaStatus], in_flight_max: int) -> list[ReplicaStatus]:
+    """Judge each reachable replica against the others: one in another view than most of them, or further
+    behind the most advanced one than a healthy replica's batches in flight, is not ok, whatever it says."""
+    reporting = [s for s in statuses if s.health in ("ok", "catching-up", "view-change") and s.view is not None]
+    if not reporting:
+        return statuses
+    views = Counter(s.view for s in reporting)
+    cluster_view = max(views, key=lambda view: (views[view], view))
+    top = max(s.last_executed_seq for s in reporting)
+    return [_compared(s, cluster_view, top, in_flight_max) if s in reporting else s for s in statuses]
+
+
+def _compared(status: ReplicaStatus, cluster_view: int, top: int, in_flight_max: int) -> ReplicaStatus:
+    behind_top = top - status.last_executed_seq
+    lag = max(status.lag_seq or 0, behind_top)
+    if status.health != "ok":
+        return replace(status, lag_seq=lag)
+    if status.view != cluster_view:
+        return replace(status, health="view-change", lag_seq=lag,
+                       detail=f"in view {status.view}, the cluster is in view {cluster_view}")
+    if behind_top > in_flight_max:
+        return replace(status, health="catching-up", lag_seq=lag,
+                       detail=f"{behind_top} behind replica with the highest executed seq {top}")
+    return replace(status, lag_seq=lag)
 
 
 def most_advanced_view(statuses: list[ReplicaStatus]) -> ReplicaStatus | None:
@@ -176,8 +218,16 @@ def _from_gauges(base: ReplicaStatus, gauges: dict[str, int], peers_needed: int)
     if missing:
         # Up, but it does not say enough to vouch for it.
         return replace(base, health="listening", detail=f"metrics lack {', '.join(missing)}", **gauges)
-    health = "ok" if peers >= peers_needed else "isolated"
     detail = f"{peers} peers connected, {peers_needed} needed for a quorum"
+    core_state = gauges.get("core_state", "ok")
+    if peers < peers_needed:
+        health = "isolated"
+    elif core_state in ("catching-up", "view-change"):
+        health = core_state
+        detail = f"{core_state}: {gauges.get('lag_seq', 0)} behind the highest seq known committed " \
+                 f"({gauges.get('highest_seq_known', '?')})" if core_state == "catching-up" else "changing view"
+    else:
+        health = "ok"
     return replace(base, health=health, detail=detail, **gauges)
 
 

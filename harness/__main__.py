@@ -1,5 +1,6 @@
 """``python -m harness sim``: one reproducible simulated run, or a swarm of them; ``python -m harness scenario
-mission``: the mission scenario (see ``harness._mission``); ``python -m harness byzantine-replica``: one real
+mission``: the mission scenario (see ``harness._mission``); ``python -m harness scenario rejoin``: every
+replica in turn paused, killed and cut off, then back (see ``harness._rejoin``); ``python -m harness byzantine-replica``: one real
 replica process that lies to its peers (see ``harness._byzantine_replica``).
 
 Exit status: 0 when every run is valid and live; 1 when any run is invalid
@@ -37,10 +38,11 @@ def parser() -> argparse.ArgumentParser:
                                               "(for a swarm: one directory per failing run)")
     sim.add_argument("--liveness", choices=("require", "report"), default="require",
                      help="whether a stalled liveness phase makes the exit status non-zero")
-    scenario = commands.add_parser("scenario", help="a named end-to-end scenario (mission, isolation)")
-    scenario.add_argument("name", choices=("mission", "isolation"),
+    scenario = commands.add_parser("scenario", help="a named end-to-end scenario (mission, isolation, rejoin)")
+    scenario.add_argument("name", choices=("mission", "isolation", "rejoin"),
                           help="mission: the mission scenario; isolation: the cluster's own detector isolates the "
-                               "approve-everything replica with the automatic rule on")
+                               "approve-everything replica with the automatic rule on; rejoin: each replica in turn "
+                               "(primary included) is paused, killed and cut off under load and must rejoin")
     scenario.add_argument("--replicas", type=int, choices=(5, 7), help="one cluster size (default: 5 and 7)")
     scenario.add_argument("--seed", type=int, default=0, help="the seed (default 0)")
     scenario.add_argument("--out", type=Path, default=Path("mission-report"),
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             parser().error("--rate applies to the mission scenario only")
         from ._mission_isolation import main_isolation
         return main_isolation(arguments, out)
+    if arguments.command == "scenario" and arguments.name == "rejoin":
+        if arguments.rate is not None:
+            parser().error("--rate applies to the mission scenario only")
+        from ._rejoin import main_rejoin
+        return main_rejoin(arguments, out)
     if arguments.command == "scenario":
         from ._mission import DEFAULT_RATE_PER_S, ArrivalGaps, main_scenario
         try:

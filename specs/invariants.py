@@ -39,6 +39,9 @@ S9  state transfer    each adoption a correct replica recorded (its proof, its s
                       proof certifies the digest, correct replicas checkpointed the
                       same digest there, and every correct log is a prefix of every
                       longer correct log.
+S10 vote floor        ``signed`` in the order each replica persisted it (a repeated
+                      message counts where it first appears): after a VIEW-CHANGE
+                      for view w, no PRE-PREPARE, PREPARE or COMMIT of a view below w.
 ==  ================  ===========================================================
 
 Predicates return violations and never raise on bad data: a checker that
@@ -51,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from bft.core import (GENESIS_HASH, Checkpoint, ClusterConfig, Commit, Decision, LogEntry, Message, PrePrepare,
-                      Prepare, RemoteProtocolError, Request, VerdictCertificate, Verifier, Vote,
+                      Prepare, RemoteProtocolError, Request, VerdictCertificate, Verifier, ViewChange, Vote,
                       effective_rule, request_digest, votes_digest)
 from bft.core._accountability import voters_of
 
@@ -464,6 +467,25 @@ def check_no_equivocation(signed: SignedByReplica) -> list[Violation]:
     return violations
 
 
+def check_vote_floor(signed: SignedByReplica) -> list[Violation]:
+    """S10: a correct replica keeps the promise behind its VIEW-CHANGE: having asked to leave the views below
+    ``w``, it signs no PRE-PREPARE, PREPARE or COMMIT in them (its own messages, in the order it persisted them)."""
+    violations = []
+    for replica_id in sorted(signed):
+        floor, seen = 0, set()
+        for message in signed[replica_id]:
+            if getattr(message, "replica_id", None) != replica_id or message in seen:
+                continue  # Another's, or a copy of one listed earlier (the same message seen on the wire too).
+            seen.add(message)
+            if isinstance(message, ViewChange):
+                floor = max(floor, message.new_view)
+            elif isinstance(message, (PrePrepare, Prepare, Commit)) and message.view < floor:
+                violations.append(Violation("S10", f"replica {replica_id} signed a {type(message).__name__} for "
+                                                   f"view {message.view} seq {message.seq} after its VIEW-CHANGE "
+                                                   f"for view {floor}"))
+    return violations
+
+
 def check_checkpoints(signed: SignedByReplica, config: ClusterConfig | None = None,
                       stable_proofs: Mapping[int, Sequence[Checkpoint]] | None = None) -> list[Violation]:
     """S8: correct replicas' checkpoints at one seq carry one state digest, and every stable proof a correct
@@ -584,6 +606,7 @@ def check_all(logs: Logs, config: ClusterConfig, certificates: Sequence[VerdictC
     violations += check_log_prefixes(logs)
     if signed is not None:
         violations += check_no_equivocation(signed)
+        violations += check_vote_floor(signed)
         violations += check_checkpoints(signed, config, stable_proofs)
         violations += check_state_transfers(adoptions or {}, logs, signed, config)
     return violations

@@ -9,10 +9,11 @@ import dataclasses
 
 import pytest
 
-from bft.core import Checkpoint, Decision, LogEntry, Prepare, Risk, Signer, VerdictCertificate, Vote
+from bft.core import Checkpoint, Decision, LogEntry, Prepare, Risk, Signer, VerdictCertificate, ViewChange, Vote
 from bft.testing import DenyEverything, SimCluster
 from bft.testing import _sim
 from specs.invariants import (Evidence, SimMonitor, Violation, check_agreement, check_all, check_checkpoints,
+                              check_vote_floor,
                               check_deadline, check_exactly_once, check_integrity, check_no_equivocation,
                               check_sim, check_stability, check_validity, gather_sim_evidence, votes_digest)
 
@@ -328,6 +329,15 @@ def test_no_equivocation_reports_two_prepares_for_one_slot(run: HonestRun) -> No
     assert ids(check_no_equivocation({1: [first, second]})) == {"S7"}
     assert check_no_equivocation({1: [first, signer.sign(Prepare(1, 1, b"\x01" * 32, 1, ZERO_SIGNATURE))]}) == [], \
         "a new view may prepare another batch at the same seq"
+
+
+def test_vote_floor_reports_a_prepare_below_a_view_the_replica_asked_to_leave(run: HonestRun) -> None:
+    signer = run.replica_signer(1)
+    view_change = signer.sign(ViewChange(2, 0, (), (), 1, ZERO_SIGNATURE))
+    below = signer.sign(Prepare(1, 5, bytes(32), 1, ZERO_SIGNATURE))
+    at_floor = signer.sign(Prepare(2, 5, bytes(32), 1, ZERO_SIGNATURE))
+    assert check_vote_floor({1: [below, view_change, at_floor]}) == [], "before the VIEW-CHANGE, or in its view"
+    assert ids(check_vote_floor({1: [view_change, below]})) == {"S10"}
 
 
 def test_no_equivocation_reports_two_votes_on_one_request(run: HonestRun) -> None:

@@ -162,15 +162,15 @@ def test_the_adopted_state_survives_a_restart() -> None:
 def test_a_replica_answers_only_bounded_well_formed_state_requests(kit) -> None:
     replica = kit.replica(1)
     chunk = kit.config.limits.state_transfer_chunk_entries
-    too_many = kit.replica_signers[2].sign(StateRequest(0, 1, chunk + 1, 2, bytes(64)))
+    too_many = kit.replica_signers[2].sign(StateRequest(0, 1, chunk + 1, 0, 2, bytes(64)))
     assert [r.reason for r in replica.step(too_many).rejected] == ["bad-state-request"]
-    backwards = kit.replica_signers[2].sign(StateRequest(0, 5, 4, 2, bytes(64)))
+    backwards = kit.replica_signers[2].sign(StateRequest(0, 5, 4, 0, 2, bytes(64)))
     assert [r.reason for r in replica.step(backwards).rejected] == ["bad-state-request"]
-    nothing_stable = kit.replica_signers[2].sign(StateRequest(0, 0, 0, 2, bytes(64)))
+    nothing_stable = kit.replica_signers[2].sign(StateRequest(0, 0, 0, 0, 2, bytes(64)))
     assert replica.step(nothing_stable).is_empty(), "no stable checkpoint yet: nothing to serve, nothing refused"
-    beyond_log = kit.replica_signers[2].sign(StateRequest(0, 1, 3, 2, bytes(64)))
+    beyond_log = kit.replica_signers[2].sign(StateRequest(0, 1, 3, 0, 2, bytes(64)))
     assert replica.step(beyond_log).is_empty(), "an empty log has nothing to read"
-    flood = [replica.step(kit.replica_signers[3].sign(StateRequest(0, 1, 2, 3, bytes(64)))) for _ in range(10)]
+    flood = [replica.step(kit.replica_signers[3].sign(StateRequest(0, 1, 2, 0, 3, bytes(64)))) for _ in range(10)]
     assert sum(1 for ready in flood if any(r.reason == "rate-limited" for r in ready.rejected)) >= 5
 
 

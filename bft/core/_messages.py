@@ -373,13 +373,19 @@ class StateRequest(CodecMemo):
 
     With ``first_position == 0`` it asks for the snapshot of the peer's latest
     stable checkpoint at or above ``checkpoint_seq``, with its quorum proof.
+    With ``first_position == 0`` and ``last_position > checkpoint_seq`` it is a
+    catch-up request (``bft.core._catch_up``): the commit certificates of the
+    peer's committed slots in ``(checkpoint_seq, last_position]``.
     Otherwise it asks for the verdict-log entries at positions
     ``first_position..last_position`` (at most the configured chunk).
+    ``view`` is the requester's view: a peer in a later view adds its NEW-VIEW
+    to a catch-up answer.
     """
 
     checkpoint_seq: int
     first_position: int
     last_position: int
+    view: int
     replica_id: int
     signature: bytes
     TAG: ClassVar[int] = 11
@@ -387,6 +393,7 @@ class StateRequest(CodecMemo):
         ("checkpoint_seq", SEQ),
         ("first_position", SEQ),
         ("last_position", SEQ),
+        ("view", VIEW),
         ("replica_id", REPLICA_ID),
         ("signature", SIGNATURE),
     )

@@ -39,6 +39,7 @@ from ._replica_views import ViewChangeMixin
 from ._slots import Slot
 from ._state_transfer import StateTransferMixin
 from ._accountability import EquivocationProof
+from ._catch_up import CatchUpMixin
 
 
 def sender_of(message: Message) -> str:
@@ -59,7 +60,7 @@ def within_window(seqs, low_water: int, high_water: int) -> bool:
     return not seqs or (low_water < min(seqs) and max(seqs) <= high_water)
 
 
-class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
+class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityMixin):
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -73,6 +74,10 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
         self.view = 0
         self.view_active = True
+        # PBFT's promise behind a VIEW-CHANGE: no PRE-PREPARE, PREPARE or COMMIT below the highest view we asked
+        # for.  A replica may still *follow* a lower view (``_replica_views``), learning from others' proofs.
+        self.vote_floor_view = 0
+        self.active_view_by_replica: dict[int, int] = {}  # Peer -> the highest view it was seen ordering in.
         self.now_ms = 0
         self.ticks = 0
         self.low_water = 0
@@ -95,6 +100,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         self._dead_votes_backlog: list[bytes] = []
         self._view_change_attempts = 0
         self._view_change_sent_tick = 0
+        self._view_change_started_tick = 0
         self._out: ReadyBuilder | None = None
         self._handlers: dict[type, Callable] = {
             Request: self._on_forwarded_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
@@ -103,6 +109,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
             StateRequest: self._on_state_request, StateReply: self._on_state_reply,
         }
         self._init_state_transfer()
+        self._init_catch_up()
         self._init_accountability()
 
     @classmethod
@@ -139,6 +146,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         replica.recovered_votes = {vote.request_digest: vote for vote in kept}
         # Older votes are beyond what the pending pool could still hold: their requests are long gone.
         replica._dead_votes_backlog = [vote.request_digest for vote in votes[:len(votes) - len(kept)]]
+        replica._probe_due = True  # It was away for an unknown time: ask a peer what committed meanwhile.
         replica.check_invariants()
         return replica
 
@@ -167,6 +175,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         self.view = max(views)
         current = [m for m in own if view_of(m) == self.view]
         self.view_active = any(isinstance(m, (PrePrepare, Prepare, Commit, NewView)) for m in current)
+        self.vote_floor_view = max((m.new_view for m in own if isinstance(m, ViewChange)), default=0)
         view_changes = [m for m in current if isinstance(m, ViewChange)]
         if not self.view_active and view_changes:
             self.view_change_by_replica[self.replica_id] = view_changes[-1]
@@ -247,14 +256,19 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
 
     @property
     def is_quiescent(self) -> bool:
-        """True when a tick can change nothing but the tick count: no request or vote waits, no slot
-        waits for execution, no view change or state transfer is under way.
+        """True when no timer of the core needs fine ticks: no request or vote waits, no slot waits for
+        execution, no view change, state transfer or catch-up is under way.
 
-        A driver may then stop ticking until its next input, as long as it ticks (to bring ``now_ms``
-        up to date) before feeding that input: no timer of the core is running, so no tick is owed.
+        A driver may then tick rarely (the runtime's ``idle_tick_ms``), as long as it ticks (to bring
+        ``now_ms`` up to date) before feeding its next input.  Ticks of a quiescent replica change
+        nothing but its clock and the catch-up probe: a replica that heard nothing for
+        ``view_change_timeout_ticks`` ticks asks one peer whether it missed anything (section 10b), so a
+        rarely ticking idle replica also probes rarely; a pause, a restart or any input still makes it
+        look at once.
         """
         return (self.view_active and not self.pending and self.transfer is None and not self.lag_target_seq
-                and not self._dead_votes_backlog and not self._has_outstanding_work())
+                and not self._dead_votes_backlog and not self._probe_due and not self.catching_up()
+                and not self._has_outstanding_work())
 
     # ----------------------------------------------------------------- plumbing
 
@@ -280,6 +294,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
                 return  # Dropped unverified: a signature check that could change nothing is not worth its cost.
             self._verifier.verify(message)
             handler(message)
+            if isinstance(message, (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)):
+                self._note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
         except RemoteProtocolError as error:
             self._reject(error.from_sender(sender_of(message)))
 
@@ -308,6 +324,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         ``signed_digests`` is rebuilt from durable storage on restart, so a
         replica that forgot a slot still refuses to contradict what it sent.
         """
+        if self.view < self.vote_floor_view:
+            return False  # Following a view we asked to leave: learn from it, never vote in it.
         key = (phase, self.view, seq)
         previous = self.signed_digests.setdefault(key, digest)
         return previous == digest
@@ -358,6 +376,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         assert self.transfer is None or self.transfer.buffered <= limits.state_transfer_entries_max
         assert self.stable_state is None or low > 0
         assert len(self.view_change_by_replica) <= self.config.replica_count
+        assert len(self.active_view_by_replica) <= self.config.replica_count
+        assert self.view_active or self.view >= self.vote_floor_view, "waiting only in a view we asked for"
         assert self.view_active or not self.is_primary or self.new_view_message is None \
             or self.new_view_message.view < self.view
 
@@ -448,8 +468,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     # ----------------------------------------------------------------- proposing (primary)
 
     def _maybe_propose(self) -> None:
-        if not (self.is_primary and self.view_active):
-            return
+        if not (self.is_primary and self.view_active) or self.view < self.vote_floor_view:
+            return  # A follower of a view it asked to leave proposes nothing there (section 11a).
         in_flight_max = self.limits.max_in_flight_batches
         while self.next_seq - 1 - self.last_executed < in_flight_max and self.next_seq <= self.high_water:
             entries = self._proposable()
@@ -512,12 +532,17 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     def _on_preprepare(self, preprepare: PrePrepare) -> None:
         if preprepare.replica_id != primary_of(preprepare.view, self.config.replica_count):
             raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
-        self._note_view_evidence(preprepare.replica_id, preprepare.view)
         if preprepare.view > self.view or (preprepare.view == self.view and not self.view_active):
             self._hold_early_preprepare(preprepare)
+            self._note_view_evidence(preprepare.replica_id, preprepare.view)
+            self._note_peer_view(preprepare.replica_id, preprepare.view)
+            return
+        if not self._followed_lower_view(preprepare):
             return
         self._check_current_view(preprepare.view)
         self._check_window(preprepare.seq)
+        if self._later_slot_held(preprepare.seq):
+            return
         slot = self._current_slot(preprepare.seq)
         if slot is not None and slot.preprepare is not None:
             if slot.preprepare != preprepare:
@@ -525,7 +550,23 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
                                           evidence=EquivocationProof.of(slot.preprepare, preprepare))
             return
         digests = self._validate_batch(preprepare.batch)
-        self._accept_preprepare(preprepare, digests)
+        self._accept_preprepare(preprepare, digests, vote=self._may_prepare(preprepare.batch))
+        self._note_peer_view(preprepare.replica_id, preprepare.view)
+
+    def _followed_lower_view(self, message: PrePrepare | Prepare | Commit) -> bool:
+        """A lower view's message while we wait for our own: evidence, not misbehaviour (the peer has not
+        moved, and we may be the one who left alone).  True if we now follow that view and should process it."""
+        if message.view >= self.view or self.view_active:
+            return True
+        self._check_window(message.seq)
+        self._note_peer_view(message.replica_id, message.view)
+        return message.view == self.view
+
+    def _later_slot_held(self, seq: int) -> bool:
+        """A follower keeps what it holds of a later view at ``seq`` (the view it asked for may form after all)
+        rather than replace it with the lower view's slot; it learns that seq by catching up if need be."""
+        slot = self.slots.get(seq)
+        return slot is not None and slot.view > self.view
 
     def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
         """A new primary's first proposals can overtake its NEW-VIEW; keep them (bounded) until it lands."""
@@ -545,12 +586,25 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
             elif early[seq].view > self.view:
                 self.early_preprepares[seq] = early[seq]
 
-    def _validate_batch(self, batch: Batch) -> tuple[bytes, ...]:
-        """Check everything a correct primary guarantees about a batch; return its request digests."""
-        if not 1 <= len(batch.entries) <= self.limits.max_batch_requests:
-            raise RemoteProtocolError("bad-batch", f"{len(batch.entries)} requests, limit {self.limits.max_batch_requests}")
+    def _may_prepare(self, batch: Batch) -> bool:
+        """Whether this replica vouches for a valid batch with its PREPARE.
+
+        A batch whose time is too far from our clock (ours jumped after a pause, or the primary's is off), or an
+        empty one (only a NEW-VIEW re-proposes those), is not prepared here.  It is still kept in its slot: a
+        quorum of commits for it is proof that it committed, and we execute it then (``_check_committed``).
+        """
+        if not batch.entries:
+            self.catch_up_counts["empty-batch-followed"] += 1
+            return False
         if abs(batch.timestamp_ms - self.now_ms) > self.limits.max_clock_skew_ms:
-            raise RemoteProtocolError("bad-timestamp", f"batch time {batch.timestamp_ms} ms is too far from {self.now_ms} ms")
+            self.rejected_counts["bad-timestamp"] += 1  # Not voted for; kept only to learn its outcome.
+            return False
+        return True
+
+    def _validate_batch(self, batch: Batch) -> tuple[bytes, ...]:
+        """Check everything a correct primary guarantees about a batch but its time; return its request digests."""
+        if len(batch.entries) > self.limits.max_batch_requests:
+            raise RemoteProtocolError("bad-batch", f"{len(batch.entries)} requests, limit {self.limits.max_batch_requests}")
         if len({entry.request.key for entry in batch.entries}) != len(batch.entries):
             raise RemoteProtocolError("bad-batch", "a request appears twice in one batch")
         digests = []
@@ -572,7 +626,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
                 raise RemoteProtocolError("bad-votes", f"replica {vote.replica_id}'s vote is for another request")
             self._verifier.verify(vote)
 
-    def _accept_preprepare(self, preprepare: PrePrepare, digests: tuple[bytes, ...]) -> None:
+    def _accept_preprepare(self, preprepare: PrePrepare, digests: tuple[bytes, ...], vote: bool = True) -> None:
         slot = self._slot(preprepare.seq)
         assert slot.preprepare is None
         slot.preprepare = preprepare
@@ -582,12 +636,12 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
             pending = self.pending.get(digest)
             if pending is not None:
                 self.pending.set_proposed(pending, preprepare.seq)
-        if not self._may_sign("prepare", preprepare.seq, slot.batch_digest):
-            return
-        prepare = self._sign(Prepare(self.view, preprepare.seq, slot.batch_digest, self.replica_id, bytes(64)))
-        self._broadcast(prepare)
-        slot.prepares[self.replica_id] = prepare
+        if vote and self._may_sign("prepare", preprepare.seq, slot.batch_digest):
+            prepare = self._sign(Prepare(self.view, preprepare.seq, slot.batch_digest, self.replica_id, bytes(64)))
+            self._broadcast(prepare)
+            slot.prepares[self.replica_id] = prepare
         self._check_prepared(slot)
+        self._check_committed(slot)  # Commits may have overtaken the pre-prepare.
 
     def _on_prepare(self, prepare: Prepare) -> None:
         self._record_phase_vote(prepare, lambda slot: slot.prepares)
@@ -599,6 +653,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         self._record_phase_vote(commit, lambda slot: slot.commits)
         slot = self._current_slot(commit.seq)
         if slot is not None:
+            self._note_commit_quorum(commit, slot.commits)
             self._check_committed(slot)
 
     def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
@@ -609,8 +664,13 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
             # Not misbehaviour: a correct peer already runs a later view.  It is
             # evidence for rejoining, not a message to act on here.
             self._note_view_evidence(message.replica_id, message.view)
+            self._note_peer_view(message.replica_id, message.view)
+            return
+        if not self._followed_lower_view(message):
             return
         self._check_current_view(message.view, require_active=False)
+        if self._later_slot_held(message.seq):
+            return
         slot = self._current_slot(message.seq)
         existing = table_of(slot).get(message.replica_id) if slot else None
         if existing is not None:
@@ -619,6 +679,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
                                           evidence=EquivocationProof.of(existing, message))
             return
         table_of(self._slot(message.seq))[message.replica_id] = message
+        self._note_peer_view(message.replica_id, message.view)
 
     def _check_prepared(self, slot: Slot) -> None:
         if slot.prepared or slot.preprepare is None or slot.matching_prepare_count() < self.quorum:
@@ -635,7 +696,10 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
         self._check_committed(slot)
 
     def _check_committed(self, slot: Slot) -> None:
-        if slot.committed or not slot.prepared or slot.matching_commit_count() < self.quorum:
+        """A quorum of commits matching the slot's pre-prepare is a commit certificate: f+1 correct replicas
+        prepared that batch, so it is what every correct replica executes at this seq, whether or not we
+        prepared it ourselves (we may have refused its timestamp, or arrived late)."""
+        if slot.committed or slot.preprepare is None or slot.matching_commit_count() < self.quorum:
             return
         slot.committed = True
         self._execute_committed()
@@ -725,10 +789,12 @@ class Replica(ViewChangeMixin, StateTransferMixin, AccountabilityMixin):
     # ----------------------------------------------------------------- time
 
     def _tick(self, now_ms: int) -> None:
+        self._note_clock(now_ms)
         self.now_ms = now_ms
         self.ticks += 1
         expired = self.pending.expire(now_ms, self.limits.max_clock_skew_ms, self.ticks, self.limits.orphan_vote_ticks)
         self._out.dead_votes.extend(p.digest for p in expired if self.replica_id in p.votes)
         self._check_progress_timer()
         self._tick_state_transfer()
+        self._tick_catch_up()
         self._maybe_propose()

@@ -10,6 +10,14 @@ Liveness rules, all in ticks:
 - Timeouts double while views keep failing and reset after progress.
 - A replica joins a view change once f+1 others ask for a higher view (at
   least one of them is correct, so the view change is not frivolous).
+- A replica that knows it is behind (``catching_up``) fetches instead of
+  timing out: its lack of progress is its own, not the primary's.
+- No lonely view changes: a replica waiting alone in a view it asked for, while
+  f+1 peers are seen ordering in a lower view, *follows* that view again.  It
+  keeps its promise (``vote_floor_view``: it signs no PRE-PREPARE, PREPARE or
+  COMMIT below the highest view it asked for) and learns what commits there from
+  commit certificates; its VIEW-CHANGE stays valid and counts when the others
+  ask for the same view.  See ``specs/SPEC.md`` section 11a.
 """
 
 from __future__ import annotations
@@ -43,12 +51,18 @@ class ViewChangeMixin:
         return any(seq > self.last_executed for seq in self.prepared_proofs)
 
     def _note_progress(self) -> None:
+        self._catch_up_progress_tick = self.ticks
         self._waiting_since = self.ticks
         self._view_change_attempts = 0
 
     def _check_progress_timer(self) -> None:
         if not self._has_outstanding_work():
             self._waiting_since = None
+            return
+        if self.view_active and self.catching_up() and self.ticks - self._catch_up_progress_tick < self._current_timeout():
+            # Behind the cluster: fetch and replay, suspect no one, as long as fetching brings progress.  A
+            # slot that committed nowhere (seq s+1 stuck while s+2 committed) needs a view change to fill it.
+            self._waiting_since = self.ticks
             return
         if not self.view_active and self._view_change_support() < self.quorum:
             # PBFT's rule: a view change is timed only once a quorum asks for it.
@@ -87,6 +101,39 @@ class ViewChangeMixin:
                 pending.forwarded = True
                 self._send_to_others(pending.request)
 
+    def _note_peer_view(self, replica_id: int, view: int) -> None:
+        """``replica_id`` signed a PRE-PREPARE, PREPARE or COMMIT in ``view``: it was ordering there."""
+        if replica_id != self.replica_id and view > self.active_view_by_replica.get(replica_id, -1):
+            self.active_view_by_replica[replica_id] = view
+        self._maybe_follow_lower_view()
+
+    def _maybe_follow_lower_view(self) -> None:
+        """Waiting alone in a view we asked for while f+1 peers order in a lower one: follow theirs again.
+
+        Peers that asked for our view (or later) are not counted: they are with us.  Of the rest, at least
+        one of any f+1 is correct, so the cluster really ordered in a view at least that high.
+        """
+        if self.view_active or self._view_change_support() - 1 > self.config.faulty_max:
+            return
+        if self.ticks - self._view_change_started_tick < self.limits.view_change_timeout_ticks // 2:
+            return  # Others may be timing out too: give their VIEW-CHANGEs a round trip to arrive.
+        with_us = {r for r, vc in self.view_change_by_replica.items() if vc.new_view >= self.view}
+        lower = sorted((v for r, v in self.active_view_by_replica.items() if r not in with_us and v < self.view),
+                       reverse=True)
+        if len(lower) > self.config.faulty_max:
+            self._follow_view(lower[self.config.faulty_max])
+
+    def _follow_view(self, view: int) -> None:
+        assert view < self.view <= self.vote_floor_view and not self.view_active
+        self.catch_up_counts["followed-lower-view"] += 1
+        self.view = view
+        self.view_active = True
+        self._waiting_since = self.ticks
+        if self.new_view_message is not None and self.new_view_message.view != view:
+            self.new_view_message = None
+        self._probe_due = True  # Learn what committed in that view while we waited.
+        self.replay_early_preprepares()
+
     def _note_view_evidence(self, replica_id: int, view: int) -> None:
         """Rejoin: once f+1 others are seen working in higher views, ask for the view they run.
 
@@ -104,10 +151,21 @@ class ViewChangeMixin:
     # ------------------------------------------------------------- sending VIEW-CHANGE
 
     def _start_view_change(self, new_view: int) -> None:
+        # Never below a view we already asked for: our VIEW-CHANGE for it is out, and we keep its promise.
+        new_view = max(new_view, self.vote_floor_view)
         assert new_view > self.view or (new_view == self.view and self.view_active is False)
         self.view = new_view
         self.view_active = False
-        self._waiting_since = self.ticks
+        self._waiting_since = self._view_change_started_tick = self.ticks
+        own = self.view_change_by_replica.get(self.replica_id)
+        if own is not None and own.new_view == new_view:
+            # Asked for this view before and followed a lower one since: the same VIEW-CHANGE again (S7),
+            # still true, since we signed nothing in a lower view after it.
+            self._view_change_sent_tick = self.ticks
+            self._send_to_others(own)
+            self._maybe_send_new_view()
+            return
+        self.vote_floor_view = new_view
         proofs = tuple(self.prepared_proofs[seq] for seq in sorted(self.prepared_proofs) if seq > self.low_water)
         view_change = self._sign(ViewChange(new_view, self.low_water, self.stable_proof, proofs,
                                             self.replica_id, bytes(64)))

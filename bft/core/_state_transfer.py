@@ -180,7 +180,7 @@ class StateTransferMixin:
         else:
             last, _ = session.link()
             first = max(self.execution.log_length + 1, last - self.limits.state_transfer_chunk_entries + 1)
-        request = self._sign(StateRequest(session.target_seq, first, last, self.replica_id, bytes(64)))
+        request = self._sign(StateRequest(session.target_seq, first, last, self.view, self.replica_id, bytes(64)))
         session.outstanding = request
         session.sent_tick = self.ticks
         self._out.to_replicas.append((session.peer, request))
@@ -193,6 +193,9 @@ class StateTransferMixin:
         if self._replies_this_tick[request.replica_id] >= STATE_REPLIES_PER_TICK_MAX:
             raise RemoteProtocolError("rate-limited", f"more than {STATE_REPLIES_PER_TICK_MAX} state requests this tick")
         self._replies_this_tick[request.replica_id] += 1
+        if request.first_position == 0 and request.last_position > 0:
+            self._answer_slots(request)  # A catch-up request (``_catch_up``): committed slots, not a snapshot.
+            return
         if request.first_position == 0:
             self._answer_snapshot(request)
             return
@@ -327,5 +330,6 @@ class StateTransferMixin:
         self.transfer = None
         self.transfer_counts["adopted"] += 1
         self._advance_low_water(seq, session.proof)
+        self._probe_due = True  # Slots may have committed above the checkpoint: fetch them too.
         self._note_progress()
         self._execute_committed()

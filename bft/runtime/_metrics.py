@@ -25,6 +25,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..core import REFUSAL_REASONS, AccountabilityState, Decision, LogEntry, Risk
+from ..core._catch_up import CATCH_UP_STATES
 
 logger = logging.getLogger("bft.runtime.metrics")
 
@@ -89,6 +90,7 @@ class ReplicaMetrics:
                                          ["reason"], registry=registry)
         self.refusals = Counter("bft_refusals", "Requests refused instead of ordered, by reason.", ["reason"],
                                 registry=registry)
+        self._init_progress_gauges()
         self._init_accountability_gauges()
         self._prime_labels()
         self._arrivals_s: OrderedDict[tuple[str, int], float] = OrderedDict()
@@ -103,6 +105,30 @@ class ReplicaMetrics:
         self._connectivity: tuple[int, bool] | None = None
         self._verdict_counters = {(decision, risk): self.verdicts.labels(decision=decision.value, risk=risk.value)
                                   for decision in Decision for risk in Risk}
+
+    def _init_progress_gauges(self) -> None:
+        """Whether this replica keeps up: an alert can fire on ``bft_lag_seq > 0`` or ``bft_replica_state{state="ok"}
+        == 0`` held for a while (both come from the core's proofs, never from one peer's say)."""
+        registry = self.registry
+        self.highest_seq_known = Gauge("bft_highest_seq_known", "Highest sequence number known committed by the "
+                                       "cluster (commit quorums, certified checkpoints).", registry=registry)
+        self.lag_seq = Gauge("bft_lag_seq", "Sequence numbers this replica is behind the highest known committed.",
+                             registry=registry)
+        self.replica_state = Gauge("bft_replica_state", "1 for this replica's state (ok, catching-up, view-change).",
+                                   ["state"], registry=registry)
+        self._state_series = {state: self.replica_state.labels(state=state) for state in CATCH_UP_STATES}
+        self._progress: tuple[int, int, str] | None = None
+
+    def observe_progress(self, summary: dict) -> None:
+        """Record the core's ``progress_summary()``; only changes take the gauges' locks."""
+        progress = (summary["highest_seq_known"], summary["lag"], summary["state"])
+        if progress == self._progress:
+            return
+        self._progress = progress
+        self.highest_seq_known.set(summary["highest_seq_known"])
+        self.lag_seq.set(summary["lag"])
+        for state, series in self._state_series.items():
+            series.set(1 if state == summary["state"] else 0)
 
     def _init_accountability_gauges(self) -> None:
         registry = self.registry

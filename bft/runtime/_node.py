@@ -260,6 +260,7 @@ class ReplicaNode:
         then sends); ``_main_loop`` made sure there is room for it."""
         replica = self.replica
         self.metrics.observe_replica(replica.view, replica.view_active, replica.last_executed, replica.low_water)
+        self.metrics.observe_progress(replica.progress_summary())
         if replica.last_executed != self._accountability_observed_seq:
             # Only execution changes the accountability state; the gauges then match bft_last_executed_seq.
             self._accountability_observed_seq = replica.last_executed

@@ -1,0 +1,141 @@
+"""Catching up from proofs: a replica that is behind fetches the committed slots it missed, whatever the view or
+the clock, before it suspects anyone.
+
+What counts as proof that a seq committed (``specs/SPEC.md`` section 10b):
+
+- a quorum of matching COMMITs of one view for one (seq, digest) plus the primary's pre-prepare with that
+  digest (a *commit certificate*): at least f+1 correct replicas prepared it, so every later view re-proposes
+  it and no other batch can commit at that seq.  A replica executes a certificate even if the batch's
+  timestamp is too far from its clock (it just does not vote for such a batch);
+- a stable checkpoint proof (a quorum of matching CHECKPOINTs), fetched by state transfer.
+
+When a replica learns it is behind (a commit quorum above a gap in its log, a certified checkpoint it has not
+executed), or may be (it restarted, its clock jumped as after a pause, or it heard from no peer for a view-change
+timeout), it asks one peer at a time for its committed slots above its last executed seq:
+``StateRequest(last_executed, 0, top)`` with ``top`` above ``last_executed``.  The peer answers with what it holds,
+each message signed by its author: for each committed slot of its current view in the range, the pre-prepare and
+a quorum of matching commits; if the requester is below the peer's stable checkpoint, that checkpoint's proof,
+which starts a state transfer; and if the requester is in an earlier view, the NEW-VIEW of the peer's view (an idle
+cluster may have changed view while it was away, with nothing committed since).  The requester checks every message as if it came from its author.  While
+it is behind it does not start a view change (``_replica_views``): its lack of progress is its own.
+
+Bounds: one catch-up request per ``state_transfer_retry_ticks`` while behind and one probe per view-change timeout
+otherwise; an answer covers at most ``SLOTS_PER_ANSWER_MAX`` slots and shares the per-peer reply budget of state
+transfer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ._errors import RemoteProtocolError
+from ._messages import Commit, StateRequest
+
+SLOTS_PER_ANSWER_MAX = 32
+CATCH_UP_STATES = ("ok", "catching-up", "view-change")
+
+
+class CatchUpMixin:
+    """The catch-up half of ``Replica`` (which provides the attributes used here)."""
+
+    def _init_catch_up(self) -> None:
+        self.committed_seq_known = 0  # The highest seq a commit quorum of our view showed committed.
+        self.catch_up_counts: Counter[str] = Counter()
+        self._heard_tick = 0  # The last tick any peer's message arrived.
+        self._probe_due = False
+        self._catch_up_sent_tick: int | None = None
+        self._behind_since_tick: int | None = None
+        self._catch_up_progress_tick = 0  # When we last executed, or found ourselves behind.
+        self._catch_up_attempts = 0
+
+    # ------------------------------------------------------------- read-only summary
+
+    @property
+    def highest_seq_known(self) -> int:
+        """The highest seq this replica knows the cluster committed (from proofs, never from one peer's say)."""
+        return max(self.committed_seq_known, self.lag_target_seq, self.last_executed)
+
+    def catching_up(self) -> bool:
+        """Known to be behind: a proof shows the cluster committed past what this replica executed."""
+        return self.highest_seq_known > self.last_executed or self.transfer is not None
+
+    def progress_summary(self) -> dict:
+        """What an operator needs to tell a healthy replica from a stranded one (no I/O, O(1))."""
+        state = "view-change" if not self.view_active else "catching-up" if self.catching_up() else "ok"
+        assert state in CATCH_UP_STATES
+        return {"view": self.view, "view_active": self.view_active, "last_executed": self.last_executed,
+                "highest_seq_known": self.highest_seq_known, "lag": self.highest_seq_known - self.last_executed,
+                "state": state}
+
+    # ------------------------------------------------------------- noticing
+
+    def _note_heard(self) -> None:
+        self._heard_tick = self.ticks
+
+    def _note_clock(self, now_ms: int) -> None:
+        """A clock that jumped further than the allowed skew between two ticks: we were paused; look around."""
+        if self.now_ms and now_ms - self.now_ms > self.limits.max_clock_skew_ms:
+            self.catch_up_counts["clock-jumps"] += 1
+            self._probe_due = True
+
+    def _note_commit_quorum(self, commit: Commit, commits: dict) -> None:
+        """A quorum of matching commits for ``commit``'s (view, seq, digest): the cluster committed that seq."""
+        if commit.seq <= self.committed_seq_known:
+            return
+        if sum(1 for other in commits.values() if other.batch_digest == commit.batch_digest) >= self.quorum:
+            self.committed_seq_known = commit.seq
+
+    # ------------------------------------------------------------- asking
+
+    def _tick_catch_up(self) -> None:
+        behind = self.highest_seq_known > self.last_executed and self.transfer is None \
+            and self.lag_target_seq <= self.last_executed  # Below a stable checkpoint, state transfer runs.
+        if not behind:
+            self._behind_since_tick = None
+        elif self._behind_since_tick is None:
+            self._behind_since_tick = self._catch_up_progress_tick = self.ticks
+        since_sent = None if self._catch_up_sent_tick is None else self.ticks - self._catch_up_sent_tick
+        if behind:
+            waited = self.ticks - self._behind_since_tick >= self.limits.state_transfer_wait_ticks
+            if waited and (since_sent is None or since_sent >= self.limits.state_transfer_retry_ticks):
+                self._ask_for_slots("behind")
+            return
+        quiet = self.ticks - self._heard_tick >= self.limits.view_change_timeout_ticks
+        probe_period_over = since_sent is None or since_sent >= self.limits.view_change_timeout_ticks
+        if (self._probe_due or quiet) and probe_period_over:
+            self._probe_due = False
+            self._ask_for_slots("probe")
+
+    def _ask_for_slots(self, why: str) -> None:
+        peers = [r for r in range(self.config.replica_count) if r != self.replica_id]
+        peer = peers[(self.replica_id + self._catch_up_attempts) % len(peers)]
+        self._catch_up_attempts += 1
+        self._catch_up_sent_tick = self.ticks
+        self.catch_up_counts[f"asked-{why}"] += 1
+        top = min(self.high_water, self.last_executed + SLOTS_PER_ANSWER_MAX)
+        request = self._sign(StateRequest(self.last_executed, 0, top, self.view, self.replica_id, bytes(64)))
+        self._out.to_replicas.append((peer, request))
+
+    # ------------------------------------------------------------- answering
+
+    def _answer_slots(self, request: StateRequest) -> None:
+        """Re-send, signed by their authors, the proofs of what committed above the requester's last seq."""
+        above = request.checkpoint_seq
+        if not above < request.last_position <= above + SLOTS_PER_ANSWER_MAX:
+            raise RemoteProtocolError("bad-state-request", f"asks for slots ({above}, {request.last_position}], "
+                                      f"at most {SLOTS_PER_ANSWER_MAX} above its seq")
+        if above > self.last_executed:
+            self._probe_due = True  # A peer claims to be ahead of us: look for ourselves (bounded by the period).
+        sent = []
+        if above < self.low_water and self.stable_proof:
+            sent += self.stable_proof  # It is below our stable checkpoint: this starts its state transfer.
+        for seq in self.slots.irange(above + 1, request.last_position):
+            slot = self.slots[seq]
+            if slot.committed and slot.preprepare is not None:
+                matching = [c for _, c in sorted(slot.commits.items()) if c.batch_digest == slot.batch_digest]
+                sent += [slot.preprepare, *matching[:self.quorum]]
+        if request.view < self.view and self.view_active and self.new_view_message is not None \
+                and self.new_view_message.view == self.view:
+            sent.append(self.new_view_message)  # It missed our view change; nothing else would tell it.
+        self.catch_up_counts["answered"] += 1
+        self._out.to_replicas.extend((request.replica_id, message) for message in sent)
