@@ -1,4 +1,4 @@
-"""A PREPARE for an already prepared slot or a COMMIT for an already committed one changes nothing, so it is dropped before its signature is checked: a forged one is not even rejected, and the slot keeps exactly the quorum it decided on."""
+"""A PREPARE for an already prepared slot or a COMMIT for an already committed one, from a replica not heard in that phase, changes nothing, so it is dropped before its signature is checked (a forged one is not even rejected) and the slot keeps the quorum it decided on; a late message that conflicts with one the slot holds is still checked and proves equivocation."""
 
 from __future__ import annotations
 
@@ -45,3 +45,14 @@ def test_a_forged_prepare_before_the_quorum_is_still_rejected(kit):
     ready = backup.step(forged)
     assert [rejection.reason for rejection in ready.rejected] == ["bad-signature"]
     assert 2 not in backup.slots[1].prepares and isinstance(backup.slots[1].prepares[1], Prepare)
+
+
+def test_a_late_prepare_that_conflicts_with_a_kept_one_is_checked_and_proves_equivocation(kit):
+    backup, digest = prepared_and_committed_backup(kit)
+    kept = backup.slots[1].prepares[2]
+    conflicting = kit.prepare(2, 1, bytes(32))
+    ready = backup.step(conflicting)
+    [rejection] = ready.rejected
+    assert rejection.reason == "equivocation" and rejection.evidence is not None
+    assert backup.slots[1].prepares[2] == kept
+    assert backup.step(kept).is_empty()  # An exact repeat of what the slot holds adds nothing.

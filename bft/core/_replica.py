@@ -301,14 +301,19 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
 
     def _adds_nothing(self, message: Message) -> bool:
         """A PREPARE for a slot of this view that is already prepared, or a COMMIT for one already
-        committed: a quorum decided without it, so it is neither verified nor kept (SPEC.md section 5,
-        steps 6-7).  At n=7 that is two of the six PREPAREs and two of the six COMMITs a replica gets."""
+        committed, from a replica not heard in that phase yet: a quorum decided without it, so it is
+        neither verified nor kept (SPEC.md section 5, step 7).  At n=7 that is two of the six PREPAREs
+        and two of the six COMMITs a replica gets.  An exact repeat of a kept message adds nothing
+        either; a message that differs from the one kept is checked, as it may prove equivocation."""
         message_type = type(message)
         if message_type is not Prepare and message_type is not Commit:
             return False
         slot = self._current_slot(message.seq) if message.view == self.view else None
         if slot is None:
             return False
+        existing = (slot.commits if message_type is Commit else slot.prepares).get(message.replica_id)
+        if existing is not None:
+            return existing == message  # A conflicting one is checked: it may be proof of equivocation.
         return slot.committed if message_type is Commit else slot.prepared
 
     def _reject(self, error: RemoteProtocolError) -> None:
