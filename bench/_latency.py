@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._launchers import ClusterSpec, Launcher, open_connected_client
+from ._launchers import ClusterSpec, Launcher, RunningCluster, open_connected_client
 from ._stats import summarize_ms
 from ._workload import RISK_ORDER, action_for, risk_for
 
@@ -25,10 +25,13 @@ class LatencySettings:
     # The loop stops early, after a whole round of risk classes, once this much time has passed.
     max_duration_s: float = 30.0
     timeout_ms: int = 5000
+    # After the warm-up: let the cluster settle, then measure its CPU while no request is sent.
+    idle_settle_s: float = 0.5
+    idle_measure_s: float = 2.0
 
     def __post_init__(self) -> None:
         assert self.requests >= len(RISK_ORDER) and self.warmup_requests >= 0 and self.timeout_ms >= 1
-        assert self.max_duration_s > 0
+        assert self.max_duration_s > 0 and self.idle_settle_s >= 0 and self.idle_measure_s > 0
 
 
 async def closed_loop_latency(launcher: Launcher, spec: ClusterSpec, settings: LatencySettings) -> dict:
@@ -39,6 +42,7 @@ async def closed_loop_latency(launcher: Launcher, spec: ClusterSpec, settings: L
         client = await open_connected_client(cluster, stack, spec.client_ids[0], timeout_ms=settings.timeout_ms)
         for number in range(settings.warmup_requests):
             await client.submit(action_for(risk_for(number), number), risk_for(number))
+        idle = await idle_replica_cpu(cluster, settings)
         measuring_until_s = trio.current_time() + settings.max_duration_s
         cpu_started_s = cluster.cpu_seconds()
         for number in range(settings.warmup_requests, settings.warmup_requests + settings.requests):
@@ -63,5 +67,19 @@ async def closed_loop_latency(launcher: Launcher, spec: ClusterSpec, settings: L
         "latencies_ms": [round(ms, 3) for _, status, ms in samples if status != "REFUSED"],
         # Replicas plus client, all cores: compare with the model's CPU per unbatched verdict.
         "cpu_ms_per_verdict": round(cpu_ms_per_request, 3),
+        "idle": idle,
         "wall_s": round(trio.current_time() - started_s, 2),
     }
+
+
+async def idle_replica_cpu(cluster: RunningCluster, settings: LatencySettings) -> dict:
+    """CPU per replica per second of a cluster that serves no request (its client connected, silent)."""
+    await trio.sleep(settings.idle_settle_s)
+    before, started_s = cluster.replica_cpu_snapshot(), trio.current_time()
+    await trio.sleep(settings.idle_measure_s)
+    used_s = before.seconds_until(cluster.replica_cpu_snapshot())
+    elapsed_s = trio.current_time() - started_s
+    per_replica_ms_per_s = 1000 * used_s / elapsed_s / cluster.replica_count
+    return {"measured_s": round(elapsed_s, 3), "scope": before.scope,
+            "cpu_ms_per_s_per_replica": round(per_replica_ms_per_s, 3),
+            "percent_of_core_per_replica": round(per_replica_ms_per_s / 10, 3)}

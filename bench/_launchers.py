@@ -68,6 +68,9 @@ class RunningCluster(Protocol):
     def cpu_seconds(self) -> float:
         """CPU time used so far by the replicas and by this process (its clients), user plus system."""
 
+    def replica_cpu_snapshot(self) -> "CpuSnapshot":
+        """The replicas' CPU so far (alone where they are processes, else this whole process), finely."""
+
 
 class Launcher(Protocol):
     name: str
@@ -88,6 +91,45 @@ class _Running:
 
     def cpu_seconds(self) -> float:
         return time.process_time() + sum(process_cpu_seconds(pid) for pid in self.replica_pids())
+
+    def replica_cpu_snapshot(self) -> "CpuSnapshot":
+        pids = self.replica_pids()
+        if pids:
+            return CpuSnapshot("replica processes", {key: seconds for pid in pids
+                                                     for key, seconds in thread_cpu_seconds(pid).items()})
+        return CpuSnapshot("this process (replicas in-process, with the client)", {(0, 0): time.process_time()})
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    """CPU seconds per (process, thread) at one moment, and what they cover."""
+    scope: str
+    by_thread: dict[tuple[int, int], float]
+
+    def seconds_until(self, later: "CpuSnapshot") -> float:
+        """CPU used between the two snapshots.  A thread born in between counts whole; one that ended in
+        between is left out (its last moments are lost: an idle worker thread that timed out uses next to
+        nothing), rather than subtracting its whole life."""
+        assert later.scope == self.scope
+        return sum(seconds - self.by_thread.get(key, 0.0) for key, seconds in later.by_thread.items())
+
+
+def thread_cpu_seconds(pid: int) -> dict[tuple[int, int], float]:
+    """On-CPU seconds of each thread of ``pid``, in nanoseconds from /proc/PID/task/TID/schedstat where the
+    kernel keeps it (clock ticks of 10 ms are too coarse for an idle replica), else the process's ticks."""
+    try:
+        tids = [int(name) for name in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    by_thread = {}
+    for tid in tids:
+        try:
+            by_thread[(pid, tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue  # The thread ended since the listing (or the kernel keeps no schedstat: see below).
+    if (pid, pid) not in by_thread:  # The main thread lives as long as the process: no schedstat here.
+        return {(pid, 0): process_cpu_seconds(pid)}
+    return by_thread
 
 
 def process_cpu_seconds(pid: int) -> float:

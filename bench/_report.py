@@ -1,7 +1,8 @@
 """Results: the machine they came from, the ratios to floor and ceiling, the JSON file and the printed table.
 
-Targets from issue 7 are *reported* next to each ratio, never asserted: a
-benchmark says how far the system is from the floor; it does not fail a build.
+Issue 16's targets are *reported* with the figure each is about, never
+asserted: a benchmark says how far the system is from its floor and its
+goals; it does not fail a build.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from typing import TextIO
 
 SCHEMA = "bft-bench/1"
 HEADLINE_RISK = "low"
-# Issue 7's targets, as (ratio name, bound kind, bound).
-TARGETS = (("p50_over_floor", "at most", 2.0), ("p99_over_floor", "at most", 5.0),
-           ("throughput_over_ceiling", "at least", 0.5))
+HEADLINE_STORAGE = "durable"  # The production configuration: the latency and CPU the targets are about.
+# Issue 16's targets, as (summary field, replica count, bound kind, bound).
+TARGETS = (("p50_over_floor", 4, "at most", 2.0), ("p99_over_floor", 4, "at most", 4.0),
+           ("cpu_ms_per_verdict", 4, "at most", 12.0), ("cpu_ms_per_verdict", 7, "at most", 30.0),
+           ("saturation_per_s", 4, "at least", 700.0), ("saturation_per_s", 7, "at least", 300.0),
+           ("idle_percent_of_core_per_replica", 4, "at most", 1.0),
+           ("idle_percent_of_core_per_replica", 7, "at most", 1.0))
 
 
 def machine_description() -> dict:
@@ -87,17 +92,49 @@ def throughput_ratios(floor_by_n: dict, throughput_runs: list[dict]) -> list[dic
     return rows
 
 
-def target_report(latency_rows: list[dict], throughput_rows: list[dict]) -> list[dict]:
-    """Each issue-7 target with the measured ratio it is about (n = 4; durable, low risk for latency)."""
-    latency = next((row for row in latency_rows if row["replica_count"] == 4 and row["storage"] == "durable"
-                    and row["risk"] == HEADLINE_RISK), None)
-    throughput = next((row for row in throughput_rows if row["replica_count"] == 4), None)
+def summary_by_n(latency_rows: list[dict], throughput_rows: list[dict], latency_runs: list[dict],
+                 message_counts: list[dict]) -> list[dict]:
+    """One row per replica count with every headline figure (None where this run did not measure it):
+    latency against the floor and CPU per verdict against the model (durable storage, low risk), saturation
+    and p99 at 90 % of it, messages and verifications per verdict (simulator), idle CPU per replica (the
+    highest of that n's latency runs)."""
+    counts = sorted({row["replica_count"] for row in latency_rows + throughput_rows + message_counts})
+    summary = []
+    for n in counts:
+        latency = _headline_latency(latency_rows, n)
+        throughput = next((row for row in throughput_rows if row["replica_count"] == n), None)
+        messages = next((row for row in message_counts if row["replica_count"] == n), None)
+        idle = [run["idle"] for run in latency_runs if run["replica_count"] == n]
+        worst_idle = max(idle, key=lambda figure: figure["cpu_ms_per_s_per_replica"], default=None)
+        summary.append({
+            "replica_count": n, "latency_storage": latency and latency["storage"], "latency_risk": HEADLINE_RISK,
+            **{key: latency and latency[key] for key in ("floor_ms", "p50_ms", "p99_ms", "p50_over_floor",
+                                                         "p99_over_floor", "cpu_ms_per_verdict",
+                                                         "model_cpu_ms_per_verdict")},
+            "saturation_per_s": throughput and throughput["saturation_per_s"],
+            "p99_ms_at_90_percent": throughput and throughput["p99_ms_at_90_percent"],
+            "messages_per_verdict": messages and messages["messages_per_verdict"],
+            "verifications_per_verdict": messages and messages["verifications_per_verdict"],
+            "idle_cpu_ms_per_s_per_replica": worst_idle and worst_idle["cpu_ms_per_s_per_replica"],
+            "idle_percent_of_core_per_replica": worst_idle and worst_idle["percent_of_core_per_replica"]})
+    return summary
+
+
+def _headline_latency(latency_rows: list[dict], n: int) -> dict | None:
+    """The low-risk row at n, durable storage if this run measured it, else the other."""
+    rows = [row for row in latency_rows if row["replica_count"] == n and row["risk"] == HEADLINE_RISK]
+    return next((row for row in rows if row["storage"] == HEADLINE_STORAGE), rows[0] if rows else None)
+
+
+def target_report(summary: list[dict]) -> list[dict]:
+    """Each issue-16 target with the measured figure it is about; ``met`` is None where it was not measured."""
+    by_n = {row["replica_count"]: row for row in summary}
     report = []
-    for name, kind, bound in TARGETS:
-        row = throughput if name == "throughput_over_ceiling" else latency
-        value = row[name] if row else None
+    for name, n, kind, bound in TARGETS:
+        value = by_n.get(n, {}).get(name)
         met = None if value is None else (value <= bound if kind == "at most" else value >= bound)
-        report.append({"ratio": name, "target": f"{kind} {bound:g}", "value": value, "met": met})
+        report.append({"figure": name, "replica_count": n, "target": f"{kind} {bound:g}", "value": value,
+                       "met": met})
     return report
 
 
@@ -110,21 +147,27 @@ def write_results(results: dict, directory: Path) -> Path:
 
 def print_table(results: dict, out: TextIO) -> None:
     machine = results["machine"]
-    print(f"\nbft benchmark {results['run_id']}: {machine['cores']} cores, {machine['cpu']}, "
+    print(f"\nbft benchmark {results['run_id']} ({results['date']}): {machine['cores']} cores, {machine['cpu']}, "
           f"Python {machine['python']}, load average {machine['load_average_at_start']} at the start and "
           f"{machine['load_average_at_end']} at the end; launcher {results['launcher']}"
           + (f" (fell back: {results['launcher_fallback']})" if results.get("launcher_fallback") else ""), file=out)
+    _print_summary(results["summary_by_n"], out)
     _print_floor(results.get("floor"), out)
     ratios = results["ratios"]
+    idle_by_run = {(run["replica_count"], run["storage"]): run["idle"] for run in results["latency"]}
     if ratios["latency"]:
         print(f"\nlatency, one client, closed loop ({HEADLINE_RISK} risk; floor = critical path at n):", file=out)
         print(f"  {'n':>3} {'storage':<9} {'floor ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'p50/floor':>10} "
-              f"{'p99/floor':>10} {'CPU ms/verdict (model)':>23}", file=out)
+              f"{'p99/floor':>10} {'CPU ms/verdict (model)':>23} {'idle ms/s/replica':>18}", file=out)
         for row in (r for r in ratios["latency"] if r["risk"] == HEADLINE_RISK):
             cpu = f"{row['cpu_ms_per_verdict']:.1f} ({row['model_cpu_ms_per_verdict']:.1f})"
+            idle = idle_by_run[(row["replica_count"], row["storage"])]["cpu_ms_per_s_per_replica"]
             print(f"  {row['replica_count']:>3} {row['storage']:<9} {row['floor_ms']:>9.2f} {row['p50_ms']:>8.2f} "
-                  f"{row['p99_ms']:>8.2f} {row['p50_over_floor']:>10.1f} {row['p99_over_floor']:>10.1f} {cpu:>23}",
-                  file=out)
+                  f"{row['p99_ms']:>8.2f} {row['p50_over_floor']:>10.1f} {row['p99_over_floor']:>10.1f} {cpu:>23} "
+                  f"{idle:>18.2f}", file=out)
+        scopes = sorted({idle["scope"] for idle in idle_by_run.values()})
+        print(f"  idle: CPU per replica per second with no request for {results['latency'][0]['idle']['measured_s']:.1f}"
+              f" s after the warm-up, measured over {', '.join(scopes)}", file=out)
     if ratios["throughput"]:
         print("\nthroughput, open loop (ceiling = cores / CPU per verdict with full batches):", file=out)
         print(f"  {'n':>3} {'storage':<9} {'ceiling/s':>10} {'saturation/s':>13} {'thr/ceiling':>12} "
@@ -133,14 +176,45 @@ def print_table(results: dict, out: TextIO) -> None:
             print(f"  {row['replica_count']:>3} {row['storage']:<9} {row['ceiling_per_s']:>10.0f} "
                   f"{row['saturation_per_s']:>13.1f} {row['throughput_over_ceiling']:>12.3f} "
                   f"{_number(row['p50_ms_at_50_percent']):>12} {_number(row['p99_ms_at_90_percent']):>12}", file=out)
+    _print_messages(results.get("messages"), out)
     _print_scaling(results.get("scaling"), out)
-    if ratios["targets"]:
-        print("\nissue 7 targets (reported, not asserted):", file=out)
-        for target in ratios["targets"]:
-            verdict = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
-            print(f"  {target['ratio']:<24} {_number(target['value']):>8}  target {target['target']:<12} {verdict}",
-                  file=out)
+    print(f"\nissue 16 targets (reported, not asserted; latency and CPU: one client, {HEADLINE_STORAGE} storage, "
+          f"{HEADLINE_RISK} risk):", file=out)
+    for target in ratios["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
+        print(f"  n={target['replica_count']} {target['figure']:<34} {_number(target['value']):>9}  "
+              f"target {target['target']:<14} {verdict}", file=out)
     print(f"\nwrote {results['files']['json']} in {results['duration_s']:.0f} s", file=out)
+
+
+def _print_summary(summary: list[dict], out: TextIO) -> None:
+    print(f"\nsummary ({HEADLINE_STORAGE} storage, {HEADLINE_RISK} risk, one closed-loop client; saturation with "
+          "open-loop clients; messages and verifications counted in the simulator; - = not measured):", file=out)
+    print(f"  {'n':>3} {'p50 ms':>8} {'p99 ms':>8} {'floor ms':>9} {'p50/floor':>10} {'p99/floor':>10} "
+          f"{'CPU ms/verdict (model)':>23} {'saturation/s':>13} {'p99 @90% ms':>12} {'msgs/verdict':>13} "
+          f"{'verifs/verdict':>15} {'idle ms/s/replica':>18}", file=out)
+    for row in summary:
+        cpu = "-" if row["cpu_ms_per_verdict"] is None else \
+            f"{row['cpu_ms_per_verdict']:.1f} ({row['model_cpu_ms_per_verdict']:.1f})"
+        print(f"  {row['replica_count']:>3} {_number(row['p50_ms']):>8} {_number(row['p99_ms']):>8} "
+              f"{_number(row['floor_ms']):>9} {_number(row['p50_over_floor']):>10} {_number(row['p99_over_floor']):>10} "
+              f"{cpu:>23} {_number(row['saturation_per_s']):>13} {_number(row['p99_ms_at_90_percent']):>12} "
+              f"{_number(row['messages_per_verdict']):>13} {_number(row['verifications_per_verdict']):>15} "
+              f"{_number(row['idle_cpu_ms_per_s_per_replica']):>18}", file=out)
+
+
+def _print_messages(counts: list[dict] | None, out: TextIO) -> None:
+    if not counts:
+        return
+    first = counts[0]
+    print(f"\nmessages and signature verifications per verdict (real core in the simulator, clean network, "
+          f"{first['clients']} clients, {first['requests']} requests; verifications exclude cache hits):", file=out)
+    for row in counts:
+        kinds = ", ".join(f"{kind} {count:g}" for kind, count in row["messages_per_verdict_by_type"].items())
+        parties = row["verifications_per_verdict_by_party"]
+        print(f"  n={row['replica_count']}: {row['messages_per_verdict']:g} messages ({kinds}); "
+              f"{row['verifications_per_verdict']:g} verifications (replicas {parties['replicas']:g}, "
+              f"clients {parties['clients']:g})", file=out)
 
 
 def _print_floor(floor: dict | None, out: TextIO) -> None:

@@ -12,14 +12,15 @@ import trio
 
 from ._costs import measure_unit_costs
 from ._latency import LatencySettings, closed_loop_latency
+from ._message_counts import MessageCountSettings, count_messages
 from ._launchers import ClusterSpec, FallbackLauncher
 from ._model import floor_report
-from ._report import (latency_ratios, load_average, machine_description, print_table, target_report,
-                      throughput_ratios, write_results)
+from ._report import (latency_ratios, load_average, machine_description, print_table, summary_by_n,
+                      target_report, throughput_ratios, write_results)
 from ._scaling import ScalingSettings, simulate_scaling
 from ._throughput import ThroughputSettings, measure_throughput
 
-STEPS = ("latency", "throughput", "scaling", "profile")  # The floor and ceiling are always measured.
+STEPS = ("latency", "throughput", "messages", "scaling", "profile")  # The floor and ceiling are always measured.
 FULL_BATCH_REQUESTS = 64  # The core's default max_batch_requests: the ceiling assumes full batches.
 
 
@@ -33,6 +34,7 @@ class BenchSettings:
     throughput_replica_counts: tuple[int, ...]
     throughput_storage: str
     throughput: ThroughputSettings
+    messages: MessageCountSettings
     scaling: ScalingSettings
     profile: LatencySettings
     steps: tuple[str, ...] = STEPS
@@ -49,16 +51,18 @@ FULL = BenchSettings(
     throughput_replica_counts=(4, 7), throughput_storage="durable",
     throughput=ThroughputSettings(client_count=8, point_s=3.0, probe_requests=12, growth=1.5, max_steps=10,
                                   latency_bound_ms=1000.0),
+    messages=MessageCountSettings(replica_counts=(4, 7), clients=8, requests=300),
     scaling=ScalingSettings(replica_counts=(4, 7, 10, 16, 25, 31, 49, 64, 100), requests=3, budget_s=60.0),
     profile=LatencySettings(requests=150, warmup_requests=10, max_duration_s=15.0),
 )
 QUICK = BenchSettings(
     mode="quick", cost_calls=40,
     latency_replica_counts=(4,), latency_storages=("volatile", "durable"),
-    latency=LatencySettings(requests=8, warmup_requests=2),
+    latency=LatencySettings(requests=8, warmup_requests=2, idle_settle_s=0.1, idle_measure_s=0.3),
     throughput_replica_counts=(4,), throughput_storage="durable",
     throughput=ThroughputSettings(client_count=2, point_s=0.3, probe_requests=2, growth=2.0, max_steps=1,
                                   latency_bound_ms=1000.0),
+    messages=MessageCountSettings(replica_counts=(4, 7), clients=8, requests=24),
     scaling=ScalingSettings(replica_counts=(4, 7), requests=1, budget_s=20.0),
     profile=LatencySettings(requests=8, warmup_requests=2),
 )
@@ -84,7 +88,7 @@ class _StepClock:
 def run_bench(settings: BenchSettings, launcher: FallbackLauncher, results_root: Path, scratch: Path,
               out: TextIO = sys.stdout) -> dict:
     """Run every step of ``settings``, write the JSON (and plots), print the table; return the results."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
     run_id, directory = _new_run_directory(results_root, settings.mode)
     machine = machine_description()
     clock = _StepClock()
@@ -94,9 +98,10 @@ def run_bench(settings: BenchSettings, launcher: FallbackLauncher, results_root:
     floor = {"unit_costs": costs.to_json(),
              "by_n": {str(n): floor_report(costs, n, FULL_BATCH_REQUESTS, machine["cores"]) for n in counts}}
     clock.lap("floor")
-    results: dict = {"schema": "bft-bench/1", "run_id": run_id, "mode": settings.mode, "machine": machine,
-                     "launcher": launcher.name, "floor": floor, "latency": [], "throughput": [], "scaling": None,
-                     "profile": None}
+    results: dict = {"schema": "bft-bench/1", "run_id": run_id, "date": started_at, "mode": settings.mode,
+                     "machine": machine,
+                     "launcher": launcher.name, "floor": floor, "latency": [], "throughput": [], "messages": [],
+                     "scaling": None, "profile": None}
     if "latency" in settings.steps:
         results["latency"] = trio.run(_latency_runs, settings, launcher, scratch)
         clock.lap("latency")
@@ -104,6 +109,11 @@ def run_bench(settings: BenchSettings, launcher: FallbackLauncher, results_root:
         results["throughput"] = trio.run(_throughput_runs, settings, launcher, scratch)
         clock.lap("throughput")
     results["launcher"], results["launcher_fallback"] = launcher.name, launcher.fallback_reason
+    if "messages" in settings.steps:
+        _progress(f"counting messages and signature verifications per verdict in the simulator, "
+                  f"n = {', '.join(map(str, settings.messages.replica_counts))}")
+        results["messages"] = count_messages(settings.messages)
+        clock.lap("messages")
     if "scaling" in settings.steps:
         _progress(f"simulating n = {', '.join(map(str, settings.scaling.replica_counts))} on a WAN "
                   f"(budget {settings.scaling.budget_s:g} s)")
@@ -117,8 +127,9 @@ def run_bench(settings: BenchSettings, launcher: FallbackLauncher, results_root:
         clock.lap("profile")
     latency_rows = latency_ratios(floor["by_n"], results["latency"])
     throughput_rows = throughput_ratios(floor["by_n"], results["throughput"])
+    results["summary_by_n"] = summary_by_n(latency_rows, throughput_rows, results["latency"], results["messages"])
     results["ratios"] = {"latency": latency_rows, "throughput": throughput_rows,
-                         "targets": target_report(latency_rows, throughput_rows)}
+                         "targets": target_report(results["summary_by_n"])}
     results["files"] = {"json": str(directory / "results.json"),
                         "plots": _plots(results, directory) if settings.plots else []}
     clock.lap("plots")
