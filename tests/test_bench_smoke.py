@@ -41,16 +41,24 @@ def quick_run(tmp_path_factory):
 
 
 def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and value > 0
+    return _number(value) and value > 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def test_the_run_writes_its_json_and_prints_the_table(quick_run):
     results, printed = quick_run
     with open(results["files"]["json"]) as file:
         assert json.load(file) == json.loads(json.dumps(results))
-    for heading in ("p50/floor", "p99/floor", "thr/ceiling", "messages/verdict", "issue 7 targets"):
+    for heading in ("p50/floor", "p99/floor", "thr/ceiling", "messages/verdict", "msgs/verdict", "verifs/verdict",
+                    "idle ms/s/replica", "issue 16 targets", "load average", results["date"]):
         assert heading in printed
-    assert set(results["step_durations_s"]) == {"floor", "latency", "throughput", "scaling", "profile", "plots"}
+    assert set(results["step_durations_s"]) == {"floor", "latency", "throughput", "messages", "scaling", "profile",
+                                                "plots"}
+    assert results["machine"]["load_average_at_start"] is not None
+    assert results["machine"]["load_average_at_end"] is not None
     assert results["machine"]["cores"] >= 1 and results["launcher"] == "in-process"
 
 
@@ -82,6 +90,10 @@ def test_latency_runs_cover_every_risk_class_with_ordered_percentiles(quick_run)
             assert 0 < summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"] <= summary["max_ms"]
         assert len(run["latencies_ms"]) == run["all"]["count"]
         assert _positive(run["cpu_ms_per_verdict"])
+        idle = run["idle"]
+        assert _positive(idle["measured_s"]) and idle["scope"]
+        assert _number(idle["cpu_ms_per_s_per_replica"]) and idle["cpu_ms_per_s_per_replica"] >= 0
+        assert idle["percent_of_core_per_replica"] == pytest.approx(idle["cpu_ms_per_s_per_replica"] / 10, abs=0.001)
 
 
 def test_throughput_reports_saturation_and_the_two_measured_loads(quick_run):
@@ -98,14 +110,46 @@ def test_throughput_reports_saturation_and_the_two_measured_loads(quick_run):
         assert _positive(point["cpu_ms_per_verdict"])
 
 
-def test_scaling_counts_at_least_three_all_to_all_phases_per_verdict(quick_run):
+def test_scaling_counts_at_least_two_all_to_all_phases_per_verdict(quick_run):
     scaling = quick_run[0]["scaling"]
     assert [point["replica_count"] for point in scaling["points"]] == [4, 7] and not scaling["skipped"]
     for point in scaling["points"]:
         n = point["replica_count"]
         assert point["completed"] == point["requests"]
-        assert point["messages_per_verdict"] >= 3 * n * (n - 1)
+        # Prepares and commits go all to all; votes go to the primary alone (SPEC.md 11a).
+        assert point["messages_per_verdict"] >= 2 * n * (n - 1)
         assert _positive(point["latency"]["p50_ms"]) and point["highest_view"] == 0
+
+
+def test_messages_and_verifications_per_verdict_are_counted_by_type_at_4_and_7(quick_run):
+    counts = quick_run[0]["messages"]
+    assert [row["replica_count"] for row in counts] == [4, 7]
+    for row in counts:
+        n = row["replica_count"]
+        assert row["verdicts"] == row["requests"] == QUICK.messages.requests
+        by_type = row["messages_per_verdict_by_type"]
+        assert {"Request", "Vote", "PrePrepare", "Prepare", "Commit", "Reply"} <= set(by_type)
+        assert all(_positive(count) for count in by_type.values())
+        assert sum(by_type.values()) == pytest.approx(row["messages_per_verdict"], abs=0.1)
+        assert by_type["Request"] == by_type["Reply"] == n  # Every client sends to and hears from every replica.
+        parties = row["verifications_per_verdict_by_party"]
+        assert _positive(parties["replicas"]) and _positive(parties["clients"])
+        assert parties["replicas"] + parties["clients"] == pytest.approx(row["verifications_per_verdict"], abs=0.1)
+    assert counts[0]["messages_per_verdict"] < counts[1]["messages_per_verdict"]
+    assert counts[0]["verifications_per_verdict"] < counts[1]["verifications_per_verdict"]
+
+
+def test_the_summary_has_every_headline_figure_for_each_n(quick_run):
+    summary = {row["replica_count"]: row for row in quick_run[0]["summary_by_n"]}
+    assert set(summary) == {4, 7}
+    measured_at_4 = ("floor_ms", "p50_ms", "p99_ms", "p50_over_floor", "p99_over_floor", "cpu_ms_per_verdict",
+                     "model_cpu_ms_per_verdict", "saturation_per_s", "p99_ms_at_90_percent", "messages_per_verdict",
+                     "verifications_per_verdict", "idle_cpu_ms_per_s_per_replica", "idle_percent_of_core_per_replica")
+    assert all(_number(summary[4][field]) for field in measured_at_4)
+    assert summary[4]["latency_storage"] == "durable" and summary[4]["latency_risk"] == "low"
+    # The quick run measures latency and throughput at n = 4 only; the simulator counts n = 7 too.
+    assert _positive(summary[7]["messages_per_verdict"]) and _positive(summary[7]["verifications_per_verdict"])
+    assert summary[7]["p50_ms"] is None and summary[7]["saturation_per_s"] is None
 
 
 def test_profile_accounts_for_all_sampled_time(quick_run):
@@ -122,9 +166,19 @@ def test_ratios_and_targets_are_present(quick_run):
     assert ratios["latency"] and all(_positive(row["p50_over_floor"]) and _positive(row["p99_over_floor"])
                                      for row in ratios["latency"])
     assert all(_positive(row["throughput_over_ceiling"]) for row in ratios["throughput"])
-    assert [target["ratio"] for target in ratios["targets"]] == ["p50_over_floor", "p99_over_floor",
-                                                                 "throughput_over_ceiling"]
-    assert all(_positive(target["value"]) and isinstance(target["met"], bool) for target in ratios["targets"])
+    targets = {(target["figure"], target["replica_count"]): target for target in ratios["targets"]}
+    assert set(targets) == {("p50_over_floor", 4), ("p99_over_floor", 4), ("cpu_ms_per_verdict", 4),
+                            ("cpu_ms_per_verdict", 7), ("saturation_per_s", 4), ("saturation_per_s", 7),
+                            ("idle_percent_of_core_per_replica", 4), ("idle_percent_of_core_per_replica", 7)}
+    summary = {row["replica_count"]: row for row in results["summary_by_n"]}
+    for (figure, n), target in targets.items():
+        assert target["value"] == summary[n][figure]
+        if target["value"] is None:
+            assert target["met"] is None and n == 7  # The quick run measures real processes at n = 4 only.
+            continue
+        assert _number(target["value"]) and isinstance(target["met"], bool)
+        kind, bound = target["target"].rsplit(" ", 1)
+        assert target["met"] == (target["value"] <= float(bound) if kind == "at most" else target["value"] >= float(bound))
     for path in results["files"]["plots"]:
         with open(path, "rb") as file:
             assert file.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -163,4 +217,4 @@ def test_percentiles_use_the_nearest_rank():
 def test_a_bad_step_is_one_sentence_and_exit_code_two(capsys):
     assert main(["--quick", "--steps", "latency,nonsense"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == "unknown step 'nonsense'; the steps are latency, throughput, scaling, profile"
+    assert error == "unknown step 'nonsense'; the steps are latency, throughput, messages, scaling, profile"
