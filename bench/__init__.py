@@ -1,4 +1,4 @@
-"""The benchmark suite of issue 7: measured floor and ceiling, latency, throughput, scaling, profile.
+"""The benchmark suite (issues 7 and 16): floor and ceiling, latency, idle CPU, throughput, messages, scaling, profile.
 
 Run it with ``python -m bench`` (``make bench``), or ``python -m bench --quick``
 for the seconds-long version the test suite runs.  ``run_bench`` is the API.

@@ -45,8 +45,8 @@ class _CountingCluster(SimCluster):
 def count_per_verdict(replica_count: int, settings: MessageCountSettings, seed: int = 1) -> dict:
     """Drive ``settings.requests`` requests through a clean simulated cluster; counts per certified verdict."""
     workload = Workload(replica_count, settings.requests, clients=settings.clients, seed=seed)
-    cluster = _CountingCluster(replica_count, seed=seed, client_ids=tuple(f"client-{i}" for i in range(settings.clients)),
-                               full_invariant_checks=False)
+    client_ids = tuple(f"client-{i}" for i in range(settings.clients))
+    cluster = _CountingCluster(replica_count, seed=seed, client_ids=client_ids, full_invariant_checks=False)
     verdicts = drive(cluster, workload)
     assert verdicts > 0, f"no verdict certified at n = {replica_count} on a clean simulated network"
     replica_checks = sum(replica._verifier.checks for replica in cluster.replicas)

@@ -166,8 +166,9 @@ def print_table(results: dict, out: TextIO) -> None:
                   f"{row['p99_ms']:>8.2f} {row['p50_over_floor']:>10.1f} {row['p99_over_floor']:>10.1f} {cpu:>23} "
                   f"{idle:>18.2f}", file=out)
         scopes = sorted({idle["scope"] for idle in idle_by_run.values()})
-        print(f"  idle: CPU per replica per second with no request for {results['latency'][0]['idle']['measured_s']:.1f}"
-              f" s after the warm-up, measured over {', '.join(scopes)}", file=out)
+        idle_s = results["latency"][0]["idle"]["measured_s"]
+        print(f"  idle: CPU per replica per second with no request for {idle_s:.1f} s after the warm-up, "
+              f"measured over {', '.join(scopes)}", file=out)
     if ratios["throughput"]:
         print("\nthroughput, open loop (ceiling = cores / CPU per verdict with full batches):", file=out)
         print(f"  {'n':>3} {'storage':<9} {'ceiling/s':>10} {'saturation/s':>13} {'thr/ceiling':>12} "
@@ -197,7 +198,8 @@ def _print_summary(summary: list[dict], out: TextIO) -> None:
         cpu = "-" if row["cpu_ms_per_verdict"] is None else \
             f"{row['cpu_ms_per_verdict']:.1f} ({row['model_cpu_ms_per_verdict']:.1f})"
         print(f"  {row['replica_count']:>3} {_number(row['p50_ms']):>8} {_number(row['p99_ms']):>8} "
-              f"{_number(row['floor_ms']):>9} {_number(row['p50_over_floor']):>10} {_number(row['p99_over_floor']):>10} "
+              f"{_number(row['floor_ms']):>9} {_number(row['p50_over_floor']):>10} "
+              f"{_number(row['p99_over_floor']):>10} "
               f"{cpu:>23} {_number(row['saturation_per_s']):>13} {_number(row['p99_ms_at_90_percent']):>12} "
               f"{_number(row['messages_per_verdict']):>13} {_number(row['verifications_per_verdict']):>15} "
               f"{_number(row['idle_cpu_ms_per_s_per_replica']):>18}", file=out)

@@ -178,7 +178,8 @@ def test_ratios_and_targets_are_present(quick_run):
             continue
         assert _number(target["value"]) and isinstance(target["met"], bool)
         kind, bound = target["target"].rsplit(" ", 1)
-        assert target["met"] == (target["value"] <= float(bound) if kind == "at most" else target["value"] >= float(bound))
+        within = target["value"] <= float(bound) if kind == "at most" else target["value"] >= float(bound)
+        assert target["met"] == within
     for path in results["files"]["plots"]:
         with open(path, "rb") as file:
             assert file.read(8) == b"\x89PNG\r\n\x1a\n"
