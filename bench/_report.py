@@ -104,7 +104,7 @@ def summary_by_n(latency_rows: list[dict], throughput_rows: list[dict], latency_
         latency = _headline_latency(latency_rows, n)
         throughput = next((row for row in throughput_rows if row["replica_count"] == n), None)
         messages = next((row for row in message_counts if row["replica_count"] == n), None)
-        idle = [run["idle"] for run in latency_runs if run["replica_count"] == n]
+        idle = [run["idle"] for run in latency_runs if run["replica_count"] == n and run["idle"]]
         worst_idle = max(idle, key=lambda figure: figure["cpu_ms_per_s_per_replica"], default=None)
         summary.append({
             "replica_count": n, "latency_storage": latency and latency["storage"], "latency_risk": HEADLINE_RISK,
@@ -154,21 +154,18 @@ def print_table(results: dict, out: TextIO) -> None:
     _print_summary(results["summary_by_n"], out)
     _print_floor(results.get("floor"), out)
     ratios = results["ratios"]
-    idle_by_run = {(run["replica_count"], run["storage"]): run["idle"] for run in results["latency"]}
+    idle_by_run = {(run["replica_count"], run["storage"]): run["idle"] for run in results["latency"] if run["idle"]}
     if ratios["latency"]:
         print(f"\nlatency, one client, closed loop ({HEADLINE_RISK} risk; floor = critical path at n):", file=out)
         print(f"  {'n':>3} {'storage':<9} {'floor ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'p50/floor':>10} "
               f"{'p99/floor':>10} {'CPU ms/verdict (model)':>23} {'idle ms/s/replica':>18}", file=out)
         for row in (r for r in ratios["latency"] if r["risk"] == HEADLINE_RISK):
             cpu = f"{row['cpu_ms_per_verdict']:.1f} ({row['model_cpu_ms_per_verdict']:.1f})"
-            idle = idle_by_run[(row["replica_count"], row["storage"])]["cpu_ms_per_s_per_replica"]
+            idle = idle_by_run.get((row["replica_count"], row["storage"]), {}).get("cpu_ms_per_s_per_replica")
             print(f"  {row['replica_count']:>3} {row['storage']:<9} {row['floor_ms']:>9.2f} {row['p50_ms']:>8.2f} "
                   f"{row['p99_ms']:>8.2f} {row['p50_over_floor']:>10.1f} {row['p99_over_floor']:>10.1f} {cpu:>23} "
-                  f"{idle:>18.2f}", file=out)
-        scopes = sorted({idle["scope"] for idle in idle_by_run.values()})
-        idle_s = results["latency"][0]["idle"]["measured_s"]
-        print(f"  idle: CPU per replica per second with no request for {idle_s:.1f} s after the warm-up, "
-              f"measured over {', '.join(scopes)}", file=out)
+                  f"{_number(idle):>18}", file=out)
+        _print_idle_scope(idle_by_run, out)
     if ratios["throughput"]:
         print("\nthroughput, open loop (ceiling = cores / CPU per verdict with full batches):", file=out)
         print(f"  {'n':>3} {'storage':<9} {'ceiling/s':>10} {'saturation/s':>13} {'thr/ceiling':>12} "
@@ -186,6 +183,14 @@ def print_table(results: dict, out: TextIO) -> None:
         print(f"  n={target['replica_count']} {target['figure']:<34} {_number(target['value']):>9}  "
               f"target {target['target']:<14} {verdict}", file=out)
     print(f"\nwrote {results['files']['json']} in {results['duration_s']:.0f} s", file=out)
+
+
+def _print_idle_scope(idle_by_run: dict, out: TextIO) -> None:
+    if idle_by_run:
+        scopes = sorted({idle["scope"] for idle in idle_by_run.values()})
+        seconds = max(idle["measured_s"] for idle in idle_by_run.values())
+        print(f"  idle: CPU per replica per second with no request for {seconds:.1f} s after the warm-up, "
+              f"measured over {', '.join(scopes)}", file=out)
 
 
 def _print_summary(summary: list[dict], out: TextIO) -> None:

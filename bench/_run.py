@@ -53,7 +53,7 @@ FULL = BenchSettings(
                                   latency_bound_ms=1000.0),
     messages=MessageCountSettings(replica_counts=(4, 7), clients=8, requests=300),
     scaling=ScalingSettings(replica_counts=(4, 7, 10, 16, 25, 31, 49, 64, 100), requests=3, budget_s=60.0),
-    profile=LatencySettings(requests=150, warmup_requests=10, max_duration_s=15.0),
+    profile=LatencySettings(requests=150, warmup_requests=10, max_duration_s=15.0, measure_idle=False),
 )
 QUICK = BenchSettings(
     mode="quick", cost_calls=40,
@@ -64,7 +64,7 @@ QUICK = BenchSettings(
                                   latency_bound_ms=1000.0),
     messages=MessageCountSettings(replica_counts=(4, 7), clients=8, requests=24),
     scaling=ScalingSettings(replica_counts=(4, 7), requests=1, budget_s=20.0),
-    profile=LatencySettings(requests=8, warmup_requests=2),
+    profile=LatencySettings(requests=8, warmup_requests=2, measure_idle=False),
 )
 
 
