@@ -38,7 +38,7 @@ REJECTION_REASONS = frozenset({
     "malformed", "oversized", "unknown-type", "schema", "non-canonical",
     # the protocol core
     "bad-batch", "bad-checkpoint", "bad-signature", "bad-timestamp", "bad-view-change", "bad-votes",
-    "conflicting-request", "equivocation", "expired", "not-primary", "outside-window", "overloaded",
+    "conflicting-request", "equivocation", "expired", "not-primary", "outside-window", "overloaded", "rate-limited",
     "stale-request", "unexpected-type", "unknown-signer", "wrong-view",
     # framing, connections and the handshake (bft.runtime)
     "bad-handshake", "bad-key", "flood", "idle", "oversized-frame", "refused", "slow-frame", "timeout",
