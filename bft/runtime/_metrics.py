@@ -24,8 +24,7 @@ from wsgiref.simple_server import WSGIServer
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..core import REFUSAL_REASONS, AccountabilityState, Decision, LogEntry, Risk
-from ..core._catch_up import CATCH_UP_STATES
+from ..core import CATCH_UP_STATES, REFUSAL_REASONS, AccountabilityState, Decision, LogEntry, Risk
 
 logger = logging.getLogger("bft.runtime.metrics")
 
