@@ -87,7 +87,7 @@ class CatchUpMixin:
         quorum of commits for it is proof that it committed, and we execute it then (``_check_committed``).
         """
         if not batch.entries:
-            self.catch_up_counts["empty-batch-followed"] += 1
+            self.catch_up_counts["empty-batch-kept"] += 1
             return False
         if abs(batch.timestamp_ms - self.now_ms) > self.limits.max_clock_skew_ms:
             self.rejected_counts["bad-timestamp"] += 1  # Not voted for; kept only to learn its outcome.
