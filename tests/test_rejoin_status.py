@@ -10,7 +10,7 @@ import prometheus_client
 from bft._cluster_file import Address
 from bft._status import ReplicaStatus, _from_gauges, compare_replicas, parse_metrics
 from bft.runtime._metrics import ReplicaMetrics
-from harness._rejoin import LoadDriver, PausableCluster, rejoin_limits, rejoined
+from harness._rejoin import LoadDriver, PausableCluster, caught_up, rejoin_limits, rejoined
 from bft.testing import NetworkFaults
 
 ADDRESS: Address = ("127.0.0.1", 1)
@@ -57,7 +57,7 @@ def test_a_replica_that_timed_out_alone_says_view_change_until_the_cluster_reach
     assert load.run(3_000, True, until=lambda: replica.vote_floor_view >= 1) is not None
     assert replica.progress_summary()["state"] == "view-change"
     cluster.heal()
-    assert load.run(3_000, True, until=lambda: rejoined(cluster, 3)) is not None
+    assert load.run(3_000, True, until=lambda: caught_up(cluster, 3)) is not None
     summary_following = replica.progress_summary()
     assert (summary_following["state"], summary_following["view"], summary_following["asked_view"]) == \
         ("view-change", 0, 1), "it executes with the cluster but does not vote in view 0"
