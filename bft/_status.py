@@ -225,7 +225,8 @@ def _from_gauges(base: ReplicaStatus, gauges: dict[str, int], peers_needed: int)
     elif core_state in ("catching-up", "view-change"):
         health = core_state
         detail = f"{core_state}: {gauges.get('lag_seq', 0)} behind the highest seq known committed " \
-                 f"({gauges.get('highest_seq_known', '?')})" if core_state == "catching-up" else "changing view"
+                 f"({gauges.get('highest_seq_known', '?')})" if core_state == "catching-up" else \
+                 "changing view, or following the cluster's view without voting until its next view change"
     else:
         health = "ok"
     return replace(base, health=health, detail=detail, **gauges)

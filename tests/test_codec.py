@@ -54,7 +54,8 @@ new_views = st.builds(NewView, small_or_huge, st.lists(view_changes, max_size=2)
 refusals = st.builds(Refusal, client_ids, st.integers(min_value=1, max_value=2**63 - 1), digests,
                      st.sampled_from(REFUSAL_REASONS), replica_ids, signatures)
 
-state_requests = st.builds(StateRequest, small_or_huge, small_or_huge, small_or_huge, replica_ids, signatures)
+state_requests = st.builds(StateRequest, small_or_huge, small_or_huge, small_or_huge, small_or_huge, replica_ids,
+                           signatures)
 state_replies = st.builds(StateReply, small_or_huge, st.lists(checkpoints, max_size=3).map(tuple),
                           st.binary(max_size=40), small_or_huge, st.binary(max_size=40), replica_ids, signatures)
 

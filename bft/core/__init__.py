@@ -48,3 +48,7 @@ from ._ready import LogRead  # noqa: E402
 from ._state_transfer import StateAdoption  # noqa: E402
 
 __all__ += ["LogRead", "StateAdoption", "StateReply", "StateRequest"]
+
+from ._catch_up import CATCH_UP_STATES  # noqa: E402
+
+__all__ += ["CATCH_UP_STATES"]

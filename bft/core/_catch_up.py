@@ -29,9 +29,12 @@ from __future__ import annotations
 from collections import Counter
 
 from ._errors import RemoteProtocolError
-from ._messages import Commit, StateRequest
+from ._messages import Batch, Commit, StateRequest
 
 SLOTS_PER_ANSWER_MAX = 32
+# A correct replica asks at most every ``state_transfer_retry_ticks``; answering the same peer more often than
+# half that would only let a Byzantine one amplify its requests into our traffic.
+ANSWER_SPACING_DIVISOR = 2
 CATCH_UP_STATES = ("ok", "catching-up", "view-change")
 
 
@@ -47,6 +50,7 @@ class CatchUpMixin:
         self._behind_since_tick: int | None = None
         self._catch_up_progress_tick = 0  # When we last executed, or found ourselves behind.
         self._catch_up_attempts = 0
+        self._answered_tick: dict[int, int] = {}  # Peer -> the tick we last answered its catch-up request.
 
     # ------------------------------------------------------------- read-only summary
 
@@ -60,12 +64,35 @@ class CatchUpMixin:
         return self.highest_seq_known > self.last_executed or self.transfer is not None
 
     def progress_summary(self) -> dict:
-        """What an operator needs to tell a healthy replica from a stranded one (no I/O, O(1))."""
-        state = "view-change" if not self.view_active else "catching-up" if self.catching_up() else "ok"
+        """What an operator needs to tell a healthy replica from a stranded one (no I/O, O(1)).
+
+        A follower (active in a view below the one it asked for, ``_replica_views``) executes with the cluster
+        but does not vote: the cluster has one voter fewer until its next view change, so it is reported as
+        ``view-change``, not ``ok``.
+        """
+        changing = not self.view_active or self.view < self.vote_floor_view
+        state = "view-change" if changing else "catching-up" if self.catching_up() else "ok"
         assert state in CATCH_UP_STATES
-        return {"view": self.view, "view_active": self.view_active, "last_executed": self.last_executed,
-                "highest_seq_known": self.highest_seq_known, "lag": self.highest_seq_known - self.last_executed,
-                "state": state}
+        return {"view": self.view, "view_active": self.view_active, "asked_view": self.vote_floor_view,
+                "last_executed": self.last_executed, "highest_seq_known": self.highest_seq_known,
+                "lag": self.highest_seq_known - self.last_executed, "state": state}
+
+    # ------------------------------------------------------------- learning without voting
+
+    def _may_prepare(self, batch: Batch) -> bool:
+        """Whether this replica vouches for a valid batch with its PREPARE.
+
+        A batch whose time is too far from our clock (ours jumped after a pause, or the primary's is off), or an
+        empty one (only a NEW-VIEW re-proposes those), is not prepared here.  It is still kept in its slot: a
+        quorum of commits for it is proof that it committed, and we execute it then (``_check_committed``).
+        """
+        if not batch.entries:
+            self.catch_up_counts["empty-batch-kept"] += 1
+            return False
+        if abs(batch.timestamp_ms - self.now_ms) > self.limits.max_clock_skew_ms:
+            self.rejected_counts["bad-timestamp"] += 1  # Not voted for; kept only to learn its outcome.
+            return False
+        return True
 
     # ------------------------------------------------------------- noticing
 
@@ -124,6 +151,11 @@ class CatchUpMixin:
         if not above < request.last_position <= above + SLOTS_PER_ANSWER_MAX:
             raise RemoteProtocolError("bad-state-request", f"asks for slots ({above}, {request.last_position}], "
                                       f"at most {SLOTS_PER_ANSWER_MAX} above its seq")
+        spacing = self.limits.state_transfer_retry_ticks // ANSWER_SPACING_DIVISOR
+        last = self._answered_tick.get(request.replica_id)
+        if last is not None and self.ticks - last < spacing:
+            raise RemoteProtocolError("rate-limited", f"a catch-up request within {spacing} ticks of the last")
+        self._answered_tick[request.replica_id] = self.ticks
         if above > self.last_executed:
             self._probe_due = True  # A peer claims to be ahead of us: look for ourselves (bounded by the period).
         sent = []

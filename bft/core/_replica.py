@@ -382,6 +382,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         assert self.stable_state is None or low > 0
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert len(self.active_view_by_replica) <= self.config.replica_count
+        assert len(self._answered_tick) <= self.config.replica_count
         assert self.view_active or self.view >= self.vote_floor_view, "waiting only in a view we asked for"
         assert self.view_active or not self.is_primary or self.new_view_message is None \
             or self.new_view_message.view < self.view
@@ -558,21 +559,6 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         self._accept_preprepare(preprepare, digests, vote=self._may_prepare(preprepare.batch))
         self._note_peer_view(preprepare.replica_id, preprepare.view)
 
-    def _followed_lower_view(self, message: PrePrepare | Prepare | Commit) -> bool:
-        """A lower view's message while we wait for our own: evidence, not misbehaviour (the peer has not
-        moved, and we may be the one who left alone).  True if we now follow that view and should process it."""
-        if message.view >= self.view or self.view_active:
-            return True
-        self._check_window(message.seq)
-        self._note_peer_view(message.replica_id, message.view)
-        return message.view == self.view
-
-    def _later_slot_held(self, seq: int) -> bool:
-        """A follower keeps what it holds of a later view at ``seq`` (the view it asked for may form after all)
-        rather than replace it with the lower view's slot; it learns that seq by catching up if need be."""
-        slot = self.slots.get(seq)
-        return slot is not None and slot.view > self.view
-
     def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
         """A new primary's first proposals can overtake its NEW-VIEW; keep them (bounded) until it lands."""
         self._check_window(preprepare.seq)
@@ -590,21 +576,6 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
                     self._reject(error.from_sender(sender_of(early[seq])))
             elif early[seq].view > self.view:
                 self.early_preprepares[seq] = early[seq]
-
-    def _may_prepare(self, batch: Batch) -> bool:
-        """Whether this replica vouches for a valid batch with its PREPARE.
-
-        A batch whose time is too far from our clock (ours jumped after a pause, or the primary's is off), or an
-        empty one (only a NEW-VIEW re-proposes those), is not prepared here.  It is still kept in its slot: a
-        quorum of commits for it is proof that it committed, and we execute it then (``_check_committed``).
-        """
-        if not batch.entries:
-            self.catch_up_counts["empty-batch-followed"] += 1
-            return False
-        if abs(batch.timestamp_ms - self.now_ms) > self.limits.max_clock_skew_ms:
-            self.rejected_counts["bad-timestamp"] += 1  # Not voted for; kept only to learn its outcome.
-            return False
-        return True
 
     def _validate_batch(self, batch: Batch) -> tuple[bytes, ...]:
         """Check everything a correct primary guarantees about a batch but its time; return its request digests."""

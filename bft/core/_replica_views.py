@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ._codec import record_digest, request_digest
 from ._errors import RemoteProtocolError
-from ._messages import Batch, NewView, PrePrepare, ViewChange
+from ._messages import Batch, Commit, NewView, PrePrepare, Prepare, ViewChange
 from ._quorum import primary_of
 from ._view_change import check_new_view, check_view_change, choose_reproposals, stable_proof_for
 
@@ -133,6 +133,21 @@ class ViewChangeMixin:
             self.new_view_message = None
         self._probe_due = True  # Learn what committed in that view while we waited.
         self.replay_early_preprepares()
+
+    def _followed_lower_view(self, message: PrePrepare | Prepare | Commit) -> bool:
+        """A lower view's message while we wait for our own: evidence, not misbehaviour (the peer has not
+        moved, and we may be the one who left alone).  True if we now follow that view and should process it."""
+        if message.view >= self.view or self.view_active:
+            return True
+        self._check_window(message.seq)
+        self._note_peer_view(message.replica_id, message.view)
+        return message.view == self.view
+
+    def _later_slot_held(self, seq: int) -> bool:
+        """A follower keeps what it holds of a later view at ``seq`` (the view it asked for may form after all)
+        rather than replace it with the lower view's slot; it learns that seq by catching up if need be."""
+        slot = self.slots.get(seq)
+        return slot is not None and slot.view > self.view
 
     def _note_view_evidence(self, replica_id: int, view: int) -> None:
         """Rejoin: once f+1 others are seen working in higher views, ask for the view they run.

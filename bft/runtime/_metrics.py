@@ -24,8 +24,7 @@ from wsgiref.simple_server import WSGIServer
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..core import REFUSAL_REASONS, AccountabilityState, Decision, LogEntry, Risk
-from ..core._catch_up import CATCH_UP_STATES
+from ..core import CATCH_UP_STATES, REFUSAL_REASONS, AccountabilityState, Decision, LogEntry, Risk
 
 logger = logging.getLogger("bft.runtime.metrics")
 
@@ -38,7 +37,7 @@ REJECTION_REASONS = frozenset({
     "malformed", "oversized", "unknown-type", "schema", "non-canonical",
     # the protocol core
     "bad-batch", "bad-checkpoint", "bad-signature", "bad-timestamp", "bad-view-change", "bad-votes",
-    "conflicting-request", "equivocation", "expired", "not-primary", "outside-window", "overloaded",
+    "conflicting-request", "equivocation", "expired", "not-primary", "outside-window", "overloaded", "rate-limited",
     "stale-request", "unexpected-type", "unknown-signer", "wrong-view",
     # framing, connections and the handshake (bft.runtime)
     "bad-frame-auth", "bad-handshake", "bad-key", "evicted", "flood", "idle", "idle-session", "oversized-frame",
