@@ -185,7 +185,7 @@ def measure_policy(sample: SampleVerdict, calls: int) -> float:
 async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> float:
     """Half the median round trip of one prepare-sized frame between a ``Link`` and an echoing acceptor.
 
-    Both ends authenticate with the real handshake and speak the real framing,
+    Both ends authenticate with the real handshake and speak the real framing (sealed frames),
     in one trio process, as replicas of an in-process cluster do.  Encoding and
     decoding are timed separately (``measure_codec``), so the hop is transport only.
     """
@@ -196,7 +196,7 @@ async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> float:
     frame = encode_frame(encode(sample.messages["prepare"]), limits.max_frame_bytes)
     arrived = trio.Event()
 
-    async def on_echo(payload: bytes) -> None:
+    async def on_echo(payloads: list[bytes]) -> None:
         arrived.set()
 
     async def echo(stream: trio.SocketStream) -> None:
@@ -209,7 +209,7 @@ async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> float:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     link = Link(config, Identity("client", "client-0"), client_seed, 0, ("127.0.0.1", port), limits, Counter(),
-                on_payload=on_echo)
+                on_payloads=on_echo)
     round_trips_s: list[float] = []
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
