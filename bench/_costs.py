@@ -185,7 +185,7 @@ def measure_policy(sample: SampleVerdict, calls: int) -> float:
 async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> float:
     """Half the median round trip of one prepare-sized frame between a ``Link`` and an echoing acceptor.
 
-    Both ends authenticate with the real handshake and speak the real framing,
+    Both ends authenticate with the real handshake and speak the real framing (sealed frames),
     in one trio process, as replicas of an in-process cluster do.  Encoding and
     decoding are timed separately (``measure_codec``), so the hop is transport only.
     """
