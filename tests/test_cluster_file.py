@@ -219,6 +219,8 @@ def test_files_that_are_not_cluster_files_are_refused_with_one_sentence(tmp_path
     cases[tmp_path / "binary.toml"] = "not UTF-8"
     (tmp_path / "huge.toml").write_bytes(b"# " + b"x" * (1024 * 1024) + b"\n")
     cases[tmp_path / "huge.toml"] = "larger than"
+    (tmp_path / "deep.toml").write_text("limits = " + "[" * 10_000 + "]" * 10_000 + "\n")
+    cases[tmp_path / "deep.toml"] = "nests arrays or tables too deeply"
     for path, expected in cases.items():
         with pytest.raises(ConfigFileError) as raised:
             load_cluster_file(path)
