@@ -302,6 +302,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigFileError(path, "the cluster file is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigFileError(path, f"not valid TOML ({error})") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively; nothing was built yet.
+        raise ConfigFileError(path, "the cluster file nests arrays or tables too deeply") from None
 
 
 class _Reader:

@@ -27,7 +27,9 @@ consecutive runs (``bft submit`` once per process, say) use consecutive
 numbers; a crash skips at most one block.  One client id should be used by
 one process at a time (a replica keeps a single connection per identity); a
 second process that reserves numbers meanwhile is detected, and the first one
-then raises ``ClientInUseError`` rather than reuse numbers.
+then raises ``ClientInUseError`` rather than reuse numbers.  A counter whose lock is held
+for more than half a second (by a stopped or stuck process) is reported as a
+``ConfigFileError`` rather than waited for.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import fcntl
 import functools
 import os
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +54,8 @@ DEFAULT_TIMEOUT_MS = 5000
 RESERVE_BLOCK = 64
 COUNTER_SUFFIX = ".next-request"
 REQUEST_NUMBER_MAX = 2**63 - 1
+COUNTER_LOCK_TIMEOUT_S = 0.5
+COUNTER_LOCK_POLL_S = 0.01
 START_TIMEOUT_S = 10.0
 # Closing cancels the connections and hands unused request numbers back: milliseconds of work, so a
 # close that takes longer (a stuck file lock) is not waited for; a skipped hand-back costs numbers only.
@@ -108,8 +113,19 @@ class RequestCounter:
             raise ConfigFileError(self.path, f"cannot open the request counter ({error.strerror or error})") \
                 from None
         file = os.fdopen(descriptor, "r+")
-        fcntl.flock(file, fcntl.LOCK_EX)  # Released when the file is closed.
-        return file
+        # Held for microseconds by a healthy client; one that holds it longer is stopped or stuck, and
+        # waiting for it would overrun every deadline (the wait blocks the client's event loop too).
+        give_up_s = time.monotonic() + COUNTER_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Released when the file is closed.
+                return file
+            except BlockingIOError:
+                if time.monotonic() >= give_up_s:
+                    file.close()
+                    raise ConfigFileError(self.path, "the request counter is locked by another process (is another "
+                                                     "client with this id stopped or stuck?)") from None
+                time.sleep(COUNTER_LOCK_POLL_S)
 
     def _read(self, file) -> int:
         file.seek(0)

@@ -74,7 +74,8 @@ def test_overrides_round_trip_and_defaults_are_not_written(cluster_directory, tm
         ClusterConfig.create(
             "edited", cluster.config.replica_keys, {entry.client_id: entry.public_key for entry in cluster.clients},
             faulty_max=1, rules={**cluster.config.rules, Risk.HIGH: VerdictRule(min_allow_votes=4, max_deny_votes=0)},
-            limits=Limits(view_change_timeout_ticks=20, checkpoint_interval=8, log_window=32),
+            limits=Limits(view_change_timeout_ticks=20, checkpoint_interval=8, log_window=32, action_depth_max=6,
+                          action_bytes_max=4096),
             operator_keys={entry.operator_id: entry.public_key for entry in cluster.operators},
             accountability=AccountabilityOptions(auto_quarantine_suspects=True, suspicion_min_votes=5,
                                                  against_peers_permille=950)),
@@ -93,6 +94,7 @@ def test_overrides_round_trip_and_defaults_are_not_written(cluster_directory, tm
     assert tomllib.loads(text)["accountability"] == {"auto_quarantine_suspects": True, "suspicion_min_votes": 5,
                                                      "against_peers_permille": 950}
     assert loaded.node_options.transport.idle_timeout_s == 7.5
+    assert (loaded.config.limits.action_depth_max, loaded.config.limits.action_bytes_max) == (6, 4096)
     assert loaded.replicas[3].policy.build().window_requests == 5
     assert dump_cluster_file(loaded) == text
 
@@ -219,6 +221,8 @@ def test_files_that_are_not_cluster_files_are_refused_with_one_sentence(tmp_path
     cases[tmp_path / "binary.toml"] = "not UTF-8"
     (tmp_path / "huge.toml").write_bytes(b"# " + b"x" * (1024 * 1024) + b"\n")
     cases[tmp_path / "huge.toml"] = "larger than"
+    (tmp_path / "deep.toml").write_text("limits = " + "[" * 10_000 + "]" * 10_000 + "\n")
+    cases[tmp_path / "deep.toml"] = "nests arrays or tables too deeply"
     for path, expected in cases.items():
         with pytest.raises(ConfigFileError) as raised:
             load_cluster_file(path)

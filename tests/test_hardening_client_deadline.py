@@ -1,8 +1,9 @@
-"""Proves a client never overruns its deadline, whatever the network does: against fake replicas on 127.0.0.1 that accept TCP and never answer, that stall in the middle of the handshake, or whose connects hang (a full accept backlog), `bft submit` and the library (BlockingClient, Client) return REFUSED within the deadline plus the documented margin (a correctness bound, checked with a generous 1.5 s margin; not a speed measurement)."""
+"""Proves a client never overruns its deadline, whatever the network does: against fake replicas on 127.0.0.1 that accept TCP and never answer, that stall in the middle of the handshake, or whose connects hang (a full accept backlog), `bft submit` and the library (BlockingClient, Client) return REFUSED within the deadline plus the documented margin, also when every submission slot is busy; a request counter locked by another process is a prompt one-sentence error, not a hang (a correctness bound, checked with a generous 1.5 s margin; not a speed measurement)."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import socket
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from bft import BlockingClient, Client
+from bft import BlockingClient, Client, ConfigFileError
 from bft._cluster_file import load_cluster_file
 from bft._cluster_init import create_cluster_directory
-from bft.cli import EXIT_REFUSED, main
+from bft.cli import EXIT_REFUSED, EXIT_USAGE, main
 
 DEADLINE_MS = 400
 MARGIN_S = 1.5  # Generous on a shared 2-core machine; the documented margin is far smaller.
@@ -152,3 +153,19 @@ def test_a_submission_waiting_for_a_free_slot_still_returns_by_its_own_deadline(
         fakes.close()
     assert [status for status, _ in results] == ["REFUSED"] * 4
     assert max(elapsed_s for _, elapsed_s in results) <= DEADLINE_MS / 1000 + MARGIN_S, results
+
+
+def test_a_request_counter_locked_by_another_process_is_one_sentence_not_a_hang(cluster_path, capsys):
+    """A second process using the same client id (stopped, say) holds the counter's lock: refuse, do not wait."""
+    key_file = load_cluster_file(cluster_path).client("client-0").key_file
+    with open(key_file.with_name("client-0.next-request"), "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        started_s = time.monotonic()
+        with pytest.raises(ConfigFileError, match="locked by another process"):
+            BlockingClient(cluster_path, "client-0", timeout_ms=DEADLINE_MS)
+        code = main(["submit", "--config", str(cluster_path), "--client", "client-0", "--risk", "low",
+                     "--action", json.dumps(ACTION), "--timeout-ms", str(DEADLINE_MS)])
+        elapsed_s = time.monotonic() - started_s
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and err.count("\n") == 1 and "locked by another process" in err, err
+    assert elapsed_s <= 2 * (DEADLINE_MS / 1000 + MARGIN_S), elapsed_s
