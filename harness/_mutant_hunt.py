@@ -97,7 +97,7 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     # Checkpoints come every 32 seqs, so a restarted replica's forgotten table shows only in longer runs.
     "forget-exactly-once-after-restart": SwarmPlan(4, 40, 20),
     "certificate-accepts-f-replies": _SWARM_N4,
-    "backup-ignores-own-votes-in-timer": _SWARM_N4,
+    "backup-never-shares-overdue-votes": _SWARM_N4,
     "drop-phase-votes-before-quorum": _SWARM_N4,
 }
 assert set(HUNT_PLANS) == set(MUTANTS), "every mutant has a hunt plan"

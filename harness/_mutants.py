@@ -84,8 +84,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "accountability-decide": PatchPoint("bft.core._accountability_state:decide",
                                         "the verdict rule when accountability is on"),
     "restore-execution": PatchPoint("bft.core._execution:ExecutionState.restore", "execution state after a restart"),
-    "outstanding-work": PatchPoint("bft.core._replica_views:ViewChangeMixin._has_outstanding_work",
-                                   "what work a replica times the primary on"),
+    "share-overdue-votes": PatchPoint("bft.core._replica_views:ViewChangeMixin._share_overdue_votes",
+                                      "when a backup shares a vote the primary left unproposed"),
     "adds-nothing": PatchPoint("bft.core._replica:Replica._adds_nothing",
                                "which PREPAREs and COMMITs are dropped unverified as superfluous"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
@@ -277,19 +277,12 @@ def _certificate_accepts_f_replies() -> list[ContextManager]:
     return [point.patch(init)]
 
 
-def _backup_ignores_own_votes_in_timer() -> list[ContextManager]:
-    """Votes go to the primary alone, but a backup still times the primary only on a quorum of votes it
-    no longer sees: a primary that takes the votes and never proposes is never replaced."""
-    def make(original):
-        def has_outstanding_work(self):
-            counted = self.pending.voted_unproposed_count
-            self.pending.voted_unproposed_count = 0
-            try:
-                return original(self)
-            finally:
-                self.pending.voted_unproposed_count = counted
-        return has_outstanding_work
-    return [_wrap("outstanding-work", make)]
+def _backup_never_shares_overdue_votes() -> list[ContextManager]:
+    """Votes go to the primary alone and a backup never shares one the primary left unproposed: backups
+    never see a quorum of votes, so a primary that takes the votes and never proposes is never replaced."""
+    def share_overdue_votes(self):
+        return None
+    return [PATCH_POINTS["share-overdue-votes"].patch(share_overdue_votes)]
 
 
 def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
@@ -330,8 +323,8 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("restore-execution",), _forget_exactly_once_after_restart),
     Mutant("certificate-accepts-f-replies", "clients accept a verdict on f replies, none surely correct (S3)",
            ("client-init",), _certificate_accepts_f_replies),
-    Mutant("backup-ignores-own-votes-in-timer", "a primary that withholds proposals is never replaced (liveness)",
-           ("outstanding-work",), _backup_ignores_own_votes_in_timer),
+    Mutant("backup-never-shares-overdue-votes", "a primary that withholds proposals is never replaced (liveness)",
+           ("share-overdue-votes",), _backup_never_shares_overdue_votes),
     Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
            ("adds-nothing",), _drop_phase_votes_before_their_quorum),
 )}

@@ -263,12 +263,15 @@ async def _append(results: list, awaitable) -> None:
 async def test_the_client_refuses_when_no_quorum_is_reachable():
     with trio.fail_after(20):
         async with open_local_cluster([ApproveEverything() for _ in range(4)], client_ids=CLIENTS) as cluster:
-            unused = [(await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] for _ in range(2)]
+            # The client reaches replica 0 alone, so it can never hold f+1 = 2 replies.  (Reaching two
+            # replicas would be enough: a backup forwards a request it voted on to the others.)
+            unused = [(await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] for _ in range(3)]
             dead_ports = [listener.socket.getsockname()[1] for listener in unused]
             for listener in unused:
                 await listener.aclose()
             addresses = dict(cluster.addresses)
-            addresses[2], addresses[3] = ("127.0.0.1", dead_ports[0]), ("127.0.0.1", dead_ports[1])
+            for replica_id, port in zip((1, 2, 3), dead_ports):
+                addresses[replica_id] = ("127.0.0.1", port)
             async with open_client(cluster.config, "client-0", cluster.client_keys["client-0"].seed, addresses,
                                    clock=cluster.clock, reply_grace_ms=0) as client:
                 outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=600)

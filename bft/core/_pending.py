@@ -35,7 +35,7 @@ class PendingRequest:
 
     __slots__ = ("digest", "_request", "votes", "evaluation_requested", "_quorum_tick", "_proposed_seq",
                  "created_tick", "forwarded", "orphan_of", "serial", "awaits_order", "is_candidate", "own_vote",
-                 "awaits_proposal_here")
+                 "awaits_proposal_here", "vote_shared")
 
     def __init__(self, digest: bytes, created_tick: int, serial: int) -> None:
         self.digest = digest
@@ -51,7 +51,8 @@ class PendingRequest:
         self.awaits_order = False  # Counted in ``requests_with_quorum_count``.
         self.is_candidate = False  # Held in the proposal-candidate index.
         self.own_vote = False  # This replica voted on the request (set by the pool's ``note_own_vote``).
-        self.awaits_proposal_here = False  # Counted in ``voted_unproposed_count``.
+        self.vote_shared = False  # Its vote went to every replica (``take_overdue_votes``).
+        self.awaits_proposal_here = False  # Held in the voted-unproposed index.
 
     @property
     def request(self) -> Request | None:
@@ -78,8 +79,9 @@ class PendingPool:
       pre-prepare carries, in arrival order (what the primary's batch builder examines).
     - ``requests_with_quorum_count``: entries with their request and a quorum of votes, proposed
       or not (work the progress timer waits for).
-    - ``voted_unproposed_count``: entries this replica voted on that no accepted pre-prepare carries
-      (what a backup, which sees no one else's votes, times the primary on).
+    - ``voted_unproposed()`` / ``take_overdue_votes``: entries this replica voted on that no
+      accepted pre-prepare carries and whose vote it has not shared with everyone, in arrival order
+      (a backup shares such a vote once it is overdue: SPEC.md section 11b).
     - ``expire``: entries whose request's deadline passed, or that never got their request.
     """
 
@@ -93,7 +95,7 @@ class PendingPool:
         self._last_created_tick = 0
         self._candidates: SortedDict[int, PendingRequest] = SortedDict()
         self.requests_with_quorum_count = 0
-        self.voted_unproposed_count = 0
+        self._voted_unproposed: SortedDict[int, PendingRequest] = SortedDict()
         # Every entry with its request, by (deadline_ms, serial): expiry takes them from the front.
         self._deadlines: SortedDict[tuple[int, int], PendingRequest] = SortedDict()
         # Entries still without their request.  Their created ticks never decrease along this order.
@@ -160,8 +162,23 @@ class PendingPool:
         self._reindex(entry)
 
     def voted_unproposed(self) -> list[PendingRequest]:
-        """The entries counted in ``voted_unproposed_count``, in arrival order."""
-        return [entry for entry in self._entries.values() if entry.awaits_proposal_here]
+        """Entries this replica voted on that no accepted pre-prepare carries, in arrival order."""
+        return list(self._voted_unproposed.values())
+
+    def take_overdue_votes(self, arrived_by_tick: int) -> list[PendingRequest]:
+        """Remove from ``voted_unproposed()`` and return the entries that arrived by ``arrived_by_tick``:
+        their vote is about to go to everyone, so no new primary needs it again.  Entries arrive in
+        tick order, so the scan stops at the first younger one."""
+        taken = []
+        while self._voted_unproposed:
+            serial, entry = self._voted_unproposed.peekitem(0)
+            if entry.created_tick > arrived_by_tick:
+                break
+            del self._voted_unproposed[serial]
+            entry.vote_shared = True
+            entry.awaits_proposal_here = False
+            taken.append(entry)
+        return taken
 
     def set_proposed(self, entry: PendingRequest, seq: int | None) -> None:
         """An accepted pre-prepare at ``seq`` carries ``entry``; None: no pre-prepare of this view does."""
@@ -190,7 +207,7 @@ class PendingPool:
             del self._deadlines[(entry.request.deadline_ms, entry.serial)]
         self._candidates.pop(entry.serial, None)
         self.requests_with_quorum_count -= entry.awaits_order
-        self.voted_unproposed_count -= entry.awaits_proposal_here
+        self._voted_unproposed.pop(entry.serial, None)
         entry.awaits_order = entry.is_candidate = entry.awaits_proposal_here = False
 
     def remove_where(self, should_remove) -> list[PendingRequest]:
@@ -234,14 +251,17 @@ class PendingPool:
         elif entry.is_candidate and not is_candidate:
             del self._candidates[entry.serial]
         entry.is_candidate = is_candidate
-        awaits_proposal_here = entry.own_vote and entry.proposed_seq is None
-        self.voted_unproposed_count += awaits_proposal_here - entry.awaits_proposal_here
+        awaits_proposal_here = entry.own_vote and entry.proposed_seq is None and not entry.vote_shared
+        if awaits_proposal_here and not entry.awaits_proposal_here:
+            self._voted_unproposed[entry.serial] = entry
+        elif entry.awaits_proposal_here and not awaits_proposal_here:
+            del self._voted_unproposed[entry.serial]
         entry.awaits_proposal_here = awaits_proposal_here
 
     def check_bounds(self) -> None:
         """The indexes' sizes agree with the entries: constant time, so a replica checks it after every input."""
         assert 0 <= len(self._candidates) <= self.requests_with_quorum_count <= len(self._entries) <= self._capacity
-        assert 0 <= self.voted_unproposed_count <= len(self._entries)
+        assert len(self._voted_unproposed) <= len(self._entries)
         assert len(self._unrequested) + len(self._deadlines) == len(self._entries)
 
     def check_invariants(self) -> None:
@@ -252,8 +272,9 @@ class PendingPool:
         awaiting = [e for e in self._entries.values() if e.request is not None and e.quorum_tick is not None]
         assert self.requests_with_quorum_count == len(awaiting)
         assert list(self._candidates.values()) == [e for e in awaiting if e.proposed_seq is None]
-        assert self.voted_unproposed_count == sum(1 for e in self._entries.values()
-                                                  if e.own_vote and e.proposed_seq is None)
+        assert list(self._voted_unproposed.values()) == [e for e in self._entries.values()
+                                                         if e.own_vote and e.proposed_seq is None
+                                                         and not e.vote_shared]
         assert list(self._unrequested.values()) == [e for e in self._entries.values() if e.request is None]
         assert sorted(self._deadlines.values(), key=lambda e: e.serial) == \
             [e for e in self._entries.values() if e.request is not None]

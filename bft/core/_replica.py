@@ -99,6 +99,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         self.recovered_votes: dict[bytes, Vote] = {}
         self._dead_votes_backlog: list[bytes] = []
         self._view_change_attempts = 0
+        self._ordering_ticks_recent = 0  # A decaying maximum of how long requests took to execute here.
         self._view_change_sent_tick = 0
         self._view_change_started_tick = 0
         self._out: ReadyBuilder | None = None
@@ -433,9 +434,9 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     def _send_vote_to_primary(self, vote: Vote) -> None:
         """Votes go to the primary alone: only its batch needs them, and it carries them to everyone.
 
-        A backup times the primary on its own vote instead of on a quorum of votes it no longer sees
-        (``PendingPool.voted_unproposed_count``), and sends its votes again to each new primary
-        (``_resend_votes_to_primary``); SPEC.md section 5, step 3.
+        A vote still unproposed after a view-change timeout goes to everyone (``_share_overdue_votes``),
+        so backups still time a withholding primary on a quorum of votes, and votes not yet proposed go
+        again to each new primary (``_resend_votes_to_primary``); SPEC.md sections 5 (step 3) and 11b.
         """
         if not self.is_primary:
             self._out.to_replicas.append((self.primary_id, vote))
@@ -696,6 +697,9 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
             self._out.finalized.append(log_entry)
             self._out.to_clients.append((reply.client_id, reply))
         for digest in slot.request_digests:
+            pending = self.pending.get(digest)
+            if pending is not None:
+                self._note_ordering_ticks(self.ticks - pending.created_tick)
             self.pending.discard(digest)
             self.recovered_votes.pop(digest, None)  # Executed: never voted on again.
         self._note_progress()
@@ -770,6 +774,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         self.ticks += 1
         expired = self.pending.expire(now_ms, self.limits.max_clock_skew_ms, self.ticks, self.limits.orphan_vote_ticks)
         self._out.dead_votes.extend(p.digest for p in expired if self.replica_id in p.votes)
+        self._share_overdue_votes()
         self._check_progress_timer()
         self._tick_state_transfer()
         self._tick_catch_up()

@@ -33,22 +33,44 @@ class ViewChangeMixin:
     # ------------------------------------------------------------- timer
 
     def _current_timeout(self) -> int:
+        """The configured timeout, doubled per failed view, and never below twice what ordering has
+        recently taken here: a cluster slowed by one slow replica (or slow links) is slow, not faulty,
+        and must not be dragged into view change after view change (SPEC.md section 11)."""
         limits = self.limits
-        return min(limits.view_change_timeout_ticks << min(self._view_change_attempts, 16),
-                   limits.view_change_timeout_ticks_max)
+        backed_off = limits.view_change_timeout_ticks << min(self._view_change_attempts, 16)
+        return min(max(backed_off, 2 * self._ordering_ticks_recent), limits.view_change_timeout_ticks_max)
+
+    def _note_ordering_ticks(self, ticks: int) -> None:
+        """One request took ``ticks`` from arriving here to executing; the estimate decays by 1/16 per
+        execution, so a slow spell raises the timeout at once and a fast one lowers it gradually."""
+        assert ticks >= 0
+        decayed = self._ordering_ticks_recent - self._ordering_ticks_recent // 16
+        self._ordering_ticks_recent = min(max(ticks, decayed), self.limits.view_change_timeout_ticks_max)
 
     def _has_outstanding_work(self) -> bool:
         if not self.view_active or self.pending.requests_with_quorum_count > 0:
-            return True
-        # A backup no longer sees the others' votes: its own vote on a request the primary has not
-        # proposed is what it times the primary on (SPEC.md section 11).
-        if not self.is_primary and self.pending.voted_unproposed_count > 0:
             return True
         # Only slots above the last executed one can hold outstanding work; the slots are sorted by seq.
         if any(self.slots[seq].preprepare is not None for seq in self.slots.irange(minimum=self.last_executed + 1)):
             return True
         # Prepared before a restart of the whole cluster: a view change re-proposes it.
         return any(seq > self.last_executed for seq in self.prepared_proofs)
+
+    def _share_overdue_votes(self) -> None:
+        """Votes go to the primary alone, so a backup sees no quorum of votes to time the primary on.  A
+        vote on a request that no pre-prepare carried for a whole view-change timeout goes to every
+        replica, with its request: if a quorum of replicas is in the same position, each of them now
+        sees a quorum of votes, and the ordinary timer (a request with a quorum of votes, no progress)
+        replaces a primary that withholds it.  A backup cut off from the others shares into the void
+        and never sees a quorum, so it never changes view alone (SPEC.md section 11b)."""
+        if self.is_primary:
+            return
+        arrived_by_tick = self.ticks - self.limits.view_change_timeout_ticks
+        for pending in self.pending.take_overdue_votes(arrived_by_tick):
+            self._send_to_others(pending.votes[self.replica_id])
+            if not pending.forwarded:
+                pending.forwarded = True
+                self._send_to_others(pending.request)
 
     def _note_progress(self) -> None:
         self._catch_up_progress_tick = self.ticks
@@ -79,7 +101,6 @@ class ViewChangeMixin:
         if waited >= self._current_timeout() // 2:
             self._forward_unordered_requests()
         if waited >= self._current_timeout():
-            self._view_change_attempts += 1
             self._start_view_change(self.view + 1)
 
     def _resend_own_view_change(self) -> None:
@@ -169,6 +190,9 @@ class ViewChangeMixin:
         # Never below a view we already asked for: our VIEW-CHANGE for it is out, and we keep its promise.
         new_view = max(new_view, self.vote_floor_view)
         assert new_view > self.view or (new_view == self.view and self.view_active is False)
+        # Every view change, timed out or joined, doubles the timeout until something executes: a
+        # replica that joined on f+1 VIEW-CHANGEs waits as long in the new view as those that timed out.
+        self._view_change_attempts += 1
         self.view = new_view
         self.view_active = False
         self._waiting_since = self._view_change_started_tick = self.ticks
