@@ -83,13 +83,15 @@ async def open_idle_connections(address, count: int) -> list[trio.SocketStream]:
 
 
 async def test_a_thousand_idle_connections_shut_out_neither_clients_nor_peers():
-    raise_descriptor_limit(2 * IDLE_CONNECTIONS + 512)  # Both ends live in this process.
-    with trio.fail_after(60):
+    raise_descriptor_limit(2 * 4 * IDLE_CONNECTIONS + 512)  # Both ends of every connection live in this process.
+    with trio.fail_after(90):
         async with open_local_cluster([ApproveEverything() for _ in range(4)], relayed=True,
                                       client_ids=("client-0", "client-1")) as cluster:
             primary = cluster.nodes[0]
             assert await cluster.wait_connected()
-            idle = await open_idle_connections(cluster.addresses[0], IDLE_CONNECTIONS)
+            idle = []
+            for address in cluster.addresses.values():  # A thousand against every replica.
+                idle += await open_idle_connections(address, IDLE_CONNECTIONS)
             try:
                 async with cluster.open_client() as client:
                     for _ in range(3):
@@ -109,9 +111,10 @@ async def test_a_thousand_idle_connections_shut_out_neither_clients_nor_peers():
             finally:
                 for stream in idle:
                     await trio.aclose_forcefully(stream)
-            refused = primary.counters["connection-refused:evicted"] + primary.counters["connection-refused:timeout"]
-            assert refused >= IDLE_CONNECTIONS - primary.options.transport.max_handshakes_in_progress
-            assert primary.replica.last_executed == 4
+            for node in cluster.nodes:
+                refused = node.counters["connection-refused:evicted"] + node.counters["connection-refused:timeout"]
+                assert refused >= IDLE_CONNECTIONS - node.options.transport.max_handshakes_in_progress
+                assert node.replica.last_executed == 4
 
 
 async def test_an_authenticated_client_that_asks_nothing_is_disconnected_and_counted():
