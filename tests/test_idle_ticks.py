@@ -85,3 +85,15 @@ async def test_an_idle_node_ticks_rarely_and_ticks_before_the_input_that_wakes_i
         assert outcome.status == "ALLOW"
         # The clock the primary stamped its batch with was brought up to date by the wake-up tick.
         assert outcome.certificate.replies[0].timestamp_ms >= before_submit_ms
+
+
+def test_a_reconnected_peer_wakes_a_quiescent_replica_to_probe_at_its_next_tick(kit):
+    net = LocalNet.create(kit)
+    replica = net.replicas[2]
+    replica.tick(START_MS + 1)
+    assert replica.is_quiescent
+    assert replica.peer_reconnected().is_empty()
+    assert not replica.is_quiescent, "a probe is due: the driver must tick at its busy pace"
+    ready = replica.tick(START_MS + 2)
+    assert [type(message) for _, message in ready.to_replicas] == [StateRequest]
+    assert replica.is_quiescent

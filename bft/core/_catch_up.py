@@ -96,6 +96,15 @@ class CatchUpMixin:
 
     # ------------------------------------------------------------- noticing
 
+    def peer_reconnected(self):
+        """The driver's link to a peer came back (a healed partition, a restarted peer): look around at
+        the next tick, as after a pause, instead of waiting for the quiet-period probe, which a rarely
+        ticking idle replica (``is_quiescent``) sends only every few seconds.  Returns the (empty) Ready."""
+        return self._run(self._probe_soon)
+
+    def _probe_soon(self) -> None:
+        self._probe_due = True
+
     def _note_heard(self) -> None:
         self._heard_tick = self.ticks
 

@@ -114,6 +114,7 @@ class ReplicaNode:
         # What the core produced in the current round, and decisions of policies evaluated inline.
         self._round_readies: list[Ready] = []
         self._last_tick_s = float("-inf")  # When the core last ticked, on trio's clock.
+        self._peers_connected_seen = 0
         self._inline_decisions: deque[tuple[bytes, PolicyDecision]] = deque()
 
     def _start_replica(self, replica_id: int, seed: bytes) -> Replica:
@@ -305,6 +306,10 @@ class ReplicaNode:
 
     def _watch_quorum(self, now_s: float) -> None:
         peers_connected = self.peers_connected
+        if peers_connected > self._peers_connected_seen:
+            # A link came back: the core asks a peer what it missed at its next (busy) tick.
+            self._apply(self.replica.peer_reconnected())
+        self._peers_connected_seen = peers_connected
         change = self._quorum_watch.update(peers_connected + 1, now_s)
         self.metrics.observe_connectivity(peers_connected, self._quorum_watch.reachable(peers_connected + 1))
         if change is None:
