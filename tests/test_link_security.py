@@ -1,13 +1,18 @@
-"""Sealed links: the handshake agrees fresh per-direction keys that only the two configured parties hold, and every later frame is sealed and numbered, so a frame altered, replayed, reordered, dropped or injected on a link (by hand or by the harness's fault proxy) ends that connection with a counted reason while the replica keeps serving, and a handshake with a wrong key fails on either side."""
+"""Sealed links: the handshake agrees fresh per-direction keys that only the two configured parties hold, and every later frame is sealed and numbered, so a frame altered, replayed, reordered, dropped or injected on a link (by hand or by the harness's fault proxy) ends that connection with a counted reason while the replica keeps serving, a handshake with a wrong key fails on either side, and one spliced by a man in the middle fails."""
 
 from __future__ import annotations
 
+import functools
+
+import msgpack
+import nacl.bindings
 import pytest
 import trio
 
 from bft.core import ClusterConfig, KeyPair, RemoteProtocolError, Risk
 from bft.policies import ApproveEverything
-from bft.runtime import FramedConnection, Identity, ReplicaNode, encode_frame, open_client, open_local_cluster
+from bft.runtime import (FrameDecoder, FramedConnection, Identity, ReplicaNode, encode_frame, open_client,
+                         open_local_cluster)
 from bft.runtime import _handshake
 from bft.runtime._link_cipher import SEAL_OVERHEAD_BYTES, FrameOpener, FrameSealer, derive_session_keys
 from harness._proxy import FaultProxy, Toxics
@@ -165,4 +170,42 @@ async def test_frames_the_fault_proxy_duplicates_or_drops_on_a_replica_link_end_
                         if node.counters[f"connection-dropped:{reason}"]:
                             break
                     await wait_for_counter(node, f"connection-dropped:{reason}")
+            nursery.cancel_scope.cancel()
+
+
+async def splice_first_hello(client: trio.SocketStream, replica_address) -> None:
+    """A man in the middle: forwards the client's hello with his own ephemeral key in it, then relays."""
+    replica = await trio.open_tcp_stream(*replica_address)
+    decoder = FrameDecoder(1024)
+    while (hello := decoder.next_frame()) is None:
+        decoder.receive_data(await client.receive_some(1024))
+    magic, cluster_id, role, name, _ = msgpack.unpackb(hello)
+    own_ephemeral = nacl.bindings.crypto_scalarmult_base(bytes(range(1, 33)))
+    await replica.send_all(encode_frame(msgpack.packb([magic, cluster_id, role, name, own_ephemeral]), 1024))
+
+    async def pipe(source: trio.SocketStream, target: trio.SocketStream) -> None:
+        with trio.move_on_after(5):
+            while data := await source.receive_some(65536):
+                await target.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipe, replica, client)
+        nursery.start_soon(pipe, client, replica)
+
+
+async def test_a_man_in_the_middle_who_swaps_an_ephemeral_key_breaks_the_handshake():
+    with trio.fail_after(30):
+        async with open_local_cluster([ApproveEverything() for _ in range(4)]) as cluster, \
+                trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(
+                trio.serve_tcp, functools.partial(splice_first_hello, replica_address=cluster.addresses[0]), 0,
+                host="127.0.0.1"))
+            connection = FramedConnection(await trio.open_tcp_stream(*listeners[0].socket.getsockname()[:2]),
+                                          cluster.options.transport, "test")
+            with pytest.raises(RemoteProtocolError) as raised:
+                await _handshake.initiate(connection, cluster.config, Identity("client", "client-0"),
+                                          cluster.client_keys["client-0"].seed, Identity("replica", 0))
+            # The replica signed the hello it received, which is not the one the client sent.
+            assert raised.value.reason == "bad-key" and not connection.secured
+            await connection.aclose()
             nursery.cancel_scope.cancel()
