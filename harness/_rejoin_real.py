@@ -186,7 +186,7 @@ def main_rejoin_real(arguments, out: TextIO) -> int:
         print(line, file=out)
     if scenario.rejoin_ms:
         print(f"time to rejoin over {len(scenario.rejoin_ms)} episodes: p50 {statistics.median(scenario.rejoin_ms):.0f} "
-              f"ms, max {max(scenario.rejoin_ms)} ms (wall clock, under load)", file=out)
+              f"ms, max {max(scenario.rejoin_ms)} ms (wall clock, episodes under load and idle)", file=out)
     for problem in scenario.problems:
         print(f"problem: {problem}", file=out)
     return 1 if scenario.problems else 0
