@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bft.core import Limits, Risk
+from bft.core import Commit, Limits, PrePrepare, Risk, Signer, StateRequest, Verifier
 from bft.testing import NetworkFaults, SimCluster
 from harness._rejoin import LoadDriver, PausableCluster, caught_up, majority_view, rejoin_limits, rejoined
 from specs.invariants import SimMonitor
@@ -142,3 +142,26 @@ def test_a_stale_timestamp_stops_the_prepare_but_a_commit_certificate_still_exec
     assert late.last_executed == slot_seq, "the commit certificate made it execute"
     assert late.signed_digests.get(("prepare", 0, slot_seq)) is None, "it did not prepare a stale batch"
     assert cluster.verdict(request) is not None
+
+
+def test_a_catch_up_answer_is_bounded_rate_limited_and_made_of_messages_signed_by_their_authors() -> None:
+    cluster = SimCluster(4, seed=6)
+    requests = [cluster.submit("client-0", {"tool": "read", "n": n}, Risk.LOW) for n in range(3)]
+    assert cluster.run_until(lambda: all(cluster.verdict(r) for r in requests), 5_000)
+    peer = cluster.replicas[1]
+    asker = Signer(cluster.config.cluster_id, cluster.replica_seeds[3])
+    too_wide = asker.sign(StateRequest(0, 0, 33, 0, 3, bytes(64)))
+    assert [r.reason for r in peer.step(too_wide).rejected] == ["bad-state-request"]
+    ready = peer.step(asker.sign(StateRequest(0, 0, 32, 0, 3, bytes(64))))
+    sent = [message for destination, message in ready.to_replicas if destination == 3]
+    committed = [seq for seq, slot in peer.slots.items() if slot.committed]
+    assert committed and sorted(m.seq for m in sent if isinstance(m, PrePrepare)) == committed
+    for seq in committed:
+        commits = [m for m in sent if isinstance(m, Commit) and m.seq == seq]
+        assert len({c.replica_id for c in commits}) == cluster.config.quorum, "a commit certificate per slot"
+    verifier = Verifier(cluster.config.cluster_id, cluster.config.replica_keys, dict(cluster.config.client_keys))
+    for message in sent:
+        verifier.verify(message)  # Raises if anything was not signed by the replica it names.
+    assert {m.replica_id for m in sent} - {1}, "others' messages are relayed as they signed them"
+    again = peer.step(asker.sign(StateRequest(0, 0, 32, 0, 3, bytes(64))))
+    assert [r.reason for r in again.rejected] == ["rate-limited"]
