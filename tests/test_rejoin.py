@@ -101,6 +101,21 @@ def test_a_backup_restarted_into_an_idle_cluster_fetches_the_committed_suffix() 
     monitor.assert_ok()
 
 
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_a_primary_cut_off_while_the_cluster_changed_view_learns_the_view_when_it_is_idle(seed: int) -> None:
+    """Its peers changed view while it was away and then went quiet, with nothing committed above their last
+    stable checkpoint: only the NEW-VIEW, added to a catch-up answer for a requester in an earlier view, tells
+    it (without it, it waited for the next request)."""
+    cluster, load, monitor = loaded_cluster(seed)
+    cluster.partition({0}, {1, 2, 3, "client-0"})
+    load.run(2_000, True)
+    load.run(1_000, False)
+    assert majority_view(cluster, 0) >= 1 and cluster.replicas[0].view == 0
+    cluster.heal()
+    assert load.run(BOUND_IDLE_MS, False, until=lambda: rejoined(cluster, 0)) is not None
+    monitor.assert_ok()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_stranded_replica_sequence_ends_with_a_cluster_serving_on_three_replicas(seed: int) -> None:
     cluster, load, monitor = loaded_cluster(seed, Limits())
