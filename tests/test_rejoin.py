@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bft.core import Limits, Risk
+from bft.core import Commit, Limits, PrePrepare, Risk, Signer, StateRequest, Verifier
 from bft.testing import NetworkFaults, SimCluster
 from harness._rejoin import LoadDriver, PausableCluster, caught_up, majority_view, rejoin_limits, rejoined
 from specs.invariants import SimMonitor
@@ -118,6 +118,21 @@ def test_a_backup_restarted_into_an_idle_cluster_fetches_the_committed_suffix() 
     monitor.assert_ok()
 
 
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_a_primary_cut_off_while_the_cluster_changed_view_learns_the_view_when_it_is_idle(seed: int) -> None:
+    """Its peers changed view while it was away and then went quiet, with nothing committed above their last
+    stable checkpoint: only the NEW-VIEW, added to a catch-up answer for a requester in an earlier view, tells
+    it (without it, it waited for the next request)."""
+    cluster, load, monitor = loaded_cluster(seed)
+    cluster.partition({0}, {1, 2, 3, "client-0"})
+    load.run(2_000, True)
+    load.run(1_000, False)
+    assert majority_view(cluster, 0) >= 1 and cluster.replicas[0].view == 0
+    cluster.heal()
+    assert load.run(BOUND_IDLE_MS, False, until=lambda: rejoined(cluster, 0)) is not None
+    monitor.assert_ok()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_stranded_replica_sequence_ends_with_a_cluster_serving_on_three_replicas(seed: int) -> None:
     cluster, load, monitor = loaded_cluster(seed, Limits())
@@ -159,3 +174,26 @@ def test_a_stale_timestamp_stops_the_prepare_but_a_commit_certificate_still_exec
     assert late.last_executed == slot_seq, "the commit certificate made it execute"
     assert late.signed_digests.get(("prepare", 0, slot_seq)) is None, "it did not prepare a stale batch"
     assert cluster.verdict(request) is not None
+
+
+def test_a_catch_up_answer_is_bounded_rate_limited_and_made_of_messages_signed_by_their_authors() -> None:
+    cluster = SimCluster(4, seed=6)
+    requests = [cluster.submit("client-0", {"tool": "read", "n": n}, Risk.LOW) for n in range(3)]
+    assert cluster.run_until(lambda: all(cluster.verdict(r) for r in requests), 5_000)
+    peer = cluster.replicas[1]
+    asker = Signer(cluster.config.cluster_id, cluster.replica_seeds[3])
+    too_wide = asker.sign(StateRequest(0, 0, 33, 0, 3, bytes(64)))
+    assert [r.reason for r in peer.step(too_wide).rejected] == ["bad-state-request"]
+    ready = peer.step(asker.sign(StateRequest(0, 0, 32, 0, 3, bytes(64))))
+    sent = [message for destination, message in ready.to_replicas if destination == 3]
+    committed = [seq for seq, slot in peer.slots.items() if slot.committed]
+    assert committed and sorted(m.seq for m in sent if isinstance(m, PrePrepare)) == committed
+    for seq in committed:
+        commits = [m for m in sent if isinstance(m, Commit) and m.seq == seq]
+        assert len({c.replica_id for c in commits}) == cluster.config.quorum, "a commit certificate per slot"
+    verifier = Verifier(cluster.config.cluster_id, cluster.config.replica_keys, dict(cluster.config.client_keys))
+    for message in sent:
+        verifier.verify(message)  # Raises if anything was not signed by the replica it names.
+    assert {m.replica_id for m in sent} - {1}, "others' messages are relayed as they signed them"
+    again = peer.step(asker.sign(StateRequest(0, 0, 32, 0, 3, bytes(64))))
+    assert [r.reason for r in again.rejected] == ["rate-limited"]
