@@ -224,7 +224,10 @@ def test_extra_or_missing_fields_in_any_record_are_rejected(message, data) -> No
     if data.draw(st.booleans()):
         changed = record + [data.draw(st.sampled_from([0, b"", "", []]))]
     else:
-        cut = data.draw(st.integers(min_value=0, max_value=len(record) - 1))
+        # Cutting a message's tag leaves its fields, which can be a well-formed message of another type
+        # (ViewChange(new_view=9, ...) without its tag reads as a NewView): cut a field, never the tag.
+        first_field = 1 if path == () else 0
+        cut = data.draw(st.integers(min_value=first_field, max_value=len(record) - 1))
         changed = record[:cut] + record[cut + 1:]
     if path == ():
         changed = [plain[0], *changed[1:]] if changed and changed[0] == plain[0] else changed
