@@ -44,9 +44,11 @@ class CatchUpMixin:
     def _init_catch_up(self) -> None:
         self.committed_seq_known = 0  # The highest seq a commit quorum of our view showed committed.
         self.catch_up_counts: Counter[str] = Counter()
-        self._heard_tick = 0  # The last tick any peer's message arrived.
+        self._heard_tick = 0  # The last tick any peer's message arrived, and the clock then.
+        self._heard_ms = 0
         self._probe_due = False
         self._catch_up_sent_tick: int | None = None
+        self._catch_up_sent_ms = 0
         self._behind_since_tick: int | None = None
         self._catch_up_progress_tick = 0  # When we last executed, or found ourselves behind.
         self._catch_up_attempts = 0
@@ -106,11 +108,13 @@ class CatchUpMixin:
         self._probe_due = True
 
     def _note_heard(self) -> None:
-        self._heard_tick = self.ticks
+        self._heard_tick, self._heard_ms = self.ticks, self.now_ms
 
     def _note_clock(self, now_ms: int) -> None:
         """A clock that jumped further than the allowed skew between two ticks: we were paused; look around."""
-        if self.now_ms and now_ms - self.now_ms > self.limits.max_clock_skew_ms:
+        if not self.now_ms:  # The first tick: the clock starts, and nothing has been quiet for any time yet.
+            self._heard_ms = self._catch_up_sent_ms = now_ms
+        elif now_ms - self.now_ms > self.limits.max_clock_skew_ms:
             self.catch_up_counts["clock-jumps"] += 1
             self._probe_due = True
 
@@ -136,8 +140,12 @@ class CatchUpMixin:
             if waited and (since_sent is None or since_sent >= self.limits.state_transfer_retry_ticks):
                 self._ask_for_slots("behind")
             return
-        quiet = self.ticks - self._heard_tick >= self.limits.view_change_timeout_ticks
-        probe_period_over = since_sent is None or since_sent >= self.limits.view_change_timeout_ticks
+        # Counted in ticks while ticking busily, in time while quiescent (ticked rarely): whichever is due first.
+        quiet_ms = self.limits.quiet_probe_ms
+        quiet = self.ticks - self._heard_tick >= self.limits.view_change_timeout_ticks \
+            or self.now_ms - self._heard_ms >= quiet_ms
+        probe_period_over = since_sent is None or since_sent >= self.limits.view_change_timeout_ticks \
+            or self.now_ms - self._catch_up_sent_ms >= quiet_ms
         if (self._probe_due or quiet) and probe_period_over:
             self._probe_due = False
             self._ask_for_slots("probe")
@@ -146,7 +154,7 @@ class CatchUpMixin:
         peers = [r for r in range(self.config.replica_count) if r != self.replica_id]
         peer = peers[(self.replica_id + self._catch_up_attempts) % len(peers)]
         self._catch_up_attempts += 1
-        self._catch_up_sent_tick = self.ticks
+        self._catch_up_sent_tick, self._catch_up_sent_ms = self.ticks, self.now_ms
         self.catch_up_counts[f"asked-{why}"] += 1
         top = min(self.high_water, self.last_executed + SLOTS_PER_ANSWER_MAX)
         request = self._sign(StateRequest(self.last_executed, 0, top, self.view, self.replica_id, bytes(64)))

@@ -45,12 +45,17 @@ class Limits:
     state_transfer_entries_max: int = 65_536
     state_transfer_wait_ticks: int = 10
     state_transfer_retry_ticks: int = 20
+    # A replica that heard nothing for this long probes a peer even if few ticks passed: a quiescent
+    # replica is ticked rarely (the runtime's idle_tick_ms), and must still notice a cluster that moved on.
+    quiet_probe_ms: int = 500
     # The shape of an action a client may sign: brackets deep (the object itself is 1) and canonical
     # JSON bytes.  The protocol maxima bound every replica whatever is configured.
     action_depth_max: int = MAX_ACTION_DEPTH
     action_bytes_max: int = MAX_ACTION_BYTES
 
     def problem(self) -> str | None:
+        if self.quiet_probe_ms < 1:
+            return "quiet_probe_ms must be positive"
         if not 1 <= self.max_batch_requests <= MAX_BATCH_ENTRIES:
             return f"max_batch_requests must be in [1, {MAX_BATCH_ENTRIES}]"
         if self.checkpoint_interval < 1 or self.log_window < 2 * self.checkpoint_interval:

@@ -290,6 +290,13 @@ class StateTransferMixin:
         self._continue(session)
 
     def _continue(self, session: TransferSession) -> None:
+        if session.seq() <= self.last_executed:
+            # Execution (ordinary, or from commit certificates while catching up) passed what we were
+            # fetching while the chunks arrived: nothing left to adopt, and our log may now reach past
+            # the certified range, so the prefix check below would compare the wrong positions.
+            self.transfer = None
+            self.transfer_counts["overtaken"] += 1
+            return
         link_position, _ = session.link()
         if link_position > self.execution.log_length:
             self._ask_next_peer(session)

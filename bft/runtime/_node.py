@@ -114,6 +114,7 @@ class ReplicaNode:
         # What the core produced in the current round, and decisions of policies evaluated inline.
         self._round_readies: list[Ready] = []
         self._last_tick_s = float("-inf")  # When the core last ticked, on trio's clock.
+        self._waiting_scope: trio.CancelScope | None = None  # The main loop's wait for inputs, if it waits.
         self._peers_connected_seen = 0
         self._inline_decisions: deque[tuple[bytes, PolicyDecision]] = deque()
 
@@ -184,16 +185,18 @@ class ReplicaNode:
             if trio.current_time() >= due_s:
                 self._tick(trio.current_time())
                 continue
-            with trio.move_on_at(due_s):
+            with trio.move_on_at(due_s) as self._waiting_scope:
                 # A round that gives the quiescent core work brings the next tick forward: look again.
                 while self._persister.has_room and self._tick_due_s() >= due_s:
                     await self._round()
+            self._waiting_scope = None
 
     def _tick_due_s(self) -> float:
         """When the next tick is due: ``tick_ms`` after the last one, or ``idle_tick_ms`` after it while
         the core is quiescent (``Replica.is_quiescent``: no timer of the core is running).  Ticks are
         counted from when they ran, so after a stall the missed ones are skipped, not fired in a burst."""
-        idle = self.replica.is_quiescent
+        # Log reads answered by the store wait for the core to sign them: a peer catching up waits too.
+        idle = self.replica.is_quiescent and not self._log_read_answers
         return self._last_tick_s + (self.options.idle_tick_ms if idle else self.options.tick_ms) / 1000
 
     async def _round(self) -> None:
@@ -387,6 +390,12 @@ class ReplicaNode:
                 self.counters["log-read-dropped"] += 1
             else:
                 self._log_read_answers.append((read, entries))
+                self._wake_main_loop()
+
+    def _wake_main_loop(self) -> None:
+        """Make the main loop look again now (it may be sleeping out a quiescent core's long tick)."""
+        if self._waiting_scope is not None:
+            self._waiting_scope.deadline = min(self._waiting_scope.deadline, trio.current_time())
 
     def _send_reply(self, client_id: str, frame: bytes) -> None:
         session = self._sessions.get(Identity("client", client_id))
