@@ -1,4 +1,4 @@
-"""A PREPARE for an already prepared slot or a COMMIT for an already committed one, from a replica not heard in that phase, changes nothing, so it is dropped before its signature is checked (a forged one is not even rejected) and the slot keeps the quorum it decided on; a late message that conflicts with one the slot holds is still checked and proves equivocation."""
+"""A PREPARE for an already prepared slot or a COMMIT for an already committed one, from a replica not heard in that phase, changes nothing, so it is held without its signature being checked and the slot keeps the quorum it decided on; a message that contradicts one the slot keeps or holds from the same sender is checked and proves equivocation."""
 
 from __future__ import annotations
 
@@ -24,16 +24,31 @@ def prepared_and_committed_backup(kit):
     return backup, digest
 
 
-def test_a_late_prepare_or_commit_is_neither_verified_nor_kept(kit):
+def test_a_late_prepare_or_commit_is_held_unverified_and_changes_nothing(kit):
     backup, digest = prepared_and_committed_backup(kit)
     prepares, commits = dict(backup.slots[1].prepares), dict(backup.slots[1].commits)
     for late in (kit.prepare(3, 1, digest), kit.commit(3, 1, digest)):
-        forged = dataclasses.replace(late, signature=FORGED)
-        for message in (late, forged):
-            ready = backup.step(message)
-            assert ready.is_empty(), ready
+        for message in (late, late):
+            assert backup.step(message).is_empty()
     assert backup.slots[1].prepares == prepares and backup.slots[1].commits == commits
-    assert backup.rejected_counts["bad-signature"] == 0
+    assert backup.rejected_counts["bad-signature"] == 0 and len(backup.slots[1].late) == 2
+
+
+def test_a_forged_late_message_costs_a_check_only_when_its_sender_is_contradicted(kit):
+    backup, digest = prepared_and_committed_backup(kit)
+    forged = dataclasses.replace(kit.prepare(3, 1, digest), signature=FORGED)
+    assert backup.step(forged).is_empty()  # Held unverified: nothing depends on it.
+    genuine = kit.prepare(3, 1, digest)
+    assert backup.step(genuine).is_empty()  # It differs: the held forgery is checked, fails, and is replaced.
+    assert backup.slots[1].late[("Prepare", 3)] == genuine and 3 not in backup.slots[1].prepares
+
+
+def test_two_conflicting_late_prepares_from_one_sender_prove_equivocation(kit):
+    backup, digest = prepared_and_committed_backup(kit)
+    assert backup.step(kit.prepare(3, 1, digest)).is_empty()
+    ready = backup.step(kit.prepare(3, 1, bytes(32)))
+    [rejection] = ready.rejected
+    assert rejection.reason == "equivocation" and rejection.evidence is not None
 
 
 def test_a_forged_prepare_before_the_quorum_is_still_rejected(kit):

@@ -303,9 +303,10 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     def _adds_nothing(self, message: Message) -> bool:
         """A PREPARE for a slot of this view that is already prepared, or a COMMIT for one already
         committed, from a replica not heard in that phase yet: a quorum decided without it, so it is
-        neither verified nor kept (SPEC.md section 5, step 7).  At n=7 that is two of the six PREPAREs
-        and two of the six COMMITs a replica gets.  An exact repeat of a kept message adds nothing
-        either; a message that differs from the one kept is checked, as it may prove equivocation."""
+        not verified, only held (``_hold_late``) in case the same sender contradicts it (SPEC.md
+        section 5, step 7).  At n=7 that is two of the six PREPAREs and two of the six COMMITs a
+        replica gets.  An exact repeat of a kept message adds nothing either; a message that differs
+        from the one kept is checked, as it may prove equivocation."""
         message_type = type(message)
         if message_type is not Prepare and message_type is not Commit:
             return False
@@ -315,7 +316,28 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         existing = (slot.commits if message_type is Commit else slot.prepares).get(message.replica_id)
         if existing is not None:
             return existing == message  # A conflicting one is checked: it may be proof of equivocation.
-        return slot.committed if message_type is Commit else slot.prepared
+        decided = slot.committed if message_type is Commit else slot.prepared
+        if not decided or not 0 <= message.replica_id < self.config.replica_count:
+            return False
+        return self._hold_late(slot, message)
+
+    def _hold_late(self, slot: Slot, message: Prepare | Commit) -> bool:
+        """Hold the first late message of each sender unverified.  Only a second, different one from
+        the same sender is worth signature checks: if both verify, together they prove equivocation
+        (rejected with the evidence, nothing changed); a held forgery is replaced by the valid one."""
+        key = (type(message).__name__, message.replica_id)
+        held = slot.late.get(key)
+        if held is None or held == message:
+            slot.late[key] = message
+            return True
+        self._verifier.verify(message)  # A bad one is rejected here and changes nothing.
+        try:
+            self._verifier.verify(held)
+        except RemoteProtocolError:
+            slot.late[key] = message
+            return True
+        raise RemoteProtocolError("equivocation", f"two {type(message).__name__}s for seq {message.seq}",
+                                  evidence=EquivocationProof.of(held, message))
 
     def _reject(self, error: RemoteProtocolError) -> None:
         self.rejected_counts[error.reason] += 1

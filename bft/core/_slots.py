@@ -13,7 +13,7 @@ from ._messages import Commit, PrePrepare, Prepare, PreparedProof
 
 class Slot:
     __slots__ = ("seq", "view", "preprepare", "batch_digest", "request_digests",
-                 "prepares", "commits", "prepared", "committed")
+                 "prepares", "commits", "prepared", "committed", "late")
 
     def __init__(self, seq: int, view: int) -> None:
         self.seq = seq
@@ -25,6 +25,9 @@ class Slot:
         self.commits: dict[int, Commit] = {}
         self.prepared = False
         self.committed = False
+        # The first PREPARE or COMMIT of each sender that arrived after its quorum, held unverified
+        # (``Replica._adds_nothing``): at most one per (phase, replica) of the configuration.
+        self.late: dict[tuple[str, int], Prepare | Commit] = {}
 
     def matching_prepares(self) -> tuple[Prepare, ...]:
         return tuple(p for _, p in sorted(self.prepares.items()) if p.batch_digest == self.batch_digest)
