@@ -18,11 +18,9 @@ length-prefixed frames (``bft.runtime`` framing) and can ``drop``,
 each direction always pass untouched: without a handshake there is no link
 to fault.  After the handshake the runtime seals and numbers every frame
 (``bft.runtime._link_cipher``), so on a link between runtime parties a
-dropped, duplicated or reordered frame ends that connection (counted by the
-receiver as ``skipped-frame`` or ``replayed-frame``), and the link reconnects:
-these toxics now exercise the link layer's tamper detection and reconnection,
-not the protocol's handling of lost or repeated messages (the simulator's
-network covers that).  Byte-level toxics keep frames intact and behave as before.  A reordered frame is held back until the next frame has gone
+duplicated or reordered frame ends that connection (counted by the receiver
+as ``replayed-frame``) and the link reconnects, while a dropped frame is a
+gap the receiver accepts and counts: the protocol sees a lost message.  Byte-level toxics keep frames intact and behave as before.  A reordered frame is held back until the next frame has gone
 (or ``reorder_hold_ms`` passed), so at most one frame per direction is held.
 
 Everything is bounded: a direction holds at most ``queued_chunks_max`` chunks

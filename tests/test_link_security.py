@@ -46,8 +46,8 @@ def test_sealed_frames_open_in_order_and_hide_their_payload():
     (lambda frames: [frames[0][:-1] + bytes([frames[0][-1] ^ 1])], "bad-frame-auth"),  # the tag
     (lambda frames: [frames[0][:10] + bytes([frames[0][10] ^ 0x80]) + frames[0][11:]], "bad-frame-auth"),
     (lambda frames: [frames[0], frames[0]], "replayed-frame"),
-    (lambda frames: [frames[1]], "skipped-frame"),  # the first was dropped, or the two swapped
-    (lambda frames: [frames[0], frames[2], frames[1]], "skipped-frame"),
+    (lambda frames: [frames[1], frames[0]], "replayed-frame"),  # the two swapped
+    (lambda frames: [frames[0], frames[2], frames[1]], "replayed-frame"),
     (lambda frames: sealed_frames(FrameSealer(bytes(32)), [b"injected"]), "bad-frame-auth"),  # another key
     (lambda frames: [b"short"], "bad-frame-auth"),
 ])
@@ -58,6 +58,16 @@ def test_a_frame_altered_replayed_reordered_or_injected_is_refused_with_its_reas
         for frame in tamper(frames):
             opener.open(frame, "peer")
     assert raised.value.reason == reason
+
+
+def test_a_removed_frame_leaves_a_gap_that_is_accepted_and_counted():
+    frames = sealed_frames(FrameSealer(KEY), [b"one", b"two", b"three", b"four"])
+    opener = FrameOpener(KEY)
+    assert [opener.open(frame) for frame in (frames[0], frames[3])] == [b"one", b"four"]
+    assert (opener.frames_opened, opener.frames_skipped) == (2, 2)
+    with pytest.raises(RemoteProtocolError) as raised:
+        opener.open(frames[2])  # Removed once, it can never come back later.
+    assert raised.value.reason == "replayed-frame"
 
 
 def test_session_keys_differ_per_direction_and_per_handshake():
@@ -149,7 +159,7 @@ async def test_a_handshake_with_a_wrong_key_fails_on_either_side():
             await connection.aclose()
 
 
-async def test_frames_the_fault_proxy_duplicates_or_drops_on_a_replica_link_end_that_connection():
+async def test_a_frame_the_fault_proxy_duplicates_ends_the_link_and_one_it_drops_is_a_counted_gap():
     with trio.fail_after(60):
         async with open_local_cluster([ApproveEverything() for _ in range(4)],
                                       client_ids=("client-0", "client-1")) as cluster, trio.open_nursery() as nursery:
@@ -157,19 +167,28 @@ async def test_frames_the_fault_proxy_duplicates_or_drops_on_a_replica_link_end_
             proxy = FaultProxy(cluster.addresses[0], name="to replica 0")
             await nursery.start(proxy.serve)
             addresses = {**cluster.addresses, 0: proxy.address}
-            for client_id, toxics, reason in (("client-0", Toxics(duplicate_probability=1.0), "replayed-frame"),
-                                              ("client-1", Toxics(drop_probability=0.5), "skipped-frame")):
-                proxy.set_toxics(upstream=toxics)
-                async with open_client(cluster.config, client_id, cluster.client_keys[client_id].seed, addresses,
-                                       clock=cluster.clock, limits=cluster.options.transport) as client:
-                    # Replicas 1-3 are reached directly, so verdicts keep coming; what the proxy repeats or
-                    # removes on the way to replica 0 puts the next frame it opens out of sequence.
-                    for _ in range(10):
-                        outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=5_000)
-                        assert outcome.status == "ALLOW", outcome.reason
-                        if node.counters[f"connection-dropped:{reason}"]:
-                            break
-                    await wait_for_counter(node, f"connection-dropped:{reason}")
+            proxy.set_toxics(upstream=Toxics(duplicate_probability=1.0))
+            async with open_client(cluster.config, "client-0", cluster.client_keys["client-0"].seed, addresses,
+                                   clock=cluster.clock, limits=cluster.options.transport) as client:
+                # Replicas 1-3 are reached directly, so verdicts keep coming; a repeated frame on the way
+                # to replica 0 carries a number it already passed.
+                for _ in range(10):
+                    outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=5_000)
+                    assert outcome.status == "ALLOW", outcome.reason
+                    if node.counters["connection-dropped:replayed-frame"]:
+                        break
+                await wait_for_counter(node, "connection-dropped:replayed-frame")
+            dropped_before = sum(count for key, count in node.counters.items() if key.startswith("connection-dropped"))
+            proxy.set_toxics(upstream=Toxics(drop_probability=0.5))
+            async with open_client(cluster.config, "client-1", cluster.client_keys["client-1"].seed, addresses,
+                                   clock=cluster.clock, limits=cluster.options.transport) as client:
+                for _ in range(10):
+                    outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=5_000)
+                    assert outcome.status == "ALLOW", outcome.reason
+            # Frames removed on the way are gaps: the link to replica 0 stays up (the client's own close
+            # at the end is not a drop either).
+            assert sum(count for key, count in node.counters.items()
+                       if key.startswith("connection-dropped")) == dropped_before
             nursery.cancel_scope.cancel()
 
 

@@ -7,19 +7,24 @@ one for each direction.  Each frame's payload is then carried as::
 
 with the 12-byte IETF nonce ``0000 || counter``.  The sender numbers its
 frames 0, 1, 2, ... in the order they go on the wire; the receiver accepts
-only the next number, then checks the tag.  So, on one connection:
+only a number above the last it accepted, then checks the tag.  So, on one
+connection:
 
 - a frame altered in transit (any byte: counter, ciphertext or tag) fails the
   tag check: ``bad-frame-auth``;
-- a frame sent again (a replay) or moved later carries a number already used:
-  ``replayed-frame``;
-- a frame removed, or moved earlier, leaves a gap: ``skipped-frame``;
+- a frame sent again (a replay), or moved after a later one, carries a number
+  already passed: ``replayed-frame``;
+- a frame removed leaves a gap, which is accepted and counted
+  (``FrameOpener.frames_skipped``): TCP itself never loses bytes inside a
+  connection, so a gap means something on the path removed whole frames,
+  which the protocol tolerates like any lost message; tearing the link down
+  would only lose the frame that revealed the gap as well;
 - a frame injected by anyone without the key fails the tag: ``bad-frame-auth``;
 - a frame from another connection, even between the same two parties, was
   sealed under other keys: ``bad-frame-auth``.
 
-Each is a ``RemoteProtocolError``: the connection is dropped and the reason
-counted.  A key never seals two frames under one nonce: the counter only grows
+Each refused frame is a ``RemoteProtocolError``: the connection is dropped and
+the reason counted.  A key never seals two frames under one nonce: the counter only grows
 and each connection has fresh keys.  An empty payload (a keep-alive) is sealed
 like any other.  Each frame costs one AEAD call; the sealed frame is built by
 the one ``join`` that batches frames for the socket anyway.
@@ -99,16 +104,14 @@ class FrameSealer:
 
 
 class FrameOpener:
-    """Checks and decrypts the incoming frames of one direction of one connection, strictly in order."""
+    """Checks and decrypts the incoming frames of one direction of one connection, in increasing order."""
 
     def __init__(self, key: bytes) -> None:
         assert len(key) == KEY_BYTES
         self._key = key
         self._expected = 0
-
-    @property
-    def frames_opened(self) -> int:
-        return self._expected
+        self.frames_opened = 0
+        self.frames_skipped = 0  # Frames the path removed: numbers passed over by a later authentic frame.
 
     def open(self, sealed: bytes, peer: str = "?") -> bytes:
         """The payload ``sealed`` carries; ``RemoteProtocolError`` if it is not the next authentic frame."""
@@ -118,11 +121,11 @@ class FrameOpener:
         if counter < self._expected:
             raise RemoteProtocolError("replayed-frame", f"frame number {counter} again (expected {self._expected})",
                                       peer)
-        if counter > self._expected:
-            raise RemoteProtocolError("skipped-frame", f"frame number {counter}, expected {self._expected}", peer)
         try:
             payload = _decrypt(sealed[COUNTER_BYTES:], None, _NONCE_PREFIX + sealed[:COUNTER_BYTES], self._key)
         except nacl.exceptions.CryptoError:
             raise RemoteProtocolError("bad-frame-auth", f"frame number {counter} fails authentication", peer) from None
-        self._expected += 1
+        self.frames_skipped += counter - self._expected  # Counted only once the frame proved authentic.
+        self.frames_opened += 1
+        self._expected = counter + 1
         return payload

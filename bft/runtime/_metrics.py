@@ -41,7 +41,7 @@ REJECTION_REASONS = frozenset({
     "stale-request", "unexpected-type", "unknown-signer", "wrong-view",
     # framing, connections and the handshake (bft.runtime)
     "bad-frame-auth", "bad-handshake", "bad-key", "evicted", "flood", "idle", "idle-session", "oversized-frame",
-    "refused", "replayed-frame", "skipped-frame", "slow-frame", "timeout", "too-many-connections",
+    "refused", "replayed-frame", "slow-frame", "timeout", "too-many-connections",
     "truncated-frame", "unexpected-frame", "unexpected-message", "unknown-identity", "wrong-cluster",
     "wrong-identity",
 })
