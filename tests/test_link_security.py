@@ -167,9 +167,13 @@ async def test_a_frame_the_fault_proxy_duplicates_ends_the_link_and_one_it_drops
             proxy = FaultProxy(cluster.addresses[0], name="to replica 0")
             await nursery.start(proxy.serve)
             addresses = {**cluster.addresses, 0: proxy.address}
+
+            def client_through_proxy(client_id: str):
+                return open_client(cluster.config, client_id, cluster.client_keys[client_id].seed, addresses,
+                                   clock=cluster.clock, limits=cluster.options.transport)
+
             proxy.set_toxics(upstream=Toxics(duplicate_probability=1.0))
-            async with open_client(cluster.config, "client-0", cluster.client_keys["client-0"].seed, addresses,
-                                   clock=cluster.clock, limits=cluster.options.transport) as client:
+            async with client_through_proxy("client-0") as client:
                 # Replicas 1-3 are reached directly, so verdicts keep coming; a repeated frame on the way
                 # to replica 0 carries a number it already passed.
                 for _ in range(10):
@@ -180,8 +184,7 @@ async def test_a_frame_the_fault_proxy_duplicates_ends_the_link_and_one_it_drops
                 await wait_for_counter(node, "connection-dropped:replayed-frame")
             dropped_before = sum(count for key, count in node.counters.items() if key.startswith("connection-dropped"))
             proxy.set_toxics(upstream=Toxics(drop_probability=0.5))
-            async with open_client(cluster.config, "client-1", cluster.client_keys["client-1"].seed, addresses,
-                                   clock=cluster.clock, limits=cluster.options.transport) as client:
+            async with client_through_proxy("client-1") as client:
                 for _ in range(10):
                     outcome = await client.submit(BENIGN, Risk.LOW, timeout_ms=5_000)
                     assert outcome.status == "ALLOW", outcome.reason
