@@ -230,6 +230,7 @@ class ReplicaNode:
     def _tick_core(self, now_s: float) -> None:
         self._last_tick_s = now_s
         self._watch_quorum(now_s)
+        self._notice_reconnected_peers()
         self._apply(self.replica.tick(self.clock.now_ms()))
         self._record_inline_decisions()
 
@@ -307,12 +308,15 @@ class ReplicaNode:
                      request.client_id, reason, extra={"replica_id": self.replica_id, "client_id": request.client_id,
                                                        "request_number": request.request_number, "reason": reason})
 
-    def _watch_quorum(self, now_s: float) -> None:
+    def _notice_reconnected_peers(self) -> None:
+        """A link came back since the last tick: the core asks a peer what it missed at its next tick."""
         peers_connected = self.peers_connected
         if peers_connected > self._peers_connected_seen:
-            # A link came back: the core asks a peer what it missed at its next (busy) tick.
             self._apply(self.replica.peer_reconnected())
         self._peers_connected_seen = peers_connected
+
+    def _watch_quorum(self, now_s: float) -> None:
+        peers_connected = self.peers_connected
         change = self._quorum_watch.update(peers_connected + 1, now_s)
         self.metrics.observe_connectivity(peers_connected, self._quorum_watch.reachable(peers_connected + 1))
         if change is None:
