@@ -267,9 +267,9 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         rarely ticking idle replica also probes rarely; a pause, a restart or any input still makes it
         look at once.
         """
-        return (self.view_active and not self.pending and self.transfer is None and not self.lag_target_seq
-                and not self._dead_votes_backlog and not self._probe_due and not self.catching_up()
-                and not self._has_outstanding_work())
+        # catching_up() covers a state transfer under way; a lag target already reached is cleared by a tick.
+        return (self.view_active and not self.pending and not self.lag_target_seq and not self._dead_votes_backlog
+                and not self._probe_due and not self.catching_up() and not self._has_outstanding_work())
 
     # ----------------------------------------------------------------- plumbing
 
