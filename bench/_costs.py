@@ -196,7 +196,7 @@ async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> float:
     frame = encode_frame(encode(sample.messages["prepare"]), limits.max_frame_bytes)
     arrived = trio.Event()
 
-    async def on_echo(payloads: list[bytes]) -> None:
+    def on_echo(payloads: list[bytes]) -> None:
         arrived.set()
 
     async def echo(stream: trio.SocketStream) -> None:

@@ -1,4 +1,4 @@
-"""Batched delivery: a connection's one reader hands over every message of a socket read as one list (keep-alives left out, order kept), a replica turns each such list into one inbox item, and one watchdog per connection still ends a connection that is idle, trickles a frame, or (a client session) sends nothing but keep-alives."""
+"""Batched delivery: a connection's one reader hands over every message of a socket read as one list (keep-alives left out, order kept), a replica steps its core over each such list as one round, and one lazily re-armed watchdog per connection still ends a connection that is idle, trickles a frame, or (a client session) sends nothing but keep-alives, while neither steady traffic nor the receiver's own back-pressure ever trips it."""
 
 from __future__ import annotations
 
@@ -31,15 +31,10 @@ async def test_every_message_of_one_read_arrives_in_one_batch_in_order_without_k
     connection, peer, sealer = await sealed_pair()
     payloads = [b"first", b"", b"second", b"x" * 3000, b""]
     await peer.send_all(b"".join(sealer.seal(payload) for payload in payloads))
+    await peer.aclose()  # A clean close ends the reader once it has read everything.
     batches: list[list[bytes]] = []
-
-    async def on_payloads(messages: list[bytes]) -> None:
-        batches.append(messages)
-        if sum(map(len, batches)) == 3:
-            await peer.aclose()  # A clean close ends the reader.
-
     with trio.fail_after(5):
-        await connection.read_batches(on_payloads)
+        await connection.read_batches(batches.append)
     assert batches == [[b"first", b"second", b"x" * 3000]]
     await connection.aclose()
 
@@ -68,7 +63,7 @@ async def test_the_connection_watchdog_ends_idle_slow_and_quiet_connections(beha
     if quiet_timeout_s is not None:
         connection.close_when_quiet(quiet_timeout_s)
 
-    async def never_called(messages: list[bytes]) -> None:
+    def never_called(messages: list[bytes]) -> None:
         raise AssertionError(f"no message was sent, yet {messages!r} arrived")
 
     with trio.fail_after(5):
@@ -82,18 +77,57 @@ async def test_the_connection_watchdog_ends_idle_slow_and_quiet_connections(beha
     await peer.aclose()
 
 
-async def test_a_replica_enqueues_one_inbox_item_per_read():
+async def test_a_connection_that_keeps_sending_outlives_many_idle_timeouts():
+    connection, peer, sealer = await sealed_pair()
+    received: list[bytes] = []
+
+    async def steady_then_close() -> None:
+        for number in range(12):  # 1.2 s of traffic against an idle timeout of 0.4 s.
+            await peer.send_all(sealer.seal(b"message %d" % number))
+            await trio.sleep(0.1)
+        await peer.aclose()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(steady_then_close)
+            await connection.read_batches(received.extend)
+    assert received == [b"message %d" % number for number in range(12)]
+    await connection.aclose()
+
+
+async def test_the_receivers_own_back_pressure_never_counts_against_the_peer():
+    connection, peer, sealer = await sealed_pair()
+    received: list[bytes] = []
+    waits = [0]
+
+    async def slow_consumer() -> None:
+        waits[0] += 1
+        if waits[0] == 2:  # After the first message: hold the reader for 2.5 idle timeouts.
+            await trio.sleep(1.0)
+
+    await peer.send_all(sealer.seal(b"before"))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.read_batches, received.extend, slow_consumer)
+            await trio.sleep(0.2)
+            await peer.send_all(sealer.seal(b"after"))
+            await peer.aclose()  # All of it waits in the socket while the reader is held.
+    assert received == [b"before", b"after"]
+    await connection.aclose()
+
+
+async def test_a_replica_steps_its_core_once_per_read():
     with trio.fail_after(30):
         async with open_local_cluster([ApproveEverything() for _ in range(4)]) as cluster:
             node = cluster.nodes[0]
             items: list[tuple] = []
-            enqueue = node._enqueue
+            take_inputs = node._take_inputs
 
-            async def recording_enqueue(item: tuple) -> None:
-                items.append(item)
-                await enqueue(item)
+            def recording_take_inputs(kind: str, messages: list) -> None:
+                items.append((kind, messages))
+                take_inputs(kind, messages)
 
-            node._enqueue = recording_enqueue
+            node._take_inputs = recording_take_inputs
             connection = FramedConnection(await trio.open_tcp_stream(*cluster.addresses[0]),
                                           cluster.options.transport, "test")
             await _handshake.initiate(connection, cluster.config, Identity("client", "client-0"),
@@ -104,7 +138,7 @@ async def test_a_replica_enqueues_one_inbox_item_per_read():
                       for request in requests]
             await connection.stream.send_all(connection.seal_frames(frames))
             with trio.fail_after(5):
-                while not any(item[0] == "client-batch" for item in items):
+                while not any(item[0] == "client" for item in items):
                     await trio.sleep(0.01)
-            assert [item for item in items if item[0] == "client-batch"] == [("client-batch", requests)]
+            assert [item for item in items if item[0] == "client"] == [("client", requests)]
             await connection.aclose()

@@ -141,21 +141,32 @@ async def test_frames_that_arrive_together_are_received_together_in_order():
 
 # ---------------------------------------------------------------------------- the persister
 
-async def test_the_persister_queue_is_bounded_and_refuses_a_put_without_room():
+async def test_the_persister_queue_is_bounded_and_merges_an_item_that_finds_it_full():
     released = []
-    persister = Persister(MemoryStore(), queue_capacity=1, batch_max=4, counters=Counter(),
+    counters = Counter()
+    persister = Persister(MemoryStore(), queue_capacity=1, batch_max=4, counters=counters,
                           on_released=released.append)
-    persister.put_nowait(Durable((Ready(),)))
+    first, second = Ready(finalized=()), Ready(to_clients=())
+    persister.put(Durable((first,), prune_signed_below_seq=5))
     assert not persister.has_room
-    with pytest.raises(AssertionError):
-        persister.put_nowait(Durable((Ready(),)))
+    persister.put(Durable((second,), prune_signed_below_seq=9))  # Two producers raced for the last slot.
+    assert not persister.has_room and counters["persist-merged"] == 1
     async with trio.open_nursery() as nursery:
         nursery.start_soon(persister.run)
         with trio.fail_after(5):
             await persister.wait_for_room()
             await persister.wait_released()
         nursery.cancel_scope.cancel()
-    assert len(released) == 1
+    assert len(released) == 1  # The merged item was persisted and released as one.
+
+
+def test_merged_items_keep_their_order_and_the_later_pruning_marks():
+    earlier = Durable((Ready(finalized=()),), prune_signed_below_seq=5, prune_views_below=None)
+    later = Durable((Ready(to_clients=()),), prune_signed_below_seq=None, prune_views_below=2)
+    merged = earlier.followed_by(later)
+    assert merged.readies == earlier.readies + later.readies
+    assert (merged.prune_signed_below_seq, merged.prune_views_below) == (5, 2)
+    assert earlier.followed_by(Durable((), prune_signed_below_seq=7)).prune_signed_below_seq == 7
 
 
 async def test_the_store_thread_returns_results_raises_errors_and_is_not_abandoned_on_cancel():

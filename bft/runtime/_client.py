@@ -191,7 +191,7 @@ class AsyncClient:
         return Outcome("REFUSED", reason, None, latency_ms, request)
 
     def _payload_handler(self, replica_id: int):
-        async def on_payloads(payloads: list[bytes]) -> None:
+        def on_payloads(payloads: list[bytes]) -> None:
             for payload in payloads:
                 self._on_reply(replica_id, payload)
         return on_payloads

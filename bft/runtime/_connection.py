@@ -204,8 +204,9 @@ class FramedConnection:
         self._sending = False
         self._sealer: FrameSealer | None = None
         self._opener: FrameOpener | None = None
-        self._frame_started_s: float | None = None
-        self._watchdog: trio.CancelScope | None = None  # While ``read_batches`` runs.
+        self._frame_started_s: float | None = None  # When the frame now in the decoder began to arrive.
+        self._last_read_s = trio.current_time()
+        self._reading = False  # While ``read_batches`` runs.
         self.quiet_timeout_s: float | None = None  # See ``close_when_quiet``.
         self._last_payload_s = 0.0
         self.frames_received = 0
@@ -323,37 +324,58 @@ class FramedConnection:
         buffers: one chunk plus the start of one frame (and the frame rate limit ends the
         connection of a sender packing empty frames long before that)."""
         while True:
-            payloads = []
-            while (payload := self._decoder.next_frame()) is not None:
-                payloads.append(self._admit(payload))
+            payloads = self._complete_payloads()
             if payloads:
                 return payloads
             if not await self._receive_into_decoder():
                 return None
 
-    async def read_batches(self, on_payloads: Callable[[list[bytes]], Awaitable[None]]) -> None:
-        """Hand ``on_payloads`` the messages of each read as one list, in order (keep-alives left out);
-        return when the peer closes cleanly.
+    def _complete_payloads(self) -> list[bytes]:
+        payloads = []
+        while (payload := self._decoder.next_frame()) is not None:
+            payloads.append(self._admit(payload))
+        return payloads
 
-        One watchdog cancel scope serves the whole connection: each read only moves its deadline
-        (idle, frame or quiet timeout, whichever is nearest), instead of entering a scope per read.
-        While ``on_payloads`` waits (a full inbox pushing back), the watchdog is off: the wait is
-        ours, not the peer's."""
-        assert self._watchdog is None, "one reader per connection"
-        with trio.CancelScope() as watchdog:
-            self._watchdog = watchdog
-            try:
-                while True:
-                    payloads = await self.receive_batch()
-                    if payloads is None:
-                        return
-                    messages = [payload for payload in payloads if payload != KEEPALIVE]
-                    if messages:
-                        watchdog.deadline = math.inf
-                        await on_payloads(messages)
-            finally:
-                self._watchdog = None
-        raise self._expired(self._quiet_deadline_s())
+    async def read_batches(self, on_messages: Callable[[list[bytes]], None],
+                           wait_until_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Hand ``on_messages`` the messages of each read as one list, in order (keep-alives left out);
+        return when the peer closes cleanly.  ``on_messages`` runs synchronously: nothing is queued
+        between the socket and its consumer.  ``wait_until_ready``, if given, is awaited before each
+        read: the consumer pushes back by not letting the connection read (TCP then pushes back on
+        the sender), and that wait is ours, so it never counts against the peer's deadlines.
+
+        One watchdog cancel scope covers the connection, and a read does not move it: it is armed
+        at the nearest deadline (idle, frame or quiet timeout) computed from what was last seen,
+        and when it fires the deadlines are looked at again; only if one really passed does the
+        connection end, else the watchdog is armed anew.  So a busy connection costs one wake-up per
+        idle timeout, not a deadline change per read.  Only a frame left half read can bring the
+        deadline forward (its own, shorter, timeout)."""
+        assert not self._reading, "one reader per connection"
+        self._reading = True
+        self._last_read_s = trio.current_time()
+        try:
+            while True:
+                waiting_on_us = False
+                with trio.CancelScope(deadline=self._receive_deadline_s()) as watchdog:
+                    while True:
+                        messages = [payload for payload in self._complete_payloads() if payload != KEEPALIVE]
+                        if messages:
+                            on_messages(messages)
+                        self._note_partial_frame()
+                        if self._frame_started_s is not None:
+                            watchdog.deadline = min(watchdog.deadline, self._receive_deadline_s())
+                        if wait_until_ready is not None:
+                            waiting_on_us = True
+                            await wait_until_ready()
+                            waiting_on_us = False
+                        if not await self._receive_into_decoder():
+                            return
+                if waiting_on_us:  # Our own back-pressure outlasted the watchdog: the peer is not late.
+                    self._last_read_s = trio.current_time()
+                elif trio.current_time() >= self._receive_deadline_s():
+                    raise self._expired(self._quiet_deadline_s())
+        finally:
+            self._reading = False
 
     async def _receive_into_decoder(self) -> bool:
         """Feed the decoder one chunk; False when the peer closed cleanly."""
@@ -361,32 +383,39 @@ class FramedConnection:
         if not data:
             self._decoder.end_of_stream()
             return False
-        if not self._byte_budget.take(len(data), trio.current_time()):
+        now_s = self._last_read_s = trio.current_time()
+        if not self._byte_budget.take(len(data), now_s):
             raise RemoteProtocolError("flood", f"more than {self.limits.receive_bytes_per_s:.0f} bytes/s",
                                       self.peer)
         self.bytes_received += len(data)
         self._decoder.receive_data(data)
         return True
 
-    async def _receive_chunk(self) -> bytes:
-        """Wait for bytes: up to the idle timeout between frames, and only until the frame's
-        own deadline inside one (the deadline does not restart per chunk, or a sender trickling
-        one byte at a time would hold the connection forever)."""
-        now_s = trio.current_time()
+    def _note_partial_frame(self) -> None:
+        """Once the complete frames are taken: start the frame timeout if a frame is left half read."""
         if not self._decoder.in_frame:
             self._frame_started_s = None
-            deadline_s = now_s + self.limits.idle_timeout_s
-        else:
-            if self._frame_started_s is None:
-                self._frame_started_s = now_s
+        elif self._frame_started_s is None:
+            self._frame_started_s = self._last_read_s
+
+    def _receive_deadline_s(self) -> float:
+        """When the connection ends if nothing more arrives: the idle timeout after the last read, or
+        the frame timeout after a frame began (the frame's deadline does not restart per chunk, or a
+        sender trickling one byte at a time would hold the connection forever), or the quiet timeout."""
+        if self._frame_started_s is not None:
             deadline_s = self._frame_started_s + self.limits.frame_timeout_s
-        quiet_deadline_s = self._quiet_deadline_s()
-        if self._watchdog is not None:
-            self._watchdog.deadline = min(deadline_s, quiet_deadline_s)  # ``read_batches`` reports the expiry.
+        else:
+            deadline_s = self._last_read_s + self.limits.idle_timeout_s
+        return min(deadline_s, self._quiet_deadline_s())
+
+    async def _receive_chunk(self) -> bytes:
+        """Wait for bytes; outside ``read_batches`` (the handshake) under a deadline of its own."""
+        if self._reading:
             return await self._read_chunk()
-        with trio.move_on_at(min(deadline_s, quiet_deadline_s)):
+        self._note_partial_frame()
+        with trio.move_on_at(self._receive_deadline_s()):
             return await self._read_chunk()
-        raise self._expired(quiet_deadline_s)
+        raise self._expired(self._quiet_deadline_s())
 
     async def _read_chunk(self) -> bytes:
         if self._socket is None:
@@ -420,15 +449,16 @@ class FramedConnection:
                 raise trio.BrokenResourceError(f"socket connection broken: {error}") from error
 
     def _admit(self, payload: bytes) -> bytes:
-        self._frame_started_s = None
-        if not self._frame_budget.take(1, trio.current_time()):
+        self._frame_started_s = None  # What is left in the decoder, if anything, is a new frame.
+        now_s = self._last_read_s
+        if not self._frame_budget.take(1, now_s):
             raise RemoteProtocolError("flood", f"more than {self.limits.receive_frames_per_s:.0f} frames/s",
                                       self.peer)
         if self._opener is not None:
             payload = self._opener.open(payload, self.peer)
         self.frames_received += 1
         if payload != KEEPALIVE:
-            self._last_payload_s = trio.current_time()
+            self._last_payload_s = now_s
         return payload
 
     async def aclose(self) -> None:

@@ -12,9 +12,13 @@ core.  It also does the store work a ``Ready`` asks of its driver: forgetting
 dead votes and reading log entries a peer asked for (``Ready.log_reads``), after
 the batch's own writes, so a read sees everything the core produced before it.
 
-The queue is bounded in items, and the core's task never blocks in the middle
-of its work: it waits for room (``wait_for_room``) before it starts a round of
-inputs, and a round hands over exactly one item (``put_nowait``).
+The queue is bounded in items, and a round of the core never blocks in the
+middle of its work: its producer (a connection's reader, the ticker, a policy's
+decision) waits for room (``wait_for_room``) before it starts, and the round
+hands over exactly one item (``put``).  Producers run concurrently, so several
+may have found room for the last slot: an item that finds the queue full is
+merged into the newest one.  That overflow is bounded by one round per producer,
+since each waits for room again before its next round.
 """
 
 from __future__ import annotations
@@ -40,6 +44,17 @@ class Durable:
     readies: tuple[Ready, ...]
     prune_signed_below_seq: int | None = None
     prune_views_below: int | None = None
+
+    def followed_by(self, later: "Durable") -> "Durable":
+        """One item doing what ``self`` then ``later`` do (marks only rise, so the later one wins)."""
+        return Durable(self.readies + later.readies,
+                       _later_mark(self.prune_signed_below_seq, later.prune_signed_below_seq),
+                       _later_mark(self.prune_views_below, later.prune_views_below))
+
+
+def _later_mark(earlier: int | None, later: int | None) -> int | None:
+    assert earlier is None or later is None or later >= earlier, "pruning marks only rise"
+    return earlier if later is None else later
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +93,22 @@ class Persister:
         return len(self._queue) < self._capacity
 
     async def wait_for_room(self) -> None:
-        """Wait until ``put_nowait`` may be called: back-pressure from the disk on the core's task."""
+        """Wait until the queue has room for an item: back-pressure from the disk on the producers."""
         if self.has_room:
             return
         self._counters["persist-queue-full"] += 1
         while not self.has_room:
             await self._room_made.park()
 
-    def put_nowait(self, item: Durable) -> None:
-        """Queue ``item``; the caller made sure there is room (``wait_for_room``) without yielding since."""
-        assert self.has_room, "put_nowait without room: call wait_for_room first"
-        self._queue.append(item)
-        self._items_put += 1
+    def put(self, item: Durable) -> None:
+        """Queue ``item`` (its producer waited for room first); if another producer took the last slot
+        meanwhile, merge it into the newest queued item, which is persisted and released with it."""
+        if self.has_room:
+            self._queue.append(item)
+            self._items_put += 1
+        else:  # Released with the item it joins, which is counted already.
+            self._counters["persist-merged"] += 1
+            self._queue[-1] = self._queue[-1].followed_by(item)
         assert len(self._queue) <= self._capacity
         self._work_arrived.unpark_all()
 

@@ -1,12 +1,14 @@
 """A replica node: one sans-IO core driven by trio, its links, its listener, its policy and its clock.
 
-Every core input happens in one task, ``_main_loop``, which takes items from one
-bounded inbox and ticks the core every ``tick_ms``; the core is never entered
-twice at once.  Connection tasks only decode and enqueue.  The main task works
-in rounds: it feeds the core every input already queued (up to a bound), then
-hands everything those inputs produced to the ``Persister`` as one item, which
-makes it durable through ``apply_ready`` in a worker thread and only then sends
-it.  A send writes straight to the socket when the peer's writer is idle (one
+The core is entered in rounds, each synchronous, so it is never entered twice at
+once: a connection's reader feeds it the messages of one socket read, the ticker
+task ticks it every ``tick_ms`` (``idle_tick_ms`` while it is quiescent), and a
+policy's decision is fed to it as it arrives.  No queue or task switch stands
+between a socket read and the core.  A round hands everything it produced to the
+``Persister`` as one item, which makes it durable through ``apply_ready`` in a
+worker thread and only then sends it; every producer waits for room in the
+persister's bounded queue before it starts a round (a reader before it reads,
+so TCP pushes back on the sender when the disk falls behind).  A send writes straight to the socket when the peer's writer is idle (one
 write per peer per batch) and otherwise waits in the bounded link queue, so
 nothing waits on the network, and fsync never blocks the event loop.  Policies
 run in worker threads under a deadline, and a policy that overruns votes DENY
@@ -52,10 +54,6 @@ from ._transport import (CONNECTION_ERRORS, Address, Link, accept_loop, peer_nam
 logger = logging.getLogger("bft.runtime")
 accountability_logger = logging.getLogger("bft.runtime.accountability")
 
-# Inputs fed to the core before its output goes to the persister and the task yields.
-ROUND_INPUTS_MAX = 64
-# Inbox items that carry the messages of one socket read, and the kind of each message in them.
-BATCH_KINDS = {"replica-batch": "replica", "client-batch": "client"}
 # Log reads answered by the store and waiting for the core to sign them; more are dropped (the
 # asking peer asks again), so a flood of requests for old entries costs bounded memory.
 LOG_READ_ANSWERS_MAX = 64
@@ -101,7 +99,6 @@ class ReplicaNode:
                       for peer in range(config.replica_count) if peer != replica_id}
         self._sessions: dict[Identity, _Session] = {}
         self._admission = Admission(self._limits, self.counters, self.metrics.rejected)
-        self._inbox_send, self._inbox_receive = trio.open_memory_channel[tuple](self.options.inbox_capacity)
         self._policy_limiter = trio.CapacityLimiter(self.options.policy_threads)
         self._evaluations_in_flight = 0
         self._nursery: trio.Nursery | None = None
@@ -114,7 +111,7 @@ class ReplicaNode:
         # What the core produced in the current round, and decisions of policies evaluated inline.
         self._round_readies: list[Ready] = []
         self._last_tick_s = float("-inf")  # When the core last ticked, on trio's clock.
-        self._waiting_scope: trio.CancelScope | None = None  # The main loop's wait for inputs, if it waits.
+        self._ticker_sleep: trio.CancelScope | None = None  # The ticker's wait for the next tick, if it waits.
         self._peers_connected_seen = 0
         self._inline_decisions: deque[tuple[bytes, PolicyDecision]] = deque()
 
@@ -146,7 +143,7 @@ class ReplicaNode:
             nursery.start_soon(self._persister.run)
             nursery.start_soon(accept_loop, listener, self._serve_connection, self._limits, self.counters, nursery,
                                self.metrics.rejected)
-            nursery.start_soon(self._main_loop)
+            nursery.start_soon(self._ticker)
             logger.info("replica %d listening on port %d", self.replica_id, self.port,
                         extra={"replica_id": self.replica_id, "port": self.port})
             task_status.started(self.port)
@@ -174,22 +171,20 @@ class ReplicaNode:
 
     # ----------------------------------------------------------------- the core's one task
 
-    async def _main_loop(self) -> None:
+    async def _ticker(self) -> None:
         """Tick every ``tick_ms`` while the core has work a timer may act on, every ``idle_tick_ms``
-        while it is quiescent; in between, rounds of inputs.  Everything this task does with the core is
-        synchronous: it waits only for the persister's room (before a tick or a round) and for the
-        inbox (at the start of a round), so the tick's deadline can interrupt nothing but that wait."""
+        while it is quiescent.  A round that gives a quiescent core work brings the tick forward
+        (``_hurry_ticker``); a round that finds a tick overdue ticks first (``_begin_round``), and the
+        ticker, waking, finds the next tick not yet due and sleeps again."""
         while True:
             await self._persister.wait_for_room()
             due_s = self._tick_due_s()
             if trio.current_time() >= due_s:
                 self._tick(trio.current_time())
                 continue
-            with trio.move_on_at(due_s) as self._waiting_scope:
-                # A round that gives the quiescent core work brings the next tick forward: look again.
-                while self._persister.has_room and self._tick_due_s() >= due_s:
-                    await self._round()
-            self._waiting_scope = None
+            with trio.move_on_at(due_s) as self._ticker_sleep:
+                await trio.sleep_forever()
+            self._ticker_sleep = None
 
     def _tick_due_s(self) -> float:
         """When the next tick is due: ``tick_ms`` after the last one, or ``idle_tick_ms`` after it while
@@ -199,28 +194,42 @@ class ReplicaNode:
         idle = self.replica.is_quiescent and not self._log_read_answers
         return self._last_tick_s + (self.options.idle_tick_ms if idle else self.options.tick_ms) / 1000
 
-    async def _round(self) -> None:
-        """Wait for an input, feed the core it and whatever else is queued (up to ``ROUND_INPUTS_MAX``),
-        then hand the persister all the round produced as one item: one trip through the scheduler
-        and one batch for the disk per round rather than per message."""
+    def _hurry_ticker(self) -> None:
+        """Bring the ticker's wake-up forward if the next tick became due sooner (the core left
+        quiescence, or log reads wait to be signed)."""
+        if self._ticker_sleep is not None:
+            due_s = self._tick_due_s()
+            if due_s < self._ticker_sleep.deadline:
+                self._ticker_sleep.deadline = due_s
+
+    def _take_inputs(self, kind: str, messages: list[Message]) -> None:
+        """One round: feed the core the messages of one read, in order, and hand on what they produced.
+        The caller waited for the persister's room (see ``read_batches``)."""
+        self._begin_round()
+        for message in messages:
+            self._apply(self._input((kind, message)))
+            self._record_inline_decisions()
+        self._finish_round()
+
+    def _take_decision(self, digest: bytes, outcome: PolicyDecision) -> None:
+        """One round: feed the core a policy's decision, evaluated in a worker thread."""
+        self._begin_round()
+        self._apply(self.replica.record_decision(digest, outcome.decision, outcome.reason))
+        self._record_inline_decisions()
+        self._finish_round()
+
+    def _begin_round(self) -> None:
         assert not self._round_readies, "a round starts with nothing pending"
-        # The one wait of a round; with inputs queued it only yields, so a busy inbox cannot starve the
-        # other tasks.  A cancellation (the next tick is due) leaves nothing half done.
-        item = await self._inbox_receive.receive()
         now_s = trio.current_time()
         if now_s >= self._last_tick_s + self.options.tick_ms / 1000:
             # After a quiescent stretch the core's clock is behind: a primary stamps batches with it and
             # deadlines are judged by it, so it is brought up to date before the input.
             self._tick_core(now_s)
-        self._handle(item)
-        for _ in range(ROUND_INPUTS_MAX - 1):
-            try:
-                item = self._inbox_receive.receive_nowait()
-            except trio.WouldBlock:
-                break
-            self._handle(item)
+
+    def _finish_round(self) -> None:
         self._answer_log_reads()
         self._end_round()
+        self._hurry_ticker()
 
     def _tick(self, now_s: float) -> None:
         self._tick_core(now_s)
@@ -232,16 +241,6 @@ class ReplicaNode:
         self._watch_quorum(now_s)
         self._notice_reconnected_peers()
         self._apply(self.replica.tick(self.clock.now_ms()))
-        self._record_inline_decisions()
-
-    def _handle(self, item: tuple) -> None:
-        kind = item[0]
-        if kind in BATCH_KINDS:  # The messages of one read of one connection, fed one by one.
-            for message in item[1]:
-                self._apply(self._input((BATCH_KINDS[kind], message)))
-                self._record_inline_decisions()
-            return
-        self._apply(self._input(item))
         self._record_inline_decisions()
 
     def _record_inline_decisions(self) -> None:
@@ -262,7 +261,7 @@ class ReplicaNode:
 
     def _end_round(self) -> None:
         """Refresh the core's gauges and hand the round's output to the persister (which persists,
-        then sends); ``_main_loop`` made sure there is room for it."""
+        then sends); the round's caller waited for room for it."""
         replica = self.replica
         self.metrics.observe_replica(replica.view, replica.view_active, replica.last_executed, replica.low_water)
         self.metrics.observe_progress(replica.progress_summary())
@@ -272,16 +271,12 @@ class ReplicaNode:
             self.metrics.observe_accountability(replica.accountability, self.config.replica_count)
         prune_signed_below_seq, prune_views_below = self._prune_marks()
         if self._round_readies or prune_signed_below_seq is not None or prune_views_below is not None:
-            self._persister.put_nowait(Durable(tuple(self._round_readies), prune_signed_below_seq,
+            self._persister.put(Durable(tuple(self._round_readies), prune_signed_below_seq,
                                                prune_views_below))
             self._round_readies.clear()
 
     def _input(self, item: tuple) -> Ready:
-        kind = item[0]
-        if kind == "decision":
-            _, digest, decision, reason = item
-            return self.replica.record_decision(digest, decision, reason)
-        message = item[1]
+        kind, message = item
         assert kind in ("client", "replica"), kind
         if kind == "client":
             return self._client_request(message)
@@ -394,12 +389,7 @@ class ReplicaNode:
                 self.counters["log-read-dropped"] += 1
             else:
                 self._log_read_answers.append((read, entries))
-                self._wake_main_loop()
-
-    def _wake_main_loop(self) -> None:
-        """Make the main loop look again now (it may be sleeping out a quiescent core's long tick)."""
-        if self._waiting_scope is not None:
-            self._waiting_scope.deadline = min(self._waiting_scope.deadline, trio.current_time())
+                self._hurry_ticker()
 
     def _send_reply(self, client_id: str, frame: bytes) -> None:
         session = self._sessions.get(Identity("client", client_id))
@@ -448,7 +438,8 @@ class ReplicaNode:
         if outcome is None:
             self.counters["policy-deadline-exceeded"] += 1
             outcome = PolicyDecision.deny("policy deadline exceeded")
-        await self._enqueue(("decision", digest, outcome.decision, outcome.reason))
+        await self._persister.wait_for_room()
+        self._take_decision(digest, outcome)
 
     # ----------------------------------------------------------------- incoming connections
 
@@ -509,41 +500,32 @@ class ReplicaNode:
         self._sessions[identity] = session
         try:
             with session.cancel_scope:
-                await run_duplex(connection, session.queue, on_payloads)
+                await run_duplex(connection, session.queue, on_payloads, self._persister.wait_for_room)
         finally:
             if self._sessions.get(identity) is session:
                 del self._sessions[identity]
 
     def _replica_payload_handler(self, connection: FramedConnection):
-        async def on_payloads(payloads: list[bytes]) -> None:
-            """One read's messages become one inbox item.  One bad message drops the connection and
+        def on_payloads(payloads: list[bytes]) -> None:
+            """One read's messages are one round of the core.  One bad message drops the connection and
             the whole batch with it: an honest replica never sends one."""
             messages = [self._decode(payload, connection.peer) for payload in payloads]
             for message in messages:
                 if isinstance(message, (Reply, Refusal)):
                     raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
                                               connection.peer)
-            await self._enqueue(("replica-batch", messages))
+            self._take_inputs("replica", messages)
         return on_payloads
 
     def _client_payload_handler(self, connection: FramedConnection, client_id: str):
-        async def on_payloads(payloads: list[bytes]) -> None:
+        def on_payloads(payloads: list[bytes]) -> None:
             requests = [self._decode(payload, connection.peer) for payload in payloads]
             for request in requests:
                 if not isinstance(request, Request) or request.client_id != client_id:
                     raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
                                               connection.peer)
-            await self._enqueue(("client-batch", requests))
+            self._take_inputs("client", requests)
         return on_payloads
-
-    async def _enqueue(self, item: tuple) -> None:
-        """Put ``item`` in the inbox; when it is full, wait (which stops reading that connection,
-        so TCP pushes back on the sender instead of us buffering)."""
-        try:
-            self._inbox_send.send_nowait(item)
-        except trio.WouldBlock:
-            self.counters["inbox-full"] += 1
-            await self._inbox_send.send(item)
 
     def _decode(self, payload: bytes, peer: str) -> Message:
         try:

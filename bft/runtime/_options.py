@@ -88,9 +88,8 @@ class NodeOptions:
     policy_threads: int = 2
     # Evaluations running at once; past this, requests are denied at once rather than queued.
     max_evaluations_in_flight: int = 1024
-    inbox_capacity: int = 4096
-    # Rounds of the core's output (each the Readies of at most 64 inputs) waiting to be made durable;
-    # when full, the core's task waits (back-pressure, not memory).
+    # Rounds of the core's output (each the Readies of one socket read, tick or decision) waiting to be
+    # made durable; when full, readers stop reading (back-pressure, not memory).
     persist_queue_capacity: int = 256
     # Rounds made durable in one storage transaction (one fsync) when they pile up.
     persist_batch_max: int = 64
@@ -106,8 +105,8 @@ class NodeOptions:
             return "idle_tick_ms must be in [tick_ms, 10000]"
         if self.policy_deadline_ms < 1:
             return "policy_deadline_ms must be positive"
-        if min(self.policy_threads, self.max_evaluations_in_flight, self.inbox_capacity) < 1:
-            return "policy_threads, max_evaluations_in_flight and inbox_capacity must be positive"
+        if min(self.policy_threads, self.max_evaluations_in_flight) < 1:
+            return "policy_threads and max_evaluations_in_flight must be positive"
         if min(self.persist_queue_capacity, self.persist_batch_max) < 1:
             return "persist_queue_capacity and persist_batch_max must be positive"
         if self.quorum_loss_grace_ms < 0:

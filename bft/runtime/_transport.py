@@ -34,8 +34,11 @@ CONNECTION_ERRORS = (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedR
                      trio.TooSlowError, OSError)
 
 Address = tuple[str, int]
-# Receives the messages of one socket read, in order, as one list (never empty, keep-alives left out).
-PayloadHandler = Callable[[list[bytes]], Awaitable[None]]
+# Receives the messages of one socket read, in order, as one list (never empty, keep-alives left out),
+# synchronously: it may raise ``RemoteProtocolError`` to end the connection, but never waits.
+PayloadHandler = Callable[[list[bytes]], None]
+# Awaited before each read of a connection: the receiver's back-pressure (see ``read_batches``).
+ReadinessWait = Callable[[], Awaitable[None]]
 
 
 def peer_name(stream: trio.abc.Stream) -> str:
@@ -90,19 +93,22 @@ async def write_loop(connection: FramedConnection, queue: SendQueue) -> None:
         await connection.send_frame(data or connection.seal_frames([keepalive]))
 
 
-async def read_loop(connection: FramedConnection, on_payloads: PayloadHandler | None) -> None:
+async def read_loop(connection: FramedConnection, on_payloads: PayloadHandler | None,
+                    wait_until_ready: ReadinessWait | None = None) -> None:
     """Hand the messages of each read to ``on_payloads`` as one batch; return when the peer closes cleanly."""
-    await connection.read_batches(on_payloads if on_payloads is not None else _refuse_payloads(connection))
+    await connection.read_batches(on_payloads if on_payloads is not None else _refuse_payloads(connection),
+                                  wait_until_ready)
 
 
 def _refuse_payloads(connection: FramedConnection) -> PayloadHandler:
-    async def refuse(payloads: list[bytes]) -> None:
+    def refuse(payloads: list[bytes]) -> None:
         raise RemoteProtocolError("unexpected-frame", "this side of the link does not accept messages",
                                   connection.peer)
     return refuse
 
 
-async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payloads: PayloadHandler | None) -> None:
+async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payloads: PayloadHandler | None,
+                     wait_until_ready: ReadinessWait | None = None) -> None:
     """Pump both directions until either ends; re-raise the first connection error, unwrapped."""
     assert connection.secured, "messages only travel on sealed connections"
     failures: list[BaseException] = []
@@ -116,7 +122,7 @@ async def run_duplex(connection: FramedConnection, queue: SendQueue, on_payloads
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(guarded, write_loop, connection, queue)
-        nursery.start_soon(guarded, read_loop, connection, on_payloads)
+        nursery.start_soon(guarded, read_loop, connection, on_payloads, wait_until_ready)
     if failures:
         raise failures[0]
 
