@@ -169,22 +169,45 @@ def test_merged_items_keep_their_order_and_the_later_pruning_marks():
     assert earlier.followed_by(Durable((), prune_signed_below_seq=7)).prune_signed_below_seq == 7
 
 
-async def test_the_store_thread_returns_results_raises_errors_and_is_not_abandoned_on_cancel():
+async def test_the_store_thread_runs_jobs_in_order_and_hands_back_results_and_errors():
     thread = StoreThread()
-    assert await thread.run(lambda a, b: a + b, 2, 3) == 5
-    with pytest.raises(ZeroDivisionError):
-        await thread.run(lambda: 1 / 0)
-    finished = threading.Event()
+    thread.start(trio.lowlevel.current_trio_token())
+    results: list = []
+    all_done = trio.Event()
 
-    def slow_job() -> str:
-        time.sleep(0.2)
-        finished.set()
-        return "done"
+    def collect(result) -> None:
+        results.append(result)
+        if len(results) == 3:
+            all_done.set()
 
-    with trio.move_on_after(0.01) as scope:
-        assert await thread.run(slow_job) == "done"
-    assert finished.is_set() and not scope.cancelled_caught  # It waited for the job despite the deadline.
+    def slow_job(value: str) -> str:
+        time.sleep(0.1)
+        return value
+
+    thread.submit(slow_job, "first", collect)
+    thread.submit(lambda divisor: 1 / divisor, 0, collect)
+    thread.submit(lambda value: value + 1, 2, collect)
+    with trio.fail_after(5):
+        await all_done.wait()
     thread.stop()
+    assert results[0].unwrap() == "first" and results[2].unwrap() == 3  # In the order submitted.
+    with pytest.raises(ZeroDivisionError):
+        results[1].unwrap()
+
+
+class BrokenDisk(MemoryStore):
+    def persist(self, items, *, metadata=None) -> int:
+        raise OSError("fsync failed")
+
+
+async def test_a_storage_error_stops_the_persister_and_nothing_is_released():
+    released = []
+    persister = Persister(BrokenDisk(), queue_capacity=4, batch_max=4, counters=Counter(),
+                          on_released=released.append)
+    persister.put(Durable((Ready(persist=("any item: the disk fails first",)),)))
+    with trio.fail_after(5), pytest.raises(OSError, match="fsync failed"):
+        await persister.run()
+    assert released == []
 
 
 # ---------------------------------------------------------------------------- inline policies

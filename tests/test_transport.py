@@ -386,6 +386,8 @@ async def test_a_restarted_cluster_recovers_every_verdict_from_sqlite(tmp_path):
 class GatedStore(MemoryStore):
     """A store whose writes wait while ``gate`` is closed, as a slow fsync would."""
 
+    waits_for_disk = True
+
     def __init__(self) -> None:
         super().__init__()
         self.gate = threading.Event()

@@ -80,7 +80,9 @@ class Persister:
         self._counters = counters
         self._on_released = on_released
         self._queue: deque[Durable] = deque()
-        self._work_arrived = trio.lowlevel.ParkingLot()
+        self._in_flight = 0  # Items of the batch the store's thread holds.
+        self._failure: BaseException | None = None
+        self._failed = trio.Event()
         self._room_made = trio.lowlevel.ParkingLot()
         # One worker thread: the store sees the batches in order.
         self._thread = StoreThread()
@@ -110,7 +112,7 @@ class Persister:
             self._counters["persist-merged"] += 1
             self._queue[-1] = self._queue[-1].followed_by(item)
         assert len(self._queue) <= self._capacity
-        self._work_arrived.unpark_all()
+        self._start_next_batch()
 
     async def wait_released(self) -> None:
         """Wait until every item put so far is durable and released (needs ``run`` to be running)."""
@@ -120,29 +122,53 @@ class Persister:
 
     async def run(self) -> None:
         """Persist and release batches until cancelled.  A storage error escapes and stops the replica:
-        after a failed fsync nobody knows what is on disk, so it must not go on signing."""
+        after a failed fsync nobody knows what is on disk, so it must not go on signing.
+
+        No task waits on the store: a batch goes to the store's thread as soon as the previous one
+        is released (``_start_next_batch``), and the thread hands the result back to the event loop
+        as a callback that releases it and starts the next.  This task only holds the thread's
+        lifetime and raises what a batch raised."""
+        self._thread.start(trio.lowlevel.current_trio_token())
         try:
-            while True:
-                await self._persist_next_batch()
+            self._start_next_batch()
+            await self._failed.wait()
+            assert self._failure is not None
+            raise self._failure
         finally:
             self._thread.stop()
 
-    async def _persist_next_batch(self) -> None:
-        while not self._queue:
-            await self._work_arrived.park()
-        batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
-        self._room_made.unpark_all()
-        released, pruned = await self._thread.run(self._make_durable, batch)
-        self._counters["store-pruned"] += pruned
-        self._counters["persist-batches"] += 1
-        self._on_released(released)
-        self._items_released += len(batch)
+    def _start_next_batch(self) -> None:
+        while not self._in_flight and self._queue and self._thread.running and self._failure is None:
+            batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
+            self._in_flight = len(batch)
+            self._room_made.unpark_all()
+            if self._store.waits_for_disk:
+                self._thread.submit(self._make_durable, batch, self._batch_done)
+                return
+            self._batch_done(outcome.capture(self._make_durable, batch), start_next=False)
+
+    def _batch_done(self, result: outcome.Outcome, *, start_next: bool = True) -> None:
+        """On the event loop, once the store made a batch durable (or failed to)."""
+        try:
+            released, pruned = result.unwrap()
+            self._counters["store-pruned"] += pruned
+            self._counters["persist-batches"] += 1
+            self._on_released(released)
+        except BaseException as error:  # Raised by ``run``: a callback must not raise into trio itself.
+            self._failure = error
+            self._failed.set()
+            return
+        self._items_released += self._in_flight
+        self._in_flight = 0
         assert self._items_released <= self._items_put
         self._progress.set()
         self._progress = trio.Event()
+        if start_next:
+            self._start_next_batch()
 
     def _make_durable(self, batch: list[Durable]) -> tuple[Released, int]:
-        """Runs in the worker thread: persist the whole batch in one transaction, then prune."""
+        """In the store's thread (in line for a store in memory): persist the whole batch in one
+        transaction, then prune."""
         readies = [ready for durable in batch for ready in durable.readies]
         merged = Ready(persist=tuple(item for ready in readies for item in ready.persist),
                        to_replicas=tuple(entry for ready in readies for entry in ready.to_replicas),
@@ -171,38 +197,48 @@ class Persister:
 
 
 class StoreThread:
-    """A worker thread of the persister's own, running one store job at a time.
+    """A worker thread of the persister's own, running one store job at a time, in order.
 
     ``trio.to_thread.run_sync`` does more per call than a store job needs (it
     names the OS thread twice, copies the context, takes a capacity limiter,
     and lets idle threads expire), and a replica makes a few store jobs per
-    verdict.  This hands a job over with a queue and back with the trio token.
-    A job is never abandoned on cancellation: a shutdown waits for the
-    transaction rather than leaving it half done.
+    verdict.  This hands a job over with a queue and its result back to the
+    event loop as a callback, with no task waiting in between.  A job is never
+    abandoned: a shutdown lets the transaction under way finish.
     """
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    async def run(self, function: Callable[..., Any], *arguments: Any) -> Any:
-        """``function(*arguments)`` in the thread: its result, or its exception raised here."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, args=(self._jobs,), name="bft-store", daemon=True)
-            self._thread.start()
-        self._jobs.put((function, arguments, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()))
-        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self, token: trio.lowlevel.TrioToken) -> None:
+        assert self._thread is None, "started twice"
+        self._thread = threading.Thread(target=self._work, args=(self._jobs, token), name="bft-store", daemon=True)
+        self._thread.start()
+
+    def submit(self, function: Callable[..., Any], argument: Any,
+               on_done: Callable[[outcome.Outcome], None]) -> None:
+        """Run ``function(argument)`` in the thread, then ``on_done(its outcome)`` on the event loop."""
+        assert self._thread is not None, "submit before start"
+        self._jobs.put((function, argument, on_done))
 
     def stop(self) -> None:
-        """Let the thread end once it finished its job (it holds none when the persister stops)."""
+        """Let the thread end once it finished its job; a result it then has is dropped with the loop."""
         if self._thread is not None:
             self._jobs.put(None)
             self._thread = None
 
     @staticmethod
-    def _work(jobs: queue.SimpleQueue) -> None:
+    def _work(jobs: queue.SimpleQueue, token: trio.lowlevel.TrioToken) -> None:
         while (job := jobs.get()) is not None:
-            function, arguments, task, token = job
-            result = outcome.capture(function, *arguments)
-            del function, arguments  # Nothing of the job outlives it in this thread.
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            function, argument, on_done = job
+            result = outcome.capture(function, argument)
+            del function, argument, job  # Nothing of the job outlives it in this thread.
+            try:
+                token.run_sync_soon(on_done, result)
+            except trio.RunFinishedError:
+                return  # The replica stopped while the job ran.

@@ -26,6 +26,10 @@ class Store(Protocol):
     ``bft.core.apply_ready``).  ``load`` is called once, at start-up.
     """
 
+    # True when a write waits for a disk: the runtime then writes from a worker thread, so the wait
+    # never stalls its event loop; a store in memory is written in line, with no thread hand-off.
+    waits_for_disk: bool
+
     def persist(self, items: tuple[Message | LogEntry, ...], *,
                 metadata: Mapping[str, MetadataValue] | None = None) -> int:
         """Make ``items`` (and the ``metadata`` keys given) durable together; return ``len(items)``."""

@@ -16,7 +16,9 @@ from ._recovered import (LogHead, MetadataValue, RecoveredState, check_metadata,
 
 
 class MemoryStore:
-    """Not thread-safe: the simulator drives it from one thread."""
+    """Not thread-safe: the simulator drives it from one thread, and so does the runtime."""
+
+    waits_for_disk = False
 
     def __init__(self) -> None:
         self._signed: list[Message] = []

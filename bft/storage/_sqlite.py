@@ -119,6 +119,8 @@ def schema_statements(script: str) -> list[str]:
 class SqliteStore:
     """A replica's durable state in the SQLite file at ``path`` (created on first open)."""
 
+    waits_for_disk = True
+
     def __init__(self, path: str | os.PathLike, *, busy_timeout_ms: int = 5000) -> None:
         self.path = os.fspath(path)
         assert self.path and self.path != ":memory:" and not self.path.startswith("file:"), \
