@@ -138,22 +138,27 @@ async def _serve(launch: ReplicaLaunch, store: Store, signals, task_status: trio
                             store=store, options=cluster.node_options, metrics=metrics)
     except StorageError as error:
         raise ReplicaStartError(f"{launch.database}: the stored state cannot be recovered ({error})") from None
+    # Metrics first: once the replica's port accepts, ``bft up`` reports it up, and both its ports
+    # must then be taken (a second cluster's check would otherwise find the metrics port free).
+    metrics_server = _start_metrics(launch, metrics)
+    try:
+        async with await _listen(launch) as listener:
+            await _run_until_signalled(launch, node, listener, signals, task_status)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+async def _listen(launch: ReplicaLaunch) -> trio.SocketListener:
     host, port = launch.listen_address
     try:
-        listener = (await trio.open_tcp_listeners(port, host=host))[0]
+        return (await trio.open_tcp_listeners(port, host=host))[0]
     except OSError as error:
         if error.errno == errno.EADDRINUSE:  # Taken since ``check_ports`` looked.
             raise ReplicaUsageError(f"replica {launch.replica_id} cannot start: "
                                     f"{port_in_use_sentence(launch.listen_address)}") from None
         raise ReplicaStartError(f"replica {launch.replica_id} cannot listen on "
                                 f"{format_address(launch.listen_address)} ({error.strerror or error})") from None
-    async with listener:
-        metrics_server = _start_metrics(launch, metrics)
-        try:
-            await _run_until_signalled(launch, node, listener, signals, task_status)
-        finally:
-            if metrics_server is not None:
-                metrics_server.close()
 
 
 async def _run_until_signalled(launch: ReplicaLaunch, node: ReplicaNode, listener: trio.SocketListener,
