@@ -1,4 +1,4 @@
-"""Proves a replica that fell behind comes back by itself, in the cluster's view and with no lag: after a pause
+"""Proves a replica that fell behind comes back by itself (and that a replica alone never looks for peers), in the cluster's view and with no lag: after a pause
 (its queued, old messages arrive at once and its clock jumps), after a restart in a busy cluster, and after an
 isolation during which it timed out alone; that a stale batch timestamp stops it voting but not learning what a
 quorum committed; that it never signs in a view below one it asked to leave; and that the issue's stranded-replica
@@ -197,3 +197,11 @@ def test_a_catch_up_answer_is_bounded_rate_limited_and_made_of_messages_signed_b
     assert {m.replica_id for m in sent} - {1}, "others' messages are relayed as they signed them"
     again = peer.step(asker.sign(StateRequest(0, 0, 32, 0, 3, bytes(64))))
     assert [r.reason for r in again.rejected] == ["rate-limited"]
+
+
+def test_a_replica_alone_never_asks_a_peer_for_slots_and_keeps_deciding() -> None:
+    cluster = SimCluster(1, seed=0)
+    assert not cluster.run_until(lambda: False, max_ms=3_000)  # Several quiet-probe periods, nobody to probe.
+    request = cluster.submit("client-0", {"tool": "read_file", "path": "/workspace/README.md"})
+    assert cluster.run_until(lambda: cluster.verdict(request) is not None, max_ms=2_000)
+    assert sum(cluster.replicas[0].catch_up_counts.values()) == 0

@@ -128,6 +128,8 @@ class CatchUpMixin:
     # ------------------------------------------------------------- asking
 
     def _tick_catch_up(self) -> None:
+        if self.config.replica_count == 1:
+            return  # A replica alone has nobody to catch up from, and nothing to miss.
         behind = self.highest_seq_known > self.last_executed and self.transfer is None \
             and self.lag_target_seq <= self.last_executed  # Below a stable checkpoint, state transfer runs.
         if not behind:
