@@ -250,3 +250,29 @@ def assert_opened_only_own_key(paths: list[str], key_files: dict[str, Path], own
     assert str(key_files[own].resolve()) in paths, f"{own} did not open its own key (the recorder is broken)"
     others = [name for name, path in key_files.items() if name != own and str(path.resolve()) in paths]
     assert others == [], f"{own}'s command opened the private key of {others}"
+
+
+@pytest.mark.parametrize("argv, contains", [
+    (("replica", "--config", "{host}/cluster.toml"), "give --id, or --key-file"),
+    (("replica", "--config", "{host}/cluster.toml", "--key-file", "{host}/missing.key"), "does not exist"),
+    (("replica", "--config", "{host}/cluster.toml", "--key-file", "{client}/client.key"), "belongs to no replica"),
+    (("replica", "--config", "{host}/cluster.toml", "--id", "9", "--key-file", "{host}/replica.key"),
+     "there is no replica 9"),
+    (("cluster", "new", "{host}/other.toml", "--id", ""), "'cluster_id' in the top level must be 1 to 64 bytes"),
+    (("cluster", "add-replica", "{host}/cluster.toml", "--public-key", "{replica0}", "--address", "h:0"),
+     "must be HOST:PORT"),
+])
+def test_replica_and_cluster_command_mistakes_are_one_sentence_and_exit_code_2(argv, contains, hosts, capsys):
+    folders = hosts["folders"]
+    arguments = [argument.format(host=folders["host-0"], client=folders["client"],
+                                 replica0=hosts["public_keys"]["host-0"]) for argument in argv]
+    code, out, err = run(capsys, *arguments)
+    assert code == EXIT_USAGE and out == "" and err.count("\n") == 1 and contains in err, err
+    assert "Traceback" not in err
+
+
+def test_a_replica_refuses_its_own_key_file_if_others_can_read_it(hosts, capsys):
+    key_file = hosts["folders"]["host-2"] / "replica.key"
+    key_file.chmod(0o640)
+    code, _, err = run(capsys, "replica", "--config", hosts["folders"]["host-2"], "--key-file", key_file)
+    assert code == EXIT_USAGE and "readable by other users (mode 640); run chmod 600 on it" in err, err
