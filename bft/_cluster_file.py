@@ -72,10 +72,11 @@ from .core import default_rules, max_faulty, quorum_size
 from .policies import POLICIES
 from .runtime import NodeOptions, TransportLimits
 
-# Re-exported: the names code that reads cluster files has always imported from here.
-__all__ = ["CLUSTER_FILE_NAME", "OPERATOR_SIGNER_PREFIX", "Address", "ClientEntry", "ClusterFile", "ConfigFileError",
-           "OperatorEntry", "PolicySpec", "ReplicaEntry", "cluster_from_document", "dump_cluster_file",
-           "format_address", "load_cluster_file", "parse_address", "write_cluster_file"]
+# What other modules import from here; the records and key-file errors are defined in _cluster_entries and _keys.
+__all__ = ["CLUSTER_FILE_NAME", "FORMAT_VERSION", "OPERATOR_SIGNER_PREFIX", "Address", "ClientEntry", "ClusterFile",
+           "ConfigFileError", "OperatorEntry", "PolicySpec", "ReplicaEntry", "check_draft_document",
+           "cluster_from_document", "dump_cluster_file", "format_address", "load_cluster_file", "parse_address",
+           "read_cluster_document", "settings_tables", "write_cluster_file"]
 
 FORMAT_VERSION = 1
 CLUSTER_FILE_NAME = "cluster.toml"
@@ -84,7 +85,8 @@ MAX_ID_BYTES = 64  # The wire limit on a client id (bft.core checks the same bou
 
 TOP_LEVEL_KEYS = {"format", "cluster_id", "faulty_max", "limits", "rules", "accountability", "node", "replicas",
                   "clients", "operators"}
-REPLICA_KEYS = {"id", "host", "port", "bind", "public_key", "key_file", "database", "metrics", "policy", "policy_options"}
+REPLICA_KEYS = {"id", "host", "port", "bind", "public_key", "key_file", "database", "metrics", "policy",
+                "policy_options"}
 CLIENT_KEYS = {"id", "public_key", "key_file"}
 # Operators are read by tools that act on the whole cluster; a new operator setting is one more key here.
 OPERATOR_KEYS = {"id", "public_key", "key_file"}

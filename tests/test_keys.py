@@ -178,11 +178,11 @@ def test_a_replica_finds_its_id_from_its_own_key_file_and_refuses_anyone_elses(h
 
 def test_each_host_folder_holds_only_its_own_private_key(hosts):
     folders = hosts["folders"]
-    seeds = {name: (folders[name] / key).read_text().strip()
-             for name, key in [*((host, "replica.key") for host in HOSTS), ("client", "client.key")]}
+    key_names = {**{host: "replica.key" for host in HOSTS}, "client": "client.key"}
+    seeds = {name: (folders[name] / key_name).read_text().strip() for name, key_name in key_names.items()}
     for name, seed in seeds.items():
         files = [path for path in folders[name].rglob("*") if path.is_file()]
-        assert sorted(path.name for path in files if path.suffix == ".key") == [f"{'client' if name == 'client' else 'replica'}.key"]
+        assert [path.name for path in files if path.suffix == ".key"] == [key_names[name]]
         text = b"".join(path.read_bytes() for path in files)
         others = [other for other, other_seed in seeds.items() if other != name and other_seed.encode() in text]
         assert others == [], f"{name}'s folder holds the private key of {others}"
