@@ -56,6 +56,8 @@ def write_key_file(path: str | os.PathLike, keypair: KeyPair) -> None:
     with os.fdopen(descriptor, "w") as file:
         os.fchmod(file.fileno(), OWNER_ONLY_MODE)  # The umask may have narrowed it; it must not be wider.
         file.write(keypair.seed.hex() + "\n")
+        file.flush()
+        os.fsync(file.fileno())  # The public key is printed next and may be put in a cluster file at once.
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
 
 
