@@ -168,9 +168,13 @@ def _run_down(arguments: argparse.Namespace) -> int:
 
 def _add_replica(subcommands) -> None:
     command = subcommands.add_parser("replica", help="run one replica in the foreground",
-                                     description="Run replica ID of the cluster until SIGTERM or SIGINT.")
+                                     description="Run one replica of the cluster until SIGTERM or SIGINT: the "
+                                                 "one --id names, or the one whose key --key-file holds.")
     command.add_argument("--config", type=_cluster_path, required=True, metavar="CLUSTER.toml")
-    command.add_argument("--id", type=_bounded_int(0, 127), required=True, dest="replica_id")
+    command.add_argument("--id", type=_bounded_int(0, 127), dest="replica_id",
+                         help="which replica (may be left out with --key-file)")
+    command.add_argument("--key-file", type=Path, metavar="FILE",
+                         help="this replica's private key (default: the key_file its cluster file entry names)")
     command.add_argument("--listen", type=_address, metavar="HOST:PORT",
                          help="listen here instead of at the configured address")
     command.add_argument("--peer", type=_peer, action="append", default=[], metavar="J=HOST:PORT",
@@ -181,7 +185,8 @@ def _add_replica(subcommands) -> None:
 def _run_replica(arguments: argparse.Namespace) -> int:
     from ._replica_main import ReplicaStartError, ReplicaUsageError, run_replica
     try:
-        run_replica(arguments.config, arguments.replica_id, arguments.listen, dict(arguments.peer))
+        run_replica(arguments.config, arguments.replica_id, arguments.listen, dict(arguments.peer),
+                    key_file=arguments.key_file)
     except ReplicaUsageError as error:
         raise UsageError(f"bft replica: {error}") from None
     except ReplicaStartError as error:  # The machine refused (port taken, database unusable).

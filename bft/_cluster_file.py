@@ -2,9 +2,11 @@
 
 One file describes a whole cluster, so every replica process, client and
 operator tool reads the same thing.  It holds only public keys; each private
-key sits in its own key file (32-byte Ed25519 seed as hex, mode 0600) named by
-a path relative to the cluster file.  A client machine therefore needs the
-cluster file and its own key file, nothing else.  The format::
+key sits in its own key file (32-byte Ed25519 seed as hex, mode 0600, see
+``bft._keys``) on the machine of its node, given on the command line
+(``--key-file``) or named by a path relative to the cluster file (what the
+one-machine ``bft init`` writes).  A replica's or client's machine therefore
+needs the cluster file and its own key file, nothing else.  The format::
 
     format = 1
     cluster_id = "demo"
@@ -24,10 +26,11 @@ cluster file and its own key file, nothing else.  The format::
 
     [[replicas]]
     id = 0
-    host = "127.0.0.1"
+    host = "127.0.0.1"                  # where the other replicas and the clients reach it (advertised)
     port = 7000
+    bind = "0.0.0.0:7000"               # optional: where it listens, if not at host:port (behind NAT, say)
     public_key = "<64 hex digits>"
-    key_file = "keys/replica-0.key"     # optional on machines that do not run this replica
+    key_file = "keys/replica-0.key"     # optional: the replica may be given --key-file instead
     database = "data/replica-0.db"
     metrics = "127.0.0.1:9100"          # optional Prometheus endpoint
     policy = "deny-list"                # a built-in name, or "package.module:Name"
@@ -54,205 +57,40 @@ overrides that differ from the defaults, so ``load(dump(x)) == x``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
-import stat
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, NoReturn
 
 import tomli_w
 
-from .core import AccountabilityOptions, ClusterConfig, ConfigError, KeyPair, Limits, Risk, VerdictRule
-from .core import default_rules, max_faulty, operator_signer_id, quorum_size
-from .policies import POLICIES, build_policy
-from .policy import Policy
+from ._cluster_entries import (OPERATOR_SIGNER_PREFIX, Address, ClientEntry, ClusterFile, OperatorEntry, PolicySpec,
+                               ReplicaEntry, format_address, parse_address)
+from ._keys import PUBLIC_KEY_BYTES, ConfigFileError, public_key_problem
+from .core import AccountabilityOptions, ClusterConfig, ConfigError, Limits, Risk, VerdictRule
+from .core import default_rules, max_faulty, quorum_size
+from .policies import POLICIES
 from .runtime import NodeOptions, TransportLimits
+
+# What other modules import from here; the records and key-file errors are defined in _cluster_entries and _keys.
+__all__ = ["CLUSTER_FILE_NAME", "FORMAT_VERSION", "OPERATOR_SIGNER_PREFIX", "Address", "ClientEntry", "ClusterFile",
+           "ConfigFileError", "OperatorEntry", "PolicySpec", "ReplicaEntry", "check_draft_document",
+           "cluster_from_document", "dump_cluster_file", "format_address", "load_cluster_file", "parse_address",
+           "read_cluster_document", "settings_tables", "write_cluster_file"]
 
 FORMAT_VERSION = 1
 CLUSTER_FILE_NAME = "cluster.toml"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_ID_BYTES = 64  # The wire limit on a client id (bft.core checks the same bound on every request).
-SEED_BYTES = 32
-PUBLIC_KEY_BYTES = 32
-
-Address = tuple[str, int]
 
 TOP_LEVEL_KEYS = {"format", "cluster_id", "faulty_max", "limits", "rules", "accountability", "node", "replicas",
                   "clients", "operators"}
-REPLICA_KEYS = {"id", "host", "port", "public_key", "key_file", "database", "metrics", "policy", "policy_options"}
+REPLICA_KEYS = {"id", "host", "port", "bind", "public_key", "key_file", "database", "metrics", "policy",
+                "policy_options"}
 CLIENT_KEYS = {"id", "public_key", "key_file"}
 # Operators are read by tools that act on the whole cluster; a new operator setting is one more key here.
 OPERATOR_KEYS = {"id", "public_key", "key_file"}
 RULE_KEYS = {"min_allow_votes", "max_deny_votes"}
-# Operators sign their commands as request signer "operator:<id>" (see bft.core._accountability).
-OPERATOR_SIGNER_PREFIX = operator_signer_id("")
-
-
-class ConfigFileError(Exception):
-    """A cluster file or key file that cannot be used; ``str()`` is one sentence naming the file."""
-
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySpec:
-    """Which policy a replica runs: a built-in name (``bft.policies.POLICIES``) or ``package.module:Name``."""
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_builtin(self) -> bool:
-        return ":" not in self.name
-
-    def build(self) -> Policy:
-        """The policy object; ``ValueError`` with one sentence if it cannot be built."""
-        if self.is_builtin:
-            return build_policy(self.name, **self.options)
-        module_name, _, attribute = self.name.partition(":")
-        try:
-            policy_type = getattr(importlib.import_module(module_name), attribute)
-        except AttributeError:
-            raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
-        except Exception as error:  # Third-party import code may raise anything; it is a config problem.
-            raise ValueError(f"cannot import policy module {module_name!r}: "
-                             f"{type(error).__name__}: {error}") from None
-        try:
-            policy = policy_type(**self.options)
-        except Exception as error:  # A plug-in constructor may raise anything on bad options.
-            raise ValueError(f"bad options for policy {self.name!r}: {type(error).__name__}: {error}") from None
-        if not callable(getattr(policy, "evaluate", None)):
-            raise ValueError(f"{self.name} does not build a policy (it has no evaluate method)")
-        return policy
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaEntry:
-    replica_id: int
-    address: Address
-    public_key: bytes
-    key_file: Path | None
-    database: Path
-    policy: PolicySpec
-    metrics_address: Address | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClientEntry:
-    client_id: str
-    public_key: bytes
-    key_file: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OperatorEntry:
-    operator_id: str
-    public_key: bytes
-    key_file: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterFile:
-    """A loaded cluster file.  Paths are absolute (relative ones are resolved against the file's folder)."""
-
-    path: Path
-    config: ClusterConfig
-    replicas: tuple[ReplicaEntry, ...]
-    clients: tuple[ClientEntry, ...] = ()
-    operators: tuple[OperatorEntry, ...] = ()
-    node_options: NodeOptions = field(default_factory=NodeOptions)
-
-    def __post_init__(self) -> None:
-        assert [entry.replica_id for entry in self.replicas] == list(range(self.config.replica_count))
-        assert tuple(entry.public_key for entry in self.replicas) == self.config.replica_keys
-        # The config may hold more request signers than the listed clients (replicas and operators sign
-        # accountability commands), but every listed client must be in it with its key.
-        assert all(self.config.client_keys.get(entry.client_id) == entry.public_key for entry in self.clients)
-
-    @property
-    def addresses(self) -> dict[int, Address]:
-        return {entry.replica_id: entry.address for entry in self.replicas}
-
-    def replica(self, replica_id: int) -> ReplicaEntry:
-        if not 0 <= replica_id < len(self.replicas):
-            raise ConfigFileError(self.path, f"there is no replica {replica_id} (the replicas are 0 to "
-                                             f"{len(self.replicas) - 1})")
-        return self.replicas[replica_id]
-
-    def client(self, client_id: str) -> ClientEntry:
-        """A request signer: a listed client, or an operator named by its signer id ``operator:<id>``.
-
-        Operators are request signers too (their quarantine and release commands are ordered like
-        requests), so the client library opens ``operator:operator-0`` with the operator's key.
-        """
-        for entry in self.clients:
-            if entry.client_id == client_id:
-                return entry
-        if client_id.startswith(OPERATOR_SIGNER_PREFIX):
-            operator = self.operator(client_id.removeprefix(OPERATOR_SIGNER_PREFIX))
-            return ClientEntry(client_id, operator.public_key, operator.key_file)
-        known = ", ".join(entry.client_id for entry in self.clients) or "none"
-        raise ConfigFileError(self.path, f"there is no client {client_id!r} (the clients are: {known})")
-
-    def operator(self, operator_id: str) -> OperatorEntry:
-        for entry in self.operators:
-            if entry.operator_id == operator_id:
-                return entry
-        known = ", ".join(entry.operator_id for entry in self.operators) or "none"
-        raise ConfigFileError(self.path, f"there is no operator {operator_id!r} (the operators are: {known})")
-
-    def replica_seed(self, replica_id: int) -> bytes:
-        entry = self.replica(replica_id)
-        return read_key_file(self._key_file_of(entry.key_file, f"replica {replica_id}"), entry.public_key)
-
-    def client_seed(self, client_id: str, key_file: str | os.PathLike | None = None) -> bytes:
-        """The client's private seed from ``key_file`` (default: the one the cluster file names)."""
-        entry = self.client(client_id)
-        chosen = Path(key_file) if key_file is not None else self._key_file_of(entry.key_file, f"client {client_id!r}")
-        return read_key_file(chosen, entry.public_key)
-
-    def _key_file_of(self, key_file: Path | None, who: str) -> Path:
-        if key_file is None:
-            raise ConfigFileError(self.path, f"{who} has no key_file on this machine")
-        return key_file
-
-
-# ---------------------------------------------------------------------------- key files
-
-def write_key_file(path: str | os.PathLike, keypair: KeyPair) -> None:
-    """Write ``keypair``'s seed as hex to a new file readable by its owner only (mode 0600)."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(keypair.seed.hex() + "\n")
-    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
-
-
-def read_key_file(path: str | os.PathLike, expected_public_key: bytes | None = None) -> bytes:
-    """The 32-byte seed in a key file, checked for owner-only permissions and against the configured key."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        with open(path, "rb") as file:
-            text = file.read(4 * SEED_BYTES).decode("ascii", errors="replace")
-    except FileNotFoundError:
-        raise ConfigFileError(path, "the key file does not exist") from None
-    except OSError as error:
-        raise ConfigFileError(path, f"cannot read the key file ({error.strerror or error})") from None
-    if mode & 0o077:
-        raise ConfigFileError(path, f"the key file is readable by other users (mode {mode:o}); run chmod 600 on it")
-    try:
-        seed = bytes.fromhex(text.strip())
-    except ValueError:
-        seed = b""
-    if len(seed) != SEED_BYTES:
-        raise ConfigFileError(path, f"a key file must hold one {SEED_BYTES}-byte seed as {2 * SEED_BYTES} hex digits")
-    if expected_public_key is not None and KeyPair.from_seed(seed).public_key != expected_public_key:
-        raise ConfigFileError(path, "the key in this file does not match the public key in the cluster file")
-    return seed
 
 
 # ---------------------------------------------------------------------------- loading
@@ -260,13 +98,13 @@ def read_key_file(path: str | os.PathLike, expected_public_key: bytes | None = N
 def load_cluster_file(path: str | os.PathLike) -> ClusterFile:
     """Read and check a cluster file; every problem raises ``ConfigFileError`` with one sentence."""
     path = Path(path)
-    document = _read_toml(path)
+    return cluster_from_document(path, read_cluster_document(path))
+
+
+def cluster_from_document(path: Path, document: dict[str, Any]) -> ClusterFile:
+    """Check a parsed cluster file as if it were read from ``path`` (relative paths resolve against its folder)."""
     reader = _Reader(path)
-    reader.check_keys(document, TOP_LEVEL_KEYS, "the top level")
-    version = document.get("format", FORMAT_VERSION)
-    if type(version) is not int or version != FORMAT_VERSION:
-        reader.fail(f"format {version!r} is not supported (this version reads format {FORMAT_VERSION})")
-    cluster_id = reader.identifier(document, "cluster_id", "the top level")
+    cluster_id = _checked_heading(reader, document)
     replicas = reader.replicas(document.get("replicas"))
     clients = tuple(reader.client(table, index) for index, table in
                     enumerate(reader.table_list(document, "clients")))
@@ -284,7 +122,25 @@ def load_cluster_file(path: str | os.PathLike) -> ClusterFile:
     return ClusterFile(path.absolute(), config, replicas, clients, operators, node_options)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def check_draft_document(path: Path, document: dict[str, Any]) -> str:
+    """Check what a cluster file with no replicas yet can hold (``bft cluster new``); return its cluster id."""
+    reader = _Reader(path)
+    cluster_id = _checked_heading(reader, document)
+    unexpected = sorted(set(document) & {"replicas", "clients", "operators"})
+    assert not unexpected, f"a draft has no {unexpected[0]} yet"
+    return cluster_id
+
+
+def _checked_heading(reader: _Reader, document: dict[str, Any]) -> str:
+    reader.check_keys(document, TOP_LEVEL_KEYS, "the top level")
+    version = document.get("format", FORMAT_VERSION)
+    if type(version) is not int or version != FORMAT_VERSION:
+        reader.fail(f"format {version!r} is not supported (this version reads format {FORMAT_VERSION})")
+    return reader.identifier(document, "cluster_id", "the top level")
+
+
+def read_cluster_document(path: Path) -> dict[str, Any]:
+    """The parsed TOML of a cluster file, before any check of its content (``ConfigFileError`` if unreadable)."""
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)
@@ -364,12 +220,11 @@ class _Reader:
 
     def public_key(self, table: dict, where: str) -> bytes:
         text = self.typed(table, "public_key", where, str)
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-        if len(key) != PUBLIC_KEY_BYTES:
-            self.fail(f"'public_key' in {where} must be {2 * PUBLIC_KEY_BYTES} hex digits")
+        problem = public_key_problem(text)
+        if problem:
+            self.fail(f"'public_key' in {where} {problem}")
+        key = bytes.fromhex(text)
+        assert len(key) == PUBLIC_KEY_BYTES
         return key
 
     def file_path(self, table: dict, key: str, where: str, required: bool) -> Path | None:
@@ -410,10 +265,12 @@ class _Reader:
         address = (host, self.port(table.get("port"), f"'port' in {where}", where))
         metrics = self.typed(table, "metrics", where, str, required=False)
         metrics_address = None if metrics is None else self.address(metrics, f"'metrics' in {where}")
+        bind = self.typed(table, "bind", where, str, required=False)
+        bind_address = None if bind is None else self.address(bind, f"'bind' in {where}")
         return ReplicaEntry(replica_id, address, self.public_key(table, where),
                             self.file_path(table, "key_file", where, required=False),
                             self.file_path(table, "database", where, required=True),
-                            self.policy(table, where), metrics_address)
+                            self.policy(table, where), metrics_address, bind_address)
 
     def port(self, value: Any, what: str, where: str) -> int:
         if value is None:
@@ -524,20 +381,6 @@ class _Reader:
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
 
 
-def parse_address(text: str) -> Address:
-    """``"host:port"`` as a (host, port) pair; ``ValueError`` saying what is wrong."""
-    host, separator, port_text = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")  # Allow "[::1]:7000".
-    if not separator or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"must be HOST:PORT with a port in [1, 65535], not {text!r}")
-    return host, int(port_text)
-
-
-def format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # ---------------------------------------------------------------------------- writing
 
 def dump_cluster_file(cluster: ClusterFile, directory: str | os.PathLike | None = None) -> str:
@@ -547,20 +390,28 @@ def dump_cluster_file(cluster: ClusterFile, directory: str | os.PathLike | None 
     document: dict[str, Any] = {"format": FORMAT_VERSION, "cluster_id": config.cluster_id}
     if config.faulty_max != max_faulty(config.replica_count):
         document["faulty_max"] = config.faulty_max
-    _put_if_any(document, "limits", _changed_fields(config.limits, Limits()))
     defaults = default_rules(config.replica_count, config.faulty_max, config.quorum)
     _put_if_any(document, "rules", {risk.value: dataclasses.asdict(rule) for risk, rule in config.rules.items()
                                     if rule != defaults[risk]})
-    _put_if_any(document, "accountability", _changed_fields(config.accountability, AccountabilityOptions()))
-    node = _changed_fields(cluster.node_options, NodeOptions())
-    _put_if_any(node, "transport", _changed_fields(cluster.node_options.transport, TransportLimits()))
-    _put_if_any(document, "node", node)
+    document.update(settings_tables(config.limits, config.accountability, cluster.node_options))
     document["replicas"] = [_replica_table(entry, base) for entry in cluster.replicas]
     _put_if_any(document, "clients", [_identity_table(entry.client_id, entry.public_key, entry.key_file, base)
                                        for entry in cluster.clients])
     _put_if_any(document, "operators", [_identity_table(entry.operator_id, entry.public_key, entry.key_file, base)
                                          for entry in cluster.operators])
     return tomli_w.dumps(document)
+
+
+def settings_tables(limits: Limits, accountability: AccountabilityOptions, node_options: NodeOptions) -> dict[str, Any]:
+    """The ``[limits]``, ``[accountability]`` and ``[node]`` tables that set these values (only what differs
+    from the defaults)."""
+    tables: dict[str, Any] = {}
+    _put_if_any(tables, "limits", _changed_fields(limits, Limits()))
+    _put_if_any(tables, "accountability", _changed_fields(accountability, AccountabilityOptions()))
+    node = _changed_fields(node_options, NodeOptions())
+    _put_if_any(node, "transport", _changed_fields(node_options.transport, TransportLimits()))
+    _put_if_any(tables, "node", node)
+    return tables
 
 
 def write_cluster_file(cluster: ClusterFile) -> None:
@@ -573,6 +424,8 @@ def write_cluster_file(cluster: ClusterFile) -> None:
 def _replica_table(entry: ReplicaEntry, base: Path) -> dict[str, Any]:
     table: dict[str, Any] = {"id": entry.replica_id, "host": entry.address[0], "port": entry.address[1],
                              "public_key": entry.public_key.hex()}
+    if entry.bind_address is not None:
+        table["bind"] = format_address(entry.bind_address)
     if entry.key_file is not None:
         table["key_file"] = _relative(entry.key_file, base)
     table["database"] = _relative(entry.database, base)

@@ -15,7 +15,11 @@ sockets are closed again before the file is written, so another program could
 still take one before the cluster starts (then ``bft up`` names the port and
 who holds it, and starts nothing).  Ports that the cluster files in sibling
 folders name are avoided, so clusters initialised side by side do not collide.
-Keys come from the operating system's random source (``KeyPair.generate``).
+Keys come from the operating system's random source, each written by the same
+``create_key_file`` that ``bft keygen`` uses, and the cluster file is assembled
+by the same steps as ``bft cluster add-replica`` / ``add-client`` /
+``add-operator``; only here, the one-machine shortcut, do all the private keys
+of a cluster sit in one folder (which is why the cluster file names them).
 """
 
 from __future__ import annotations
@@ -29,15 +33,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
-from ._cluster_file import (CLUSTER_FILE_NAME, ClientEntry, ClusterFile, ConfigFileError, OperatorEntry, PolicySpec,
-                            ReplicaEntry, load_cluster_file, write_cluster_file, write_key_file)
-from .core import AccountabilityOptions, ClusterConfig, ConfigError, KeyPair, Limits
+from ._cluster_assembly import DEFAULT_POLICIES, add_client, add_operator, add_replica, new_cluster_document
+from ._cluster_file import (CLUSTER_FILE_NAME, ClusterFile, ConfigFileError, cluster_from_document, load_cluster_file,
+                            settings_tables, write_cluster_file)
+from ._keys import create_key_file
+from .core import AccountabilityOptions, Limits
 from .policies import POLICIES
 from .runtime import NodeOptions
 
 LOOPBACK = "127.0.0.1"
-# The honest built-in policies, in the order replicas get them (replica i runs the (i mod 4)-th).
-DEFAULT_POLICIES = ("deny-list", "context-rules", "pattern-matcher", "rate")
 REPLICAS_MIN, REPLICAS_MAX = 1, 64
 CLIENTS_MAX = 64
 PORT_MIN = 20_000  # Above the ports well-known services use.
@@ -132,29 +136,23 @@ def create_cluster_directory(directory: str | os.PathLike, replica_count: int, c
         keys.chmod(0o700)  # It may have existed (empty) with looser permissions.
     except OSError as error:
         raise ConfigFileError(directory, f"cannot create the cluster directory ({error.strerror or error})") from None
-    identities = ([f"replica-{i}" for i in range(replica_count)] + [f"client-{i}" for i in range(client_count)]
-                  + ["operator-0"])
     try:
         ports = free_loopback_ports(2 * replica_count, avoid=ports_of_sibling_clusters(directory))
     except OSError as error:
         raise ConfigFileError(directory, f"cannot choose ports for the cluster ({error})") from None
-    pairs = {name: _write_new_key(keys / f"{name}.key") for name in identities}
-    replicas = tuple(ReplicaEntry(i, (LOOPBACK, ports[i]), pairs[f"replica-{i}"].public_key, keys / f"replica-{i}.key",
-                                  directory / "data" / f"replica-{i}.db", PolicySpec(policies[i % len(policies)]),
-                                  (LOOPBACK, ports[replica_count + i]))
-                     for i in range(replica_count))
-    clients = tuple(ClientEntry(f"client-{i}", pairs[f"client-{i}"].public_key, keys / f"client-{i}.key")
-                    for i in range(client_count))
-    operators = (OperatorEntry("operator-0", pairs["operator-0"].public_key, keys / "operator-0.key"),)
-    try:
-        config = ClusterConfig.create(cluster_id or f"local-{secrets.token_hex(4)}",
-                                      tuple(entry.public_key for entry in replicas),
-                                      {entry.client_id: entry.public_key for entry in clients}, limits=limits,
-                                      operator_keys={entry.operator_id: entry.public_key for entry in operators},
-                                      accountability=accountability)
-    except ConfigError as error:
-        raise ConfigFileError(path, f"the cluster would not be safe: {error}") from None
-    cluster = ClusterFile(path, config, replicas, clients, operators, (node_options or NodeOptions()).check())
+    document = new_cluster_document(cluster_id or f"local-{secrets.token_hex(4)}")
+    document.update(settings_tables(limits or Limits(), accountability or AccountabilityOptions(),
+                                    (node_options or NodeOptions()).check()))
+    for i in range(replica_count):
+        add_replica(document, create_key_file(keys / f"replica-{i}.key").public_key, (LOOPBACK, ports[i]),
+                    policy=policies[i % len(policies)], metrics=(LOOPBACK, ports[replica_count + i]),
+                    key_file=f"keys/replica-{i}.key", database=f"data/replica-{i}.db")
+    for i in range(client_count):
+        add_client(document, f"client-{i}", create_key_file(keys / f"client-{i}.key").public_key,
+                   key_file=f"keys/client-{i}.key")
+    add_operator(document, "operator-0", create_key_file(keys / "operator-0.key").public_key,
+                 key_file="keys/operator-0.key")
+    cluster = cluster_from_document(path, document)
     try:
         write_cluster_file(cluster)
     except FileExistsError:
@@ -177,15 +175,3 @@ def _check_arguments(path: Path, replica_count: int, client_count: int, policies
     if unknown:
         raise ConfigFileError(path, f"unknown policy {unknown[0]!r}; the built-in policies are "
                                     f"{', '.join(sorted(POLICIES))}")
-
-
-def _write_new_key(path: Path) -> KeyPair:
-    keypair = KeyPair.generate()
-    try:
-        write_key_file(path, keypair)
-    except FileExistsError:
-        raise ConfigFileError(path, "a key file already exists here; remove the old keys or choose another "
-                                    "directory") from None
-    except OSError as error:
-        raise ConfigFileError(path, f"cannot write the key file ({error.strerror or error})") from None
-    return keypair

@@ -130,7 +130,7 @@ class LocalProcessCluster:
         return self.run_directory / f"replica-{replica_id}.pid"
 
     def listen_address(self, replica_id: int) -> Address:
-        return self.listen_addresses.get(replica_id, self.cluster.replica(replica_id).address)
+        return self.listen_addresses.get(replica_id, self.cluster.replica(replica_id).listen_address)
 
     def command(self, replica_id: int) -> list[str]:
         """The command line that runs replica ``replica_id``."""

@@ -1,5 +1,12 @@
 """One replica as one OS process: ``bft replica --config CLUSTER.toml --id I``.
 
+The replica's private key is the file ``--key-file`` names (what ``bft keygen``
+wrote on this machine), or else the ``key_file`` its cluster file entry names
+(what the one-machine ``bft init`` writes).  With ``--key-file`` the replica id
+may be left out: it is the one whose public key the key file holds.  The
+replica listens on its entry's ``bind`` address if it has one, else on the
+address the others dial.
+
 The process runs the sans-IO core inside ``bft.runtime.ReplicaNode``, keeps its
 durable state in ``bft.storage.SqliteStore`` at the database path the cluster
 file gives, evaluates requests with the policy the cluster file names, and
@@ -36,7 +43,9 @@ from typing import Callable, Mapping
 import trio
 
 from ._cluster_file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
+from ._keys import read_key_file
 from ._ports import listen_problem, port_in_use_sentence
+from .core import KeyPair
 from .policy import Policy
 from .runtime import MetricsServer, ReplicaMetrics, ReplicaNode, configure_json_logging, serve_metrics
 from .storage import SqliteStore, StorageError, Store
@@ -76,12 +85,21 @@ class ReplicaLaunch:
         return self.cluster.replica(self.replica_id).metrics_address
 
 
-def prepare_launch(cluster_path: str | os.PathLike, replica_id: int, listen_address: Address | None = None,
-                   peer_addresses: Mapping[int, Address] | None = None) -> ReplicaLaunch:
-    """Load and check everything the replica needs; ``ConfigFileError`` or ``ReplicaUsageError`` (one sentence)."""
+def prepare_launch(cluster_path: str | os.PathLike, replica_id: int | None, listen_address: Address | None = None,
+                   peer_addresses: Mapping[int, Address] | None = None, *,
+                   key_file: str | os.PathLike | None = None) -> ReplicaLaunch:
+    """Load and check everything the replica needs; ``ConfigFileError`` or ``ReplicaUsageError`` (one sentence).
+
+    ``replica_id`` may be None only with a ``key_file``: the replica is then the one holding that key.
+    """
     cluster = load_cluster_file(cluster_path)
+    if key_file is not None:
+        replica_id, seed = replica_of_key_file(cluster, key_file, replica_id)
+    elif replica_id is None:
+        raise ReplicaUsageError("say which replica to run: give --id, or --key-file with the replica's own key")
+    else:
+        seed = cluster.replica_seed(replica_id)
     entry = cluster.replica(replica_id)
-    seed = cluster.replica_seed(replica_id)
     peers = dict(peer_addresses or {})
     unknown = sorted(peer for peer in peers if peer not in cluster.addresses or peer == replica_id)
     if unknown:
@@ -92,7 +110,26 @@ def prepare_launch(cluster_path: str | os.PathLike, replica_id: int, listen_addr
     except ValueError as error:
         raise ConfigFileError(cluster.path, f"replica {replica_id}'s policy cannot be built: {error}") from None
     addresses = {**cluster.addresses, **peers}
-    return ReplicaLaunch(cluster, replica_id, seed, policy, listen_address or entry.address, addresses)
+    return ReplicaLaunch(cluster, replica_id, seed, policy, listen_address or entry.listen_address, addresses)
+
+
+def replica_of_key_file(cluster: ClusterFile, key_file: str | os.PathLike, replica_id: int | None) -> tuple[int, bytes]:
+    """The id of the replica whose public key matches the key in ``key_file``, and the key's seed.
+
+    If ``replica_id`` is given it must be that replica: running one replica with another's key
+    would make two processes sign as one replica.
+    """
+    seed = read_key_file(key_file)
+    public_key = KeyPair.from_seed(seed).public_key
+    owners = [entry.replica_id for entry in cluster.replicas if entry.public_key == public_key]
+    assert len(owners) <= 1, "the cluster file loader refuses a public key held twice"
+    if not owners:
+        raise ConfigFileError(key_file, f"this key belongs to no replica of {cluster.path} (its public key is "
+                                        f"{public_key.hex()}; is the cluster file the latest one?)")
+    if replica_id is not None and replica_id != owners[0]:
+        cluster.replica(replica_id)  # An id that is no replica at all is named as such.
+        raise ConfigFileError(key_file, f"this is replica {owners[0]}'s key, not replica {replica_id}'s")
+    return owners[0], seed
 
 
 def check_ports(launch: ReplicaLaunch) -> None:
@@ -191,11 +228,12 @@ def _start_metrics(launch: ReplicaLaunch, metrics: ReplicaMetrics) -> MetricsSer
                                 f"{format_address(launch.metrics_address)} ({error.strerror or error})") from None
 
 
-def run_replica(cluster_path: str | os.PathLike, replica_id: int, listen_address: Address | None = None,
-                peer_addresses: Mapping[int, Address] | None = None, *,
+def run_replica(cluster_path: str | os.PathLike, replica_id: int | None, listen_address: Address | None = None,
+                peer_addresses: Mapping[int, Address] | None = None, *, key_file: str | os.PathLike | None = None,
                 node_factory: NodeFactory = ReplicaNode) -> None:
     """The body of ``bft replica``: returns after a clean shutdown, raises ``ReplicaStartError`` otherwise."""
-    launch = prepare_launch(cluster_path, replica_id, listen_address, peer_addresses)
+    launch = prepare_launch(cluster_path, replica_id, listen_address, peer_addresses, key_file=key_file)
+    replica_id = launch.replica_id
     check_ports(launch)
     # Only now: a mistake in the invocation is reported as one plain sentence, not as a log line.
     configure_json_logging(replica_id=replica_id)

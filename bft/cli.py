@@ -1,7 +1,9 @@
 """The ``bft`` command line.  ``main(argv) -> exit code``; each subcommand is one handler.
 
 Subcommands: ``demo``; ``init``, ``up``, ``down`` and ``replica`` to create and
-run a cluster of local processes; ``submit``, ``verify`` and ``status`` for
+run a cluster of local processes; ``keygen`` and ``cluster new|add-replica|
+add-client|add-operator`` to make each node's key on its own machine and
+assemble a cluster file from public keys; ``submit``, ``verify`` and ``status`` for
 clients and operators; ``operator quarantine|release|evidence|blocklist`` for
 the accountability state; ``audit verify`` for a replica's verdict log.
 
@@ -108,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bft", description="Byzantine-fault-tolerant consensus on safety verdicts.")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_demo(subcommands)
-    from . import _cli_cluster, _cli_operator
+    from . import _cli_cluster, _cli_keys, _cli_operator
     _cli_cluster.add_commands(subcommands)
+    _cli_keys.add_commands(subcommands)
     _cli_operator.add_commands(subcommands)
     return parser
 

@@ -14,7 +14,8 @@ import pytest
 import tomli_w
 
 from bft._cluster_file import (ClusterFile, ConfigFileError, PolicySpec, dump_cluster_file, load_cluster_file,
-                               parse_address, read_key_file, write_key_file)
+                               parse_address)
+from bft._keys import read_key_file, write_key_file
 from bft._cluster_init import create_cluster_directory, free_loopback_ports, ports_of_sibling_clusters
 from bft.core import AccountabilityOptions, ClusterConfig, KeyPair, Limits, Risk, VerdictRule
 from bft.runtime import NodeOptions, TransportLimits

@@ -1,0 +1,140 @@
+"""The README's walk-through across hosts works as written: every ``HOST$ command`` line of its block runs on that host (a Linux network namespace with the address the README gives it), each output line the README shows appears in the command's output, the verdict's certificate verifies, and afterwards each host's folder holds its own private key and no other node's.
+
+``scp FILE HOST:`` lines are done as a local copy into that host's folder (the README says any way of
+copying works); ``bft replica`` lines are started in the background and waited for.  Placeholders
+``<HOST's key>`` stand for what ``bft keygen`` printed on that host.  Skipped, with the reason, where
+network namespaces cannot be made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from _netns import HostNetwork, namespaces_problem, wait_for_line
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK_PATTERN = re.compile(r"<!-- walkthrough:begin -->\s*```console\n(.*?)```\s*<!-- walkthrough:end -->", re.S)
+COMMAND_PATTERN = re.compile(r"^([a-z0-9-]+)\$ (.+)$")
+PLACEHOLDER_PATTERN = re.compile(r"<([a-z0-9-]+)'s key>")
+COMMAND_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 20.0
+STEPS_MAX = 100
+PROBLEM = namespaces_problem()
+
+
+@dataclass
+class Step:
+    host: str
+    command: str
+    shown_output: list[str] = field(default_factory=list)
+
+
+def walkthrough_steps(text: str) -> list[Step]:
+    """The commands of the README's walk-through block, each with the output lines shown under it."""
+    blocks = BLOCK_PATTERN.findall(text)
+    assert len(blocks) == 1, "README.md must have exactly one walk-through block"
+    steps: list[Step] = []
+    for line in blocks[0].splitlines():
+        match = COMMAND_PATTERN.match(line)
+        if match:
+            steps.append(Step(match.group(1), match.group(2)))
+        elif line.strip():
+            assert steps, f"output shown before any command: {line!r}"
+            steps[-1].shown_output.append(line.rstrip())
+    assert 0 < len(steps) <= STEPS_MAX
+    return steps
+
+
+def test_the_readme_block_parses_into_commands_on_named_hosts():
+    steps = walkthrough_steps(README.read_text())
+    hosts = {step.host for step in steps}
+    assert hosts == {"host-0", "host-1", "host-2", "host-3", "laptop"}
+    assert sum(step.command.startswith("bft keygen") for step in steps) == len(hosts)
+    naming_a_key = [step.command.split()[1] for step in steps if ".key" in step.command]
+    assert set(naming_a_key) == {"keygen", "replica", "submit"}, "only a node's own commands name its key file"
+
+
+def shown_line_pattern(line: str) -> re.Pattern:
+    """A line the README shows, ``…`` matching anything."""
+    return re.compile(".*".join(re.escape(part) for part in line.split("…")))
+
+
+class Walkthrough:
+    def __init__(self, network: HostNetwork, root: Path) -> None:
+        self.network = network
+        self.root = root
+        self.public_keys: dict[str, str] = {}
+        self.replicas: list[tuple[str, subprocess.Popen]] = []
+        bin_directory = str(Path(sys.executable).parent)  # Where the virtual environment's ``bft`` lives.
+        self.environment = {**os.environ, "PATH": f"{bin_directory}:{os.environ.get('PATH', '')}"}
+
+    def folder(self, host: str) -> Path:
+        return self.root / host
+
+    def run(self, step: Step) -> None:
+        command = PLACEHOLDER_PATTERN.sub(lambda match: self.public_keys[match.group(1)], step.command)
+        if command.startswith("scp "):
+            self.copy(step.host, command)
+        elif command.startswith("bft replica "):
+            self.start(step.host, command)
+        else:
+            self.run_to_completion(step, command)
+
+    def copy(self, host: str, command: str) -> None:
+        source, target = shlex.split(command)[1:]
+        assert target.endswith(":") and "/" not in source, f"the test copies FILE HOST: only, not {command!r}"
+        shutil.copy(self.folder(host) / source, self.folder(target.removesuffix(":")) / source)
+
+    def start(self, host: str, command: str) -> None:
+        log = self.folder(host) / "replica.log"
+        process = self.network.start(host, ["sh", "-c", f"exec {command}"], log=log, cwd=self.folder(host),
+                                     env=self.environment)
+        self.replicas.append((host, process))
+        wait_for_line(log, "is serving on", process, START_TIMEOUT_S)
+
+    def run_to_completion(self, step: Step, command: str) -> None:
+        result = self.network.run(step.host, ["sh", "-c", command], cwd=self.folder(step.host),
+                                  env=self.environment, timeout_s=COMMAND_TIMEOUT_S)
+        assert result.returncode == 0, f"{step.host}$ {command}\nexit {result.returncode}: {result.stderr}"
+        printed = (result.stdout + result.stderr).splitlines()
+        for shown in step.shown_output:
+            pattern = shown_line_pattern(shown)
+            assert any(pattern.fullmatch(line) for line in printed), f"{step.host}$ {command}: README shows " \
+                                                                    f"{shown!r}, the command printed {printed}"
+        if command.startswith("bft keygen"):
+            self.public_keys[step.host] = result.stdout.strip()
+
+
+@pytest.mark.skipif(PROBLEM is not None, reason=f"no network namespaces here: {PROBLEM}")
+def test_the_readme_walkthrough_runs_as_written_across_namespaces(tmp_path):
+    steps = walkthrough_steps(README.read_text())
+    hosts = list(dict.fromkeys(step.host for step in steps))
+    with HostNetwork(sorted(hosts, key=lambda host: (host == "laptop", host))) as network:
+        for host in hosts:
+            (tmp_path / host).mkdir()
+        walkthrough = Walkthrough(network, tmp_path)
+        for step in steps:
+            walkthrough.run(step)
+        assert len(walkthrough.replicas) == 4
+        for host, process in walkthrough.replicas:
+            assert process.poll() is None, f"the replica on {host} exited"
+    assert '"status": "ALLOW"' in (tmp_path / "laptop" / "verdict.json").read_text()
+    assert_each_folder_holds_only_its_own_key(tmp_path, hosts)
+
+
+def assert_each_folder_holds_only_its_own_key(root: Path, hosts: list[str]) -> None:
+    seeds = {host: next((root / host).glob("*.key")).read_text().strip() for host in hosts}
+    for host in hosts:
+        files = [path for path in (root / host).rglob("*") if path.is_file()]
+        assert len([path for path in files if path.suffix == ".key"]) == 1, files
+        text = b"".join(path.read_bytes() for path in files)
+        assert [other for other, seed in seeds.items() if other != host and seed.encode() in text] == []
