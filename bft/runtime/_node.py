@@ -5,7 +5,7 @@ bounded inbox and ticks the core every ``tick_ms``; the core is never entered
 twice at once.  Connection tasks only decode and enqueue.  The main task works
 in rounds: it feeds the core every input already queued (up to a bound), then
 hands everything those inputs produced to the ``Persister`` as one item, which
-makes it durable through ``apply_ready`` in a worker thread and only then sends
+makes it durable (``bft.core.persist_then_send``) in a worker thread and only then sends
 it.  A send writes straight to the socket when the peer's writer is idle (one
 write per peer per batch) and otherwise waits in the bounded link queue, so
 nothing waits on the network, and fsync never blocks the event loop.  Policies
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import trio
 
 from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, Ready, Refusal, RemoteProtocolError,
-                    Replica, Reply, Request, Signer, decode, encode, request_digest)
+                    Replica, Reply, Request, Signer, decode, encode, react, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
 from . import _handshake
@@ -46,6 +46,7 @@ from ._logging import log_accountability_events
 from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
 from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
+from ._reactions import NodeReactions
 from ._transport import (CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, source_address,
                          write_queued)
 
@@ -113,6 +114,7 @@ class ReplicaNode:
         self._log_read_answers: deque[tuple] = deque()
         # What the core produced in the current round, and decisions of policies evaluated inline.
         self._round_readies: list[Ready] = []
+        self._reactions = NodeReactions(self)
         self._last_tick_s = float("-inf")  # When the core last ticked, on trio's clock.
         self._waiting_scope: trio.CancelScope | None = None  # The main loop's wait for inputs, if it waits.
         self._peers_connected_seen = 0
@@ -332,20 +334,11 @@ class ReplicaNode:
             logger.info("replica %d reaches a quorum and accepts requests", self.replica_id, extra=fields)
 
     def _apply(self, ready: Ready) -> None:
-        """Add ``ready`` to the round's output (made durable, then sent, when the round ends), then act
-        on what needs no disk."""
+        """Add ``ready`` to the round's output (the persister persists it, then sends it, when the round
+        ends), then act on what needs no disk (``bft.core.react``)."""
         if not ready.is_empty():
             self._round_readies.append(ready)
-        for rejection in ready.rejected:
-            self.counters[f"rejected:{rejection.reason}"] += 1
-            self.metrics.rejected(rejection.reason)
-            logger.debug("replica %d rejected input from %s: %s %s", self.replica_id, rejection.sender,
-                         rejection.reason, rejection.detail,
-                         extra={"replica_id": self.replica_id, "peer": rejection.sender, "reason": rejection.reason})
-            if rejection.evidence is not None:  # Proof of a Byzantine sender: the core submits it as evidence.
-                self._apply(self.replica.report_equivocation(rejection.evidence))
-        for request in ready.evaluate:
-            self._start_evaluation(request)
+        react(ready, self.replica, self._reactions)
 
     def _prune_marks(self) -> tuple[int | None, int | None]:
         """Keep the store bounded like the core: what a stable checkpoint or an installed view made

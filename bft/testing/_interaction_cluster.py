@@ -3,7 +3,7 @@
 Nothing happens on its own.  A message sent is queued until a script command
 delivers or drops it; a replica's clock moves only on ``tick``; a policy answers
 at once (``allow``/``deny``) or waits for ``decide`` (``manual``).  Every input's
-``Ready`` goes through ``bft.core.driving.apply_ready`` (persist, then send, ...)
+``Ready`` goes through ``bft.core.apply_ready`` (persist, then send, ...)
 and is written out as lines, so the output of a command is everything the replicas did.
 """
 
@@ -13,8 +13,7 @@ import json
 from dataclasses import dataclass
 
 from ..core import (ClientCore, ClusterConfig, Decision, Limits, LogEntry, LogRead, Message, Ready, Rejection, Replica,
-                    Reply, Request, Risk, Signer, decode, encode, request_digest)
-from ..core.driving import apply_ready
+                    Reply, Request, Risk, Signer, apply_ready, decode, encode, request_digest)
 from ..policy import PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore
 from ._interaction_text import TYPE_NAMES, RequestNames, final_line, quoted

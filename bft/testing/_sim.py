@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
 from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, LogEntry, LogRead, Message, Ready,
-                    Rejection, RemoteProtocolError, Replica, Reply, Request, Risk, Signer, VerdictCertificate, decode,
-                    encode, request_digest)
-from ..core.driving import apply_ready
+                    Rejection, RemoteProtocolError, Replica, Reply, Request, Risk, Signer, VerdictCertificate,
+                    apply_ready, decode, encode, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore, Store, StorePruner
 

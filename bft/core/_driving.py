@@ -56,8 +56,8 @@ assert set(HANDLED_FIELDS) == {field.name for field in dataclasses.fields(Ready)
     "a Ready field has no step in the driving contract: add it to HANDLED_FIELDS and to apply_ready"
 
 
-class ReadyIO(Protocol):
-    """What a driver provides: its store, its network, its policy, and a way back into the core."""
+class ReadyOutput(Protocol):
+    """Steps 1 to 4: the driver's store and network."""
 
     def persist(self, items: tuple[Message | LogEntry, ...]) -> int:
         """Make ``items`` durable before returning, and return how many were stored."""
@@ -75,17 +75,25 @@ class ReadyIO(Protocol):
         Called once for every Ready, after its sends, even with no digests: the point where a driver that
         also prunes by the replica's water marks (``StorePruner``) does so."""
 
+
+class ReadyReactions(Protocol):
+    """Steps 5 and 7, which need no disk, and the way back into the core."""
+
     def rejected(self, rejection: Rejection) -> None:
         """Count or log a refused input (its evidence, if any, goes back to the core afterwards)."""
-
-    def read_log(self, read: LogRead) -> tuple[LogEntry, ...]:
-        """The entries at ``read``'s positions that the store holds (possibly none)."""
 
     def evaluate(self, request: Request) -> None:
         """Start the policy on ``request``; its decision comes back as ``record_decision``."""
 
     def feed(self, ready: Ready) -> None:
         """Apply a ``Ready`` the core produced in answer to evidence or a log read (usually: recurse)."""
+
+
+class ReadyIO(ReadyOutput, ReadyReactions, Protocol):
+    """Everything a driver that applies a whole ``Ready`` at once provides, and step 6's store read."""
+
+    def read_log(self, read: LogRead) -> tuple[LogEntry, ...]:
+        """The entries at ``read``'s positions that the store holds (possibly none)."""
 
 
 class CoreFeedback(Protocol):
@@ -104,7 +112,7 @@ def apply_ready(ready: Ready, replica: CoreFeedback, io: ReadyIO) -> None:
     start_evaluations(ready, io)
 
 
-def persist_then_send(ready: Ready, io: ReadyIO) -> None:
+def persist_then_send(ready: Ready, io: ReadyOutput) -> None:
     """Steps 1 to 4: persist, send, report what is final, hand dead votes to the store."""
     if ready.persist:
         stored = io.persist(ready.persist)
@@ -118,13 +126,13 @@ def persist_then_send(ready: Ready, io: ReadyIO) -> None:
     io.forget_votes(ready.dead_votes)
 
 
-def react(ready: Ready, replica: CoreFeedback, io: ReadyIO) -> None:
+def react(ready: Ready, replica: CoreFeedback, io: ReadyReactions) -> None:
     """Steps 5 and 7, which need no disk: for a driver that persists and sends later, in batches."""
     report_rejections(ready, replica, io)
     start_evaluations(ready, io)
 
 
-def report_rejections(ready: Ready, replica: CoreFeedback, io: ReadyIO) -> None:
+def report_rejections(ready: Ready, replica: CoreFeedback, io: ReadyReactions) -> None:
     """Step 5: each rejection is reported; proof of a Byzantine sender goes back to the core."""
     for rejection in ready.rejected:
         io.rejected(rejection)
@@ -142,7 +150,7 @@ def answer_log_reads(ready: Ready, replica: CoreFeedback, io: ReadyIO) -> None:
             io.feed(replica.answer_log_read(read, entries))
 
 
-def start_evaluations(ready: Ready, io: ReadyIO) -> None:
+def start_evaluations(ready: Ready, io: ReadyReactions) -> None:
     """Step 7: the policy runs outside the core; its decision is a later input."""
     for request in ready.evaluate:
         io.evaluate(request)
