@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from harness._linearizability import Validity
-from harness._mission import REPLICA_COUNTS, compromised_replica
+from harness._mission_plan import REPLICA_COUNTS, compromised_replica
 from harness._mission_isolation import run_isolation
 
 

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import pytest
 
 from bft.core import LogEntry, LogRead, Ready, Rejection, Request
-import bft.core
 from bft.core import apply_ready, persist_then_send, react
 from bft.core._driving import HANDLED_FIELDS
 
