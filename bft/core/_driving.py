@@ -17,9 +17,9 @@ own store, network and policy.  The order is the contract:
 7. each of ``evaluate`` is handed to the driver's policy, whose answer comes
    back later as an input (``record_decision``).
 
-Whatever goes back to the core yields another ``Ready``, which the driver
-applies in turn (``ReadyIO.feed``): the core is never entered from inside
-``apply_ready``'s own steps except through that one door.
+``apply_ready`` enters the core only for those two answers
+(``report_equivocation``, ``answer_log_read``); each yields another ``Ready``,
+which goes to ``ReadyIO.feed`` and is applied in turn.
 
 A driver that makes its output durable off the core's thread, in batches (the
 runtime's group commit), cannot run the seven steps in one call: it calls
