@@ -14,6 +14,7 @@ submodules is not a cycle a reader has to untangle).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,7 @@ def imported_modules(module: str, path: Path, modules: dict[str, Path]) -> set[s
     return {target for target in targets if target in modules and target != module}
 
 
+@functools.cache  # Parsing every module takes a few seconds; the tests only read the graph.
 def import_graph() -> dict[str, set[str]]:
     modules = project_modules()
     return {module: imported_modules(module, path, modules) for module, path in modules.items()}

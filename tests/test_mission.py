@@ -29,6 +29,8 @@ from harness._mission_results import (BOUNDED, WARM_UP, check_fails_closed, chec
 from harness._mission_real import WARM_UP_REQUESTS, run_real_mission
 from harness._report import vote_statistics
 
+pytestmark = pytest.mark.slow  # the mission scenario, simulated and with real processes: make test runs it, make test-fast does not
+
 SEED = 0
 
 

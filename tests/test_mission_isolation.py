@@ -10,6 +10,8 @@ from harness._linearizability import Validity
 from harness._mission_plan import REPLICA_COUNTS, compromised_replica
 from harness._mission_isolation import run_isolation
 
+pytestmark = pytest.mark.slow  # the isolation scenario: make test runs it, make test-fast does not
+
 
 @pytest.mark.parametrize("replica_count", REPLICA_COUNTS)
 def test_every_honest_replica_quarantines_the_approve_everything_replica_at_one_position(replica_count: int) -> None:
