@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak mission bench clean
+.PHONY: demo test test-fast soak mission bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The inner loop, under two minutes: every test not marked slow (unit tests, the golden interaction scripts),
+# then a few simulator seeds.  Tests marked slow (real processes, scenarios, swarms, long property runs) run
+# only in `make test`, which CI runs.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m harness sim --seeds 5
 
 # Thousands of simulated runs with randomized faults; prints runs/second and fault coverage.
 soak: $(STAMP)

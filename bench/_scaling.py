@@ -2,7 +2,7 @@
 
 This is a discrete-event simulation in one thread, deterministic for a seed.
 It drives the same objects every driver drives (``Replica``, ``ClientCore``,
-``apply_ready``, the real codec), so message counts are the protocol's own.
+``bft.core.apply_ready``, the real codec), so message counts are the protocol's own.
 What it adds to ``bft.testing.SimCluster`` is *time*: each replica (and the
 client) is a single CPU that handles its inputs one at a time, first come
 first served, and each input costs what step 1 measured for the operations
@@ -33,8 +33,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from bft.core import (ClientCore, ClusterConfig, KeyPair, LogEntry, Message, PrePrepare, Ready, Replica, Reply,
-                      Request, apply_ready, decode, encode, max_faulty, request_digest)
+from bft.core import (ClientCore, ClusterConfig, KeyPair, LogEntry, LogRead, Message, PrePrepare, Ready, Rejection,
+                      Replica, Reply, Request, apply_ready, decode, encode, max_faulty, request_digest)
 from bft.policy import evaluate_fail_safe
 from bft.storage import MemoryStore
 
@@ -171,16 +171,13 @@ class CostedSimulation:
                    + (costs.sqlite_commit_us if self.durable and ready.persist else 0.0))
         done_ms = start_ms + cost_us / 1000
         self.cpu_free_ms[replica_id] = done_ms
-        sends = []
-        apply_ready(ready, self.stores[replica_id], lambda peer, message: sends.append((peer, message)),
-                    lambda client_id, reply: sends.append((client_id, reply)))
-        for destination, message in sends:
-            self._send(replica_id, destination, message, done_ms)
-        for request in ready.evaluate:
-            decision = evaluate_fail_safe(self.policies[replica_id], request, replica_id)
-            digest = request_digest(self.config.cluster_id, request)
-            after = self.replicas[replica_id].record_decision(digest, decision.decision, decision.reason)
-            self._apply(replica_id, after, self.cpu_free_ms[replica_id], costs.policy_us)
+        apply_ready(ready, self.replicas[replica_id], _ScalingIO(self, replica_id, done_ms))
+
+    def _evaluate(self, replica_id: int, request: Request) -> None:
+        decision = evaluate_fail_safe(self.policies[replica_id], request, replica_id)
+        digest = request_digest(self.config.cluster_id, request)
+        after = self.replicas[replica_id].record_decision(digest, decision.decision, decision.reason)
+        self._apply(replica_id, after, self.cpu_free_ms[replica_id], self.costs.policy_us)
 
     # ------------------------------------------------------------------ the client and the network
 
@@ -262,3 +259,41 @@ def _simulate_one(replica_count: int, costs: UnitCosts, settings: ScalingSetting
             "messages_per_verdict": round(simulation.messages_sent / verdicts, 1),
             "bytes_per_verdict": round(simulation.bytes_sent / verdicts),
             "highest_view": simulation.highest_view, "wall_s": round(time.perf_counter() - started_s, 3)}
+
+
+class _ScalingIO:
+    """The scaling simulation's side of the driving contract: messages leave when the CPU finishes the input
+    (``done_ms``); what goes back to the core (evidence, log reads, decisions) is charged as a new input."""
+
+    def __init__(self, scaling: CostedSimulation, replica_id: int, done_ms: float) -> None:
+        self.scaling, self.replica_id, self.done_ms = scaling, replica_id, done_ms
+        self.store = scaling.stores[replica_id]
+
+    def persist(self, items: tuple[Message | LogEntry, ...]) -> int:
+        return self.store.persist(items)
+
+    def send_to_replica(self, replica_id: int, message: Message) -> None:
+        self.scaling._send(self.replica_id, replica_id, message, self.done_ms)
+
+    def send_to_client(self, client_id: str, reply: Reply) -> None:
+        self.scaling._send(self.replica_id, client_id, reply, self.done_ms)
+
+    def finalized(self, entries: tuple[LogEntry, ...]) -> None:
+        """Latency is measured at the client, from its certificate."""
+
+    def forget_votes(self, request_digests: tuple[bytes, ...]) -> None:
+        if request_digests:
+            self.store.prune_votes(request_digests)
+
+    def rejected(self, rejection: Rejection) -> None:
+        """Nothing is counted per rejection; its evidence, if any, goes back to the core."""
+
+    def read_log(self, read: LogRead) -> tuple[LogEntry, ...]:
+        return self.store.read_log(read.first_position, read.last_position)
+
+    def evaluate(self, request: Request) -> None:
+        self.scaling._evaluate(self.replica_id, request)
+
+    def feed(self, ready: Ready) -> None:
+        scaling = self.scaling
+        scaling._apply(self.replica_id, ready, scaling.cpu_free_ms[self.replica_id], 0.0)

@@ -12,17 +12,16 @@ import json
 import sys
 from pathlib import Path
 
-from ._cluster_file import CLUSTER_FILE_NAME, Address, format_address, load_cluster_file, parse_address
-from .cli import EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, UsageError, _bounded_int
+from ._cli_common import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_OK, SUBMIT_TIMEOUT_MS_MAX, UsageError, _bounded_int,
+                          _cluster_path, _count, _Parser, _shown, outcome_document)
+from ._cluster_file import Address, format_address, load_cluster_file, parse_address
 from .core import CertificateError, LocalProtocolError, Risk, VerdictCertificate
 from .core._certificate import check_fields_match, load_json_document
 from .core._messages import MAX_ACTION_BYTES, action_shape_problem
 
-SUBMIT_TIMEOUT_MS_MAX = 10 * 60 * 1000
 MAX_CERTIFICATE_FILE_BYTES = 16 * 1024 * 1024
 # Room for an action of the largest size the protocol carries, written out with spaces and indentation.
 MAX_ACTION_FILE_BYTES = 4 * MAX_ACTION_BYTES
-EXIT_BY_STATUS = {"ALLOW": EXIT_OK, "DENY": EXIT_DENY, "REFUSED": EXIT_REFUSED}
 
 
 def add_commands(subcommands) -> None:
@@ -51,12 +50,6 @@ def _policy_list(text: str) -> tuple[str, ...]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of policy names")
     return names
-
-
-def _cluster_path(text: str) -> Path:
-    """A cluster file, or a directory holding ``cluster.toml``."""
-    path = Path(text)
-    return path / CLUSTER_FILE_NAME if path.is_dir() else path
 
 
 # ---------------------------------------------------------------------------- init
@@ -89,10 +82,6 @@ def _run_init(arguments: argparse.Namespace) -> int:
     print(f"cluster file {cluster.path}; private keys in {cluster.path.parent / 'keys'} (mode 0600)")
     print(f"next: bft up {cluster.path.parent}")
     return EXIT_OK
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 # ---------------------------------------------------------------------------- up / down
@@ -225,13 +214,6 @@ def _run_submit(arguments: argparse.Namespace) -> int:
     return EXIT_BY_STATUS[outcome.status]
 
 
-def outcome_document(outcome) -> dict:
-    """What ``bft submit`` prints: the verdict first, the certificate last."""
-    return {"status": outcome.status, "reason": outcome.reason, "client_id": outcome.request.client_id,
-            "request_number": outcome.request_number, "latency_ms": round(outcome.latency_ms, 3),
-            "certificate": json.loads(outcome.certificate.to_json()) if outcome.certificate else None}
-
-
 def _read_action(text: str) -> dict:
     """The action object; its nesting is measured before ``json`` parses it (see ``bft.core.canonical_action``)."""
     source = "--action"
@@ -362,14 +344,9 @@ def _run_status(arguments: argparse.Namespace) -> int:
     return EXIT_OK if all(status.health == "ok" for status in statuses) else EXIT_FAILED
 
 
-def _shown(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
 # ---------------------------------------------------------------------------- audit
 
 def _add_audit(subcommands) -> None:
-    from .cli import _Parser
     audit = subcommands.add_parser("audit", help="audit a replica's verdict log",
                                    description="Audit a replica's hash-chained verdict log.")
     actions = audit.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)

@@ -20,7 +20,7 @@ from ._cli_cluster import _address, _cluster_path
 from ._cluster_assembly import add_client, add_operator, add_replica, change_cluster_file, create_cluster_file
 from ._cluster_file import ClusterFile, format_address
 from ._keys import create_key_file, public_key_problem
-from .cli import EXIT_OK, UsageError, _Parser
+from ._cli_common import EXIT_OK, UsageError, _Parser
 
 
 def add_commands(subcommands) -> None:

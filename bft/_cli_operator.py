@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli_cluster import EXIT_BY_STATUS, SUBMIT_TIMEOUT_MS_MAX, _cluster_path, _count, _shown, outcome_document
+from ._cli_common import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_OK, SUBMIT_TIMEOUT_MS_MAX, UsageError, _bounded_int,
+                          _cluster_path, _count, _Parser, _shown, outcome_document)
 from ._cluster_file import load_cluster_file
-from .cli import EXIT_FAILED, EXIT_OK, UsageError, _bounded_int, _Parser
 from .core import (CommandError, LocalProtocolError, Risk, canonical_action, operator_document, operator_signer_id,
                    parse_command)
 

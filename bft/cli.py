@@ -21,39 +21,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
+from ._cli_common import (EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError,  # noqa: F401
+                          _bounded_int, _Parser)
 from ._cluster_file import ConfigFileError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_DENY = 3
-EXIT_REFUSED = 4
-
-
-class UsageError(Exception):
-    """A user-caused error; its message is the one sentence shown."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Report argument errors as one sentence and let ``main`` turn them into exit code 2."""
-
-    def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, {high}]")
-        return value
-    return parse
-
 
 def _writable_file(text: str) -> Path:
     path = Path(text)

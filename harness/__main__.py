@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from ._describe import describe_run, describe_swarm
 from ._linearizability import Validity
-from ._swarm import LIVENESS_POLICY, RunResult, SwarmSummary, run_simulation, run_swarm, settings_for_seed
+from ._swarm import RunResult, run_simulation, run_swarm, settings_for_seed
 
 EXIT_INVALID, EXIT_STALLED, EXIT_UNKNOWN = 1, 2, 3
 SEEDS_MAX = 1_000_000
@@ -58,48 +59,6 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def describe_run(result: RunResult, out: TextIO) -> None:
-    settings = result.settings
-    print(f"seed {settings.seed}: {result.validity.value.upper()}, liveness {result.liveness.status}  "
-          f"({settings.replica_count} replicas, {len(result.history.operations())} operations, "
-          f"faults: {', '.join(settings.fault_kinds) or 'none'})", file=out)
-    for name, check in result.checks.items():
-        print(f"  {check.validity.value:8} {name}: {check.summary}", file=out)
-        for line in check.details if check.validity is not Validity.VALID else []:
-            print(f"             {line}", file=out)
-    liveness = result.liveness
-    print(f"  liveness: {liveness.finalized} of {liveness.submitted} requests finalized within "
-          f"{liveness.bound_ms} ms after healing ({LIVENESS_POLICY})", file=out)
-    for line in liveness.notes + ([f"stalled: {', '.join(liveness.stalled)}"] if liveness.stalled else []) \
-            + liveness.diagnosis:
-        print(f"    {line}", file=out)
-    print("  fault timeline (ms since start):", file=out)
-    for event in result.faults:
-        print(f"    {event.describe()}", file=out)
-    if result.validity is not Validity.VALID or liveness.status != "ok":
-        print(f"  reproduce with: {settings.reproduce_command()}", file=out)
-
-
-def describe_swarm(summary: SwarmSummary, out: TextIO) -> None:
-    results = summary.results
-    rate = len(results) / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
-    print(f"\n{len(results)} runs in {summary.wall_seconds:.1f} s ({rate:.2f} runs/s)", file=out)
-    for validity in Validity:
-        print(f"  {validity.value:8} {summary.count(lambda r: r.validity is validity)}", file=out)
-    print(f"  stalled  {summary.count(lambda r: r.liveness.status != 'ok')} (liveness, reported separately: "
-          f"{LIVENESS_POLICY})", file=out)
-    print("fault coverage (runs that exercised each fault):", file=out)
-    for name, count in summary.coverage().items():
-        print(f"  {name:32} {count}", file=out)
-    failing = [r for r in results if r.validity is not Validity.VALID or r.liveness.status != "ok"]
-    for result in failing:
-        problems = [name for name, check in result.checks.items() if check.validity is not Validity.VALID]
-        if result.liveness.status != "ok":
-            problems.append(f"liveness stalled ({', '.join(result.liveness.stalled[:5])})")
-        print(f"FAILED seed {result.settings.seed} [{result.validity.value}]: {'; '.join(problems)}", file=out)
-        print(f"  reproduce with: {result.settings.reproduce_command()}", file=out)
-
-
 def exit_status(results: list[RunResult], liveness_required: bool) -> int:
     if any(r.validity is Validity.INVALID for r in results):
         return EXIT_INVALID
@@ -120,10 +79,14 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     if arguments.command == "scenario" and arguments.name == "rejoin":
         if arguments.rate is not None:
             parser().error("--rate applies to the mission scenario only")
+        if arguments.real:
+            from ._rejoin_real import main_rejoin_real
+            return main_rejoin_real(arguments, out)
         from ._rejoin import main_rejoin
         return main_rejoin(arguments, out)
     if arguments.command == "scenario":
-        from ._mission import DEFAULT_RATE_PER_S, ArrivalGaps, main_scenario
+        from ._mission import main_scenario
+        from ._mission_plan import DEFAULT_RATE_PER_S, ArrivalGaps
         try:
             arguments.gaps = ArrivalGaps.for_rate(DEFAULT_RATE_PER_S if arguments.rate is None else arguments.rate)
         except ValueError as error:

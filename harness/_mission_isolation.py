@@ -19,7 +19,8 @@ from bft.core import AccountabilityOptions
 
 from ._history import history_from_cluster
 from ._linearizability import Validity
-from ._mission import REPLICA_COUNTS, check_honest_majority, compromised_replica
+from ._mission_plan import REPLICA_COUNTS, compromised_replica
+from ._mission_results import check_honest_majority
 from ._mission_workload import AGENTS, ActionStream, mission_policies
 from ._swarm import CheckOutcome, HarnessCluster, _InvariantMonitor, check_run
 

@@ -49,10 +49,10 @@ from specs.invariants import check_all
 from ._history import build_history
 from ._host_cpu import HostCpu, HostCpuMonitor
 from ._linearizability import Validity, check_keys, check_real_time_order
-from ._mission import (DEADLINES_MS, DEFAULT_ARRIVALS, EXIT_USAGE, REPLICA_COUNTS, SLOW_LINK_MS, WARM_UP_MS,
-                       ArrivalGaps, ConfigurationResult, EpisodeResult, EpisodeSpec, MissionResult,
-                       check_detection, check_latency_bounds, compromised_replica, describe_mission, mission_checks,
-                       plan_episodes, report_and_exit_status)
+from ._mission_plan import (DEADLINES_MS, DEFAULT_ARRIVALS, REPLICA_COUNTS, SLOW_LINK_MS, WARM_UP_MS, ArrivalGaps,
+                            EpisodeSpec, compromised_replica, plan_episodes)
+from ._mission_results import (EXIT_USAGE, ConfigurationResult, EpisodeResult, MissionResult, check_detection,
+                               check_latency_bounds, describe_mission, mission_checks, report_and_exit_status)
 from ._mission_workload import AGENTS, ActionStream, MissionAction, mission_policies, mission_policy_specs
 from ._nemesis import FaultEvent
 from ._proxy import LinkProxies, Toxics

@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from bft.core import (Checkpoint, ClientCore, ClusterConfig, Commit, KeyPair, Limits, LogEntry, Message, NewView,
-                      PrePrepare, Prepare, Replica, Reply, Request, Risk, Signer, VerdictCertificate, ViewChange, Vote,
-                      apply_ready, request_digest)
-from bft.policy import evaluate_fail_safe
+                      PrePrepare, Prepare, Ready, Replica, Reply, Request, Risk, Signer, VerdictCertificate, ViewChange,
+                      Vote, apply_ready)
 from bft.storage import MemoryStore
 from specs.invariants import Evidence, Violation, check_all, check_stability
 
-from ._model_menu import MENU, POLICIES, REPLICA_COUNT, Adversary
+from ._model_io import ModelIO
+from ._model_menu import MENU, REPLICA_COUNT, Adversary
 from ._model_state import StateCodec
 
 # Counted per sender, so their order of arrival at one replica does not matter (see ``_Model.actions``).
@@ -276,37 +276,9 @@ class _Model:
                                                      recovered.signed, recovered.log)
         self._handle(world, replica_id, world.replicas[replica_id].tick(world.now_ms))
 
-    def _handle(self, world: _World, replica_id: int, ready) -> None:
+    def _handle(self, world: _World, replica_id: int, ready: Ready) -> None:
         world.replicas[replica_id].check_invariants()  # In full: the core checks only its bounds per input.
-        byzantine = replica_id == self.adversary.replica_id
-
-        def to_replica(destination: int, message: Message) -> None:
-            sent = self.adversary.transform(world.replicas[replica_id], destination, message,
-                                            self.byzantine_signer) if byzantine else [message]
-            for each in sent:
-                self._note_evidence(each)
-                if not byzantine and getattr(each, "replica_id", None) == replica_id:
-                    world.wire[replica_id].append(each)
-                self._send(world, replica_id, destination, each)
-
-        def to_client(client_id: str, reply: Reply) -> None:
-            sent = self.adversary.transform(world.replicas[replica_id], client_id, reply,
-                                            self.byzantine_signer) if byzantine else [reply]
-            for each in sent:
-                if isinstance(each, Reply):
-                    self._note_evidence(each)
-                    if world.client_shared:
-                        world.client, world.client_shared = self.codec.clone(world.client), False
-                    certificate = world.client.on_reply(each)
-                    if certificate is not None:
-                        world.certificates[certificate.request.key] = certificate
-
-        apply_ready(ready, world.stores[replica_id], to_replica, to_client)
-        for request in ready.evaluate:
-            decision = evaluate_fail_safe(POLICIES[replica_id], request, replica_id)
-            digest = request_digest(self.config.cluster_id, request)
-            self._handle(world, replica_id,
-                         world.replicas[replica_id].record_decision(digest, decision.decision, decision.reason))
+        apply_ready(ready, world.replicas[replica_id], ModelIO(self, world, replica_id))
 
     def _send(self, world: _World, source: int | str, destination: int, message: Message) -> None:
         self.messages_sent += 1

@@ -237,7 +237,7 @@ def _replay(arguments: argparse.Namespace, out: TextIO) -> int:
                             f"run: python -m harness mutants --name {arguments.name}")
     if arguments.seed < 0:
         return _usage_error("--seed must not be negative")
-    from .__main__ import describe_run
+    from ._describe import describe_run
     with MUTANTS[arguments.name].activate():
         run = run_swarm_seed(plan, arguments.seed)
     print(f"mutant {arguments.name} ({MUTANTS[arguments.name].breaks}), {plan.describe()}", file=out)

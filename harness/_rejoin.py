@@ -232,11 +232,9 @@ def run_rejoin_scenario(seed: int = 0, replica_count: int = 4, kinds: tuple[str,
 
 
 def main_rejoin(arguments, out: TextIO) -> int:
-    """``python -m harness scenario rejoin [--seed S] [--replicas N] [--real]``: 0 when every episode rejoined
-    within its bound with at most one view change and the stranded-replica sequence served, else 1."""
-    if arguments.real:
-        from ._rejoin_real import main_rejoin_real
-        return main_rejoin_real(arguments, out)
+    """``python -m harness scenario rejoin [--seed S] [--replicas N]``: 0 when every episode rejoined within its
+    bound with at most one view change and the stranded-replica sequence served, else 1.  (With ``--real`` the
+    command line runs ``_rejoin_real.main_rejoin_real`` instead, which builds on this module.)"""
     result = run_rejoin_scenario(arguments.seed, arguments.replicas or 4)
     print(f"rejoin scenario, simulated, seed {arguments.seed}: reproduce with python -m harness scenario rejoin "
           f"--seed {arguments.seed}", file=out)

@@ -22,7 +22,7 @@ from ._nemesis import FaultEvent
 from ._swarm import RunResult
 
 if TYPE_CHECKING:
-    from ._mission import MissionResult
+    from ._mission_results import MissionResult
 
 
 class Timeline(Protocol):

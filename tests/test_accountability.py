@@ -104,6 +104,7 @@ def operator(ledger: Ledger, kind: str, replica_id: int):
 # ----------------------------------------------------------------------------- verdict rules under quarantine
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_the_effective_rule_never_drops_below_the_floor(data) -> None:

@@ -17,11 +17,15 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from bft import BlockingClient, Outcome
 from bft._cluster_init import create_cluster_directory
 from bft._processes import LocalProcessCluster
 from bft.audit import LOG_COLUMNS, log_entry_from_row, read_only_uri
 from bft.cli import main as bft_main
+
+pytestmark = pytest.mark.slow  # real processes: make test runs it, make test-fast does not
 
 BYZANTINE = 3  # A backup in view 0 (whose primary is replica 0), so it sends PREPAREs.
 HONEST = (0, 1, 2)

@@ -82,6 +82,7 @@ async def open_idle_connections(address, count: int) -> list[trio.SocketStream]:
     return streams
 
 
+@pytest.mark.slow
 async def test_a_thousand_idle_connections_shut_out_neither_clients_nor_peers():
     raise_descriptor_limit(2 * 4 * IDLE_CONNECTIONS + 512)  # Both ends of every connection live in this process.
     with trio.fail_after(90):

@@ -18,6 +18,8 @@ from bench._model import critical_path, cpu_per_verdict_us, latency_floor_ms, pa
 from bench._stats import percentile, summarize_ms
 from bft.core import Risk, max_faulty, quorum_size
 
+pytestmark = pytest.mark.slow  # a quick benchmark run: make test runs it, make test-fast does not
+
 RISKS = ("low", "medium", "high", "critical")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import pytest
+
 from bft.core import Limits, Replica, Risk, Vote
 from bft.storage import MemoryStore
 from bft.storage._pruning import DEAD_VOTES_BATCH
@@ -109,6 +111,7 @@ def run_long(request_count: int, seed: int = 0) -> dict:
             "votes left": votes_left, "low water": min(replica.low_water for replica in cluster.replicas)}
 
 
+@pytest.mark.slow
 def test_every_structure_stays_bounded_over_a_long_run() -> None:
     report = run_long(REQUESTS)
     assert report["log length"] >= REQUESTS, "every ordinary request was finalized and logged"

@@ -20,6 +20,8 @@ from bft.testing import (STRATEGIES, ApproveEverything, DenyEverything, SimClust
                          mangled_messages, replaying, silent, veto_dropping_primary)
 from specs.invariants import SimMonitor
 
+pytestmark = pytest.mark.slow  # simulated runs with Byzantine replicas: make test runs it, make test-fast does not
+
 CLIENTS = ("client-0", "client-1", "client-2")
 
 

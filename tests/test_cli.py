@@ -236,6 +236,7 @@ def test_verify_rejects_what_is_not_a_valid_certificate(cluster_directory, tmp_p
 
 # ---------------------------------------------------------------------------- against a running cluster
 
+@pytest.mark.slow
 def test_submit_verify_status_and_audit_against_a_running_cluster(cluster_directory, tmp_path, capsys):
     config = cluster_directory / "cluster.toml"
     with InProcessCluster(config):
@@ -279,6 +280,7 @@ def test_submit_verify_status_and_audit_against_a_running_cluster(cluster_direct
 
 # ---------------------------------------------------------------------------- operator commands
 
+@pytest.mark.slow
 def test_an_operator_quarantines_and_releases_a_replica_and_status_shows_it(tmp_path, capsys):
     directory = tmp_path / "cluster"
     assert run(capsys, "init", directory, "--replicas", "4")[0] == EXIT_OK

@@ -28,6 +28,8 @@ from bft.audit import LOG_COLUMNS, log_entry_from_row, read_only_uri
 from bft.cli import main
 from bft.core import primary_of
 
+pytestmark = pytest.mark.slow  # real replica processes: make test runs it, make test-fast does not
+
 BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
 DANGEROUS = {"tool": "shell", "command": "rm -rf / --no-preserve-root"}
 COMMAND_TIMEOUT_S = 60

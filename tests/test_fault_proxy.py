@@ -17,6 +17,8 @@ from bft.policies import build_policy
 from bft.runtime import FrameDecoder, NodeOptions, ReplicaNode, RuntimeClock, encode_frame, open_client
 from harness._proxy import (BLACKHOLE, CLEAN, FaultProxy, LinkProxies, ProxyLimits, Toxics, slices)
 
+pytestmark = pytest.mark.slow  # real processes behind the fault proxy: make test runs it, make test-fast does not
+
 MAX_FRAME_BYTES = 64 * 1024
 HANDSHAKE = [b"hello", b"proof"]
 QUIET_S = 0.3  # How long "nothing arrives" is watched for.

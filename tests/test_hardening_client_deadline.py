@@ -19,6 +19,8 @@ from bft._cluster_file import load_cluster_file
 from bft._cluster_init import create_cluster_directory
 from bft.cli import EXIT_REFUSED, EXIT_USAGE, main
 
+pytestmark = pytest.mark.slow  # clients waiting out real deadlines: make test runs it, make test-fast does not
+
 DEADLINE_MS = 400
 MARGIN_S = 1.5  # Generous on a shared 2-core machine; the documented margin is far smaller.
 ACTION = {"tool": "read_file", "path": "/workspace/README.md"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,7 @@ def depth_of(value) -> int:
     return 0
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(value=json_values, indent=st.sampled_from([None, 2]))
 def test_the_text_depth_is_the_nesting_of_the_value_it_encodes(value, indent) -> None:
@@ -37,6 +39,7 @@ def test_the_text_depth_is_the_nesting_of_the_value_it_encodes(value, indent) ->
         assert value_shape_problem(value, depth - 1, 10_000) == f"nests deeper than {depth - 1} levels"
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(value=json_values, cut=st.integers(min_value=0, max_value=200))
 def test_truncated_text_is_never_measured_shallower_than_what_json_would_parse(value, cut) -> None:

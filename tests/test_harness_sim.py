@@ -21,6 +21,8 @@ from harness._nemesis import FAULT_KINDS, PARTITION_KINDS, bridge_links, majorit
 from harness._report import vote_statistics, write_report
 from harness._swarm import LivenessOutcome, SwarmSummary, ToolPolicy
 
+pytestmark = pytest.mark.slow  # simulator swarms and the harness command line: make test runs it, make test-fast does not
+
 FAST = {"replica_count": 4, "request_count": 8}
 SEEDS = (0, 2, 4, 5)
 

@@ -9,13 +9,14 @@ import dataclasses
 
 import pytest
 
-from bft.core import Checkpoint, Decision, LogEntry, Prepare, Risk, Signer, VerdictCertificate, ViewChange, Vote
+from bft.core import (Checkpoint, Decision, LogEntry, Prepare, Risk, Signer, VerdictCertificate, ViewChange, Vote,
+                      votes_digest)
 from bft.testing import DenyEverything, SimCluster
 from bft.testing import _sim
 from specs.invariants import (Evidence, SimMonitor, Violation, check_agreement, check_all, check_checkpoints,
                               check_vote_floor,
                               check_deadline, check_exactly_once, check_integrity, check_no_equivocation,
-                              check_sim, check_stability, check_validity, gather_sim_evidence, votes_digest)
+                              check_sim, check_stability, check_validity, gather_sim_evidence)
 
 ZERO_SIGNATURE = bytes(64)
 

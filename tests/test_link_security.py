@@ -17,6 +17,8 @@ from bft.runtime import _handshake
 from bft.runtime._link_cipher import SEAL_OVERHEAD_BYTES, FrameOpener, FrameSealer, derive_session_keys
 from harness._proxy import FaultProxy, Toxics
 
+pytestmark = pytest.mark.slow  # real processes and their links: make test runs it, make test-fast does not
+
 BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
 KEY = bytes(range(32))
 MAX_FRAME_BYTES = 1024

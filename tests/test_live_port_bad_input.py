@@ -20,6 +20,8 @@ from bft.runtime import _handshake
 from bft.runtime._link_cipher import SEAL_OVERHEAD_BYTES
 from prometheus_client.parser import text_string_to_metric_families
 
+pytestmark = pytest.mark.slow  # real processes fed bad input: make test runs it, make test-fast does not
+
 BENIGN = {"tool": "read_file", "path": "/workspace/README.md"}
 TARGET = 0  # The replica under attack.
 

@@ -22,12 +22,14 @@ from bft.core import Decision, Risk
 from harness import Event, EventType, History, Validity
 from harness.__main__ import main
 from harness._host_cpu import CpuTimes, HostCpu, HostCpuMonitor, busy_fraction, read_cpu_times
-from harness._mission import (BOUNDED, DEFAULT_ARRIVALS, LATENCY_BOUNDS_MS, WARM_UP, ArrivalGaps,
-                              Reach, assess, check_fails_closed,
-                              check_honest_majority, check_latency_bounds, check_no_corner_cutting, plan_episodes,
-                              run_mission)
+from harness._mission import run_mission
+from harness._mission_plan import DEFAULT_ARRIVALS, LATENCY_BOUNDS_MS, ArrivalGaps, Reach, assess, plan_episodes
+from harness._mission_results import (BOUNDED, WARM_UP, check_fails_closed, check_honest_majority, check_latency_bounds,
+                                      check_no_corner_cutting)
 from harness._mission_real import WARM_UP_REQUESTS, run_real_mission
 from harness._report import vote_statistics
+
+pytestmark = pytest.mark.slow  # the mission scenario, simulated and with real processes: make test runs it, make test-fast does not
 
 SEED = 0
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 
 from harness._linearizability import Validity
-from harness._mission import REPLICA_COUNTS, compromised_replica
+from harness._mission_plan import REPLICA_COUNTS, compromised_replica
 from harness._mission_isolation import run_isolation
+
+pytestmark = pytest.mark.slow  # the isolation scenario: make test runs it, make test-fast does not
 
 
 @pytest.mark.parametrize("replica_count", REPLICA_COUNTS)

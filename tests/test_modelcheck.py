@@ -11,6 +11,8 @@ from harness.__main__ import main
 from harness._modelcheck import MENU, ModelCheckSettings, run_model_check
 from harness._mutants import MUTANTS
 
+pytestmark = pytest.mark.slow  # bounded model checking: make test runs it, make test-fast does not
+
 
 def test_a_bounded_exploration_of_the_real_core_finds_no_violation():
     settings = ModelCheckSettings(depth=200, max_states=4_000, deviations=1)

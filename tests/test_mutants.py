@@ -11,6 +11,8 @@ from harness.__main__ import main
 from harness._mutant_hunt import HUNT_PLANS, SwarmPlan, baseline, hunt
 from harness._mutants import MUTANTS, PATCH_POINTS
 
+pytestmark = pytest.mark.slow  # hunts every planted mutant: make test runs it, make test-fast does not
+
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_every_mutant_is_caught_within_its_bound_and_the_same_runs_pass_without_it(name):

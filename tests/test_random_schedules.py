@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,8 @@ from bft.core import Limits, Risk, max_faulty
 from bft.policy import PolicyDecision
 from bft.testing import STRATEGIES, ApproveEverything, DenyEverything, NetworkFaults, SimCluster
 from specs.invariants import SimMonitor
+
+pytestmark = pytest.mark.slow  # thousands of random schedules: make test runs it, make test-fast does not
 
 CLIENTS = ("client-0", "client-1")
 SHORT_DEADLINE_MS = (15, 120)

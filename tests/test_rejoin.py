@@ -13,6 +13,8 @@ from bft.testing import NetworkFaults, SimCluster
 from harness._rejoin import LoadDriver, PausableCluster, caught_up, majority_view, rejoin_limits, rejoined
 from specs.invariants import SimMonitor
 
+pytestmark = pytest.mark.slow  # rejoin episodes in simulation and with real processes: make test runs it, make test-fast does not
+
 BOUND_LOADED_MS = 5_000
 BOUND_IDLE_MS = 2_000
 

@@ -12,6 +12,8 @@ import pytest
 from harness import __main__ as harness_main
 from harness._rejoin import REJOIN_BOUND_IDLE_MS, REJOIN_BOUND_LOADED_MS, VERDICT_GAP_BOUND_MS, run_rejoin_scenario
 
+pytestmark = pytest.mark.slow  # the rejoin scenario: make test runs it, make test-fast does not
+
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_replica_rejoins_after_every_fault_within_the_bound(seed: int) -> None:

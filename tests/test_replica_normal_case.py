@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bft.core import (BatchEntry, Checkpoint, Commit, Decision, Limits, LocalProtocolError, LogEntry,
-                      PrePrepare, Prepare, Ready, Request, Risk, Vote, apply_ready)
+from bft.core import (BatchEntry, Checkpoint, Commit, Decision, Limits, LocalProtocolError,
+                      PrePrepare, Prepare, Ready, Request, Risk, Vote)
 from bft.policy import PolicyDecision, evaluate_fail_safe
 
 START_MS = 1_000_000
@@ -438,48 +438,6 @@ def test_late_checkpoints_below_the_low_water_mark_are_ignored(make_kit, make_ne
 
 # ---------------------------------------------------------------- Ready ordering
 
-class RecordingStore:
-    def __init__(self, events: list) -> None:
-        self.events = events
-        self.items: list = []
-
-    def persist(self, items) -> int:
-        self.events.append(("persist", tuple(items)))
-        self.items.extend(items)
-        return len(items)
-
-
-def test_apply_ready_persists_before_any_send(kit, make_net) -> None:
-    net = make_net(kit)
-    events: list = []
-    stores = [RecordingStore(events) for _ in range(kit.n)]
-    original_handle = net.handle
-
-    def handle_through_apply_ready(replica_id: int, ready: Ready) -> Ready:
-        start = len(events)
-        apply_ready(ready, stores[replica_id],
-                    lambda destination, message: events.append(("send", destination, message)),
-                    lambda client_id, reply: events.append(("reply", client_id, reply)))
-        mine = events[start:]
-        kinds = [event[0] for event in mine]
-        if ready.persist:
-            assert kinds[0] == "persist" and "persist" not in kinds[1:], kinds
-        for event in mine:
-            if event[0] == "send" and not isinstance(event[2], Request):
-                assert event[2] in stores[replica_id].items, "a signed message left before it was durable"
-            if event[0] == "reply":
-                entries = [item for item in stores[replica_id].items if isinstance(item, LogEntry)]
-                assert any(entry.request_digest == event[2].request_digest for entry in entries)
-        return original_handle(replica_id, ready)
-
-    net.handle = handle_through_apply_ready
-    for number in (1, 2):
-        net.submit(kit.request("alice", number))
-    net.deliver_all()
-    assert {replica.last_executed for replica in net.replicas} == {2}
-    assert any(kind == "send" for kind, *_ in events) and any(kind == "reply" for kind, *_ in events)
-
-
 def test_a_backup_persists_its_vote_and_sends_it_to_the_primary_alone(kit) -> None:
     backup = kit.replica(2)
     request = kit.request()
@@ -487,29 +445,6 @@ def test_a_backup_persists_its_vote_and_sends_it_to_the_primary_alone(kit) -> No
     ready = backup.record_decision(kit.digest(request), ALLOW, "ok")
     [vote] = [item for item in ready.persist if isinstance(item, Vote)]
     assert ready.to_replicas == ((backup.primary_id, vote),)
-
-
-def test_apply_ready_sends_nothing_if_storage_fails(kit) -> None:
-    replica = kit.replica(1)
-    request = kit.request()
-    replica.submit(request)
-    ready = replica.record_decision(kit.digest(request), ALLOW, "ok")
-    assert ready.persist and ready.to_replicas
-    sends: list = []
-
-    class BrokenStore:
-        def persist(self, items) -> int:
-            raise OSError("disk full")
-
-    class ForgetfulStore:
-        def persist(self, items) -> int:
-            return len(items) - 1
-
-    with pytest.raises(OSError):
-        apply_ready(ready, BrokenStore(), lambda *a: sends.append(a), lambda *a: sends.append(a))
-    with pytest.raises(AssertionError):
-        apply_ready(ready, ForgetfulStore(), lambda *a: sends.append(a), lambda *a: sends.append(a))
-    assert sends == []
 
 
 # ---------------------------------------------------------------- API misuse is local and loud
@@ -596,6 +531,7 @@ def target(busy) -> Target:
     return Target(busy, 1)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(data=st.data())

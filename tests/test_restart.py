@@ -16,6 +16,8 @@ from bft.storage import SqliteStore
 from bft.testing import DenyEverything, NetworkFaults, SimCluster
 from specs.invariants import SimMonitor
 
+pytestmark = pytest.mark.slow  # crash-restart scenarios over SQLite files: make test runs it, make test-fast does not
+
 SMALL = Limits(checkpoint_interval=4, log_window=16, state_transfer_wait_ticks=3)
 
 

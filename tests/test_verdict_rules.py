@@ -77,6 +77,7 @@ rule_and_votes = st.integers(min_value=1, max_value=16).flatmap(lambda n: st.tup
 ))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(rule_and_votes, st.integers(min_value=0, max_value=30_000))
 def test_decide_is_allow_exactly_when_the_rule_is_met(shape, timestamp_ms: int) -> None:
@@ -120,6 +121,7 @@ small_rule_and_votes = st.integers(min_value=1, max_value=7).flatmap(lambda n: s
 ))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(small_rule_and_votes)
 def test_is_settled_means_no_further_vote_changes_the_decision(shape) -> None:
@@ -174,6 +176,7 @@ def byzantine_scenario(draw):
     return n, f, VerdictRule(min_allow, max_deny), liars, honest, included
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(byzantine_scenario())
 def test_f_approve_everything_voters_cannot_make_allow_without_f_plus_one_honest_approvals(scenario) -> None:
@@ -185,6 +188,7 @@ def test_f_approve_everything_voters_cannot_make_allow_without_f_plus_one_honest
         assert honest_approvals >= f + 1
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from([4, 5, 7, 10]), st.data())
 def test_liars_cannot_turn_an_honest_majority_deny_into_allow_with_default_rules(n: int, data) -> None:

@@ -11,6 +11,8 @@ from bft.core import Decision, Limits, Risk
 from bft.testing import NetworkFaults, SimCluster, equivocating_primary, silent
 from specs.invariants import SimMonitor, check_agreement, check_sim
 
+pytestmark = pytest.mark.slow  # long simulated view-change scenarios: make test runs it, make test-fast does not
+
 
 def submit_many(cluster: SimCluster, count: int, start: int = 0, risk: Risk = Risk.LOW) -> list:
     return [cluster.submit("client-0", {"tool": "read", "n": start + i}, risk) for i in range(count)]

@@ -15,7 +15,9 @@ from ._messages import (Batch, BatchEntry, Checkpoint, Commit, Decision, Message
                         Prepare, PreparedProof, Refusal, Reply, Request, Risk, ViewChange, Vote)
 from ._messages import NO_QUORUM, REFUSAL_REASONS
 from ._quorum import max_faulty, primary_of, quorum_size, reply_quorum
-from ._ready import Ready, Rejection, apply_ready
+from ._driving import (ReadyIO, ReadyOutput, ReadyReactions, apply_ready, persist_then_send,
+                       react)
+from ._ready import Ready, Rejection
 from ._replica import Replica
 from ._verdict import VerdictRule, decide, default_rules, is_settled
 
@@ -25,6 +27,7 @@ __all__ = [
     "MAX_WIRE_BYTES", "Message", "NewView", "PrePrepare", "Prepare", "PreparedProof", "ProtocolError",
     "NO_QUORUM", "REFUSAL_REASONS", "Ready", "Refusal", "Rejection", "RemoteProtocolError", "Replica", "Reply", "Request", "Risk", "Signer",
     "VerdictCertificate", "VerdictRule", "Verifier", "ViewChange", "Vote", "apply_ready",
+    "ReadyIO", "ReadyOutput", "ReadyReactions", "persist_then_send", "react",
     "canonical_action", "decide", "decode", "default_rules", "encode", "is_settled", "max_faulty",
     "primary_of", "quorum_size", "reply_quorum", "request_digest", "votes_digest",
 ]

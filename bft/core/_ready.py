@@ -2,15 +2,14 @@
 
 The order is the contract: a driver must make ``persist`` durable *before* it
 sends any message, so that a replica restarted at any point can never sign
-something that contradicts what it already sent.  ``apply_ready`` is the one
-place that order is written down, and every driver (the simulator, the trio
-runtime, the model checker) calls it.
+something that contradicts what it already sent.  ``_driving.apply_ready`` is
+the one place that order, and what to do with every other field, is written
+down; every driver calls it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
 
 from ._accountability import EquivocationProof
 from ._execution import LogEntry
@@ -62,24 +61,6 @@ class Ready:
     def is_empty(self) -> bool:
         return not (self.persist or self.to_replicas or self.to_clients or self.finalized
                     or self.evaluate or self.rejected or self.log_reads or self.dead_votes)
-
-
-class DurableStore(Protocol):
-    def persist(self, items: tuple[Message | LogEntry, ...]) -> int:
-        """Make ``items`` durable and return how many were stored."""
-
-
-def apply_ready(ready: Ready, store: DurableStore,
-                send_to_replica: Callable[[int, Message], None],
-                send_to_client: Callable[[str, Reply], None]) -> None:
-    """Persist, then send.  Finalized entries are among ``persist`` so replies follow durability."""
-    if ready.persist:
-        stored = store.persist(ready.persist)
-        assert stored == len(ready.persist), "storage must acknowledge every item before anything is sent"
-    for replica_id, message in ready.to_replicas:
-        send_to_replica(replica_id, message)
-    for client_id, reply in ready.to_clients:
-        send_to_client(client_id, reply)
 
 
 class ReadyBuilder:

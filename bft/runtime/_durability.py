@@ -1,16 +1,18 @@
 """Making a replica's output durable off the event loop, in order, before any of it is sent.
 
 SQLite with ``synchronous=FULL`` blocks on fsync; done on the event loop it
-would stall every connection of the replica.  The core's task therefore hands
-what it produced to a bounded queue and goes on; one ``Persister`` task takes
-what has piled up, makes it durable in a worker thread through ``apply_ready``
-(one transaction, one fsync, for the whole batch: group commit), and only then
-releases the messages to be sent.  Batches are handled one at a time in the
-order the core produced them, so everything sent was persisted first, and so
-was everything the core produced before it.  The persister never enters the
-core.  It also does the store work a ``Ready`` asks of its driver: forgetting
-dead votes and reading log entries a peer asked for (``Ready.log_reads``), after
-the batch's own writes, so a read sees everything the core produced before it.
+would stall every connection of the replica.  A round of the core therefore
+hands what it produced to a bounded queue and goes on; the ``Persister`` gives
+what has piled up to its store thread, which makes it durable through
+``bft.core.persist_then_send`` (one transaction, one fsync, for the whole batch:
+group commit), and the event loop releases the messages to be sent once it
+returns.  Batches are handled one at a time in the order the core produced them,
+so everything sent was persisted first, and so was everything the core produced
+before it.  The persister never enters the core.  It also does the store work a
+``Ready`` asks of its driver: forgetting dead votes and reading log entries a
+peer asked for (``Ready.log_reads``), after the batch's own writes, so a read
+sees everything the core produced before it.  A store in memory
+(``waits_for_disk`` False) is written in line, with no thread.
 
 The queue is bounded in items, and a round of the core never blocks in the
 middle of its work: its producer (a connection's reader, the ticker, a policy's
@@ -32,7 +34,7 @@ from typing import Any, Callable
 import outcome
 import trio
 
-from ..core import LogEntry, Message, Ready, Reply, apply_ready
+from ..core import LogEntry, Message, Ready, Reply, persist_then_send
 from ..storage import Store
 
 
@@ -172,28 +174,52 @@ class Persister:
         readies = [ready for durable in batch for ready in durable.readies]
         merged = Ready(persist=tuple(item for ready in readies for item in ready.persist),
                        to_replicas=tuple(entry for ready in readies for entry in ready.to_replicas),
-                       to_clients=tuple(entry for ready in readies for entry in ready.to_clients))
-        to_replicas: list[tuple[int, Message]] = []
-        to_clients: list[tuple[str, Reply]] = []
-        # apply_ready persists, then "sends"; here sending only collects, and the collected messages
-        # go out on the event loop after this returns, so the contract's order holds end to end.
-        apply_ready(merged, self._store, lambda replica_id, message: to_replicas.append((replica_id, message)),
-                    lambda client_id, reply: to_clients.append((client_id, reply)))
-        assert len(to_replicas) == len(merged.to_replicas) and len(to_clients) == len(merged.to_clients)
-        pruned = 0
-        log_reads = []
+                       to_clients=tuple(entry for ready in readies for entry in ready.to_clients),
+                       finalized=tuple(entry for ready in readies for entry in ready.finalized),
+                       dead_votes=tuple(digest for ready in readies for digest in ready.dead_votes))
+        # Steps 1 to 4 of the driving contract; "sending" only collects here, and the collected messages go
+        # out on the event loop after this returns, so the contract's order holds end to end.
+        output = _BatchOutput(self._store)
+        persist_then_send(merged, output)
+        assert len(output.to_replicas) == len(merged.to_replicas) and len(output.to_clients) == len(merged.to_clients)
+        pruned = output.votes_pruned
         for durable in batch:
             if durable.prune_signed_below_seq is not None:
                 pruned += self._store.prune_signed_below(durable.prune_signed_below_seq)
             if durable.prune_views_below is not None:
                 pruned += self._store.prune_views_below(durable.prune_views_below)
-        for ready in readies:
-            if ready.dead_votes:
-                pruned += self._store.prune_votes(ready.dead_votes)
-            for read in ready.log_reads:
-                log_reads.append((read, self._store.read_log(read.first_position, read.last_position)))
-        finalized = tuple(entry for ready in readies for entry in ready.finalized)
-        return Released(tuple(to_replicas), tuple(to_clients), finalized, tuple(log_reads)), pruned
+        # Step 6's store read, after the batch's own writes; the core signs the answers on its own task.
+        log_reads = tuple((read, self._store.read_log(read.first_position, read.last_position))
+                          for ready in readies for read in ready.log_reads)
+        released = Released(tuple(output.to_replicas), tuple(output.to_clients), output.finalized_entries, log_reads)
+        return released, pruned
+
+
+class _BatchOutput:
+    """``ReadyOutput`` in the persister's thread: the store is written, sends and finals are collected."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.to_replicas: list[tuple[int, Message]] = []
+        self.to_clients: list[tuple[str, Reply]] = []
+        self.finalized_entries: tuple[LogEntry, ...] = ()
+        self.votes_pruned = 0
+
+    def persist(self, items: tuple[Message | LogEntry, ...]) -> int:
+        return self.store.persist(items)
+
+    def send_to_replica(self, replica_id: int, message: Message) -> None:
+        self.to_replicas.append((replica_id, message))
+
+    def send_to_client(self, client_id: str, reply: Reply) -> None:
+        self.to_clients.append((client_id, reply))
+
+    def finalized(self, entries: tuple[LogEntry, ...]) -> None:
+        self.finalized_entries = entries
+
+    def forget_votes(self, request_digests: tuple[bytes, ...]) -> None:
+        if request_digests:
+            self.votes_pruned += self.store.prune_votes(request_digests)
 
 
 class StoreThread:

@@ -5,15 +5,16 @@ once: a connection's reader feeds it the messages of one socket read, the ticker
 task ticks it every ``tick_ms`` (``idle_tick_ms`` while it is quiescent), and a
 policy's decision is fed to it as it arrives.  No queue or task switch stands
 between a socket read and the core.  A round hands everything it produced to the
-``Persister`` as one item, which makes it durable through ``apply_ready`` in a
-worker thread and only then sends it; every producer waits for room in the
-persister's bounded queue before it starts a round (a reader before it reads,
-so TCP pushes back on the sender when the disk falls behind).  A send writes straight to the socket when the peer's writer is idle (one
-write per peer per batch) and otherwise waits in the bounded link queue, so
-nothing waits on the network, and fsync never blocks the event loop.  Policies
-run in worker threads under a deadline, and a policy that overruns votes DENY
-("policy deadline exceeded"); a policy that declares itself pure computation
-is evaluated on the main task instead (``bft.policy.runs_inline``).
+``Persister`` as one item, which makes it durable (``bft.core.persist_then_send``)
+in a worker thread and only then sends it; every producer waits for room in the
+persister's bounded queue before it starts a round (a reader before it reads, so
+TCP pushes back on the sender when the disk falls behind).  A send writes
+straight to the socket when the peer's writer is idle (one write per peer per
+batch) and otherwise waits in the bounded link queue, so nothing waits on the
+network, and fsync never blocks the event loop.  Policies run in worker threads
+under a deadline, and a policy that overruns votes DENY ("policy deadline
+exceeded"); a policy that declares itself pure computation is evaluated in the
+round instead (``bft.policy.runs_inline``).
 
 CP mode: a node whose links reach fewer than a quorum, for longer than
 ``quorum_loss_grace_ms``, answers new requests with a signed ``Refusal`` instead
@@ -35,7 +36,7 @@ from typing import Any, Mapping
 import trio
 
 from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, Ready, Refusal, RemoteProtocolError,
-                    Replica, Reply, Request, Signer, decode, encode, request_digest)
+                    Replica, Reply, Request, Signer, decode, encode, react, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
 from . import _handshake
@@ -48,6 +49,7 @@ from ._logging import log_accountability_events
 from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
 from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
+from ._reactions import NodeReactions
 from ._transport import (CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, source_address,
                          write_queued)
 
@@ -110,6 +112,7 @@ class ReplicaNode:
         self._log_read_answers: deque[tuple] = deque()
         # What the core produced in the current round, and decisions of policies evaluated inline.
         self._round_readies: list[Ready] = []
+        self._reactions = NodeReactions(self)
         self._last_tick_s = float("-inf")  # When the core last ticked, on trio's clock.
         self._ticker_sleep: trio.CancelScope | None = None  # The ticker's wait for the next tick, if it waits.
         self._peers_connected_seen = 0
@@ -327,20 +330,11 @@ class ReplicaNode:
             logger.info("replica %d reaches a quorum and accepts requests", self.replica_id, extra=fields)
 
     def _apply(self, ready: Ready) -> None:
-        """Add ``ready`` to the round's output (made durable, then sent, when the round ends), then act
-        on what needs no disk."""
+        """Add ``ready`` to the round's output (the persister persists it, then sends it, when the round
+        ends), then act on what needs no disk (``bft.core.react``)."""
         if not ready.is_empty():
             self._round_readies.append(ready)
-        for rejection in ready.rejected:
-            self.counters[f"rejected:{rejection.reason}"] += 1
-            self.metrics.rejected(rejection.reason)
-            logger.debug("replica %d rejected input from %s: %s %s", self.replica_id, rejection.sender,
-                         rejection.reason, rejection.detail,
-                         extra={"replica_id": self.replica_id, "peer": rejection.sender, "reason": rejection.reason})
-            if rejection.evidence is not None:  # Proof of a Byzantine sender: the core submits it as evidence.
-                self._apply(self.replica.report_equivocation(rejection.evidence))
-        for request in ready.evaluate:
-            self._start_evaluation(request)
+        react(ready, self.replica, self._reactions)
 
     def _prune_marks(self) -> tuple[int | None, int | None]:
         """Keep the store bounded like the core: what a stable checkpoint or an installed view made

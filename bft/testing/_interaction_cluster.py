@@ -3,8 +3,8 @@
 Nothing happens on its own.  A message sent is queued until a script command
 delivers or drops it; a replica's clock moves only on ``tick``; a policy answers
 at once (``allow``/``deny``) or waits for ``decide`` (``manual``).  Every input's
-``Ready`` goes through ``apply_ready`` (persist, then send) and is written out
-as lines, so the output of a command is everything the replicas did.
+``Ready`` goes through ``bft.core.apply_ready`` (persist, then send, ...)
+and is written out as lines, so the output of a command is everything the replicas did.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..core import (ClientCore, ClusterConfig, Decision, Limits, Message, Ready, Replica, Reply, Request, Risk, Signer,
-                    apply_ready, decode, encode, request_digest)
+from ..core import (ClientCore, ClusterConfig, Decision, Limits, LogEntry, LogRead, Message, Ready, Rejection, Replica,
+                    Reply, Request, Risk, Signer, apply_ready, decode, encode, request_digest)
 from ..policy import PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore
 from ._interaction_text import TYPE_NAMES, RequestNames, final_line, quoted
@@ -112,49 +112,18 @@ class InteractionCluster:
                                           ready.rejected, ready.log_reads, ready.dead_votes))
 
     def _apply(self, replica_id: int, ready: Ready, lines: list[str], indent: str) -> None:
-        me = f"r{replica_id}"
-        store = self.stores[replica_id]
-        sent: dict[str, list[Endpoint]] = {}
+        io = _ScriptIO(self, replica_id, lines, indent)
+        apply_ready(ready, self.replicas[replica_id], io)
+        io.write_sent()
 
-        def send(destination: Endpoint, message: Message) -> None:
-            for wire in self._intercept(replica_id, destination, message):
-                self.queue.append(InFlight(replica_id, destination, encode(wire)))
-                sent.setdefault(self.names.describe(wire), []).append(destination)
-
-        for item in ready.persist:
-            author = getattr(item, "replica_id", replica_id)  # Others' messages kept as proofs name their author.
-            origin = "" if author == replica_id else f" (from r{author})"
-            lines.append(f"{indent}{me} persist {self.names.describe(item)}{origin}")
-        apply_ready(ready, store, send, send)
-        for description, destinations in sent.items():
-            lines.append(f"{indent}{me}->{names_of(destinations)} {description}")
-        for entry in ready.finalized:
-            lines.append(f"{indent}{me} {final_line(entry)}")
-        if ready.dead_votes:
-            lines.append(f"{indent}{me} dead votes: {' '.join(self.names.of(d) for d in ready.dead_votes)}")
-        self._after_apply(replica_id, ready, lines, indent)
-
-    def _after_apply(self, replica_id: int, ready: Ready, lines: list[str], indent: str) -> None:
-        """The driver's side of the contract: log reads, evidence and evaluations, each fed back in."""
-        me, replica = f"r{replica_id}", self.replicas[replica_id]
-        for rejection in ready.rejected:
-            lines.append(f"{indent}{me} rejected {rejection.sender}: {rejection.reason}: {rejection.detail}")
-            if rejection.evidence is not None:
-                lines.append(f"{indent}{me} reports evidence against r{rejection.evidence.accused}")
-                self.feed(replica_id, replica.report_equivocation(rejection.evidence), lines, indent)
-        for read in ready.log_reads:
-            entries = self.stores[replica_id].read_log(read.first_position, read.last_position)
-            lines.append(f"{indent}{me} reads log {read.first_position}..{read.last_position} "
-                         f"for r{read.replica_id}: {len(entries)} entries")
-            if entries:
-                self.feed(replica_id, replica.answer_log_read(read, entries), lines, indent)
-        for request in ready.evaluate:
-            name = self.names.learn(request)
-            if self.policies[replica_id] == "manual":
-                lines.append(f"{indent}{me} evaluate {name}: awaiting decide")
-                self.awaiting_decision[replica_id].append(request)
-                continue
-            self.decide(replica_id, request, self.policies[replica_id], None, lines, indent)
+    def evaluate(self, replica_id: int, request: Request, lines: list[str], indent: str) -> None:
+        """The script's policy: answer at once, or wait for ``decide`` when the replica's policy is manual."""
+        name = self.names.learn(request)
+        if self.policies[replica_id] == "manual":
+            lines.append(f"{indent}r{replica_id} evaluate {name}: awaiting decide")
+            self.awaiting_decision[replica_id].append(request)
+            return
+        self.decide(replica_id, request, self.policies[replica_id], None, lines, indent)
 
     def decide(self, replica_id: int, request: Request, answer: str, reason: str | None,
                lines: list[str], indent: str) -> None:
@@ -292,3 +261,72 @@ class InteractionCluster:
                 f"high={replica.high_water} executed={replica.last_executed} next-seq={replica.next_seq} "
                 f"log={replica.execution.log_length} pending={len(replica.pending)} "
                 f"awaiting-decide={len(self.awaiting_decision[replica_id])} quarantined={quarantined}")
+
+
+class _ScriptIO:
+    """The script's side of the driving contract for one Ready of one replica: each step becomes lines.
+
+    Sends are grouped by message (one line names every destination) and written before the next step's
+    lines.  Dead votes are only written out: the scripts never prune a store (see ``InteractionCluster``).
+    """
+
+    def __init__(self, cluster: InteractionCluster, replica_id: int, lines: list[str], indent: str) -> None:
+        self.cluster, self.replica_id, self.lines, self.indent = cluster, replica_id, lines, indent
+        self.me = f"r{replica_id}"
+        self.sent: dict[str, list[Endpoint]] = {}
+
+    def write_sent(self) -> None:
+        for description, destinations in self.sent.items():
+            self.lines.append(f"{self.indent}{self.me}->{names_of(destinations)} {description}")
+        self.sent.clear()
+
+    def persist(self, items: tuple[Message | LogEntry, ...]) -> int:
+        for item in items:
+            author = getattr(item, "replica_id", self.replica_id)  # Others' messages kept as proofs name their author.
+            origin = "" if author == self.replica_id else f" (from r{author})"
+            self.lines.append(f"{self.indent}{self.me} persist {self.cluster.names.describe(item)}{origin}")
+        return self.cluster.stores[self.replica_id].persist(items)
+
+    def send_to_replica(self, replica_id: int, message: Message) -> None:
+        self._send(replica_id, message)
+
+    def send_to_client(self, client_id: str, reply: Reply) -> None:
+        self._send(client_id, reply)
+
+    def _send(self, destination: Endpoint, message: Message) -> None:
+        cluster = self.cluster
+        for wire in cluster._intercept(self.replica_id, destination, message):
+            cluster.queue.append(InFlight(self.replica_id, destination, encode(wire)))
+            self.sent.setdefault(cluster.names.describe(wire), []).append(destination)
+
+    def finalized(self, entries: tuple[LogEntry, ...]) -> None:
+        self.write_sent()
+        self.lines.extend(f"{self.indent}{self.me} {final_line(entry)}" for entry in entries)
+
+    def forget_votes(self, request_digests: tuple[bytes, ...]) -> None:
+        if not request_digests:
+            return
+        self.write_sent()
+        names = " ".join(self.cluster.names.of(digest) for digest in request_digests)
+        self.lines.append(f"{self.indent}{self.me} dead votes: {names}")
+
+    def rejected(self, rejection: Rejection) -> None:
+        self.write_sent()
+        self.lines.append(f"{self.indent}{self.me} rejected {rejection.sender}: {rejection.reason}: {rejection.detail}")
+        if rejection.evidence is not None:
+            self.lines.append(f"{self.indent}{self.me} reports evidence against r{rejection.evidence.accused}")
+
+    def read_log(self, read: LogRead) -> tuple[LogEntry, ...]:
+        self.write_sent()
+        entries = self.cluster.stores[self.replica_id].read_log(read.first_position, read.last_position)
+        self.lines.append(f"{self.indent}{self.me} reads log {read.first_position}..{read.last_position} "
+                          f"for r{read.replica_id}: {len(entries)} entries")
+        return entries
+
+    def evaluate(self, request: Request) -> None:
+        self.write_sent()
+        self.cluster.evaluate(self.replica_id, request, self.lines, self.indent)
+
+    def feed(self, ready: Ready) -> None:
+        self.write_sent()
+        self.cluster.feed(self.replica_id, ready, self.lines, self.indent)

@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
-from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, Message, Ready, RemoteProtocolError,
-                    Replica, Reply, Request, Risk, Signer, VerdictCertificate, apply_ready, decode, encode,
-                    request_digest)
+from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, LogEntry, LogRead, Message, Ready,
+                    Rejection, RemoteProtocolError, Replica, Reply, Request, Risk, Signer, VerdictCertificate,
+                    apply_ready, decode, encode, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore, Store, StorePruner
 
@@ -272,24 +272,8 @@ class SimCluster:
                 self.crash(replica_id)
                 return
             self.crash_after_persist[replica_id] -= 1
-        send = (lambda destination, message: self._send(endpoint, destination, message)) if is_twin else \
-            (lambda destination, message: self._send_from_replica(replica_id, destination, message))
-        apply_ready(ready, store, send, send)
-        if self.record_history:
-            (self.twin_finalized[replica_id] if is_twin else self.finalized[replica_id]).extend(ready.finalized)
         replica = self.twins[replica_id] if is_twin else self.replicas[replica_id]
-        if not is_twin and self.pruners[replica_id] is not None:
-            self.pruners[replica_id].after_ready(store, replica, ready)
-        for read in ready.log_reads:  # A peer asked for log entries only the store holds.
-            entries = store.read_log(read.first_position, read.last_position)
-            if entries:
-                self._handle_ready(endpoint, replica.answer_log_read(read, entries))
-        for request in ready.evaluate:
-            self._evaluate(endpoint, request)
-        for rejection in ready.rejected:
-            if rejection.evidence is not None:  # A driver hands equivocation proofs back to its replica.
-                replica = self.twins[replica_id] if is_twin else self.replicas[replica_id]
-                self._handle_ready(endpoint, replica.report_equivocation(rejection.evidence))
+        apply_ready(ready, replica, _SimIO(self, endpoint, store))
 
     def _send_from_replica(self, replica_id: int, destination: Endpoint, message: Message) -> None:
         interceptor = self.interceptors.get(replica_id)
@@ -308,3 +292,51 @@ class SimCluster:
         digest = request_digest(self.config.cluster_id, request)
         self._handle_ready(endpoint, replica.record_decision(digest, decision.decision, decision.reason))
 
+
+
+class _SimIO:
+    """The simulator's side of the driving contract for one replica (or twin): its store and the network."""
+
+    def __init__(self, cluster: SimCluster, endpoint: Endpoint, store: Store) -> None:
+        self.cluster, self.endpoint, self.store = cluster, endpoint, store
+        self.is_twin = isinstance(endpoint, tuple)
+        self.replica_id = endpoint[1] if self.is_twin else endpoint
+
+    def persist(self, items: tuple[Message | LogEntry, ...]) -> int:
+        return self.store.persist(items)
+
+    def send_to_replica(self, replica_id: int, message: Message) -> None:
+        self._send(replica_id, message)
+
+    def send_to_client(self, client_id: str, reply: Reply) -> None:
+        self._send(client_id, reply)
+
+    def _send(self, destination: Endpoint, message: Message) -> None:
+        if self.is_twin:
+            self.cluster._send(self.endpoint, destination, message)
+        else:
+            self.cluster._send_from_replica(self.replica_id, destination, message)
+
+    def finalized(self, entries: tuple[LogEntry, ...]) -> None:
+        cluster = self.cluster
+        if cluster.record_history:
+            (cluster.twin_finalized if self.is_twin else cluster.finalized)[self.replica_id].extend(entries)
+
+    def forget_votes(self, request_digests: tuple[bytes, ...]) -> None:
+        """With ``prune_stores``, the ``StorePruner`` batches these with what the water marks made obsolete."""
+        pruner = None if self.is_twin else self.cluster.pruners[self.replica_id]
+        if pruner is not None:
+            replica = self.cluster.replicas[self.replica_id]
+            pruner.after_ready(self.store, replica, Ready(dead_votes=request_digests))
+
+    def rejected(self, rejection: Rejection) -> None:
+        """The simulator counts nothing per rejection; the checkers judge outcomes, not inputs."""
+
+    def read_log(self, read: LogRead) -> tuple[LogEntry, ...]:
+        return self.store.read_log(read.first_position, read.last_position)
+
+    def evaluate(self, request: Request) -> None:
+        self.cluster._evaluate(self.endpoint, request)
+
+    def feed(self, ready: Ready) -> None:
+        self.cluster._handle_ready(self.endpoint, ready)
