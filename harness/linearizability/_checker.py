@@ -4,20 +4,26 @@ A failure is explained by a sub-history of the failing partition:
 
 1. Truncated: the search never tried an operation invoked after the latest
    return it reached, so dropping those operations fails the same way.
-2. Shrunk: runs of operations, halving in length down to single ones, are
-   dropped (latest first) while the rest still cannot be linearized.  When
-   every single-operation test finishes within the limits the result is
-   1-minimal: without any one of its operations the sub-history *is*
-   linearizable.
+2. Relaxed: an operation is *relaxed* by forgetting its result and its return
+   (it becomes indeterminate: it may take effect at any point after its call,
+   or never).  Relaxing only ever allows more orders, so a relaxed history that
+   still fails shows a real conflict.  Runs of observed operations, halving in
+   length down to single ones, are relaxed (latest first) while the search
+   still fails.  The observed operations left are the conflict: when a whole
+   pass of single relaxations finishes within the limits and changes nothing,
+   it is 1-minimal, so relaxing any one of them makes the history linearizable.
 
-The search over that sub-history reports its longest linearizable prefix and
-the operation the model rejects after it.  Since the sub-history without that
-operation is linearizable (1-minimality) and with it is not, the operation
-really cannot be placed in any order of the others.
+(Dropping operations instead would invent conflicts: a read without the write
+it saw fails on its own.)  The search over the relaxed sub-history reports its
+longest linearizable prefix and the operation the model rejects after it,
+always one of the observed ones.  Since relaxing that operation makes the
+history linearizable (1-minimality) and keeping it does not, its observed
+result really cannot be placed in any order of the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections import defaultdict
@@ -25,10 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Sequence
 
 from ._models import Model
-from ._ops import Event, HistoryInputError, Op, pair_events
+from ._ops import Event, HistoryInputError, Op, Status, pair_events
 from ._search import Budget, LimitReached, SearchOutcome, search
 
-SHRINK_SECONDS_MAX = 10.0  # Time spent shrinking a failure when the caller set no deadline.
+SHRINK_SECONDS_MAX = 5.0  # Time spent shrinking a failure when the caller set no deadline.
+# One shrinking search may explore this many times the states of the search that found the failure (and
+# at least SHRINK_STATES_MIN): relaxed operations widen the search, and a shrink step past it is skipped.
+SHRINK_STATES_FACTOR, SHRINK_STATES_MIN = 20, 20_000
 
 
 class Outcome(enum.Enum):
@@ -42,28 +51,37 @@ class Failure:
     """Why a partition is not linearizable: a failing sub-history, its longest prefix, the op that cannot go."""
 
     partition: Hashable
-    sub_history: tuple[Op, ...]
-    minimal: bool  # Every single-operation removal was tested within the limits, so it is 1-minimal.
+    operations: tuple[Op, ...]  # The whole failing partition.
+    sub_history: tuple[Op, ...]  # Its operations the search ever reached; all but ``observed`` relaxed.
+    observed: tuple[Op, ...]  # The results that cannot all hold, with the others free to happen or not.
+    minimal: bool  # Relaxing any one of ``observed`` was tested within the limits, and makes it linearizable.
     longest_prefix: tuple[Op, ...]
     state_after_prefix: Hashable
     unplaceable: Op
 
     def describe(self) -> list[str]:
         where = f" on key {self.partition!r}" if self.partition is not None else ""
+        conflict = f"{'minimal ' if self.minimal else ''}conflict"
+        relaxed = len(self.sub_history) - len(self.observed)
         lines = [f"not linearizable{where}: {self.unplaceable.describe()} cannot be placed",
-                 f"  the model state after the longest linearizable prefix is {self.state_after_prefix!r}, "
-                 f"where that operation's result is impossible, and no other order of the "
-                 f"{'minimal ' if self.minimal else ''}failing sub-history below does better",
-                 f"  longest linearizable prefix ({len(self.longest_prefix)} operations):"]
-        lines += [f"    {op.describe()}" for op in self.longest_prefix]
-        lines.append(f"  {'minimal ' if self.minimal else ''}failing sub-history ({len(self.sub_history)} operations):")
-        lines += [f"    {op.describe()}" for op in self.sub_history]
+                 f"  after the longest linearizable prefix the model state is {self.state_after_prefix!r}, where "
+                 f"its result is impossible, and no other order does better",
+                 f"  {conflict}: these {len(self.observed)} results cannot all hold, even with the other {relaxed} "
+                 f"operations invoked so far free to take effect at any point after their call, or never:"]
+        lines += [f"    {op.describe()}" for op in self.observed]
+        lines.append(f"  longest linearizable prefix ({len(self.longest_prefix)} operations; "
+                     f"'set aside' marks a relaxed result):")
+        lines += [f"    {self.mark(op)}" for op in self.longest_prefix]
         return lines
+
+    def mark(self, op: Op) -> str:
+        return op.describe() + ("" if op in self.observed else " (set aside)")
 
     def to_json(self) -> dict[str, Any]:
         return {"partition": repr(self.partition), "unplaceable": self.unplaceable.describe(),
                 "state_after_prefix": repr(self.state_after_prefix), "minimal": self.minimal,
-                "longest_prefix": [op.describe() for op in self.longest_prefix],
+                "observed": [op.describe() for op in self.observed],
+                "longest_prefix": [self.mark(op) for op in self.longest_prefix],
                 "sub_history": [op.describe() for op in self.sub_history]}
 
 
@@ -92,13 +110,15 @@ class Result:
 
 
 def check(history: Sequence[Op] | Sequence[Event], model: Model, *, timeout_s: float | None = None,
-          max_states: int | None = None) -> Result:
+          max_states: int | None = None, explain: bool = True) -> Result:
     """Is ``history`` linearizable with respect to ``model``?
 
     ``history`` is a list of ``Op`` (from a reader or ``pair_events``) or of
     ``Event`` in real-time order.  ``max_states`` bounds the (linearized set,
     state) pairs explored in any one partition; ``timeout_s`` the whole check.
-    Either limit ends the answer as unknown, never as ok.
+    Either limit ends the answer as unknown, never as ok.  ``explain=False``
+    skips shrinking a failure: the failure then holds the whole partition as
+    observed, with the search's own longest prefix.
     """
     assert timeout_s is None or timeout_s > 0
     ops = as_ops(history)
@@ -118,7 +138,9 @@ def check(history: Sequence[Op] | Sequence[Event], model: Model, *, timeout_s: f
             continue
         states += outcome.states
         if not outcome.linearizable:
-            failure = explain(key, part, outcome, model, budget)
+            failure = explain_failure(key, part, outcome, model, budget) if explain else \
+                Failure(key, tuple(part), tuple(part), tuple(op for op in part if op.status is Status.OK), False,
+                        outcome.order, outcome.state_after, outcome.unplaceable)
             return Result(Outcome.ILLEGAL, states, len(groups), failure, partial, tuple(reasons))
     checked_all = len(reasons) == 0
     return Result(Outcome.OK if checked_all else Outcome.UNKNOWN, states, len(groups), None, partial,
@@ -161,44 +183,62 @@ def transitions(ops: Sequence[Op], model: Model) -> list:
     return [lambda state, op=op: tuple(step(state, op)) for op in ops]
 
 
-def explain(key: Hashable, ops: Sequence[Op], failed: SearchOutcome, model: Model, budget: Budget) -> Failure:
-    """Truncate, then shrink while the rest still fails (see the module doc)."""
+def explain_failure(key: Hashable, ops: Sequence[Op], failed: SearchOutcome, model: Model, budget: Budget) -> Failure:
+    """Truncate, then relax observations while the rest still fails (see the module doc)."""
     kept = [op for op in ops if op.call < failed.furthest]
+    loose = {op.number: relaxed(op) for op in kept if op.status is Status.OK}
     compiled = dict(zip((op.number for op in kept), transitions(kept, model)))
+    compiled_loose = dict(zip(loose, transitions(list(loose.values()), model)))
     deadline = time.monotonic() + SHRINK_SECONDS_MAX
-    shrink_budget = Budget(budget.max_states, deadline if budget.deadline is None else min(deadline, budget.deadline))
-    chunk = max(1, len(kept) // 2)
-    while True:
-        size = len(kept)
-        kept, failed, finished = _drop_chunks(kept, failed, chunk, model, compiled, shrink_budget)
-        if chunk == 1 and (len(kept) == size or not finished):
-            break  # A pass of single removals changed nothing: each one was tested against the final set.
-        chunk = max(1, chunk // 2)
-    minimal = finished
-    assert failed.unplaceable is not None and failed.unplaceable in kept
-    return Failure(key, tuple(kept), minimal, failed.order, failed.state_after, failed.unplaceable)
+    states_max = max(SHRINK_STATES_MIN, SHRINK_STATES_FACTOR * failed.states)
+    shrink_budget = Budget(min(states_max, budget.max_states or states_max),
+                           deadline if budget.deadline is None else min(deadline, budget.deadline))
+
+    def attempt(observed: list[Op]) -> SearchOutcome | None:
+        """The search over ``kept`` with only ``observed`` keeping their results; None past a limit."""
+        chosen = {op.number for op in observed}
+        history = [op if op.number in chosen or op.number not in loose else loose[op.number] for op in kept]
+        steps = [compiled[op.number] if op.number in chosen or op.number not in loose else compiled_loose[op.number]
+                 for op in kept]
+        try:
+            return search(history, model.initial(), steps, shrink_budget)
+        except LimitReached:
+            return None
+
+    observed = [op for op in kept if op.status is Status.OK]
+    observed, failed, minimal = _shrink(observed, failed, attempt, shrink_budget)
+    original = {op.number: op for op in kept}
+    unplaceable = original[failed.unplaceable.number]
+    assert unplaceable in observed, "the search stops only at the return of an operation that has one"
+    prefix = tuple(original[op.number] for op in failed.order)
+    return Failure(key, tuple(ops), tuple(kept), tuple(observed), minimal, prefix, failed.state_after, unplaceable)
 
 
-def _drop_chunks(kept: list[Op], failed: SearchOutcome, chunk: int, model: Model, compiled: dict,
-                 budget: Budget) -> tuple[list[Op], SearchOutcome, bool]:
-    """Drop each run of ``chunk`` operations, latest first, whose absence still fails; finished if no limit hit.
+def relaxed(op: Op) -> Op:
+    """``op`` with its result forgotten: it may take effect at any point after its call, or never."""
+    return dataclasses.replace(op, status=Status.INFO, output=None, ret=None)
+
+
+def _shrink(observed: list[Op], failed: SearchOutcome, attempt, budget: Budget) -> tuple[list[Op], SearchOutcome, bool]:
+    """Relax runs of observations, halving down to single ones, latest first, while the search still fails.
 
     Big runs first (as in delta debugging) because a failure's core is usually
-    a handful of operations, so most of a long history goes in a few searches.
+    a handful of observations, so most of a long history goes in a few searches.
+    Relaxing only ever allows more orders, so every pass is sound; the result is
+    1-minimal once a whole pass of single relaxations finishes and changes nothing.
     """
-    finished = True
-    end = len(kept)
-    while end > 0:
-        start = max(0, end - chunk)
-        candidate = kept[:start] + kept[end:]
-        end = start
-        try:
-            outcome = search(candidate, model.initial(), [compiled[op.number] for op in candidate], budget)
-        except LimitReached:
-            finished = False
-            if budget.over_time():
-                break
-            continue
-        if not outcome.linearizable:
-            kept, failed = candidate, outcome
-    return kept, failed, finished
+    chunk = max(1, len(observed) // 2)
+    while True:
+        size, finished, end = len(observed), True, len(observed)
+        while end > 0 and not budget.over_time():
+            start = max(0, end - chunk)
+            candidate = observed[:start] + observed[end:]
+            end = start
+            outcome = attempt(candidate)
+            finished = finished and outcome is not None
+            if outcome is not None and not outcome.linearizable:
+                observed, failed = candidate, outcome
+        finished = finished and end == 0
+        if chunk == 1 and (len(observed) == size or not finished):
+            return observed, failed, finished
+        chunk = max(1, chunk // 2)
