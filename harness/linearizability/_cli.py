@@ -38,7 +38,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def main(arguments: argparse.Namespace, out: TextIO, errors: TextIO = sys.stderr) -> int:
+def main(arguments: argparse.Namespace, out: TextIO, errors: TextIO | None = None) -> int:
+    errors = errors if errors is not None else sys.stderr
     if arguments.max_states < 1 or arguments.timeout <= 0:
         print("check: --max-states and --timeout must be positive", file=errors)
         return EXIT_BAD_INPUT

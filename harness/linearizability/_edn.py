@@ -5,7 +5,7 @@ allowed), strings, characters, keywords, symbols, vectors, lists, maps, sets,
 comments, ``#_`` discards and tagged values (``#inst "..."``, Jepsen's
 ``#jepsen.history.Op{...}``; the tag is dropped, the value kept).  Keywords
 become ``Keyword``; vectors and lists Python lists; maps dicts; sets
-frozensets.  Anything else raises ``HistoryInputError`` with the line.
+frozensets; a list remembers its items' lines.  Anything else raises ``HistoryInputError`` with the line.
 
 Why not a registry library: the one well-known package parses with a
 generated grammar that reports no line numbers, and the command line must name
@@ -35,6 +35,12 @@ _FLOAT = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?M?")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "b": "\b", "f": "\f"}
 _CHARACTERS = {"newline": "\n", "space": " ", "tab": "\t", "return": "\r"}
 _CLOSERS = {"[": "]", "(": ")", "{": "}", "#{": "}"}
+
+
+class LinedList(list):
+    """A vector or list that remembers the line each of its items starts on (for error messages)."""
+
+    lines: list[int]
 
 
 def read_all(text: str) -> Iterator[tuple[int, Any]]:
@@ -90,7 +96,7 @@ def _next(tokens: Iterator[tuple[int, str, str]], line: int, wanted: str) -> tup
 
 
 def _collection(line: int, opener: str, tokens: Iterator[tuple[int, str, str]], depth: int) -> Any:
-    items = []
+    items, lines = [], []
     while True:
         token = _next(tokens, line, f"{_CLOSERS[opener]!r} to close the {opener!r} of line {line}")
         if token[1] == "close":
@@ -101,11 +107,16 @@ def _collection(line: int, opener: str, tokens: Iterator[tuple[int, str, str]], 
             _value(_next(tokens, token[0], "a value after #_"), tokens, depth + 1)
             continue
         items.append(_value(token, tokens, depth + 1))
+        lines.append(token[0])
     if opener == "{":
         if len(items) % 2:
             raise HistoryInputError(line, "a map needs an even number of forms")
         return {freeze(items[i]): items[i + 1] for i in range(0, len(items), 2)}
-    return frozenset(freeze(item) for item in items) if opener == "#{" else items
+    if opener == "#{":
+        return frozenset(freeze(item) for item in items)
+    listed = LinedList(items)
+    listed.lines = lines
+    return listed
 
 
 def _string(line: int, body: str) -> str:

@@ -79,7 +79,7 @@ def edn_events(text: str) -> Iterable[Event]:
     forms = list(_edn.read_all(text))
     if len(forms) == 1 and isinstance(forms[0][1], list):
         line, items = forms[0]
-        forms = [(line, item) for item in items]
+        forms = list(zip(getattr(items, "lines", [line] * len(items)), items))
     for line, form in forms:
         if not isinstance(form, dict):
             raise HistoryInputError(line, f"an operation is a map, not {form!r}")

@@ -5,7 +5,7 @@ Each operation is a bar from its call to its return on a shared time axis
 the file); an indeterminate operation's bar runs dashed to the end.  For an
 illegal history the page shows the failing partition: the longest
 linearizable prefix in blue, numbered in its linearization order, the rest of
-the failing sub-history in orange, and the operation that cannot be placed in
+the conflicting observations in orange, and the operation that cannot be placed in
 red.  The page embeds everything (inline SVG, no scripts), in the style of the
 harness's run reports.
 """
@@ -21,7 +21,7 @@ from ._ops import Op
 
 BARS_MAX = 3000  # Beyond this a picture explains nothing; the page says how many were left out.
 WIDTH_PX, ROW_PX, LEFT_PX = 1100, 22, 120
-COLORS = {"prefix": "#4c78a8", "sub_history": "#f58518", "unplaceable": "#d62728", "other": "#bbbbbb"}
+COLORS = {"prefix": "#4c78a8", "conflict": "#f58518", "unplaceable": "#d62728", "other": "#bbbbbb"}
 
 
 def write_report(path: Path, ops: Sequence[Op], result: Result, title: str) -> Path:
@@ -62,7 +62,7 @@ def _summary(result: Result, count: int, left_out: int) -> str:
 
 
 def _legend() -> str:
-    names = {"prefix": "longest linearizable prefix", "sub_history": "rest of the failing sub-history",
+    names = {"prefix": "longest linearizable prefix", "conflict": "rest of the conflict",
              "unplaceable": "cannot be placed", "other": "other operations"}
     return "".join(f'<span style="background:{COLORS[kind]}">{html.escape(name)}</span>'
                    for kind, name in names.items())
@@ -114,7 +114,7 @@ def _kind(op: Op, failure: Failure | None) -> str:
         return "unplaceable"
     if any(op.number == prefix_op.number for prefix_op in failure.longest_prefix):
         return "prefix"
-    return "sub_history" if any(op.number == kept.number for kept in failure.sub_history) else "other"
+    return "conflict" if any(op.number == kept.number for kept in failure.observed) else "other"
 
 
 def _short(op: Op) -> str:
@@ -124,15 +124,18 @@ def _short(op: Op) -> str:
 
 
 def _failure_tables(failure: Failure) -> str:
-    prefix = "".join(f"<tr><td>{position + 1}</td><td>{html.escape(op.describe())}</td></tr>"
+    prefix = "".join(f"<tr><td>{position + 1}</td><td>{html.escape(failure.mark(op))}</td></tr>"
                      for position, op in enumerate(failure.longest_prefix))
-    sub = "".join(f"<tr><td>{html.escape(op.describe())}</td></tr>" for op in failure.sub_history)
+    conflict = "".join(f"<tr><td>{html.escape(op.describe())}</td></tr>" for op in failure.observed)
     minimal = "minimal " if failure.minimal else ""
+    relaxed = len(failure.sub_history) - len(failure.observed)
     return f"""<h2>The operation that cannot be placed</h2>
-<p><b>{html.escape(failure.unplaceable.describe())}</b>: after the prefix below the model is in state
-<code>{html.escape(repr(failure.state_after_prefix))}</code>, where its result is impossible, and no other order
-of the {minimal}failing sub-history gets further.</p>
+<p><b>{html.escape(failure.unplaceable.describe())}</b>: after the longest linearizable prefix the model is in
+state <code>{html.escape(repr(failure.state_after_prefix))}</code>, where its result is impossible, and no other
+order gets further.</p>
+<h2>The {minimal}conflict: {len(failure.observed)} results that cannot all hold</h2>
+<p>Even with the other {relaxed} operations invoked so far set aside (each free to take effect at any point
+after its call, or never){'; setting aside any one of these makes the history linearizable' if minimal else ''}.</p>
+<table><tr><th>operation</th></tr>{conflict}</table>
 <h2>Longest linearizable prefix ({len(failure.longest_prefix)} operations)</h2>
-<table><tr><th>#</th><th>operation</th></tr>{prefix}</table>
-<h2>{(minimal + 'failing').capitalize()} sub-history ({len(failure.sub_history)} operations)</h2>
-<table><tr><th>operation</th></tr>{sub}</table>"""
+<table><tr><th>#</th><th>operation</th></tr>{prefix}</table>"""
