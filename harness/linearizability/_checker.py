@@ -34,6 +34,7 @@ from ._models import Model
 from ._ops import Event, HistoryInputError, Op, Status, pair_events
 from ._search import Budget, LimitReached, SearchOutcome, search
 
+FIRST_ROUND_STATES, ROUND_GROWTH = 10_000, 8  # Each partition's budget per round (see ``check``).
 SHRINK_SECONDS_MAX = 5.0  # Time spent shrinking a failure when the caller set no deadline.
 # One shrinking search may explore this many times the states of the search that found the failure (and
 # at least SHRINK_STATES_MIN): relaxed operations widen the search, and a shrink step past it is skipped.
@@ -116,6 +117,8 @@ def check(history: Sequence[Op] | Sequence[Event], model: Model, *, timeout_s: f
     ``history`` is a list of ``Op`` (from a reader or ``pair_events``) or of
     ``Event`` in real-time order.  ``max_states`` bounds the (linearized set,
     state) pairs explored in any one partition; ``timeout_s`` the whole check.
+    Partitions are searched in rounds of growing budgets, so an illegal one is
+    found without first exhausting a large legal one.
     Either limit ends the answer as unknown, never as ok.  ``explain=False``
     skips shrinking a failure: the failure then holds the whole partition as
     observed, with the search's own longest prefix.
@@ -123,28 +126,37 @@ def check(history: Sequence[Op] | Sequence[Event], model: Model, *, timeout_s: f
     assert timeout_s is None or timeout_s > 0
     ops = as_ops(history)
     validate(ops, model)
-    budget = Budget(max_states, None if timeout_s is None else time.monotonic() + timeout_s)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     groups = partition(ops, model)
-    states, partial, reasons = 0, {}, []
-    for key, part in groups.items():
-        try:
-            outcome = search(part, model.initial(), transitions(part, model), budget)
-        except LimitReached as limit:
-            states += limit.states
-            partial[key] = limit.prefix
-            reasons.append(f"partition {key!r}: {limit.reason}" if key is not None else limit.reason)
-            if budget.over_time():
-                break
-            continue
-        states += outcome.states
-        if not outcome.linearizable:
-            failure = explain_failure(key, part, outcome, model, budget) if explain else \
-                Failure(key, tuple(part), tuple(part), tuple(op for op in part if op.status is Status.OK), False,
-                        outcome.order, outcome.state_after, outcome.unplaceable)
-            return Result(Outcome.ILLEGAL, states, len(groups), failure, partial, tuple(reasons))
-    checked_all = len(reasons) == 0
-    return Result(Outcome.OK if checked_all else Outcome.UNKNOWN, states, len(groups), None, partial,
-                  tuple(reasons))
+    pending, states, partial, reasons = list(groups.items()), 0, {}, []
+    round_states = FIRST_ROUND_STATES
+    while pending:
+        # Escalating budgets: a failing partition is usually cheap to refute, and must not wait behind a
+        # valid one that needs millions of states (a partition that passes the bound is searched again).
+        final = len(pending) == 1 or (max_states is not None and round_states >= max_states)
+        budget = Budget(max_states if final else round_states, deadline)
+        still_open = []
+        for key, part in pending:
+            try:
+                outcome = search(part, model.initial(), transitions(part, model), budget)
+            except LimitReached as limit:
+                states += limit.states
+                if final or budget.over_time():
+                    partial[key] = limit.prefix
+                    reasons.append(f"partition {key!r}: {limit.reason}" if key is not None else limit.reason)
+                else:
+                    still_open.append((key, part))
+                if budget.over_time():
+                    return Result(Outcome.UNKNOWN, states, len(groups), None, partial, tuple(reasons))
+                continue
+            states += outcome.states
+            if not outcome.linearizable:
+                failure = explain_failure(key, part, outcome, model, budget) if explain else \
+                    Failure(key, tuple(part), tuple(part), tuple(op for op in part if op.status is Status.OK), False,
+                            outcome.order, outcome.state_after, outcome.unplaceable)
+                return Result(Outcome.ILLEGAL, states, len(groups), failure, partial, tuple(reasons))
+        pending, round_states = still_open, round_states * ROUND_GROWTH
+    return Result(Outcome.OK if not reasons else Outcome.UNKNOWN, states, len(groups), None, partial, tuple(reasons))
 
 
 def as_ops(history: Sequence[Op] | Sequence[Event]) -> list[Op]:
