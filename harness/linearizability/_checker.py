@@ -232,25 +232,27 @@ def relaxed(op: Op) -> Op:
 
 
 def _shrink(observed: list[Op], failed: SearchOutcome, attempt, budget: Budget) -> tuple[list[Op], SearchOutcome, bool]:
-    """Relax runs of observations, halving down to single ones, latest first, while the search still fails.
+    """Relax runs of observations, halving down to single ones, earliest first, while the search still fails.
 
     Big runs first (as in delta debugging) because a failure's core is usually
-    a handful of observations, so most of a long history goes in a few searches.
-    Relaxing only ever allows more orders, so every pass is sound; the result is
+    a handful of observations, so most of a long history goes in a few searches;
+    earliest first because the failure is found at the end of the truncated
+    history, so early observations are the likeliest to be irrelevant.  Relaxing
+    only ever allows more orders, so every step is sound; the result is
     1-minimal once a whole pass of single relaxations finishes and changes nothing.
     """
     chunk = max(1, len(observed) // 2)
     while True:
-        size, finished, end = len(observed), True, len(observed)
-        while end > 0 and not budget.over_time():
-            start = max(0, end - chunk)
-            candidate = observed[:start] + observed[end:]
-            end = start
+        size, finished, start = len(observed), True, 0
+        while start < len(observed) and not budget.over_time():
+            candidate = observed[:start] + observed[start + chunk:]
             outcome = attempt(candidate)
             finished = finished and outcome is not None
             if outcome is not None and not outcome.linearizable:
                 observed, failed = candidate, outcome
-        finished = finished and end == 0
+            else:
+                start += chunk
+        finished = finished and start >= len(observed)
         if chunk == 1 and (len(observed) == size or not finished):
             return observed, failed, finished
         chunk = max(1, chunk // 2)
