@@ -67,16 +67,16 @@ class Failure:
         lines = [f"not linearizable{where}: {self.unplaceable.describe()} cannot be placed",
                  f"  after the longest linearizable prefix the model state is {self.state_after_prefix!r}, where "
                  f"its result is impossible, and no other order does better",
-                 f"  {conflict}: these {len(self.observed)} results cannot all hold, even with the other {relaxed} "
-                 f"operations invoked so far free to take effect at any point after their call, or never:"]
+                 f"  {conflict}: these {len(self.observed)} results cannot all hold, even with every other operation "
+                 f"invoked so far ({relaxed}) free to take effect at any point after its call, or never:"]
         lines += [f"    {op.describe()}" for op in self.observed]
-        lines.append(f"  longest linearizable prefix ({len(self.longest_prefix)} operations; "
-                     f"'set aside' marks a relaxed result):")
+        lines.append(f"  longest linearizable prefix ({len(self.longest_prefix)} operations):")
         lines += [f"    {self.mark(op)}" for op in self.longest_prefix]
         return lines
 
     def mark(self, op: Op) -> str:
-        return op.describe() + ("" if op in self.observed else " (set aside)")
+        set_aside = op.status is Status.OK and op not in self.observed
+        return op.describe() + (" (result set aside)" if set_aside else "")
 
     def to_json(self) -> dict[str, Any]:
         return {"partition": repr(self.partition), "unplaceable": self.unplaceable.describe(),
