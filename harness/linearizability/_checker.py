@@ -165,6 +165,8 @@ def as_ops(history: Sequence[Op] | Sequence[Event]) -> list[Op]:
         return pair_events(items)
     if not all(isinstance(item, Op) for item in items):
         raise TypeError("a history is a list of Op or a list of Event, not a mixture")
+    if len({op.number for op in items}) != len(items):
+        raise ValueError("each operation of a history needs its own number")
     return items
 
 
@@ -197,7 +199,7 @@ def transitions(ops: Sequence[Op], model: Model) -> list:
 
 def explain_failure(key: Hashable, ops: Sequence[Op], failed: SearchOutcome, model: Model, budget: Budget) -> Failure:
     """Truncate, then relax observations while the rest still fails (see the module doc)."""
-    kept = [op for op in ops if op.call < failed.furthest]
+    kept = [op for op in ops if op.call <= failed.furthest]
     loose = {op.number: relaxed(op) for op in kept if op.status is Status.OK}
     compiled = dict(zip((op.number for op in kept), transitions(kept, model)))
     compiled_loose = dict(zip(loose, transitions(list(loose.values()), model)))

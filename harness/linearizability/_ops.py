@@ -71,7 +71,8 @@ class Op:
     """An invocation and what became of it; ``call``/``ret`` are positions in real-time order.
 
     ``ret`` is None for an indeterminate operation, and then ``output`` means
-    nothing.  ``number`` is the operation's index in the list given to ``check``.
+    nothing.  At equal positions calls come before returns (such operations
+    are concurrent).  ``number`` identifies the operation in reports.
     """
 
     number: int
@@ -90,8 +91,10 @@ class Op:
     payload: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        assert (self.ret is None) == (self.status is Status.INFO), self
-        assert self.ret is None or self.ret > self.call, self
+        if (self.ret is None) != (self.status is Status.INFO):
+            raise ValueError(f"an operation has no return exactly when it is indeterminate: {self}")
+        if self.ret is not None and self.ret < self.call:
+            raise ValueError(f"an operation returns before its call: {self}")
 
     def describe(self) -> str:
         key = f" key {self.key!r}" if self.key is not None else ""

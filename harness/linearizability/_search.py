@@ -70,26 +70,28 @@ class _Entries:
     def __init__(self, ops: Sequence[Op]) -> None:
         count = len(ops)
         self.head, self.tail = 2 * count, 2 * count + 1
-        rows = [(op.call, 2 * i) for i, op in enumerate(ops)]
-        rows += [(op.ret, 2 * i + 1) for i, op in enumerate(ops) if op.ret is not None]
+        # At equal positions calls come first, so operations that touch are concurrent, not ordered.
+        rows = [(op.call, 0, 2 * i) for i, op in enumerate(ops)]
+        rows += [(op.ret, 1, 2 * i + 1) for i, op in enumerate(ops) if op.ret is not None]
         rows.sort()
         self.next = [self.tail] * (2 * count + 2)
         self.previous = [self.head] * (2 * count + 2)
         self.rank = [0] * (2 * count + 2)
         previous = self.head
-        for rank, (_, entry) in enumerate(rows):
+        for rank, (_, _, entry) in enumerate(rows):
             self.next[previous], self.previous[entry], self.rank[entry] = entry, previous, rank
             previous = entry
         self.next[previous], self.previous[self.tail] = self.tail, previous
-        self.times = [position for position, _ in rows]
+        self.times = [position for position, _, _ in rows]
 
 
 def search(ops: Sequence[Op], initial: Hashable, transitions: Sequence[Callable[[Hashable], tuple]],
            budget: Budget) -> SearchOutcome:
     """Is there an order of ``ops`` that respects real time and the model (``transitions[i]`` is op i's)?
 
-    The loop is written for CPython's speed: everything it touches per entry is
-    a local list indexed by the entry number, and the common case (one
+    The loop is written for CPython's speed, and kept in one function on
+    purpose (every call in it costs): everything it touches per entry is a
+    local list indexed by the entry number, and the common case (one
     successor state, already seen or not) takes no inner loop.
     """
     assert len(transitions) == len(ops)
