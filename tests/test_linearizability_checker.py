@@ -13,7 +13,7 @@ import pytest
 
 from harness import Event as ClusterEvent, EventType, History, Validity, check_keys
 from harness.__main__ import main as harness_main
-from harness.linearizability import (CASRegister, Event, HistoryInputError, KeyValue, Keyword, Mutex, Outcome,
+from harness.linearizability import (CASRegister, Event, HistoryInputError, KeyValue, Keyword, MultiRegister, Mutex, Outcome,
                                      Register, Set, Status, VerdictRegister, brute_force_linearizable, check,
                                      pair_events, read_text)
 from harness.linearizability._checker import relaxed
@@ -73,6 +73,15 @@ def test_the_verdict_register_lets_an_indeterminate_execute_fix_an_unseen_value(
     assert check(ops_of(*crashed, *later), VerdictRegister()).ok
     other = [call(2, "execute", None, key), done(2, "execute", ["ALLOW", 4], key)]
     assert check(ops_of(*crashed, *later, *other), VerdictRegister()).outcome is Outcome.ILLEGAL
+
+
+def test_the_multi_register_reads_knossos_transactions():
+    history = """[{:process 0, :type :invoke, :f :txn, :value [[:write :x 1] [:write :y 2]]}
+ {:process 0, :type :ok, :f :txn, :value [[:write :x 1] [:write :y 2]]}
+ {:process 1, :type :invoke, :f :txn, :value [[:read :x nil] [:read :y nil]]}
+ {:process 1, :type :ok, :f :txn, :value [[:read :x 1] [:read :y VALUE]]}]"""
+    assert check(read_text(history.replace("VALUE", "2"), "edn"), MultiRegister()).ok
+    assert check(read_text(history.replace("VALUE", "nil"), "edn"), MultiRegister()).outcome is Outcome.ILLEGAL
 
 
 def test_a_failed_operation_took_no_effect():

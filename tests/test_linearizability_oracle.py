@@ -40,6 +40,12 @@ def _input_and_output(draw, model_name: str, f: str):
         return None, frozenset(draw(st.sets(value)))
     if model_name == "mutex":
         return None, None
+    if model_name == "multi-register":
+        micro = st.tuples(st.sampled_from(("read", "write")), st.sampled_from(("x", "y")), value)
+        txn = draw(st.lists(micro, min_size=1, max_size=2))
+        given_txn = tuple((f, name, None if f == "read" else v) for f, name, v in txn)
+        seen = tuple((f, name, v if f == "write" else draw(st.sampled_from((None,) + VALUES))) for f, name, v in txn)
+        return given_txn, seen
     return None, (draw(st.sampled_from(("ALLOW", "DENY"))), draw(st.sampled_from((1, 2))))
 
 

@@ -9,7 +9,7 @@ command-line face; the README's checker section shows a worked example.
 """
 
 from ._checker import Failure, Outcome, Result, check
-from ._models import (MODELS, CASRegister, CompiledModel, KeyValue, Model, Mutex, Register, Set,
+from ._models import (MODELS, CASRegister, CompiledModel, KeyValue, Model, MultiRegister, Mutex, Register, Set,
                       VerdictRegister, EXECUTED_UNOBSERVED)
 from ._oracle import brute_force_linearizable
 from ._ops import Event, HistoryInputError, Keyword, Op, Status, pair_events
@@ -17,6 +17,6 @@ from ._readers import FORMATS, read_file, read_text, verdict_ops
 
 __all__ = [
     "CASRegister", "CompiledModel", "EXECUTED_UNOBSERVED", "Event", "FORMATS", "Failure", "HistoryInputError",
-    "KeyValue", "Keyword", "MODELS", "Model", "Mutex", "Op", "Outcome", "Register", "Result", "Set", "Status",
+    "KeyValue", "Keyword", "MODELS", "Model", "MultiRegister", "Mutex", "Op", "Outcome", "Register", "Result", "Set", "Status",
     "VerdictRegister", "brute_force_linearizable", "check", "pair_events", "read_file", "read_text", "verdict_ops",
 ]

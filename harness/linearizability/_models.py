@@ -193,6 +193,55 @@ class Mutex(CompiledModel):
         return lambda held: (False,) if held else NOTHING
 
 
+class MultiRegister(CompiledModel):
+    """Registers by name, used in transactions (Knossos's multi-register): ``txn`` of ``[f name value]``.
+
+    Each micro-operation is a ``read`` or a ``write`` of one register; registers
+    start as nil.  An ``ok`` transaction's result is the transaction with the
+    values its reads saw; an indeterminate one applies its writes, if at all.
+    The state is the set of (name, value) pairs of registers written so far.
+    """
+
+    name = "multi-register"
+    functions = ("txn",)
+
+    def initial(self) -> Hashable:
+        return frozenset()
+
+    def validate_values(self, op: Op) -> str | None:
+        for value in (op.input, op.output if op.status is Status.OK else ()):
+            if not isinstance(value, tuple) or not all(_is_micro_op(micro) for micro in value):
+                return f"a txn is a list of [read|write name value], not {value!r}"
+        if op.status is Status.OK and len(op.input) != len(op.output):
+            return "an ok txn returns as many micro-operations as it was given"
+        return None
+
+    def transition(self, op: Op) -> Transition:
+        micro_ops = tuple((_micro_name(f), name, value) for f, name, value in
+                          (op.output if op.status is Status.OK else op.input))
+        observed = op.status is Status.OK
+        if not observed and all(f in ("read", "r") for f, _, _ in micro_ops):
+            return _ignored
+
+        def run(state: Hashable) -> tuple:
+            registers = dict(state)
+            for f, name, value in micro_ops:
+                if f in ("write", "w"):
+                    registers[name] = value
+                elif observed and registers.get(name) != value:
+                    return NOTHING
+            return (frozenset(registers.items()),)
+        return run
+
+
+def _micro_name(f: Any) -> str:
+    return f.name if hasattr(f, "name") else str(f)
+
+
+def _is_micro_op(micro: Any) -> bool:
+    return isinstance(micro, tuple) and len(micro) == 3 and _micro_name(micro[0]) in ("read", "write", "r", "w")
+
+
 class _Unobserved:
     """The register holds a verdict no client has seen yet (an indeterminate execute took effect)."""
 
@@ -235,5 +284,5 @@ class VerdictRegister(CompiledModel):
 
 MODELS: dict[str, Callable[[], CompiledModel]] = {
     "register": Register, "cas-register": CASRegister, "kv": KeyValue, "set": Set, "mutex": Mutex,
-    "verdict": VerdictRegister,
+    "multi-register": MultiRegister, "verdict": VerdictRegister,
 }
