@@ -104,12 +104,13 @@ def search(ops: Sequence[Op], initial: Hashable, transitions: Sequence[Callable[
     for i, op in enumerate(ops):
         step_at[2 * i], bit_at[2 * i] = transitions[i], 1 << i
         cells_at[2 * i] = (2 * i, 2 * i + 1) if op.ret is not None else (2 * i,)
+    relink_at = [cells[::-1] for cells in cells_at]  # Undo relinks in the reverse order.
     cache: set = set()
     stack: list[tuple] = []  # (call entry, state before, successors, chosen index, linearized before)
     state, linearized, states, depth = initial, 0, 0, 0
     limit = budget.max_states if budget.max_states is not None else float("inf")
     next_look = min(LIMIT_CHECK_EVERY, limit + 1)
-    deepest, deepest_state, stuck, stuck_pending, furthest = [], initial, None, True, -1
+    deepest, deepest_depth, deepest_state, stuck, stuck_pending, furthest = [], 0, initial, None, True, -1
     entry = following[head]
     while True:
         if entry & 1:  # The return of an operation not yet linearized (undo the last choice), or the tail.
@@ -125,7 +126,7 @@ def search(ops: Sequence[Op], initial: Hashable, transitions: Sequence[Callable[
                                      ops[stuck], entries.times[furthest])
             call, state, successors, chosen, linearized = stack.pop()
             depth -= 1
-            for cell in reversed(cells_at[call]):
+            for cell in relink_at[call]:
                 following[preceding[cell]] = cell
                 preceding[following[cell]] = cell
             with_op = linearized | bit_at[call]
@@ -133,20 +134,21 @@ def search(ops: Sequence[Op], initial: Hashable, transitions: Sequence[Callable[
             if chosen < 0:
                 entry = following[call]
                 continue
-            next_state = successors[chosen]
+            pair = (with_op, successors[chosen])
         else:
             successors = step_at[entry](state)
             if not successors:
                 entry = following[entry]
                 continue
-            call, with_op, chosen, next_state = entry, linearized | bit_at[entry], 0, successors[0]
-            if (with_op, next_state) in cache:
+            call, with_op, chosen = entry, linearized | bit_at[entry], 0
+            pair = (with_op, successors[0])
+            if pair in cache:
                 chosen = _first_unseen(cache, with_op, successors, 1)
                 if chosen < 0:
                     entry = following[entry]
                     continue
-                next_state = successors[chosen]
-        cache.add((with_op, next_state))
+                pair = (with_op, successors[chosen])
+        cache.add(pair)
         states += 1
         if states >= next_look:
             reason = _limit_passed(states, limit, budget)
@@ -158,9 +160,9 @@ def search(ops: Sequence[Op], initial: Hashable, transitions: Sequence[Callable[
         for cell in cells_at[call]:
             following[preceding[cell]] = following[cell]
             preceding[following[cell]] = preceding[cell]
-        state, linearized = next_state, with_op
-        if depth > len(deepest):
-            deepest, deepest_state, stuck_pending = [frame[0] for frame in stack], state, True
+        linearized, state = pair
+        if depth > deepest_depth:
+            deepest, deepest_depth, deepest_state, stuck_pending = [frame[0] for frame in stack], depth, state, True
         entry = following[head]
     assert depth >= sum(1 for op in ops if op.ret is not None)
     return SearchOutcome(True, states, tuple(ops[frame[0] >> 1] for frame in stack), state, None, -1)
