@@ -200,8 +200,9 @@ def test_the_command_exits_0_1_3_and_writes_a_report(tmp_path: Path):
     many.write_text("".join(json.dumps({"process": p, "type": "invoke", "f": "write", "value": p}) + "\n"
                             for p in range(12)) + json.dumps({"process": 99, "type": "invoke", "f": "read"}) + "\n"
                     + json.dumps({"process": 99, "type": "ok", "f": "read", "value": 42}) + "\n")
-    status, printed = run_check(str(many), "--model", "register", "--max-states", "50")
-    assert status == 3 and "gave up" in printed
+    status, printed = run_check(str(many), "--model", "register", "--max-states", "50", "--report",
+                                str(tmp_path / "unknown.html"))
+    assert status == 3 and "gave up" in printed and "UNKNOWN" in (tmp_path / "unknown.html").read_text()
 
 
 def test_the_command_exits_2_on_bad_input_naming_the_line(tmp_path: Path, capsys):
