@@ -5,8 +5,8 @@ Each operation is a bar from its call to its return on a shared time axis
 the file); an indeterminate operation's bar runs dashed to the end.  For an
 illegal history the page shows the failing partition: the longest
 linearizable prefix in blue, numbered in its linearization order, the rest of
-the conflicting observations in orange, and the operation that cannot be placed in
-red.  The page embeds everything (inline SVG, no scripts), in the style of the
+the conflicting observations in orange (outlined in orange when in the prefix), and the operation that
+cannot be placed in red.  The page embeds everything (inline SVG, no scripts), in the style of the
 harness's run reports.
 """
 
@@ -20,7 +20,7 @@ from ._checker import Failure, Result
 from ._ops import Op
 
 BARS_MAX = 3000  # Beyond this a picture explains nothing; the page says how many were left out.
-WIDTH_PX, ROW_PX, LEFT_PX = 1100, 22, 120
+WIDTH_PX, ROW_PX, LEFT_PX, CHARACTER_PX = 1100, 22, 120, 6.5
 COLORS = {"prefix": "#4c78a8", "conflict": "#f58518", "unplaceable": "#d62728", "other": "#bbbbbb"}
 
 
@@ -62,7 +62,7 @@ def _summary(result: Result, count: int, left_out: int) -> str:
 
 
 def _legend() -> str:
-    names = {"prefix": "longest linearizable prefix", "conflict": "rest of the conflict",
+    names = {"prefix": "longest linearizable prefix (outlined: in the conflict)", "conflict": "rest of the conflict",
              "unplaceable": "cannot be placed", "other": "other operations"}
     return "".join(f'<span style="background:{COLORS[kind]}">{html.escape(name)}</span>'
                    for kind, name in names.items())
@@ -74,7 +74,7 @@ def _svg(ops: Sequence[Op], failure: Failure | None) -> str:
     timed = all(op.call_time is not None and (op.ret is None or op.ret_time is not None) for op in ops)
     start = min(_call_at(op, timed) for op in ops)
     end = max(max(_call_at(op, timed), _ret_at(op, timed) or 0) for op in ops) + 1
-    processes = sorted({op.process for op in ops}, key=lambda process: (type(process).__name__, str(process)))
+    processes = sorted({op.process for op in ops}, key=_process_order)
     row_of = {process: row for row, process in enumerate(processes)}
     scale = (WIDTH_PX - LEFT_PX - 10) / max(end - start, 1)
     order = {op.number: position for position, op in enumerate(failure.longest_prefix)} if failure else {}
@@ -86,15 +86,24 @@ def _svg(ops: Sequence[Op], failure: Failure | None) -> str:
         width = max(3.0, ((returned if returned is not None else end) - _call_at(op, timed)) * scale)
         y = row_of[op.process] * ROW_PX + 3
         kind = _kind(op, failure)
-        dash = ' stroke="black" stroke-dasharray="4 2"' if op.ret is None else ""
-        label = f"{order[op.number] + 1}. " if op.number in order else ""
+        outline = ' stroke="black" stroke-dasharray="4 2"' if op.ret is None else ""
+        if kind == "prefix" and any(op.number == kept.number for kept in failure.observed):
+            outline = f' stroke="{COLORS["conflict"]}" stroke-width="3"'  # In the prefix and in the conflict.
+        label = (f"{order[op.number] + 1}. " if op.number in order else "") + _short(op)
         shapes.append(f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="{ROW_PX - 6}" '
-                      f'fill="{COLORS[kind]}"{dash}><title>{html.escape(op.describe())}</title></rect>')
-        shapes.append(f'<text x="{x + 2:.1f}" y="{y + 12}" fill="white">{html.escape(label + _short(op))}</text>')
+                      f'fill="{COLORS[kind]}"{outline}><title>{html.escape(op.describe())}</title></rect>')
+        fitting = label[:max(0, int(width / CHARACTER_PX) - 1)]
+        if fitting:
+            shapes.append(f'<text x="{x + 2:.1f}" y="{y + 12}" fill="white">{html.escape(fitting)}</text>')
     height = len(processes) * ROW_PX + 24
     axis = "file position" if not timed else "time"
     shapes.append(f'<text x="{LEFT_PX}" y="{height - 4}">{axis} {start} to {end} &#8594;</text>')
     return f'<svg width="{WIDTH_PX}" height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(shapes)}</svg>'
+
+
+def _process_order(process: object) -> tuple:
+    """Numbers in numeric order, then everything else by its text."""
+    return (0, process, "") if isinstance(process, (int, float)) else (1, 0, str(process))
 
 
 def _call_at(op: Op, timed: bool) -> float:
