@@ -63,7 +63,7 @@ def model_for(name: str):
     return KeyValue() if "/kv/" in name else CASRegister()
 
 
-def check_one(path: Path, name: str, answer: str, tally: SuiteTally, out) -> None:
+def check_one(path: Path, name: str, answer: str, tally: SuiteTally) -> None:
     try:
         ops = read_file(path)
     except HistoryInputError as error:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
     tallies: dict[str, SuiteTally] = {}
     for name, answer in rows:
         if name.startswith(arguments.suite) and answer in ANSWERS:
-            check_one(arguments.histories / name, name, answer, tallies.setdefault(suite_of(name), SuiteTally()), out)
+            check_one(arguments.histories / name, name, answer, tallies.setdefault(suite_of(name), SuiteTally()))
     for name, tally in sorted(tallies.items()):
         print(tally.line(name), file=out)
         for problem in tally.disagree + tally.unknown:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any, Hashable, Iterable
 
 EVENT_TYPES = ("invoke", "ok", "fail", "info")
 EVENTS_MAX = 2_000_000  # A history file larger than this is not a history a search could finish anyway.
