@@ -118,15 +118,17 @@ def main(argv: list[str] | None = None, out=sys.stdout) -> int:
     tallies: dict[str, SuiteTally] = {}
     for name, answer in rows:
         if name.startswith(arguments.suite) and answer in ANSWERS:
-            check_one(arguments.histories / name, name, answer, tallies.setdefault(suite_of(name), SuiteTally()))
+            tally = tallies.setdefault(suite_of(name), SuiteTally())
+            check_one(arguments.histories / name, name, answer, tally)
     for name, tally in sorted(tallies.items()):
         print(tally.line(name), file=out)
         for problem in tally.disagree + tally.unknown:
             print(f"    {problem}", file=out)
-    total = SuiteTally(sum(t.files for t in tallies.values()), sum(t.agree for t in tallies.values()),
-                       [p for t in tallies.values() for p in t.disagree], [p for t in tallies.values() for p in t.unknown],
-                       sum(t.states for t in tallies.values()), sum(t.search_cpu_s for t in tallies.values()),
-                       sum(t.explained_cpu_s for t in tallies.values()))
+    suites = list(tallies.values())
+    total = SuiteTally(sum(t.files for t in suites), sum(t.agree for t in suites),
+                       [p for t in suites for p in t.disagree], [p for t in suites for p in t.unknown],
+                       sum(t.states for t in suites), sum(t.search_cpu_s for t in suites),
+                       sum(t.explained_cpu_s for t in suites))
     print(total.line("all"), file=out)
     print(f"peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", file=out)
     compare_with_porcupine(arguments.porcupine, tallies.get("porcupine/jepsen"), out)
