@@ -205,6 +205,12 @@ def test_the_command_exits_0_1_3_and_writes_a_report(tmp_path: Path):
     assert status == 3 and "gave up" in printed and "UNKNOWN" in (tmp_path / "unknown.html").read_text()
 
 
+def test_the_shipped_example_report_is_what_the_command_writes_today(tmp_path: Path):
+    report = tmp_path / "report.html"
+    run_check(str(EXAMPLES / "cas-register-stale-read.jsonl"), "--model", "cas-register", "--report", str(report))
+    assert report.read_text() == (EXAMPLES / "cas-register-stale-read.html").read_text()
+
+
 def test_the_command_exits_2_on_bad_input_naming_the_line(tmp_path: Path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"process": 0, "type": "invoke", "f": "read"}\n{"process": 0, "type": "ok", "f": "read",\n')
