@@ -84,6 +84,28 @@ def test_the_multi_register_reads_knossos_transactions():
     assert check(read_text(history.replace("VALUE", "nil"), "edn"), MultiRegister()).outcome is Outcome.ILLEGAL
 
 
+class Counter:
+    """A user's own model with only ``initial`` and ``step``: ``incr`` adds one, ``read`` sees the count."""
+
+    def initial(self):
+        return 0
+
+    def step(self, state, op):
+        if op.f == "incr":
+            return [state + 1]
+        return [state] if op.status is Status.INFO or op.output == state else []
+
+
+def test_a_model_with_only_initial_and_step_works():
+    events = [call(0, "incr"), call(1, "incr"), done(0, "incr"), call(2, "read"), done(2, "read", 1),
+              done(1, "incr"), call(3, "read"), done(3, "read", 2)]
+    assert check(ops_of(*events), Counter()).ok
+    events[-1] = done(3, "read", 1)
+    result = check(ops_of(*events), Counter())
+    assert result.outcome is Outcome.ILLEGAL and result.failure.unplaceable.call_line is None
+    assert result.failure.unplaceable.f == "read" and result.failure.unplaceable.output == 1
+
+
 def test_a_failed_operation_took_no_effect():
     events = [call(0, "write", 5), done(0, "write", 5, kind="fail"), call(1, "read"), done(1, "read", None)]
     assert check(ops_of(*events), Register()).ok
@@ -122,6 +144,14 @@ def test_edn_reads_keywords_sets_strings_and_numbers():
                       '{:process p1, :type :ok, :f :add, :value [:a "q\\"x" 2.5 -3N nil true]}', "edn")
     assert op.process == "p1" and op.input == frozenset({1, 2})
     assert op.output == (Keyword("a"), 'q"x', 2.5, -3, None, True)
+
+
+def test_edn_discards_tags_and_characters():
+    text = '#_ {:ignored 1} [{:process 0 :type :invoke :f :add :value \\a :time 7 :wall #inst "2026-12-07"}]'
+    (op,) = read_text(text, "edn")
+    assert (op.input, op.call_time, op.status) == ("a", 7, Status.INFO)
+    with pytest.raises(HistoryInputError, match="time must be a number"):
+        read_text('[{:process 0 :type :invoke :f :add :time #inst "2026-12-07"}]', "edn")
 
 
 @pytest.mark.parametrize("text, format, line, reason", [
