@@ -151,7 +151,7 @@ def check(history: Sequence[Op] | Sequence[Event], model: Model, *, timeout_s: f
                 continue
             states += outcome.states
             if not outcome.linearizable:
-                failure = explain_failure(key, part, outcome, model, budget) if explain else \
+                failure = explain_failure(key, part, outcome, model, Budget(max_states, deadline)) if explain else \
                     Failure(key, tuple(part), tuple(part), tuple(op for op in part if op.status is Status.OK), False,
                             outcome.order, outcome.state_after, outcome.unplaceable)
                 return Result(Outcome.ILLEGAL, states, len(groups), failure, partial, tuple(reasons))
