@@ -1,7 +1,8 @@
 """``python -m harness sim``: one reproducible simulated run, or a swarm of them; ``python -m harness scenario
 mission``: the mission scenario (see ``harness._mission``); ``python -m harness scenario rejoin``: every
 replica in turn paused, killed and cut off, then back (see ``harness._rejoin``); ``python -m harness byzantine-replica``: one real
-replica process that lies to its peers (see ``harness._byzantine_replica``).
+replica process that lies to its peers (see ``harness._byzantine_replica``); ``python -m harness check FILE
+--model M``: check any history file for linearizability (see ``harness.linearizability``).
 
 Exit status: 0 when every run is valid and live; 1 when any run is invalid
 (a safety check failed); 3 when none is invalid but a checker gave up
@@ -53,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
                           help="mission only: requests a second the agents offer together (default 12.5); a host "
                                "too small for the cluster at that rate misses latency bounds, see README")
     from . import _byzantine_replica, _modelcheck, _mutant_hunt
+    from .linearizability import _cli as check_cli
+    check_cli.add_parser(commands)
     _mutant_hunt.add_parser(commands)
     _modelcheck.add_parser(commands)
     _byzantine_replica.add_parser(commands)
@@ -71,6 +74,9 @@ def exit_status(results: list[RunResult], liveness_required: bool) -> int:
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     arguments = parser().parse_args(argv)
+    if arguments.command == "check":
+        from .linearizability import _cli as check_cli
+        return check_cli.main(arguments, out)
     if arguments.command == "scenario" and arguments.name == "isolation":
         if arguments.rate is not None:
             parser().error("--rate applies to the mission scenario only")
