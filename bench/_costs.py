@@ -51,7 +51,9 @@ class UnitCosts:
     decode_us: dict[str, float]  # bft.core.decode (strict: schema check, canonical-form check) by kind.
     message_bytes: dict[str, int]
     sqlite_commit_us: float  # SqliteStore.persist of one vote: one WAL transaction, fsynced (synchronous=FULL).
+    sqlite_commit_cpu_us: float  # The CPU (user and system) of that commit: what it costs a replica's cores.
     hop_us: float  # Half a round trip of one frame over 127.0.0.1 through bft.runtime's link and framing.
+    message_cpu_us: float  # The CPU of one such frame, sending and receiving end together: the runtime's floor.
     policy_us: float  # One evaluate_fail_safe with the benchmark's policies, averaged over them.
     full_batch_requests: int  # Entries in the "preprepare_full" message.
 
@@ -163,14 +165,19 @@ def measure_codec(sample: SampleVerdict, calls: int) -> tuple[dict[str, float], 
     return encode_us, decode_us, sizes
 
 
-def measure_sqlite_commit(sample: SampleVerdict, commits: int, directory: Path) -> float:
-    """One ``persist`` of one vote: the transaction every signed message costs a replica before it sends."""
+def measure_sqlite_commit(sample: SampleVerdict, commits: int, directory: Path) -> tuple[float, float]:
+    """One ``persist`` of one vote, the transaction every signed message costs a replica before it sends:
+    its time, and its CPU (user and system: the kernel's share of an fsync is CPU too)."""
     store = SqliteStore(directory / "commit-cost.db")
     try:
         settings = store.settings()
         assert settings["journal_mode"] == "wal" and settings["synchronous"] == 2, settings
         vote = sample.messages["vote"]
-        return time_per_call_us(lambda: store.persist((vote,)), max(1, commits // ROUNDS))
+        wall_us = time_per_call_us(lambda: store.persist((vote,)), max(1, commits // ROUNDS))
+        cpu_started_s = time.process_time()
+        for _ in range(commits):
+            store.persist((vote,))
+        return wall_us, (time.process_time() - cpu_started_s) / commits * 1e6
     finally:
         store.close()
 
@@ -182,12 +189,14 @@ def measure_policy(sample: SampleVerdict, calls: int) -> float:
     return sum(per_policy) / len(per_policy)
 
 
-async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> float:
-    """Half the median round trip of one prepare-sized frame between a ``Link`` and an echoing acceptor.
+async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> tuple[float, float]:
+    """Half the median round trip of one prepare-sized frame between a ``Link`` and an echoing acceptor,
+    and the CPU one such frame costs, sending and receiving end together (both ends are in this process).
 
     Both ends authenticate with the real handshake and speak the real framing (sealed frames),
     in one trio process, as replicas of an in-process cluster do.  Encoding and
-    decoding are timed separately (``measure_codec``), so the hop is transport only.
+    decoding are timed separately (``measure_codec``), so the hop is transport only: the CPU
+    per frame is what this runtime costs per message before any protocol work.
     """
     assert round_trips >= 1
     config, limits = sample.config, TransportLimits()
@@ -211,20 +220,22 @@ async def measure_hop_us(sample: SampleVerdict, round_trips: int) -> float:
     link = Link(config, Identity("client", "client-0"), client_seed, 0, ("127.0.0.1", port), limits, Counter(),
                 on_payloads=on_echo)
     round_trips_s: list[float] = []
+    cpu_s = 0.0
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, echo, listeners)
             nursery.start_soon(link.run)
             while not link.connected:
                 await trio.sleep(0.001)
-            for _ in range(round_trips + 10):  # The first few warm the connection up.
+            for trip in range(round_trips + 10):  # The first few warm the connection up.
                 arrived = trio.Event()
-                started = trio.current_time()
+                started, cpu_started_s = trio.current_time(), time.process_time()
                 link.send(frame)
                 await arrived.wait()
                 round_trips_s.append(trio.current_time() - started)
+                cpu_s += time.process_time() - cpu_started_s if trip >= 10 else 0.0
             nursery.cancel_scope.cancel()
-    return median(round_trips_s[10:]) / 2 * 1e6
+    return median(round_trips_s[10:]) / 2 * 1e6, cpu_s / (2 * round_trips) * 1e6
 
 
 def measure_unit_costs(*, calls: int, replica_count: int = 4, full_batch_requests: int = 64,
@@ -234,9 +245,10 @@ def measure_unit_costs(*, calls: int, replica_count: int = 4, full_batch_request
     crypto = measure_crypto(sample, calls)
     encode_us, decode_us, sizes = measure_codec(sample, calls)
     with tempfile.TemporaryDirectory(dir=directory, prefix="bench-costs-") as scratch:
-        sqlite_commit_us = measure_sqlite_commit(sample, max(10, calls // 10), Path(scratch))
-    hop_us = trio.run(measure_hop_us, sample, max(20, calls // 5))
+        sqlite_commit_us, sqlite_commit_cpu_us = measure_sqlite_commit(sample, max(10, calls // 10), Path(scratch))
+    hop_us, message_cpu_us = trio.run(measure_hop_us, sample, max(20, calls // 5))
     return UnitCosts(**crypto, encode_us=encode_us, decode_us=decode_us, message_bytes=sizes,
-                     sqlite_commit_us=sqlite_commit_us, hop_us=hop_us,
+                     sqlite_commit_us=sqlite_commit_us, sqlite_commit_cpu_us=sqlite_commit_cpu_us,
+                     hop_us=hop_us, message_cpu_us=message_cpu_us,
                      policy_us=measure_policy(sample, max(10, calls // 5)),
                      full_batch_requests=full_batch_requests)

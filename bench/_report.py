@@ -115,9 +115,27 @@ def summary_by_n(latency_rows: list[dict], throughput_rows: list[dict], latency_
             "p99_ms_at_90_percent": throughput and throughput["p99_ms_at_90_percent"],
             "messages_per_verdict": messages and messages["messages_per_verdict"],
             "verifications_per_verdict": messages and messages["verifications_per_verdict"],
+            "persisting_rounds_per_verdict": messages and messages["persisting_rounds_per_verdict"],
             "idle_cpu_ms_per_s_per_replica": worst_idle and worst_idle["cpu_ms_per_s_per_replica"],
             "idle_percent_of_core_per_replica": worst_idle and worst_idle["percent_of_core_per_replica"]})
     return summary
+
+
+def runtime_floor_by_n(floor: dict, message_counts: list[dict]) -> list[dict]:
+    """The CPU per verdict below which this design cannot go on this runtime, for each counted n: the model's
+    cryptography, codec and policy (unbatched), plus, for every message, the CPU of a bare frame through the
+    runtime's link (``message_cpu_us``), plus, for every persisting round, the CPU of a SQLite commit.  Protocol
+    logic and any scheduling beyond the bare echo count as free, so the real figure is always above it."""
+    costs = floor["unit_costs"]
+    rows = []
+    for counts in message_counts:
+        n = counts["replica_count"]
+        model_ms = floor["by_n"][str(n)]["cpu_per_verdict_unbatched_us"] / 1000
+        messages_ms = counts["messages_per_verdict"] * costs["message_cpu_us"] / 1000
+        commits_ms = counts["persisting_rounds_per_verdict"] * costs["sqlite_commit_cpu_us"] / 1000
+        rows.append({"replica_count": n, "model_ms": round(model_ms, 2), "messages_ms": round(messages_ms, 2),
+                     "commits_ms": round(commits_ms, 2), "floor_ms": round(model_ms + messages_ms + commits_ms, 2)})
+    return rows
 
 
 def _headline_latency(latency_rows: list[dict], n: int) -> dict | None:
@@ -175,6 +193,7 @@ def print_table(results: dict, out: TextIO) -> None:
                   f"{row['saturation_per_s']:>13.1f} {row['throughput_over_ceiling']:>12.3f} "
                   f"{_number(row['p50_ms_at_50_percent']):>12} {_number(row['p99_ms_at_90_percent']):>12}", file=out)
     _print_messages(results.get("messages"), out)
+    _print_runtime_floor(results.get("runtime_floor"), results["summary_by_n"], out)
     _print_scaling(results.get("scaling"), out)
     print(f"\nissue 16 targets (reported, not asserted; latency and CPU: one client, {HEADLINE_STORAGE} storage, "
           f"{HEADLINE_RISK} risk):", file=out)
@@ -224,6 +243,18 @@ def _print_messages(counts: list[dict] | None, out: TextIO) -> None:
               f"clients {parties['clients']:g})", file=out)
 
 
+def _print_runtime_floor(rows: list[dict] | None, summary: list[dict], out: TextIO) -> None:
+    if not rows:
+        return
+    measured = {row["replica_count"]: row["cpu_ms_per_verdict"] for row in summary}
+    print("\nCPU floor of this design on this runtime (model + messages x CPU per message + persisting rounds x "
+          "SQLite commit CPU; protocol logic free):", file=out)
+    for row in rows:
+        print(f"  n={row['replica_count']}: {row['model_ms']:.1f} + {row['messages_ms']:.1f} + {row['commits_ms']:.1f} "
+              f"= {row['floor_ms']:.1f} ms per verdict; measured {_number(measured.get(row['replica_count']))}",
+              file=out)
+
+
 def _print_floor(floor: dict | None, out: TextIO) -> None:
     if not floor:
         return
@@ -232,7 +263,8 @@ def _print_floor(floor: dict | None, out: TextIO) -> None:
           f"verify {costs['verify_us']:.0f} (pynacl {costs['verify_raw_us']:.0f}, "
           f"cached {costs['verify_cached_us']:.0f}), "
           f"encode/decode vote {costs['encode_us']['vote']:.0f}/{costs['decode_us']['vote']:.0f}, "
-          f"SQLite commit {costs['sqlite_commit_us']:.0f}, loopback hop {costs['hop_us']:.0f}, "
+          f"SQLite commit {costs['sqlite_commit_us']:.0f} (CPU {costs['sqlite_commit_cpu_us']:.0f}), "
+          f"loopback hop {costs['hop_us']:.0f} (CPU per message {costs['message_cpu_us']:.0f}), "
           f"policy {costs['policy_us']:.0f}", file=out)
     for n, report in floor["by_n"].items():
         totals = report["critical_path_totals_low_risk"]

@@ -15,8 +15,8 @@ from ._latency import LatencySettings, closed_loop_latency
 from ._message_counts import MessageCountSettings, count_messages
 from ._launchers import ClusterSpec, FallbackLauncher
 from ._model import floor_report
-from ._report import (latency_ratios, load_average, machine_description, print_table, summary_by_n,
-                      target_report, throughput_ratios, write_results)
+from ._report import (latency_ratios, load_average, machine_description, print_table, runtime_floor_by_n,
+                      summary_by_n, target_report, throughput_ratios, write_results)
 from ._scaling import ScalingSettings, simulate_scaling
 from ._throughput import ThroughputSettings, measure_throughput
 
@@ -128,6 +128,7 @@ def run_bench(settings: BenchSettings, launcher: FallbackLauncher, results_root:
     latency_rows = latency_ratios(floor["by_n"], results["latency"])
     throughput_rows = throughput_ratios(floor["by_n"], results["throughput"])
     results["summary_by_n"] = summary_by_n(latency_rows, throughput_rows, results["latency"], results["messages"])
+    results["runtime_floor"] = runtime_floor_by_n(floor, results["messages"])
     results["ratios"] = {"latency": latency_rows, "throughput": throughput_rows,
                          "targets": target_report(results["summary_by_n"])}
     results["files"] = {"json": str(directory / "results.json"),

@@ -29,7 +29,8 @@ def _costs(**changes) -> UnitCosts:
                                                     "commit", "reply")},
                   decode_us={kind: 10.0 for kind in ("request", "vote", "preprepare", "preprepare_full", "prepare",
                                                      "commit", "reply")},
-                  message_bytes={}, sqlite_commit_us=200.0, hop_us=100.0, policy_us=40.0, full_batch_requests=64)
+                  message_bytes={}, sqlite_commit_us=200.0, sqlite_commit_cpu_us=150.0, hop_us=100.0, message_cpu_us=80.0,
+                  policy_us=40.0, full_batch_requests=64)
     values.update(changes)
     return UnitCosts(**values)
 
@@ -139,6 +140,21 @@ def test_messages_and_verifications_per_verdict_are_counted_by_type_at_4_and_7(q
         assert parties["replicas"] + parties["clients"] == pytest.approx(row["verifications_per_verdict"], abs=0.1)
     assert counts[0]["messages_per_verdict"] < counts[1]["messages_per_verdict"]
     assert counts[0]["verifications_per_verdict"] < counts[1]["verifications_per_verdict"]
+    for row in counts:  # Every replica writes its vote, prepare, commit and verdict: n writes per phase at least.
+        assert row["persisting_rounds_per_verdict"] >= 3 * row["replica_count"]
+
+
+def test_the_runtime_floor_adds_messages_and_commits_to_the_model_and_stays_below_the_measured_cpu(quick_run):
+    results = quick_run[0]
+    rows = {row["replica_count"]: row for row in results["runtime_floor"]}
+    costs = results["floor"]["unit_costs"]
+    assert _positive(costs["message_cpu_us"]) and _positive(costs["sqlite_commit_cpu_us"])
+    for n, row in rows.items():
+        counts = next(count for count in results["messages"] if count["replica_count"] == n)
+        assert row["messages_ms"] == pytest.approx(counts["messages_per_verdict"] * costs["message_cpu_us"] / 1000,
+                                                   abs=0.01)
+        assert row["floor_ms"] == pytest.approx(row["model_ms"] + row["messages_ms"] + row["commits_ms"], abs=0.02)
+    assert "CPU floor of this design on this runtime" in quick_run[1]
 
 
 def test_the_summary_has_every_headline_figure_for_each_n(quick_run):
