@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import trio
 
-from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, Ready, Refusal, RemoteProtocolError,
-                    Replica, Reply, Request, Signer, decode, encode, react, request_digest)
+from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, Ready, Refusal, Replica, Request,
+                    Signer, encode, react, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
-from . import _handshake
 from ._admission import Admission
-from ._connection import FramedConnection, SendQueue
 from ._durability import Durable, Persister, Released
 from ._framing import encode_frame
 from ._handshake import Identity
@@ -50,8 +47,8 @@ from ._metrics import ReplicaMetrics
 from ._options import NodeOptions, RuntimeClock
 from ._quorum_watch import LOST, REFUSING, RESTORED, QuorumWatch
 from ._reactions import NodeReactions
-from ._transport import (CONNECTION_ERRORS, Address, Link, accept_loop, peer_name, run_duplex, source_address,
-                         write_queued)
+from ._sessions import Sessions
+from ._transport import Address, Link, accept_loop
 
 logger = logging.getLogger("bft.runtime")
 accountability_logger = logging.getLogger("bft.runtime.accountability")
@@ -59,16 +56,6 @@ accountability_logger = logging.getLogger("bft.runtime.accountability")
 # Log reads answered by the store and waiting for the core to sign them; more are dropped (the
 # asking peer asks again), so a flood of requests for old entries costs bounded memory.
 LOG_READ_ANSWERS_MAX = 64
-
-
-@dataclass(eq=False)
-class _Session:
-    """The replica's end of one authenticated connection; a client's replies go out on its queue."""
-
-    identity: Identity
-    queue: SendQueue
-    cancel_scope: trio.CancelScope
-    connection: FramedConnection
 
 
 class ReplicaNode:
@@ -95,12 +82,10 @@ class ReplicaNode:
         self._seed = seed
         self._signer = Signer(config.cluster_id, seed)
         self._limits = self.options.transport
-        self._max_message_bytes = min(self._limits.max_frame_bytes, config.limits.max_message_bytes)
         self.links = {peer: Link(config, self.identity, seed, peer, self.addresses[peer], self._limits, self.counters,
                                  on_rejected=self.metrics.rejected)
                       for peer in range(config.replica_count) if peer != replica_id}
-        self._sessions: dict[Identity, _Session] = {}
-        self._admission = Admission(self._limits, self.counters, self.metrics.rejected)
+        self.sessions = Sessions(self, Admission(self._limits, self.counters, self.metrics.rejected))
         self._policy_limiter = trio.CapacityLimiter(self.options.policy_threads)
         self._evaluations_in_flight = 0
         self._nursery: trio.Nursery | None = None
@@ -144,8 +129,8 @@ class ReplicaNode:
             for link in self.links.values():
                 nursery.start_soon(link.run)
             nursery.start_soon(self._persister.run)
-            nursery.start_soon(accept_loop, listener, self._serve_connection, self._limits, self.counters, nursery,
-                               self.metrics.rejected)
+            nursery.start_soon(accept_loop, listener, self.sessions.serve_connection, self._limits, self.counters,
+                               nursery, self.metrics.rejected)
             nursery.start_soon(self._ticker)
             logger.info("replica %d listening on port %d", self.replica_id, self.port,
                         extra={"replica_id": self.replica_id, "port": self.port})
@@ -166,7 +151,7 @@ class ReplicaNode:
 
     def status(self) -> dict[str, Any]:
         replica = self.replica
-        clients_connected = sum(1 for identity in self._sessions if identity.role == "client")
+        clients_connected = self.sessions.clients_connected
         return {"replica_id": self.replica_id, "view": replica.view, "last_executed": replica.last_executed,
                 "low_water": replica.low_water, "finalized": self.finalized_count,
                 "peers_connected": self.peers_connected, "clients_connected": clients_connected,
@@ -204,6 +189,10 @@ class ReplicaNode:
             due_s = self._tick_due_s()
             if due_s < self._ticker_sleep.deadline:
                 self._ticker_sleep.deadline = due_s
+
+    async def wait_for_round_room(self) -> None:
+        """Wait until a round may start: its output will have room in the persister's queue."""
+        await self._persister.wait_for_room()
 
     def _take_inputs(self, kind: str, messages: list[Message]) -> None:
         """One round: feed the core the messages of one read, in order, and hand on what they produced.
@@ -386,13 +375,8 @@ class ReplicaNode:
                 self._hurry_ticker()
 
     def _send_reply(self, client_id: str, frame: bytes) -> None:
-        session = self._sessions.get(Identity("client", client_id))
-        if session is None:
+        if not self.sessions.send_to_client(client_id, frame):
             self.counters["reply-undeliverable"] += 1  # The client retries; the core replays its cached reply.
-        else:
-            if not session.queue.put(frame, wake=False):
-                self.counters["send-dropped"] += 1
-            write_queued(session.connection, session.queue)
 
     # ----------------------------------------------------------------- policies
 
@@ -434,95 +418,3 @@ class ReplicaNode:
             outcome = PolicyDecision.deny("policy deadline exceeded")
         await self._persister.wait_for_room()
         self._take_decision(digest, outcome)
-
-    # ----------------------------------------------------------------- incoming connections
-
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        connection = FramedConnection(stream, self._limits, peer_name(stream))
-        pending = self._admission.admit(source_address(stream), trio.current_time() + self._limits.handshake_timeout_s)
-        identity = None
-        try:
-            with pending.cancel_scope:
-                identity = await _handshake.accept(connection, self.config, self.identity, self._seed,
-                                                   on_hello=lambda claimed: self._admission.identify(pending, claimed))
-        except CONNECTION_ERRORS as error:
-            self._count_failure("connection-refused", error, connection.peer)
-        finally:
-            self._admission.release(pending)
-        if identity is None:
-            if pending.cancel_scope.cancelled_caught and not pending.evicted:
-                self._count_failure("connection-refused", trio.TooSlowError("the handshake took too long"),
-                                    connection.peer)
-            await connection.aclose()  # Evictions were counted by the admission.
-            return
-        connection.peer = f"{identity} at {connection.peer}"
-        try:
-            await self._serve_session(connection, identity)
-        except CONNECTION_ERRORS as error:
-            self._count_failure("connection-dropped", error, connection.peer)
-        finally:
-            await connection.aclose()
-
-    def _count_failure(self, what: str, error: BaseException, peer: str) -> None:
-        reason = error.reason if isinstance(error, RemoteProtocolError) else type(error).__name__
-        if isinstance(error, trio.TooSlowError):
-            reason = "timeout"
-        self.counters[f"{what}:{reason}"] += 1
-        # What the other side sent (or failed to send in time) is a rejection; a broken network is not.
-        if isinstance(error, (RemoteProtocolError, trio.TooSlowError)):
-            self.metrics.rejected(reason)
-        logger.warning("replica %d: %s %s: %s", self.replica_id, what.replace("-", " "), peer, str(error) or reason,
-                       extra={"replica_id": self.replica_id, "event": what, "peer": peer, "reason": reason})
-
-    async def _serve_session(self, connection: FramedConnection, identity: Identity) -> None:
-        """Serve one authenticated connection.  Each identity holds at most one: a newer connection
-        replaces the older, so a reconnecting peer is not locked out by its own stale connection
-        and one identity cannot take many connection slots."""
-        if identity.role == "replica":
-            # The peer sends on this connection; we only answer with keep-alives so it knows we are here.
-            queue, on_payloads = SendQueue(1, 1), self._replica_payload_handler(connection)
-        else:
-            queue = SendQueue(2 * self.config.limits.client_window, self._limits.max_frame_bytes,
-                              self._limits.send_queue_policy)
-            on_payloads = self._client_payload_handler(connection, identity.name)
-            connection.close_when_quiet(self._limits.client_idle_timeout_s)  # A client that asks nothing leaves.
-        session = _Session(identity, queue, trio.CancelScope(), connection)
-        previous = self._sessions.get(identity)
-        if previous is not None:
-            self.counters["connection-replaced"] += 1
-            previous.cancel_scope.cancel()
-        self._sessions[identity] = session
-        try:
-            with session.cancel_scope:
-                await run_duplex(connection, session.queue, on_payloads, self._persister.wait_for_room)
-        finally:
-            if self._sessions.get(identity) is session:
-                del self._sessions[identity]
-
-    def _replica_payload_handler(self, connection: FramedConnection):
-        def on_payloads(payloads: list[bytes]) -> None:
-            """One read's messages are one round of the core.  One bad message drops the connection and
-            the whole batch with it: an honest replica never sends one."""
-            messages = [self._decode(payload, connection.peer) for payload in payloads]
-            for message in messages:
-                if isinstance(message, (Reply, Refusal)):
-                    raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
-                                              connection.peer)
-            self._take_inputs("replica", messages)
-        return on_payloads
-
-    def _client_payload_handler(self, connection: FramedConnection, client_id: str):
-        def on_payloads(payloads: list[bytes]) -> None:
-            requests = [self._decode(payload, connection.peer) for payload in payloads]
-            for request in requests:
-                if not isinstance(request, Request) or request.client_id != client_id:
-                    raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
-                                              connection.peer)
-            self._take_inputs("client", requests)
-        return on_payloads
-
-    def _decode(self, payload: bytes, peer: str) -> Message:
-        try:
-            return decode(payload, self._max_message_bytes)
-        except RemoteProtocolError as error:
-            raise error.from_sender(peer) from None
