@@ -7,7 +7,7 @@ replica count, a description, and ``open_client``.
 - ``InProcessLauncher``: ``bft.runtime.open_local_cluster``; every replica is a
   task in this process, so they all share one interpreter (one core).
 - ``ProcessLauncher``: one OS process per replica, started from a cluster
-  file written by ``bft init``'s code and run by ``bft._processes``; the client
+  file written by ``bft init``'s code and run by ``bft.cluster.LocalProcessCluster``; the client
   stays in this process.  Its replicas always use SQLite: for "volatile"
   storage the cluster folder goes on a RAM file system (``/dev/shm``), where
   fsync costs nothing, so only durability differs, not the code path.
@@ -35,7 +35,7 @@ from ._workload import BENCH_POLICY_NAMES, bench_policies
 STORAGE_KINDS = ("volatile", "durable")
 RAM_DIRECTORY = Path("/dev/shm")
 CONNECT_TIMEOUT_S = 20.0
-PROCESS_MODULES = ("bft._cluster_file", "bft._cluster_init", "bft._processes")
+PROCESS_MODULES = ("bft.cluster._file", "bft.cluster._create", "bft.cluster._processes")
 
 
 class LaunchError(Exception):
@@ -180,9 +180,7 @@ class ProcessLauncher:
 
     @asynccontextmanager
     async def open(self, spec: ClusterSpec) -> AsyncIterator[RunningCluster]:
-        from bft._cluster_file import ConfigFileError
-        from bft._cluster_init import create_cluster_directory
-        from bft._processes import LocalProcessCluster, ReplicaProcessError
+        from bft.cluster import ConfigFileError, LocalProcessCluster, ReplicaProcessError, create_cluster_directory
 
         base = RAM_DIRECTORY if spec.storage == "volatile" and RAM_DIRECTORY.is_dir() else spec.scratch_directory
         directory = Path(tempfile.mkdtemp(dir=base, prefix="bench-processes-"))

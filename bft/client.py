@@ -46,7 +46,7 @@ from typing import Any, AsyncIterator, Mapping
 
 import trio
 
-from ._cluster_file import Address, ClusterFile, ConfigFileError, load_cluster_file
+from .cluster import Address, ClusterFile, ConfigFileError, load_cluster_file
 from .core import ClusterConfig, Risk
 from .runtime import AsyncClient, Outcome, open_client
 

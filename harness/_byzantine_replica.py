@@ -1,7 +1,7 @@
 """``python -m harness byzantine-replica --config CLUSTER.toml --id I --strategy NAME``: a lying replica process.
 
 It is the process ``bft replica`` runs (same launch checks, store, policy,
-metrics, logging and signal handling, through ``bft._replica_main.run_replica``)
+metrics, logging and signal handling, through ``bft.cluster.run_replica``)
 with one difference: every message the node sends to another replica passes
 through a Byzantine interceptor from ``bft.testing`` first, exactly as
 ``SimCluster`` applies one in simulation.  The seam is the node's links: each
@@ -29,8 +29,8 @@ import logging
 import sys
 from typing import Callable, TextIO
 
-from bft._cluster_file import ConfigFileError, load_cluster_file
-from bft._replica_main import NodeFactory, ReplicaStartError, ReplicaUsageError, run_replica
+from bft.cluster import (ConfigFileError, NodeFactory, ReplicaStartError, ReplicaUsageError, load_cluster_file,
+                         run_replica)
 from bft.core import LocalProtocolError, Message, Prepare, Signer, decode, encode
 from bft.runtime import ReplicaNode
 from bft.runtime._framing import HEADER_BYTES, encode_frame

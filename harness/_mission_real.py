@@ -2,7 +2,7 @@
 
 Each episode gets a fresh cluster directory (as ``bft init`` writes it) whose
 replicas run the mission's policies (same names and options as in simulation),
-started as OS processes by ``bft._processes.LocalProcessCluster``.  Every
+started as OS processes by ``bft.cluster.LocalProcessCluster``.  Every
 replica-to-replica link (``--peer``) and every client link runs through a
 ``FaultProxy``, and the simulation's fault plan becomes real faults: a crash
 is SIGKILL, then a restart from the replica's SQLite database; isolation
@@ -36,10 +36,8 @@ from typing import TextIO
 
 import trio
 
-from bft._cluster_file import ConfigFileError, PolicySpec, load_cluster_file, write_cluster_file
-from bft._cluster_init import create_cluster_directory
-from bft._processes import LocalProcessCluster, ReplicaProcessError
-from bft._status import cluster_status
+from bft.cluster import (ConfigFileError, LocalProcessCluster, PolicySpec, ReplicaProcessError, cluster_status,
+                         create_cluster_directory, load_cluster_file, write_cluster_file)
 from bft.client import Client
 from bft.core import Request, VerdictCertificate
 from bft.policy import context_for

@@ -21,10 +21,8 @@ from typing import TextIO
 
 import trio
 
-from bft._cluster_file import ConfigFileError
-from bft._cluster_init import create_cluster_directory
-from bft._processes import LocalProcessCluster, ReplicaProcessError
-from bft._status import ReplicaStatus, cluster_status
+from bft.cluster import (ConfigFileError, LocalProcessCluster, ReplicaProcessError, ReplicaStatus, cluster_status,
+                         create_cluster_directory)
 from bft.client import Client
 
 from ._proxy import LinkProxies

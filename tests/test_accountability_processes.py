@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from bft import BlockingClient, Outcome
-from bft._cluster_init import create_cluster_directory
-from bft._processes import LocalProcessCluster
+from bft.cluster import LocalProcessCluster, create_cluster_directory
 from bft.audit import LOG_COLUMNS, log_entry_from_row, read_only_uri
 from bft.cli import main as bft_main
 

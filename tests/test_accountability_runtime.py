@@ -10,8 +10,7 @@ import sqlite3
 
 import trio
 
-from bft._cluster_init import create_cluster_directory
-from bft._status import AccountabilityView, describe_event, parse_metrics, verdict_log_events
+from bft.cluster import AccountabilityView, create_cluster_directory, describe_event, parse_metrics, verdict_log_events
 from bft.cli import EXIT_FAILED, EXIT_OK, main
 from bft.core import (GENESIS_HASH, AccountabilityOptions, AccountabilityState, ClusterConfig, Decision, KeyPair,
                       LogEntry, Risk, canonical_action, operator_document)

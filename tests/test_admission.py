@@ -10,8 +10,7 @@ import pytest
 import tomli_w
 import trio
 
-from bft._cluster_file import load_cluster_file
-from bft._cluster_init import create_cluster_directory
+from bft.cluster import create_cluster_directory, load_cluster_file
 from bft.core import Risk
 from bft.policies import ApproveEverything
 from bft.runtime import Identity, NodeOptions, TransportLimits, open_local_cluster

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from bft._replica_main import open_store, prepare_launch, serve_replica
+from bft.cluster import open_store, prepare_launch, serve_replica
 from bft.client import BlockingClient
 from bft.core import ActionShapeError
 from bft.cli import EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main

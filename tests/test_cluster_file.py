@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from bft._cluster_file import (ClusterFile, ConfigFileError, PolicySpec, dump_cluster_file, load_cluster_file,
-                               parse_address)
-from bft._keys import read_key_file, write_key_file
-from bft._cluster_init import create_cluster_directory, free_loopback_ports, ports_of_sibling_clusters
+from bft.cluster import (ClusterFile, ConfigFileError, PolicySpec, create_cluster_directory, dump_cluster_file,
+                         free_loopback_ports, load_cluster_file, parse_address, ports_of_sibling_clusters,
+                         read_key_file, write_key_file)
 from bft.core import AccountabilityOptions, ClusterConfig, KeyPair, Limits, Risk, VerdictRule
 from bft.runtime import NodeOptions, TransportLimits
 

@@ -20,10 +20,8 @@ import pytest
 import tomli_w
 
 from bft import BlockingClient, Outcome
-from bft._cluster_file import load_cluster_file
-from bft._cluster_init import create_cluster_directory
-from bft._processes import LocalProcessCluster, ReplicaProcessError
-from bft._status import cluster_status
+from bft.cluster import (LocalProcessCluster, ReplicaProcessError, cluster_status, create_cluster_directory,
+                         load_cluster_file)
 from bft.audit import LOG_COLUMNS, log_entry_from_row, read_only_uri
 from bft.cli import main
 from bft.core import primary_of

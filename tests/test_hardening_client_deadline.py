@@ -15,8 +15,7 @@ import pytest
 import trio
 
 from bft import BlockingClient, Client, ConfigFileError
-from bft._cluster_file import load_cluster_file
-from bft._cluster_init import create_cluster_directory
+from bft.cluster import create_cluster_directory, load_cluster_file
 from bft.cli import EXIT_REFUSED, EXIT_USAGE, main
 
 pytestmark = pytest.mark.slow  # clients waiting out real deadlines: make test runs it, make test-fast does not

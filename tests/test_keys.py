@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bft._cluster_file import load_cluster_file
-from bft._cluster_init import free_loopback_ports
-from bft._keys import ConfigFileError, read_key_file
-from bft._replica_main import ReplicaUsageError, prepare_launch
+from bft.cluster import (ConfigFileError, ReplicaUsageError, free_loopback_ports, load_cluster_file, prepare_launch,
+                         read_key_file)
 from bft.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
 from bft.core import KeyPair
 

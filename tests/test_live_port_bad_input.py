@@ -9,10 +9,7 @@ import pytest
 import trio
 
 from bft import Client
-from bft._cluster_file import ClusterFile, load_cluster_file
-from bft._cluster_init import create_cluster_directory
-from bft._processes import LocalProcessCluster
-from bft._status import scrape
+from bft.cluster import ClusterFile, LocalProcessCluster, create_cluster_directory, load_cluster_file, scrape
 from bft.core import (ClusterConfig, KeyPair, RemoteProtocolError, Reply, Request, Risk, Signer, Verifier, decode,
                       encode)
 from bft.runtime import FramedConnection, Identity

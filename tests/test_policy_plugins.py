@@ -12,9 +12,7 @@ import pytest
 import tomli_w
 
 import bft.policies as policies_module
-from bft._cluster_file import ConfigFileError, load_cluster_file
-from bft._cluster_init import create_cluster_directory
-from bft._replica_main import prepare_launch
+from bft.cluster import ConfigFileError, create_cluster_directory, load_cluster_file, prepare_launch
 from bft.cli import main as bft_main
 from bft.core import Decision, Request, Risk, canonical_action
 from bft.policies import IncidentMemory

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import prometheus_client
 
-from bft._cluster_file import Address
-from bft._status import ReplicaStatus, _from_gauges, compare_replicas, parse_metrics
+from bft.cluster import Address
+from bft.cluster._status import ReplicaStatus, _from_gauges, compare_replicas, parse_metrics
 from bft.runtime._metrics import ReplicaMetrics
 from harness._rejoin import LoadDriver, PausableCluster, caught_up, rejoin_limits, rejoined
 from bft.testing import NetworkFaults

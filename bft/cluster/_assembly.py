@@ -25,7 +25,7 @@ from typing import Any, Callable, TypeVar
 
 import tomli_w
 
-from ._cluster_file import (FORMAT_VERSION, Address, ClusterFile, ConfigFileError, check_draft_document,
+from ._file import (FORMAT_VERSION, Address, ClusterFile, ConfigFileError, check_draft_document,
                             cluster_from_document, format_address, read_cluster_document)
 
 # The honest built-in policies, in the order replicas get them (replica i runs the (i mod 4)-th) unless told.

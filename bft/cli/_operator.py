@@ -22,10 +22,10 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli_common import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_OK, SUBMIT_TIMEOUT_MS_MAX, UsageError, _bounded_int,
+from ._common import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_OK, SUBMIT_TIMEOUT_MS_MAX, UsageError, _bounded_int,
                           _cluster_path, _count, _Parser, _shown, outcome_document)
-from ._cluster_file import load_cluster_file
-from .core import (CommandError, LocalProtocolError, Risk, canonical_action, operator_document, operator_signer_id,
+from ..cluster import load_cluster_file
+from ..core import (CommandError, LocalProtocolError, Risk, canonical_action, operator_document, operator_signer_id,
                    parse_command)
 
 QUARANTINE, RELEASE = "quarantine", "release"
@@ -73,7 +73,7 @@ def _needs_action(arguments: argparse.Namespace) -> int:
 
 
 def _run_command(arguments: argparse.Namespace) -> int:
-    from .client import BlockingClient
+    from ..client import BlockingClient
     command = f"bft operator {arguments.kind}"
     cluster = load_cluster_file(arguments.config)
     cluster.operator(arguments.operator)  # An unknown operator: one sentence naming the known ones.
@@ -97,7 +97,7 @@ def _run_command(arguments: argparse.Namespace) -> int:
 
 def _live_view(arguments: argparse.Namespace):
     """The newest accountability view among the replicas' metrics; exit code 1 (via None) if none answers."""
-    from ._status import cluster_status, most_advanced_view
+    from ..cluster import cluster_status, most_advanced_view
     cluster = load_cluster_file(arguments.config)
     status = most_advanced_view(cluster_status(cluster, arguments.timeout_ms / 1000))
     if status is None:
@@ -176,7 +176,7 @@ def _replica_list(replica_ids: tuple[int, ...]) -> str:
 
 def print_log_events(database: Path, as_json: bool, command: str, kinds: frozenset[str] | None = None) -> int:
     """Print the accountability events of a verdict log (those of ``kinds``, default all); 1 if any is unreadable."""
-    from ._status import VerdictLogError, describe_event, verdict_log_events
+    from ..cluster import VerdictLogError, describe_event, verdict_log_events
     shown = unreadable = 0
     try:
         for position, event in verdict_log_events(database):

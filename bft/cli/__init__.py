@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ._cli_common import (EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError,  # noqa: F401
+from ._common import (EXIT_DENY, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError,  # noqa: F401
                           _bounded_int, _Parser)
-from ._cluster_file import ConfigFileError
+from ..cluster import ConfigFileError
 
 def _writable_file(text: str) -> Path:
     path = Path(text)
@@ -38,7 +38,7 @@ def _writable_file(text: str) -> Path:
 
 
 def _add_demo(subcommands) -> None:
-    from .demo import CONCURRENCY_MAX, REPLICAS_MAX, REPLICAS_MIN, REQUESTS_MAX
+    from ..demo import CONCURRENCY_MAX, REPLICAS_MAX, REPLICAS_MIN, REQUESTS_MAX
     demo = subcommands.add_parser("demo", help="run a local cluster over loopback TCP and judge sample actions",
                                   description="Run n replicas (one of them compromised) in one process and print "
                                               "each verdict, a summary, and an offline certificate check.")
@@ -54,7 +54,7 @@ def _add_demo(subcommands) -> None:
 
 
 def _run_demo(arguments: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
     try:
         summary = run_demo(arguments.requests, arguments.replicas, arguments.seed, arguments.concurrency,
                            arguments.certificate)
@@ -82,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bft", description="Byzantine-fault-tolerant consensus on safety verdicts.")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_demo(subcommands)
-    from . import _cli_cluster, _cli_keys, _cli_operator
-    _cli_cluster.add_commands(subcommands)
-    _cli_keys.add_commands(subcommands)
-    _cli_operator.add_commands(subcommands)
+    from . import _cluster, _keys, _operator
+    _cluster.add_commands(subcommands)
+    _keys.add_commands(subcommands)
+    _operator.add_commands(subcommands)
     return parser
 
 

@@ -33,13 +33,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
-from ._cluster_assembly import DEFAULT_POLICIES, add_client, add_operator, add_replica, new_cluster_document
-from ._cluster_file import (CLUSTER_FILE_NAME, ClusterFile, ConfigFileError, cluster_from_document, load_cluster_file,
+from ._assembly import DEFAULT_POLICIES, add_client, add_operator, add_replica, new_cluster_document
+from ._file import (CLUSTER_FILE_NAME, ClusterFile, ConfigFileError, cluster_from_document, load_cluster_file,
                             settings_tables, write_cluster_file)
 from ._keys import create_key_file
-from .core import AccountabilityOptions, Limits
-from .policies import POLICIES
-from .runtime import NodeOptions
+from ..core import AccountabilityOptions, Limits
+from ..policies import POLICIES
+from ..runtime import NodeOptions
 
 LOOPBACK = "127.0.0.1"
 REPLICAS_MIN, REPLICAS_MAX = 1, 64

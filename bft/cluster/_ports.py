@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from ._cluster_file import Address
+from ._file import Address
 
 PROCESSES_SCANNED_MAX = 10_000
 DESCRIPTORS_SCANNED_MAX = 100_000

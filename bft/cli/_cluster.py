@@ -12,12 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli_common import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_OK, SUBMIT_TIMEOUT_MS_MAX, UsageError, _bounded_int,
+from ._common import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_OK, SUBMIT_TIMEOUT_MS_MAX, UsageError, _bounded_int,
                           _cluster_path, _count, _Parser, _shown, outcome_document)
-from ._cluster_file import Address, format_address, load_cluster_file, parse_address
-from .core import CertificateError, LocalProtocolError, Risk, VerdictCertificate
-from .core._certificate import check_fields_match, load_json_document
-from .core._messages import MAX_ACTION_BYTES, action_shape_problem
+from ..cluster import Address, format_address, load_cluster_file, parse_address
+from ..core import CertificateError, LocalProtocolError, Risk, VerdictCertificate
+from ..core._certificate import check_fields_match, load_json_document
+from ..core._messages import MAX_ACTION_BYTES, action_shape_problem
 
 MAX_CERTIFICATE_FILE_BYTES = 16 * 1024 * 1024
 # Room for an action of the largest size the protocol carries, written out with spaces and indentation.
@@ -55,7 +55,7 @@ def _policy_list(text: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------- init
 
 def _add_init(subcommands) -> None:
-    from ._cluster_init import CLIENTS_MAX, DEFAULT_POLICIES, REPLICAS_MAX, REPLICAS_MIN
+    from ..cluster import CLIENTS_MAX, DEFAULT_POLICIES, REPLICAS_MAX, REPLICAS_MIN
     command = subcommands.add_parser("init", help="create keys and a cluster file for a local cluster",
                                      description="Write fresh keys (mode 0600) and DIR/cluster.toml for a cluster "
                                                  "on free 127.0.0.1 ports.  Refuses to overwrite a cluster.")
@@ -69,7 +69,7 @@ def _add_init(subcommands) -> None:
 
 
 def _run_init(arguments: argparse.Namespace) -> int:
-    from ._cluster_init import create_cluster_directory
+    from ..cluster import create_cluster_directory
     cluster = create_cluster_directory(arguments.directory, arguments.replicas, arguments.clients,
                                        policies=arguments.policies)
     config = cluster.config
@@ -97,8 +97,7 @@ def _add_up(subcommands) -> None:
 
 
 def _run_up(arguments: argparse.Namespace) -> int:
-    from ._processes import LocalProcessCluster, PortInUseError, ReplicaProcessError
-    from ._replica_main import ReplicaUsageError
+    from ..cluster import LocalProcessCluster, PortInUseError, ReplicaProcessError, ReplicaUsageError
     processes = LocalProcessCluster(arguments.directory)
     try:
         results = processes.up(timeout_s=arguments.timeout_s)
@@ -112,7 +111,7 @@ def _run_up(arguments: argparse.Namespace) -> int:
 
 
 def _print_started(processes, results) -> None:
-    from ._processes import accepts_connections
+    from ..cluster import accepts_connections
     config = processes.cluster.config
     print(f"cluster {config.cluster_id}: {config.replica_count} replicas")
     for result in results:
@@ -139,7 +138,7 @@ def _add_down(subcommands) -> None:
 
 
 def _run_down(arguments: argparse.Namespace) -> int:
-    from ._processes import LocalProcessCluster
+    from ..cluster import LocalProcessCluster
     processes = LocalProcessCluster(arguments.directory)
     for result in processes.stop_all(timeout_s=arguments.timeout_s):
         if result.outcome == "not-running":
@@ -172,7 +171,7 @@ def _add_replica(subcommands) -> None:
 
 
 def _run_replica(arguments: argparse.Namespace) -> int:
-    from ._replica_main import ReplicaStartError, ReplicaUsageError, run_replica
+    from ..cluster import ReplicaStartError, ReplicaUsageError, run_replica
     try:
         run_replica(arguments.config, arguments.replica_id, arguments.listen, dict(arguments.peer),
                     key_file=arguments.key_file)
@@ -202,7 +201,7 @@ def _add_submit(subcommands) -> None:
 
 
 def _run_submit(arguments: argparse.Namespace) -> int:
-    from .client import BlockingClient
+    from ..client import BlockingClient
     action = _read_action(arguments.action)
     with BlockingClient(arguments.config, arguments.client, key_file=arguments.key_file,
                         timeout_ms=arguments.timeout_ms) as client:
@@ -323,8 +322,8 @@ def _add_status(subcommands) -> None:
 
 
 def _run_status(arguments: argparse.Namespace) -> int:
-    from ._cli_operator import print_accountability, print_log_events
-    from ._status import cluster_status, most_advanced_view
+    from ._operator import print_accountability, print_log_events
+    from ..cluster import cluster_status, most_advanced_view
     if arguments.db is not None:
         return print_log_events(arguments.db, arguments.json, "bft status")
     cluster = load_cluster_file(arguments.config)
@@ -365,7 +364,7 @@ def _audit_needs_action(arguments: argparse.Namespace) -> int:
 
 
 def _run_audit_verify(arguments: argparse.Namespace) -> int:
-    from .audit import verify_database
+    from ..audit import verify_database
     if not arguments.db.is_file():
         raise UsageError(f"bft audit verify: {arguments.db} is not a file")
     report = verify_database(arguments.db, expected_head=_expected_head(arguments.expected_head))

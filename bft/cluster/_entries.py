@@ -1,6 +1,6 @@
 """The records a loaded cluster file is made of: replicas, clients, operators, their policies and addresses.
 
-``bft._cluster_file`` reads and writes the file; this module holds what it reads
+``_file`` reads and writes the file; this module holds what it reads
 into, so that code which only uses a loaded cluster need not know the format.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ._keys import ConfigFileError, read_key_file
-from .core import ClusterConfig, operator_signer_id
-from .policies import build_policy
-from .policy import Policy
-from .runtime import NodeOptions
+from ..core import ClusterConfig, operator_signer_id
+from ..policies import build_policy
+from ..policy import Policy
+from ..runtime import NodeOptions
 
 Address = tuple[str, int]
 # Operators sign their commands as request signer "operator:<id>" (see bft.core._accountability).

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from ._cluster_file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
+from ._file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
 
 POLL_INTERVAL_S = 0.05
 STOP_TIMEOUT_S = 10.0
@@ -231,7 +231,7 @@ class LocalProcessCluster:
         (from the same ``prepare_launch`` the replica runs); a port in use, ``PortInUseError``.
         """
         from ._ports import listen_problem
-        from ._replica_main import prepare_launch
+        from ._replica_process import prepare_launch
         for replica_id in replica_ids:
             if replica_id in self.replica_programs:
                 continue  # Another program: what it needs is its own business.

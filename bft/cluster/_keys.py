@@ -15,7 +15,7 @@ import stat
 
 import nacl.bindings
 
-from .core import KeyPair
+from ..core import KeyPair
 
 SEED_BYTES = 32
 PUBLIC_KEY_BYTES = 32

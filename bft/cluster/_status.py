@@ -26,9 +26,9 @@ from typing import Any, Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ._cluster_file import Address, ClusterFile, format_address
+from ._file import Address, ClusterFile, format_address
 from ._processes import accepts_connections
-from .audit import read_only_uri
+from ..audit import read_only_uri
 
 SCRAPE_TIMEOUT_S = 2.0
 MAX_SCRAPE_BYTES = 4 * 1024 * 1024

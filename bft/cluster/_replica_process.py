@@ -42,13 +42,13 @@ from typing import Callable, Mapping
 
 import trio
 
-from ._cluster_file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
+from ._file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
 from ._keys import read_key_file
 from ._ports import listen_problem, port_in_use_sentence
-from .core import KeyPair
-from .policy import Policy
-from .runtime import MetricsServer, ReplicaMetrics, ReplicaNode, configure_json_logging, serve_metrics
-from .storage import SqliteStore, StorageError, Store
+from ..core import KeyPair
+from ..policy import Policy
+from ..runtime import MetricsServer, ReplicaMetrics, ReplicaNode, configure_json_logging, serve_metrics
+from ..storage import SqliteStore, StorageError, Store
 
 logger = logging.getLogger("bft.replica")
 

@@ -16,11 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from ._cli_cluster import _address, _cluster_path
-from ._cluster_assembly import add_client, add_operator, add_replica, change_cluster_file, create_cluster_file
-from ._cluster_file import ClusterFile, format_address
-from ._keys import create_key_file, public_key_problem
-from ._cli_common import EXIT_OK, UsageError, _Parser
+from ..cluster import (ClusterFile, add_client, add_operator, add_replica, change_cluster_file, create_cluster_file,
+                       create_key_file, format_address, public_key_problem)
+from ._cluster import _address, _cluster_path
+from ._common import EXIT_OK, UsageError, _Parser
 
 
 def add_commands(subcommands) -> None:

@@ -3,7 +3,7 @@
 One file describes a whole cluster, so every replica process, client and
 operator tool reads the same thing.  It holds only public keys; each private
 key sits in its own key file (32-byte Ed25519 seed as hex, mode 0600, see
-``bft._keys``) on the machine of its node, given on the command line
+``bft.cluster._keys``) on the machine of its node, given on the command line
 (``--key-file``) or named by a path relative to the cluster file (what the
 one-machine ``bft init`` writes).  A replica's or client's machine therefore
 needs the cluster file and its own key file, nothing else.  The format::
@@ -64,13 +64,13 @@ from typing import Any, NoReturn
 
 import tomli_w
 
-from ._cluster_entries import (OPERATOR_SIGNER_PREFIX, Address, ClientEntry, ClusterFile, OperatorEntry, PolicySpec,
+from ._entries import (OPERATOR_SIGNER_PREFIX, Address, ClientEntry, ClusterFile, OperatorEntry, PolicySpec,
                                ReplicaEntry, format_address, parse_address)
 from ._keys import PUBLIC_KEY_BYTES, ConfigFileError, public_key_problem
-from .core import AccountabilityOptions, ClusterConfig, ConfigError, Limits, Risk, VerdictRule
-from .core import default_rules, max_faulty, quorum_size
-from .policies import POLICIES
-from .runtime import NodeOptions, TransportLimits
+from ..core import AccountabilityOptions, ClusterConfig, ConfigError, Limits, Risk, VerdictRule
+from ..core import default_rules, max_faulty, quorum_size
+from ..policies import POLICIES
+from ..runtime import NodeOptions, TransportLimits
 
 # What other modules import from here; the records and key-file errors are defined in _cluster_entries and _keys.
 __all__ = ["CLUSTER_FILE_NAME", "FORMAT_VERSION", "OPERATOR_SIGNER_PREFIX", "Address", "ClientEntry", "ClusterFile",

@@ -1,7 +1,7 @@
 """What the ``bft`` command line's modules share: exit codes, the one-sentence usage error, argument parsers.
 
-``bft.cli`` builds the parser from the subcommands of ``_cli_cluster`` and
-``_cli_operator``; all three import what they share from here, so none of them
+``bft.cli`` builds the parser from the subcommands of ``_cluster``, ``_keys`` and
+``_operator``; all of them import what they share from here, so none of them
 imports another to reach it (see tests/test_import_cycles.py).
 """
 
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ._cluster_file import CLUSTER_FILE_NAME
+from ..cluster import CLUSTER_FILE_NAME
 
 EXIT_OK = 0
 EXIT_FAILED = 1
