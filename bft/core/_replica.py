@@ -34,11 +34,12 @@ from ._pending import PendingRequest, PendingPool
 from ._quorum import primary_of
 from ._ready import ReadyBuilder, Ready, Rejection
 from ._recovery import latest_prepared_proofs, latest_stable_proof, stored_preprepares, view_of
-from ._replica_accountability import AccountabilityMixin
+from ._replica_accountability import Accountability
 from ._replica_views import ViewChangeMixin
 from ._slots import Slot
 from ._state_transfer import StateTransferMixin
 from ._accountability import EquivocationProof
+from ._accountability_state import AccountabilityState
 from ._catch_up import CatchUpMixin
 
 
@@ -60,7 +61,7 @@ def within_window(seqs, low_water: int, high_water: int) -> bool:
     return not seqs or (low_water < min(seqs) and max(seqs) <= high_water)
 
 
-class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityMixin):
+class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -111,7 +112,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         }
         self._init_state_transfer()
         self._init_catch_up()
-        self._init_accountability()
+        self.accuser = Accountability(self)
 
     @classmethod
     def recover(cls, config: ClusterConfig, replica_id: int, seed: bytes,
@@ -228,6 +229,18 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     def record_decision(self, digest: bytes, decision: Decision, reason: str) -> Ready:
         return self._run(self._record_decision, digest, decision, reason)
 
+    def report_equivocation(self, proof: EquivocationProof) -> Ready:
+        """Submit ``proof`` (from ``Rejection.evidence``) as an evidence command, once per proof."""
+        return self._run(self.accuser.report_equivocation, proof)
+
+    def endorse_blocklist_pattern(self, pattern: str, ttl_ms: int) -> Ready:
+        """Propose a shared-blocklist pattern as this replica; it takes effect once f+1 replicas endorse it.
+
+        Raises ``LocalProtocolError`` if the endorsement is malformed (an
+        over-broad pattern, a bad ttl), before anything is signed.
+        """
+        return self._run(self.accuser.endorse_blocklist_pattern, pattern, ttl_ms)
+
     def tick(self, now_ms: int) -> Ready:
         if now_ms < self.now_ms:
             raise LocalProtocolError(f"the clock went backwards: {now_ms} < {self.now_ms}")
@@ -246,6 +259,13 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     @property
     def is_primary(self) -> bool:
         return self.primary_id == self.replica_id
+
+    @property
+    def accountability(self) -> AccountabilityState:
+        """The replicated accountability state (read it, e.g. ``.status()``; never change it)."""
+        state = self.execution.accountability
+        assert state is not None, "a replica always keeps the accountability state"
+        return state
 
     @property
     def high_water(self) -> int:
@@ -406,6 +426,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert len(self.active_view_by_replica) <= self.config.replica_count
         assert len(self._answered_tick) <= self.config.replica_count
+        self.accuser.check_bounds()
         assert self.view_active or self.view >= self.vote_floor_view, "waiting only in a view we asked for"
         assert self.view_active or not self.is_primary or self.new_view_message is None \
             or self.new_view_message.view < self.view
