@@ -26,18 +26,18 @@ from ._codec import digest as sha256, record_digest, request_digest
 from ._config import ClusterConfig
 from ._crypto import KeyPair, Signer, Verifier
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._execution import ExecutionState, votes_digest
+from ._execution import ExecutionState, LogEntry, votes_digest
 from ._messages import (MAX_REASON_BYTES, Batch, BatchEntry, Checkpoint, Commit, Decision, Message,
                         NewView, PrePrepare, Prepare, PreparedProof, Reply, Request, StateReply, StateRequest,
                         ViewChange, Vote)
 from ._pending import PendingRequest, PendingPool
 from ._quorum import primary_of
-from ._ready import ReadyBuilder, Ready, Rejection
-from ._recovery import latest_prepared_proofs, latest_stable_proof, stored_preprepares, view_of
+from ._ready import LogRead, ReadyBuilder, Ready, Rejection
+from ._recovery import latest_prepared_proofs, stored_preprepares, view_of
 from ._replica_accountability import Accountability
 from ._replica_views import ViewChangeMixin
 from ._slots import Slot
-from ._state_transfer import StateTransferMixin
+from ._checkpoints import Checkpoints, within_window
 from ._accountability import EquivocationProof
 from ._accountability_state import AccountabilityState
 from ._catch_up import CatchUpMixin
@@ -56,12 +56,7 @@ def truncate_reason(reason: str) -> str:
     return reason.encode("utf-8", errors="replace")[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
-def within_window(seqs, low_water: int, high_water: int) -> bool:
-    """Every seq in ``seqs`` lies in the window (low_water, high_water]."""
-    return not seqs or (low_water < min(seqs) and max(seqs) <= high_water)
-
-
-class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
+class Replica(ViewChangeMixin, CatchUpMixin):
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -81,14 +76,11 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         self.active_view_by_replica: dict[int, int] = {}  # Peer -> the highest view it was seen ordering in.
         self.now_ms = 0
         self.ticks = 0
-        self.low_water = 0
         self.next_seq = 1
-        self.stable_proof: tuple[Checkpoint, ...] = ()
         self.execution = ExecutionState(config.rules, config.limits.client_window, config)
         self.slots: SortedDict[int, Slot] = SortedDict()
         self.pending = PendingPool(config.limits.max_pending_requests,
                                    max(1, config.limits.max_pending_requests // (2 * config.replica_count)))
-        self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self.rejected_counts: Counter[str] = Counter()
         self.prepared_proofs: dict[int, PreparedProof] = {}
         self.view_change_by_replica: dict[int, ViewChange] = {}
@@ -104,13 +96,13 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         self._view_change_sent_tick = 0
         self._view_change_started_tick = 0
         self._out: ReadyBuilder | None = None
+        self.checkpointing = Checkpoints(self)
         self._handlers: dict[type, Callable] = {
             Request: self._on_forwarded_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
-            Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self._on_checkpoint,
+            Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self.checkpointing.on_checkpoint,
             ViewChange: self._on_view_change, NewView: self._on_new_view,
-            StateRequest: self._on_state_request, StateReply: self._on_state_reply,
+            StateRequest: self.checkpointing.on_state_request, StateReply: self.checkpointing.on_state_reply,
         }
-        self._init_state_transfer()
         self._init_catch_up()
         self.accuser = Accountability(self)
 
@@ -134,7 +126,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         signed = list(signed)
         own = [m for m in signed if getattr(m, "replica_id", None) == replica_id]
         replica.execution.restore(tuple(log), max((m.seq for m in own if isinstance(m, Checkpoint)), default=0))
-        replica._restore_checkpoints(signed, own)
+        replica.checkpointing.restore(signed, own)
+        replica.next_seq = replica.low_water + 1
         replica._restore_view(own)
         for message in own:
             replica._remember_signed(message)
@@ -151,24 +144,6 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         replica._probe_due = True  # It was away for an unknown time: ask a peer what committed meanwhile.
         replica.check_invariants()
         return replica
-
-    def _restore_checkpoints(self, signed: list[Message], own: list[Message]) -> None:
-        proof = latest_stable_proof(signed, self.quorum, self.last_executed)
-        if proof:
-            self.low_water, self.stable_proof = proof[0].seq, proof
-        self.next_seq = self.low_water + 1
-        for checkpoint in own:
-            if isinstance(checkpoint, Checkpoint) and self.low_water < checkpoint.seq <= self.high_water:
-                self.checkpoints.setdefault(checkpoint.seq, {})[self.replica_id] = checkpoint
-        # The state at an earlier checkpoint is gone; only one that is also the current state can be served.
-        state = self.execution.export_state()
-        if proof and self.last_executed == self.low_water:
-            assert sha256(state) == proof[0].state_digest, f"replica {self.replica_id} restored a diverged state"
-            self.stable_state = state
-        elif self.last_executed in self.checkpoints:
-            own_digest = self.checkpoints[self.last_executed][self.replica_id].state_digest
-            assert sha256(state) == own_digest, f"replica {self.replica_id} restored a diverged state"
-            self.checkpoint_states[self.last_executed] = state
 
     def _restore_view(self, own: list[Message]) -> None:
         views = [view for view in map(view_of, own) if view is not None]
@@ -266,6 +241,17 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         state = self.execution.accountability
         assert state is not None, "a replica always keeps the accountability state"
         return state
+
+    # The checkpoint component's state, read-only (the runtime's metrics, the simulator, the tests read it).
+    low_water = property(lambda self: self.checkpointing.low_water)
+    stable_proof = property(lambda self: self.checkpointing.stable_proof)
+    checkpoints = property(lambda self: self.checkpointing.checkpoints)
+    checkpoint_states = property(lambda self: self.checkpointing.checkpoint_states)
+    stable_state = property(lambda self: self.checkpointing.stable_state)
+    lag_target_seq = property(lambda self: self.checkpointing.lag_target_seq)
+    transfer = property(lambda self: self.checkpointing.transfer)
+    transfer_counts = property(lambda self: self.checkpointing.transfer_counts)
+    state_adoptions = property(lambda self: self.checkpointing.state_adoptions)
 
     @property
     def high_water(self) -> int:
@@ -412,17 +398,12 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         self.pending.check_bounds()
         # The slots are sorted by seq, so checking the lowest and the highest covers them all.
         assert not self.slots or low < self.slots.peekitem(0)[0] <= self.slots.peekitem(-1)[0] <= high
-        assert low <= self.last_executed <= high
-        assert within_window(self.checkpoints, low, high)
+        self.checkpointing.check_bounds()
         assert len(self.prepared_proofs) <= limits.log_window
         assert within_window(self.early_preprepares, low, high)
         assert len(self.signed_digests) <= 4 * limits.log_window
         assert len(self.view_seen_by_replica) <= self.config.replica_count
         assert len(self.recovered_votes) <= limits.max_pending_requests
-        assert within_window(self.checkpoint_states, low, high)
-        assert len(self.checkpoints_ahead) <= self.config.replica_count
-        assert self.transfer is None or self.transfer.buffered <= limits.state_transfer_entries_max
-        assert self.stable_state is None or low > 0
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert len(self.active_view_by_replica) <= self.config.replica_count
         assert len(self._answered_tick) <= self.config.replica_count
@@ -747,60 +728,20 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
             self.recovered_votes.pop(digest, None)  # Executed: never voted on again.
         self._note_progress()
         if slot.seq % self.limits.checkpoint_interval == 0:
-            state = self.checkpoint_states[slot.seq] = self.execution.export_state()
-            checkpoint = self._sign(Checkpoint(slot.seq, sha256(state), self.replica_id, bytes(64)))
-            self._broadcast(checkpoint)
-            self.checkpoints.setdefault(slot.seq, {})[self.replica_id] = checkpoint
-            self._check_stable(slot.seq)
+            self.checkpointing.take_checkpoint(slot.seq)
         self._maybe_propose()
+
+    def answer_log_read(self, read: LogRead, entries: tuple[LogEntry, ...]) -> Ready:
+        """The driver read ``entries`` (positions ``read.first_position`` onwards) from its store."""
+        return self._run(self.checkpointing.answer_log_read, read, tuple(entries))
 
     def _sign_reply(self, reply: Reply) -> Reply:
         return self._sign(dataclasses.replace(reply, replica_id=self.replica_id))
 
-    def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
-        if checkpoint.seq % self.limits.checkpoint_interval != 0:
-            raise RemoteProtocolError("bad-checkpoint", f"seq {checkpoint.seq} is not a checkpoint boundary")
-        if checkpoint.seq <= self.low_water:
-            return  # Already stable here; late checkpoints are expected and harmless.
-        if checkpoint.seq > self.high_water:
-            self._note_checkpoint_ahead(checkpoint)  # Evidence that we are behind (see _state_transfer).
-            return
-        existing = self.checkpoints.get(checkpoint.seq, {}).get(checkpoint.replica_id)
-        if existing is not None:
-            if existing != checkpoint:
-                raise RemoteProtocolError("equivocation", f"two checkpoints for seq {checkpoint.seq}")
-            return
-        self.checkpoints.setdefault(checkpoint.seq, {})[checkpoint.replica_id] = checkpoint
-        self._check_stable(checkpoint.seq)
-
-    def _check_stable(self, seq: int) -> None:
-        by_digest: dict[bytes, list[Checkpoint]] = {}
-        for checkpoint in self.checkpoints.get(seq, {}).values():
-            by_digest.setdefault(checkpoint.state_digest, []).append(checkpoint)
-        proof = next((group for group in by_digest.values() if len(group) >= self.quorum), None)
-        if proof is None:
-            return
-        if self.last_executed < seq:
-            self._note_lag(seq)  # Certified, and we are behind it: execute there or fetch it.
-            return
-        own = self.checkpoints[seq].get(self.replica_id)
-        assert own is not None and own.state_digest == proof[0].state_digest, \
-            f"replica {self.replica_id} diverged from a quorum at checkpoint {seq}"
-        self._advance_low_water(seq, tuple(sorted(proof, key=lambda c: c.replica_id)[:self.quorum]))
-
-    def _advance_low_water(self, seq: int, proof: tuple[Checkpoint, ...]) -> None:
-        assert seq > self.low_water and len(proof) >= self.quorum
-        # Durable with the water mark, so that a restart resumes from this stable checkpoint.
-        self._out.persist.extend(checkpoint for checkpoint in proof if checkpoint.replica_id != self.replica_id)
-        self.low_water = seq
-        self.stable_proof = proof
-        self.stable_state = self.checkpoint_states.get(seq)
-        for old_seq in [s for s in self.checkpoint_states if s <= seq]:
-            del self.checkpoint_states[old_seq]
+    def _forget_up_to(self, seq: int) -> None:
+        """The low water mark moved up to ``seq``: the slots and what we signed up to it are history."""
         for old_seq in list(self.slots.irange(maximum=seq)):
             del self.slots[old_seq]
-        for old_seq in [s for s in self.checkpoints if s <= seq]:
-            del self.checkpoints[old_seq]
         for old_seq in [s for s in self.prepared_proofs if s <= seq]:
             del self.prepared_proofs[old_seq]
         for old_seq in [s for s in self.early_preprepares if s <= seq]:
@@ -808,6 +749,13 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         self.signed_digests = {key: d for key, d in self.signed_digests.items() if key[2] > seq}
         self.next_seq = max(self.next_seq, seq + 1)
         self._maybe_propose()
+
+    def _forget_transferred(self, entries) -> None:
+        """A state transfer finalized ``entries``: their requests are no longer pending, nor voted on again."""
+        self.pending.remove_where(lambda p: p.request is not None and (
+            self.execution.cached_reply(*p.request.key) is not None or self.execution.is_stale(*p.request.key)))
+        for entry in entries:
+            self.recovered_votes.pop(entry.request_digest, None)
 
     # ----------------------------------------------------------------- time
 
@@ -819,6 +767,6 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin):
         self._out.dead_votes.extend(p.digest for p in expired if self.replica_id in p.votes)
         self._share_overdue_votes()
         self._check_progress_timer()
-        self._tick_state_transfer()
+        self.checkpointing.tick()
         self._tick_catch_up()
         self._maybe_propose()

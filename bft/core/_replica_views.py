@@ -280,8 +280,8 @@ class ViewChangeMixin:
         self._waiting_since = self.ticks
         self.view_change_by_replica = {r: vc for r, vc in self.view_change_by_replica.items() if vc.new_view > self.view}
         if stable_seq > self.low_water and self.last_executed >= stable_seq:
-            self._adopt_stable_checkpoint(stable_seq, stable_proof_for(new_view.view_changes, stable_seq))
-        self._note_lag(stable_seq)  # Not re-proposed, so state transfer is the only way to reach it.
+            self.checkpointing.adopt_stable_checkpoint(stable_seq, stable_proof_for(new_view.view_changes, stable_seq))
+        self.checkpointing.note_lag(stable_seq)  # Not re-proposed, so state transfer is the only way to reach it.
         for seq in [seq for seq, slot in self.slots.items() if slot.view < self.view]:
             del self.slots[seq]
         reproposed: set[bytes] = set()
@@ -298,11 +298,3 @@ class ViewChangeMixin:
         self.replay_early_preprepares()
         self._resend_votes_to_primary()
         self._maybe_propose()
-
-    def _adopt_stable_checkpoint(self, seq: int, proof) -> None:
-        """A quorum certified the state at ``seq``; we executed past it, so ours must match."""
-        own = self.checkpoints.get(seq, {}).get(self.replica_id)
-        assert own is None or own.state_digest == proof[0].state_digest, \
-            f"replica {self.replica_id} diverged from a certified checkpoint at {seq}"
-        if own is not None:
-            self._advance_low_water(seq, proof)
