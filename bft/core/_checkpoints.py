@@ -209,7 +209,7 @@ class Checkpoints:
             raise RemoteProtocolError("rate-limited", f"more than {STATE_REPLIES_PER_TICK_MAX} state requests this tick")
         self._replies_this_tick[request.replica_id] += 1
         if request.first_position == 0 and request.last_position > 0:
-            replica._answer_slots(request)  # A catch-up request (``_catch_up``): committed slots, not a snapshot.
+            replica.catch_up.answer_slots(request)  # A catch-up request (``_catch_up``): committed slots, not a snapshot.
             return
         if request.first_position == 0:
             self._answer_snapshot(request)
@@ -352,6 +352,6 @@ class Checkpoints:
         self.transfer = None
         self.transfer_counts["adopted"] += 1
         self.advance_low_water(seq, session.proof)
-        replica._probe_soon()  # Slots may have committed above the checkpoint: fetch them too.
+        replica.catch_up.probe_soon()  # Slots may have committed above the checkpoint: fetch them too.
         replica._note_progress()
         replica._execute_committed()

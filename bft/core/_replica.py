@@ -40,7 +40,7 @@ from ._slots import Slot
 from ._checkpoints import Checkpoints, within_window
 from ._accountability import EquivocationProof
 from ._accountability_state import AccountabilityState
-from ._catch_up import CatchUpMixin
+from ._catch_up import CATCH_UP_STATES, CatchUp
 
 
 def sender_of(message: Message) -> str:
@@ -56,7 +56,7 @@ def truncate_reason(reason: str) -> str:
     return reason.encode("utf-8", errors="replace")[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
-class Replica(ViewChangeMixin, CatchUpMixin):
+class Replica(ViewChangeMixin):
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -97,13 +97,13 @@ class Replica(ViewChangeMixin, CatchUpMixin):
         self._view_change_started_tick = 0
         self._out: ReadyBuilder | None = None
         self.checkpointing = Checkpoints(self)
+        self.catch_up = CatchUp(self)
         self._handlers: dict[type, Callable] = {
             Request: self._on_forwarded_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
             Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self.checkpointing.on_checkpoint,
             ViewChange: self._on_view_change, NewView: self._on_new_view,
             StateRequest: self.checkpointing.on_state_request, StateReply: self.checkpointing.on_state_reply,
         }
-        self._init_catch_up()
         self.accuser = Accountability(self)
 
     @classmethod
@@ -141,7 +141,7 @@ class Replica(ViewChangeMixin, CatchUpMixin):
         replica.recovered_votes = {vote.request_digest: vote for vote in kept}
         # Older votes are beyond what the pending pool could still hold: their requests are long gone.
         replica._dead_votes_backlog = [vote.request_digest for vote in votes[:len(votes) - len(kept)]]
-        replica._probe_due = True  # It was away for an unknown time: ask a peer what committed meanwhile.
+        replica.catch_up.probe_soon()  # It was away for an unknown time: ask a peer what committed meanwhile.
         replica.check_invariants()
         return replica
 
@@ -254,6 +254,32 @@ class Replica(ViewChangeMixin, CatchUpMixin):
     state_adoptions = property(lambda self: self.checkpointing.state_adoptions)
 
     @property
+    def highest_seq_known(self) -> int:
+        """The highest seq this replica knows the cluster committed (from proofs, never from one peer's say)."""
+        return self.catch_up.highest_seq_known
+
+    def catching_up(self) -> bool:
+        """Known to be behind: a proof shows the cluster committed past what this replica executed."""
+        return self.catch_up.catching_up()
+
+    catch_up_counts = property(lambda self: self.catch_up.catch_up_counts)
+    committed_seq_known = property(lambda self: self.catch_up.committed_seq_known)
+
+    def progress_summary(self) -> dict:
+        """What an operator needs to tell a healthy replica from a stranded one (no I/O, O(1)).
+
+        A follower (active in a view below the one it asked for, ``_replica_views``) executes with the cluster
+        but does not vote: the cluster has one voter fewer until its next view change, so it is reported as
+        ``view-change``, not ``ok``.
+        """
+        changing = not self.view_active or self.view < self.vote_floor_view
+        state = "view-change" if changing else "catching-up" if self.catching_up() else "ok"
+        assert state in CATCH_UP_STATES
+        return {"view": self.view, "view_active": self.view_active, "asked_view": self.vote_floor_view,
+                "last_executed": self.last_executed, "highest_seq_known": self.highest_seq_known,
+                "lag": self.highest_seq_known - self.last_executed, "state": state}
+
+    @property
     def high_water(self) -> int:
         return self.low_water + self.limits.log_window
 
@@ -275,7 +301,7 @@ class Replica(ViewChangeMixin, CatchUpMixin):
         """
         # catching_up() covers a state transfer under way; a lag target already reached is cleared by a tick.
         return (self.view_active and not self.pending and not self.lag_target_seq and not self._dead_votes_backlog
-                and not self._probe_due and not self.catching_up() and not self._has_outstanding_work())
+                and not self.catch_up.probe_due and not self.catching_up() and not self._has_outstanding_work())
 
     # ----------------------------------------------------------------- plumbing
 
@@ -302,7 +328,7 @@ class Replica(ViewChangeMixin, CatchUpMixin):
             self._verifier.verify(message)
             handler(message)
             if isinstance(message, (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)):
-                self._note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
+                self.catch_up.note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
         except RemoteProtocolError as error:
             self._reject(error.from_sender(sender_of(message)))
 
@@ -344,6 +370,10 @@ class Replica(ViewChangeMixin, CatchUpMixin):
             return True
         raise RemoteProtocolError("equivocation", f"two {type(message).__name__}s for seq {message.seq}",
                                   evidence=EquivocationProof.of(held, message))
+
+    def _count_rejected(self, reason: str) -> None:
+        """A remote input refused without a Rejection (kept for what it proves, not acted on)."""
+        self.rejected_counts[reason] += 1
 
     def _reject(self, error: RemoteProtocolError) -> None:
         self.rejected_counts[error.reason] += 1
@@ -406,7 +436,7 @@ class Replica(ViewChangeMixin, CatchUpMixin):
         assert len(self.recovered_votes) <= limits.max_pending_requests
         assert len(self.view_change_by_replica) <= self.config.replica_count
         assert len(self.active_view_by_replica) <= self.config.replica_count
-        assert len(self._answered_tick) <= self.config.replica_count
+        self.catch_up.check_bounds()
         self.accuser.check_bounds()
         assert self.view_active or self.view >= self.vote_floor_view, "waiting only in a view we asked for"
         assert self.view_active or not self.is_primary or self.new_view_message is None \
@@ -581,7 +611,7 @@ class Replica(ViewChangeMixin, CatchUpMixin):
                                           evidence=EquivocationProof.of(slot.preprepare, preprepare))
             return
         digests = self._validate_batch(preprepare.batch)
-        self._accept_preprepare(preprepare, digests, vote=self._may_prepare(preprepare.batch))
+        self._accept_preprepare(preprepare, digests, vote=self.catch_up.may_prepare(preprepare.batch))
         self._note_peer_view(preprepare.replica_id, preprepare.view)
 
     def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
@@ -654,7 +684,7 @@ class Replica(ViewChangeMixin, CatchUpMixin):
         self._record_phase_vote(commit, lambda slot: slot.commits)
         slot = self._current_slot(commit.seq)
         if slot is not None:
-            self._note_commit_quorum(commit, slot.commits)
+            self.catch_up.note_commit_quorum(commit, slot.commits)
             self._check_committed(slot)
 
     def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
@@ -731,6 +761,12 @@ class Replica(ViewChangeMixin, CatchUpMixin):
             self.checkpointing.take_checkpoint(slot.seq)
         self._maybe_propose()
 
+    def peer_reconnected(self) -> Ready:
+        """The driver's link to a peer came back (a healed partition, a restarted peer): look around at
+        the next tick, as after a pause, instead of waiting for the quiet-period probe, which a rarely
+        ticking idle replica (``is_quiescent``) sends only every few seconds.  Returns the (empty) Ready."""
+        return self._run(self.catch_up.probe_soon)
+
     def answer_log_read(self, read: LogRead, entries: tuple[LogEntry, ...]) -> Ready:
         """The driver read ``entries`` (positions ``read.first_position`` onwards) from its store."""
         return self._run(self.checkpointing.answer_log_read, read, tuple(entries))
@@ -760,7 +796,7 @@ class Replica(ViewChangeMixin, CatchUpMixin):
     # ----------------------------------------------------------------- time
 
     def _tick(self, now_ms: int) -> None:
-        self._note_clock(now_ms)
+        self.catch_up.note_clock(now_ms)
         self.now_ms = now_ms
         self.ticks += 1
         expired = self.pending.expire(now_ms, self.limits.max_clock_skew_ms, self.ticks, self.limits.orphan_vote_ticks)
@@ -768,5 +804,5 @@ class Replica(ViewChangeMixin, CatchUpMixin):
         self._share_overdue_votes()
         self._check_progress_timer()
         self.checkpointing.tick()
-        self._tick_catch_up()
+        self.catch_up.tick()
         self._maybe_propose()

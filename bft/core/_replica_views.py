@@ -73,7 +73,7 @@ class ViewChangeMixin:
                 self._send_to_others(pending.request)
 
     def _note_progress(self) -> None:
-        self._catch_up_progress_tick = self.ticks
+        self.catch_up.note_progress()
         self._waiting_since = self.ticks
         self._view_change_attempts = 0
 
@@ -81,7 +81,7 @@ class ViewChangeMixin:
         if not self._has_outstanding_work():
             self._waiting_since = None
             return
-        if self.view_active and self.catching_up() and self.ticks - self._catch_up_progress_tick < self._current_timeout():
+        if self.view_active and self.catching_up() and self.ticks - self.catch_up.progress_tick < self._current_timeout():
             # Behind the cluster: fetch and replay, suspect no one, as long as fetching brings progress.  A
             # slot that committed nowhere (seq s+1 stuck while s+2 committed) needs a view change to fill it.
             self._waiting_since = self.ticks
@@ -146,13 +146,12 @@ class ViewChangeMixin:
 
     def _follow_view(self, view: int) -> None:
         assert view < self.view <= self.vote_floor_view and not self.view_active
-        self.catch_up_counts["followed-lower-view"] += 1
+        self.catch_up.note_followed_lower_view()
         self.view = view
         self.view_active = True
         self._waiting_since = self.ticks
         if self.new_view_message is not None and self.new_view_message.view != view:
             self.new_view_message = None
-        self._probe_due = True  # Learn what committed in that view while we waited.
         self.replay_early_preprepares()
 
     def _followed_lower_view(self, message: PrePrepare | Prepare | Commit) -> bool:
