@@ -84,7 +84,7 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "accountability-decide": PatchPoint("bft.core._accountability_state:decide",
                                         "the verdict rule when accountability is on"),
     "restore-execution": PatchPoint("bft.core._execution:ExecutionState.restore", "execution state after a restart"),
-    "share-overdue-votes": PatchPoint("bft.core._replica_views:ViewChangeMixin._share_overdue_votes",
+    "share-overdue-votes": PatchPoint("bft.core._replica:Replica._share_overdue_votes",
                                       "when a backup shares a vote the primary left unproposed"),
     "adds-nothing": PatchPoint("bft.core._replica:Replica._adds_nothing",
                                "which PREPAREs and COMMITs are dropped unverified as superfluous"),

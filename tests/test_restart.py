@@ -180,7 +180,7 @@ def test_recovered_replica_refuses_to_sign_a_different_digest_for_a_slot_it_sign
     signed_slots = {key for key in recovered.signed_digests}
     assert signed_slots, "the replica had signed prepares before the crash"
     phase, view, seq = next(iter(signed_slots))
-    recovered.view = view
+    assert recovered.view == view, "a restarted replica resumes in the view of what it signed last"
     assert recovered._may_sign(phase, seq, recovered.signed_digests[(phase, view, seq)])
     assert not recovered._may_sign(phase, seq, b"\x01" * 32)
 

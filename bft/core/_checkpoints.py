@@ -353,5 +353,5 @@ class Checkpoints:
         self.transfer_counts["adopted"] += 1
         self.advance_low_water(seq, session.proof)
         replica.catch_up.probe_soon()  # Slots may have committed above the checkpoint: fetch them too.
-        replica._note_progress()
+        replica.views.note_progress()
         replica._execute_committed()

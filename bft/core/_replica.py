@@ -35,7 +35,7 @@ from ._quorum import primary_of
 from ._ready import LogRead, ReadyBuilder, Ready, Rejection
 from ._recovery import latest_prepared_proofs, stored_preprepares, view_of
 from ._replica_accountability import Accountability
-from ._replica_views import ViewChangeMixin
+from ._replica_views import ViewChanges
 from ._slots import Slot
 from ._checkpoints import Checkpoints, within_window
 from ._accountability import EquivocationProof
@@ -56,7 +56,7 @@ def truncate_reason(reason: str) -> str:
     return reason.encode("utf-8", errors="replace")[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
-class Replica(ViewChangeMixin):
+class Replica:
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -68,12 +68,6 @@ class Replica(ViewChangeMixin):
         self._quorum = config.quorum  # Asked on most inputs; the configuration is frozen.
         self._signer = Signer(config.cluster_id, seed)
         self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
-        self.view = 0
-        self.view_active = True
-        # PBFT's promise behind a VIEW-CHANGE: no PRE-PREPARE, PREPARE or COMMIT below the highest view we asked
-        # for.  A replica may still *follow* a lower view (``_replica_views``), learning from others' proofs.
-        self.vote_floor_view = 0
-        self.active_view_by_replica: dict[int, int] = {}  # Peer -> the highest view it was seen ordering in.
         self.now_ms = 0
         self.ticks = 0
         self.next_seq = 1
@@ -83,25 +77,18 @@ class Replica(ViewChangeMixin):
                                    max(1, config.limits.max_pending_requests // (2 * config.replica_count)))
         self.rejected_counts: Counter[str] = Counter()
         self.prepared_proofs: dict[int, PreparedProof] = {}
-        self.view_change_by_replica: dict[int, ViewChange] = {}
-        self.new_view_message: NewView | None = None
-        self._waiting_since: int | None = None
         self.early_preprepares: dict[int, PrePrepare] = {}
         self.signed_digests: dict[tuple[str, int, int], bytes] = {}
-        self.view_seen_by_replica: dict[int, int] = {}
         self.recovered_votes: dict[bytes, Vote] = {}
         self._dead_votes_backlog: list[bytes] = []
-        self._view_change_attempts = 0
-        self._ordering_ticks_recent = 0  # A decaying maximum of how long requests took to execute here.
-        self._view_change_sent_tick = 0
-        self._view_change_started_tick = 0
         self._out: ReadyBuilder | None = None
         self.checkpointing = Checkpoints(self)
+        self.views = ViewChanges(self)
         self.catch_up = CatchUp(self)
         self._handlers: dict[type, Callable] = {
             Request: self._on_forwarded_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
             Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self.checkpointing.on_checkpoint,
-            ViewChange: self._on_view_change, NewView: self._on_new_view,
+            ViewChange: self.views.on_view_change, NewView: self.views.on_new_view,
             StateRequest: self.checkpointing.on_state_request, StateReply: self.checkpointing.on_state_reply,
         }
         self.accuser = Accountability(self)
@@ -128,7 +115,9 @@ class Replica(ViewChangeMixin):
         replica.execution.restore(tuple(log), max((m.seq for m in own if isinstance(m, Checkpoint)), default=0))
         replica.checkpointing.restore(signed, own)
         replica.next_seq = replica.low_water + 1
-        replica._restore_view(own)
+        replica.views.restore(own)
+        if any(view_of(m) is not None for m in own):
+            replica._restore_next_seq(own)
         for message in own:
             replica._remember_signed(message)
         replica.prepared_proofs = latest_prepared_proofs(signed, config.replica_count, replica.quorum,
@@ -145,21 +134,10 @@ class Replica(ViewChangeMixin):
         replica.check_invariants()
         return replica
 
-    def _restore_view(self, own: list[Message]) -> None:
-        views = [view for view in map(view_of, own) if view is not None]
-        if not views:
-            return
-        self.view = max(views)
-        current = [m for m in own if view_of(m) == self.view]
-        self.view_active = any(isinstance(m, (PrePrepare, Prepare, Commit, NewView)) for m in current)
-        self.vote_floor_view = max((m.new_view for m in own if isinstance(m, ViewChange)), default=0)
-        view_changes = [m for m in current if isinstance(m, ViewChange)]
-        if not self.view_active and view_changes:
-            self.view_change_by_replica[self.replica_id] = view_changes[-1]
-        new_views = [m for m in current if isinstance(m, NewView)]
-        if new_views:
-            self.new_view_message = new_views[-1]
-        proposed = [pp.seq for pp in stored_preprepares(current, self.config.replica_count) if pp.view == self.view]
+    def _restore_next_seq(self, own: list[Message]) -> None:
+        view = self.view
+        current = [m for m in own if view_of(m) == view]
+        proposed = [pp.seq for pp in stored_preprepares(current, self.config.replica_count) if pp.view == view]
         self.next_seq = max([self.low_water, *proposed]) + 1
 
     def _restore_replies(self, signed: list[Message]) -> None:
@@ -242,6 +220,13 @@ class Replica(ViewChangeMixin):
         assert state is not None, "a replica always keeps the accountability state"
         return state
 
+    # The view-change component's state, read-only.
+    view = property(lambda self: self.views.view)
+    view_active = property(lambda self: self.views.view_active)
+    vote_floor_view = property(lambda self: self.views.vote_floor_view)
+    view_change_by_replica = property(lambda self: self.views.view_change_by_replica)
+    new_view_message = property(lambda self: self.views.new_view_message)
+
     # The checkpoint component's state, read-only (the runtime's metrics, the simulator, the tests read it).
     low_water = property(lambda self: self.checkpointing.low_water)
     stable_proof = property(lambda self: self.checkpointing.stable_proof)
@@ -301,7 +286,7 @@ class Replica(ViewChangeMixin):
         """
         # catching_up() covers a state transfer under way; a lag target already reached is cleared by a tick.
         return (self.view_active and not self.pending and not self.lag_target_seq and not self._dead_votes_backlog
-                and not self.catch_up.probe_due and not self.catching_up() and not self._has_outstanding_work())
+                and not self.catch_up.probe_due and not self.catching_up() and not self.views.has_outstanding_work())
 
     # ----------------------------------------------------------------- plumbing
 
@@ -432,15 +417,10 @@ class Replica(ViewChangeMixin):
         assert len(self.prepared_proofs) <= limits.log_window
         assert within_window(self.early_preprepares, low, high)
         assert len(self.signed_digests) <= 4 * limits.log_window
-        assert len(self.view_seen_by_replica) <= self.config.replica_count
         assert len(self.recovered_votes) <= limits.max_pending_requests
-        assert len(self.view_change_by_replica) <= self.config.replica_count
-        assert len(self.active_view_by_replica) <= self.config.replica_count
         self.catch_up.check_bounds()
         self.accuser.check_bounds()
-        assert self.view_active or self.view >= self.vote_floor_view, "waiting only in a view we asked for"
-        assert self.view_active or not self.is_primary or self.new_view_message is None \
-            or self.new_view_message.view < self.view
+        self.views.check_bounds()
 
     # ----------------------------------------------------------------- requests and votes
 
@@ -494,6 +474,28 @@ class Replica(ViewChangeMixin):
         """
         if not self.is_primary:
             self._out.to_replicas.append((self.primary_id, vote))
+
+    def _share_overdue_votes(self) -> None:
+        """Votes go to the primary alone, so a backup sees no quorum of votes to time the primary on.  A
+        vote on a request that no pre-prepare carried for a whole view-change timeout goes to every
+        replica, with its request: if a quorum of replicas is in the same position, each of them now
+        sees a quorum of votes, and the ordinary timer (a request with a quorum of votes, no progress)
+        replaces a primary that withholds it.  A backup cut off from the others shares into the void
+        and never sees a quorum, so it never changes view alone (SPEC.md section 11b)."""
+        if self.is_primary:
+            return
+        arrived_by_tick = self.ticks - self.limits.view_change_timeout_ticks
+        for pending in self.pending.take_overdue_votes(arrived_by_tick):
+            self._send_to_others(pending.votes[self.replica_id])
+            if not pending.forwarded:
+                pending.forwarded = True
+                self._send_to_others(pending.request)
+
+    def _forward_unordered_requests(self) -> None:
+        for pending in self.pending:
+            if pending.request is not None and not pending.forwarded:
+                pending.forwarded = True
+                self._send_to_others(pending.request)
 
     def _resend_votes_to_primary(self) -> None:
         """A new view's primary may never have received our votes: send those it has not proposed."""
@@ -595,14 +597,14 @@ class Replica(ViewChangeMixin):
             raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
         if preprepare.view > self.view or (preprepare.view == self.view and not self.view_active):
             self._hold_early_preprepare(preprepare)
-            self._note_view_evidence(preprepare.replica_id, preprepare.view)
-            self._note_peer_view(preprepare.replica_id, preprepare.view)
+            self.views.note_view_evidence(preprepare.replica_id, preprepare.view)
+            self.views.note_peer_view(preprepare.replica_id, preprepare.view)
             return
-        if not self._followed_lower_view(preprepare):
+        if not self.views.followed_lower_view(preprepare):
             return
         self._check_current_view(preprepare.view)
         self._check_window(preprepare.seq)
-        if self._later_slot_held(preprepare.seq):
+        if self.views.later_slot_held(preprepare.seq):
             return
         slot = self._current_slot(preprepare.seq)
         if slot is not None and slot.preprepare is not None:
@@ -612,7 +614,7 @@ class Replica(ViewChangeMixin):
             return
         digests = self._validate_batch(preprepare.batch)
         self._accept_preprepare(preprepare, digests, vote=self.catch_up.may_prepare(preprepare.batch))
-        self._note_peer_view(preprepare.replica_id, preprepare.view)
+        self.views.note_peer_view(preprepare.replica_id, preprepare.view)
 
     def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
         """A new primary's first proposals can overtake its NEW-VIEW; keep them (bounded) until it lands."""
@@ -694,13 +696,13 @@ class Replica(ViewChangeMixin):
         if message.view > self.view:
             # Not misbehaviour: a correct peer already runs a later view.  It is
             # evidence for rejoining, not a message to act on here.
-            self._note_view_evidence(message.replica_id, message.view)
-            self._note_peer_view(message.replica_id, message.view)
+            self.views.note_view_evidence(message.replica_id, message.view)
+            self.views.note_peer_view(message.replica_id, message.view)
             return
-        if not self._followed_lower_view(message):
+        if not self.views.followed_lower_view(message):
             return
         self._check_current_view(message.view, require_active=False)
-        if self._later_slot_held(message.seq):
+        if self.views.later_slot_held(message.seq):
             return
         slot = self._current_slot(message.seq)
         existing = table_of(slot).get(message.replica_id) if slot else None
@@ -710,7 +712,7 @@ class Replica(ViewChangeMixin):
                                           evidence=EquivocationProof.of(existing, message))
             return
         table_of(self._slot(message.seq))[message.replica_id] = message
-        self._note_peer_view(message.replica_id, message.view)
+        self.views.note_peer_view(message.replica_id, message.view)
 
     def _check_prepared(self, slot: Slot) -> None:
         if slot.prepared or slot.preprepare is None or slot.matching_prepare_count() < self.quorum:
@@ -753,10 +755,10 @@ class Replica(ViewChangeMixin):
         for digest in slot.request_digests:
             pending = self.pending.get(digest)
             if pending is not None:
-                self._note_ordering_ticks(self.ticks - pending.created_tick)
+                self.views.note_ordering_ticks(self.ticks - pending.created_tick)
             self.pending.discard(digest)
             self.recovered_votes.pop(digest, None)  # Executed: never voted on again.
-        self._note_progress()
+        self.views.note_progress()
         if slot.seq % self.limits.checkpoint_interval == 0:
             self.checkpointing.take_checkpoint(slot.seq)
         self._maybe_propose()
@@ -773,6 +775,31 @@ class Replica(ViewChangeMixin):
 
     def _sign_reply(self, reply: Reply) -> Reply:
         return self._sign(dataclasses.replace(reply, replica_id=self.replica_id))
+
+    def _forget_views_below(self, view: int) -> None:
+        """A new view is installed: what we signed in earlier views can no longer conflict with anything."""
+        self.signed_digests = {key: d for key, d in self.signed_digests.items() if key[1] >= view}
+
+    def _install_view(self, new_view: NewView, stable_seq: int, batches: tuple[Batch, ...]) -> None:
+        """The normal case's part of entering a view: its re-proposals replace the slots of earlier views."""
+        for seq in [seq for seq, slot in self.slots.items() if slot.view < self.view]:
+            del self.slots[seq]
+        reproposed: set[bytes] = set()
+        for preprepare in new_view.preprepares:
+            if self.low_water < preprepare.seq <= self.high_water:
+                digests = tuple(request_digest(self.config.cluster_id, e.request) for e in preprepare.batch.entries)
+                reproposed.update(digests)
+                self._accept_preprepare(preprepare, digests)
+        for pending in self.pending:
+            if pending.digest not in reproposed:
+                self.pending.set_proposed(pending, None)
+        self.next_seq = max(self.low_water, stable_seq + len(batches)) + 1
+
+    def _view_installed(self) -> None:
+        """The view is active: take in what overtook its NEW-VIEW, give its primary our votes, propose."""
+        self.replay_early_preprepares()
+        self._resend_votes_to_primary()
+        self._maybe_propose()
 
     def _forget_up_to(self, seq: int) -> None:
         """The low water mark moved up to ``seq``: the slots and what we signed up to it are history."""
@@ -802,7 +829,7 @@ class Replica(ViewChangeMixin):
         expired = self.pending.expire(now_ms, self.limits.max_clock_skew_ms, self.ticks, self.limits.orphan_vote_ticks)
         self._out.dead_votes.extend(p.digest for p in expired if self.replica_id in p.votes)
         self._share_overdue_votes()
-        self._check_progress_timer()
+        self.views.tick()
         self.checkpointing.tick()
         self.catch_up.tick()
         self._maybe_propose()
