@@ -69,14 +69,15 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "replica-init": PatchPoint("bft.core._replica:Replica.__init__",
                                "the configuration (quorum, verdict rules) a replica works with"),
     "replica-verifier": PatchPoint("bft.core._replica:Verifier", "the signature verifier a replica builds"),
-    "on-preprepare": PatchPoint("bft.core._replica:Replica._on_preprepare", "which PRE-PREPAREs a backup accepts"),
-    "primary-of": PatchPoint("bft.core._replica:primary_of", "who a replica takes for the primary of a view"),
+    "on-preprepare": PatchPoint("bft.core._normal_case:NormalCase.on_preprepare",
+                                "which PRE-PREPAREs a backup accepts"),
+    "primary-of": PatchPoint("bft.core._normal_case:primary_of", "who a replica takes for the primary of a view"),
     "check-new-view": PatchPoint("bft.core._replica_views:check_new_view", "NEW-VIEW proof validation"),
-    "check-prepared": PatchPoint("bft.core._replica:Replica._check_prepared", "what happens once a slot is prepared"),
+    "check-prepared": PatchPoint("bft.core._normal_case:NormalCase._check_prepared", "what happens once a slot is prepared"),
     "broadcast": PatchPoint("bft.core._replica:Replica._broadcast",
                             "persist-then-send of a replica's own signed messages"),
     "tick-input": PatchPoint("bft.core._replica:Replica._tick", "what a replica does when its clock ticks"),
-    "validate-votes": PatchPoint("bft.core._replica:Replica._validate_votes",
+    "validate-votes": PatchPoint("bft.core._normal_case:NormalCase._validate_votes",
                                  "which vote sets a batch entry may carry"),
     "count-votes": PatchPoint("bft.core._verdict:count_votes", "how the verdict rule counts votes"),
     # The verdict rule as execution applies it: one binding per module that executes verdicts.
@@ -84,9 +85,9 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "accountability-decide": PatchPoint("bft.core._accountability_state:decide",
                                         "the verdict rule when accountability is on"),
     "restore-execution": PatchPoint("bft.core._execution:ExecutionState.restore", "execution state after a restart"),
-    "share-overdue-votes": PatchPoint("bft.core._replica:Replica._share_overdue_votes",
+    "share-overdue-votes": PatchPoint("bft.core._requests:Requests.share_overdue_votes",
                                       "when a backup shares a vote the primary left unproposed"),
-    "adds-nothing": PatchPoint("bft.core._replica:Replica._adds_nothing",
+    "adds-nothing": PatchPoint("bft.core._normal_case:NormalCase.adds_nothing",
                                "which PREPAREs and COMMITs are dropped unverified as superfluous"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
                               "the configuration a client checks replies with"),
@@ -190,7 +191,7 @@ def _execute_before_commit() -> list[ContextManager]:
             original(self, slot)
             if slot.prepared and not slot.committed:
                 slot.committed = True  # A prepare quorum taken for a commit quorum.
-                self._execute_committed()
+                self.replica.executor.execute_committed()
         return check_prepared
     return [_wrap("check-prepared", make)]
 
@@ -217,10 +218,10 @@ def _vote_not_bound_to_request() -> list[ContextManager]:
         replica_ids = [vote.replica_id for vote in votes]
         if replica_ids != sorted(set(replica_ids)):
             raise RemoteProtocolError("bad-votes", "votes must come from distinct replicas in ascending order")
-        if len(votes) < self.quorum:
-            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.quorum}")
+        if len(votes) < self.replica.quorum:
+            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.replica.quorum}")
         for vote in votes:
-            self._verifier.verify(vote)  # Signed, but for whichever request the vote names.
+            self.replica._verifier.verify(vote)  # Signed, but for whichever request the vote names.
     return [PATCH_POINTS["validate-votes"].patch(validate_votes)]
 
 
@@ -229,12 +230,12 @@ def _count_duplicate_votes() -> list[ContextManager]:
         replica_ids = [vote.replica_id for vote in votes]
         if replica_ids != sorted(replica_ids):  # Ascending, but repeats allowed.
             raise RemoteProtocolError("bad-votes", "votes must be in ascending replica order")
-        if len(votes) < self.quorum:
-            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.quorum}")
+        if len(votes) < self.replica.quorum:
+            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.replica.quorum}")
         for vote in votes:
             if vote.request_digest != digest:
                 raise RemoteProtocolError("bad-votes", f"replica {vote.replica_id}'s vote is for another request")
-            self._verifier.verify(vote)
+            self.replica._verifier.verify(vote)
 
     def count_votes(votes: tuple[Vote, ...]) -> tuple[int, int]:
         allow = sum(1 for vote in votes if vote.decision is Decision.ALLOW)
@@ -289,9 +290,9 @@ def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
     """The superfluous-message filter judges a slot by its PRE-PREPARE instead of its quorum: the PREPAREs
     and COMMITs a slot still needs are dropped unverified, and the slot never prepares."""
     def adds_nothing(self, message):
-        if type(message).__name__ not in ("Prepare", "Commit") or message.view != self.view:
+        if type(message).__name__ not in ("Prepare", "Commit") or message.view != self.replica.view:
             return False
-        slot = self._current_slot(message.seq)
+        slot = self.current_slot(message.seq)
         return slot is not None and slot.preprepare is not None and message.replica_id != slot.preprepare.replica_id
     return [PATCH_POINTS["adds-nothing"].patch(adds_nothing)]
 

@@ -181,8 +181,8 @@ def test_recovered_replica_refuses_to_sign_a_different_digest_for_a_slot_it_sign
     assert signed_slots, "the replica had signed prepares before the crash"
     phase, view, seq = next(iter(signed_slots))
     assert recovered.view == view, "a restarted replica resumes in the view of what it signed last"
-    assert recovered._may_sign(phase, seq, recovered.signed_digests[(phase, view, seq)])
-    assert not recovered._may_sign(phase, seq, b"\x01" * 32)
+    assert recovered.normal.may_sign(phase, seq, recovered.signed_digests[(phase, view, seq)])
+    assert not recovered.normal.may_sign(phase, seq, b"\x01" * 32)
 
 
 def test_a_restarted_replica_resends_its_stored_vote_even_if_its_policy_changed_its_mind() -> None:

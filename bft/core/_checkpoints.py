@@ -14,12 +14,12 @@ from collections import Counter, deque
 
 from ._codec import digest
 from ._errors import RemoteProtocolError
-from ._execution import LogEntry
+from ._execution import LogEntry, read_state_header
 from ._messages import Checkpoint, Message, StateReply, StateRequest
 from ._ready import LogRead
 from ._recovery import latest_stable_proof
 from ._state_transfer import (STATE_ADOPTIONS_KEPT, STATE_REPLIES_PER_TICK_MAX, StateAdoption, TransferSession, _bad,
-                              pack_log_chunk, parse_log_chunk, read_state_header)
+                              pack_log_chunk, parse_log_chunk)
 from ._view_change import check_stable_proof
 
 
@@ -138,7 +138,7 @@ class Checkpoints:
             del self.checkpoint_states[old_seq]
         for old_seq in [s for s in self.checkpoints if s <= seq]:
             del self.checkpoints[old_seq]
-        replica._forget_up_to(seq)
+        replica.normal.forget_up_to(seq)
 
     # ------------------------------------------------------------- noticing that we are behind
 
@@ -343,7 +343,7 @@ class Checkpoints:
         replica._out.persist.extend(entries)
         replica._out.finalized.extend(entries)
         replica.execution.adopt_transferred(session.state, entries)
-        replica._forget_transferred(entries)
+        replica.requests.forget_transferred(entries)
         checkpoint = replica._sign(Checkpoint(seq, digest(session.state), replica.replica_id, bytes(64)))
         replica._broadcast(checkpoint)
         self.checkpoint_states[seq] = session.state
@@ -354,4 +354,4 @@ class Checkpoints:
         self.advance_low_water(seq, session.proof)
         replica.catch_up.probe_soon()  # Slots may have committed above the checkpoint: fetch them too.
         replica.views.note_progress()
-        replica._execute_committed()
+        replica.executor.execute_committed()

@@ -83,7 +83,7 @@ class Accountability:
         deadline_ms = replica.now_ms + replica.config.accountability.command_deadline_ms
         request = replica._sign(Request(signer_id, number, Risk.LOW, action, deadline_ms, bytes(64)))
         try:
-            replica._on_request(request)
+            replica.requests.on_request(request)
         except RemoteProtocolError as error:
             replica._reject(error.from_sender(f"replica {replica.replica_id} (own command)"))
             return None

@@ -22,7 +22,7 @@ Liveness rules, all in ticks:
 
 from __future__ import annotations
 
-from ._codec import record_digest, request_digest
+from ._codec import record_digest
 from ._errors import RemoteProtocolError
 from ._messages import Batch, Commit, Message, NewView, PrePrepare, Prepare, ViewChange
 from ._quorum import primary_of
@@ -133,7 +133,7 @@ class ViewChanges:
             return
         waited = replica.ticks - self._waiting_since
         if waited >= self._current_timeout() // 2:
-            replica._forward_unordered_requests()
+            replica.requests.forward_unordered_requests()
         if waited >= self._current_timeout():
             self.start_view_change(self.view + 1)
 
@@ -183,14 +183,14 @@ class ViewChanges:
         self._waiting_since = replica.ticks
         if self.new_view_message is not None and self.new_view_message.view != view:
             self.new_view_message = None
-        replica.replay_early_preprepares()
+        replica.normal.replay_early_preprepares()
 
     def followed_lower_view(self, message: PrePrepare | Prepare | Commit) -> bool:
         """A lower view's message while we wait for our own: evidence, not misbehaviour (the peer has not
         moved, and we may be the one who left alone).  True if we now follow that view and should process it."""
         if message.view >= self.view or self.view_active:
             return True
-        self.replica._check_window(message.seq)
+        self.replica.normal.check_window(message.seq)
         self.note_peer_view(message.replica_id, message.view)
         return message.view == self.view
 
@@ -205,7 +205,7 @@ class ViewChanges:
 
         At least one of any f+1 replicas is correct, so the cluster really is
         in a view at least that high; sending VIEW-CHANGE for it makes its
-        primary re-send the NEW-VIEW (``_help_lagging_replica``).
+        primary re-send the NEW-VIEW (``resend_new_view``).
         """
         replica = self.replica
         if view <= self.view or replica_id == replica.replica_id:
@@ -250,7 +250,7 @@ class ViewChanges:
     def on_view_change(self, view_change: ViewChange) -> None:
         replica = self.replica
         if view_change.new_view < self.view or (view_change.new_view == self.view and self.view_active):
-            self._help_lagging_replica(view_change)
+            replica.role_steps.answer_lagging_view_change(replica, view_change)
             return
         existing = self.view_change_by_replica.get(view_change.replica_id)
         if existing is not None and existing.new_view >= view_change.new_view:
@@ -262,10 +262,10 @@ class ViewChanges:
         self._maybe_join_view_change()
         self._maybe_send_new_view()
 
-    def _help_lagging_replica(self, view_change: ViewChange) -> None:
-        """A replica asking for a view we already run missed its NEW-VIEW; the primary sends it again."""
+    def resend_new_view(self, view_change: ViewChange) -> None:
+        """The primary's step (``ROLE_STEPS``): a replica asking for a view we already run missed its NEW-VIEW."""
         replica = self.replica
-        if self.view_active and replica.is_primary and self.new_view_message is not None \
+        if self.view_active and self.new_view_message is not None \
                 and view_change.new_view == self.view and view_change.replica_id != replica.replica_id:
             replica._out.to_replicas.append((view_change.replica_id, self.new_view_message))
 
@@ -287,7 +287,7 @@ class ViewChanges:
         chosen = tuple(candidates[:replica.quorum])
         stable_seq, batches = choose_reproposals(chosen)
         for offset, batch in enumerate(batches):
-            if not replica._may_sign("pre-prepare", stable_seq + offset + 1, record_digest(batch)):
+            if not replica.normal.may_sign("pre-prepare", stable_seq + offset + 1, record_digest(batch)):
                 return  # A restart lost this NEW-VIEW half-built; the next view change will retry.
         preprepares = tuple(replica._sign(PrePrepare(self.view, stable_seq + offset + 1, batch, replica.replica_id, bytes(64)))
                             for offset, batch in enumerate(batches))
@@ -313,13 +313,13 @@ class ViewChanges:
         replica = self.replica
         self.view = new_view.view
         self.new_view_message = new_view
-        replica._forget_views_below(self.view)
+        replica.normal.forget_views_below(self.view)
         self.view_seen_by_replica = {r: v for r, v in self.view_seen_by_replica.items() if v > self.view}
         self._waiting_since = replica.ticks
         self.view_change_by_replica = {r: vc for r, vc in self.view_change_by_replica.items() if vc.new_view > self.view}
         if stable_seq > replica.low_water and replica.last_executed >= stable_seq:
             replica.checkpointing.adopt_stable_checkpoint(stable_seq, stable_proof_for(new_view.view_changes, stable_seq))
         replica.checkpointing.note_lag(stable_seq)  # Not re-proposed, so state transfer is the only way to reach it.
-        replica._install_view(new_view, stable_seq, batches)
+        replica.normal.install_view(new_view, stable_seq, batches)
         self.view_active = True
-        replica._view_installed()
+        replica.normal.view_installed()

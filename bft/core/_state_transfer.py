@@ -33,17 +33,14 @@ times per tick.
 
 from __future__ import annotations
 
-import dataclasses
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 
-from ._codec import digest, pack, unpack_plain
+from ._codec import pack, unpack_plain
 from ._errors import RemoteProtocolError
-from ._execution import LogEntry, StateHeader, read_state_header
-from ._messages import Checkpoint, StateReply, StateRequest
-from ._ready import LogRead
+from ._execution import LogEntry, StateHeader
+from ._messages import Checkpoint, StateRequest
 from ._schema import record_from_wire, record_to_wire
-from ._view_change import check_stable_proof
 
 STATE_REPLIES_PER_TICK_MAX = 4
 STATE_ADOPTIONS_KEPT = 16
