@@ -28,6 +28,8 @@ from typing import Callable, ContextManager, Iterator
 from unittest import mock
 
 from bft.core import ClusterConfig, Decision, RemoteProtocolError, Vote
+from bft.core._codec import record_digest
+from bft.core._messages import NULL_BATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,19 @@ PATCH_POINTS: dict[str, PatchPoint] = {
                                       "when a backup shares a vote the primary left unproposed"),
     "adds-nothing": PatchPoint("bft.core._normal_case:NormalCase.adds_nothing",
                                "which PREPAREs and COMMITs are dropped unverified as superfluous"),
+    "choose-reproposals-primary": PatchPoint("bft.core._replica_views:choose_reproposals",
+                                             "what a new primary re-proposes from the VIEW-CHANGEs it holds"),
+    "choose-reproposals-check": PatchPoint("bft.core._view_change:choose_reproposals",
+                                           "what a backup requires a NEW-VIEW to re-propose"),
+    "check-stable": PatchPoint("bft.core._checkpoints:Checkpoints._check_stable",
+                               "when collected CHECKPOINTs make a checkpoint stable"),
+    "advance-low-water": PatchPoint("bft.core._checkpoints:Checkpoints.advance_low_water",
+                                    "moving the low water mark to a stable checkpoint"),
+    "snapshot-digest": PatchPoint("bft.core._checkpoints:state_matches_proof",
+                                  "whether a fetched snapshot is the state its proof certifies"),
+    "execute-committed": PatchPoint("bft.core._replica_execution:Execution.execute_committed",
+                                    "which committed slot executes next"),
+    "execution-execute": PatchPoint("bft.core._execution:ExecutionState.execute", "applying one batch at a seq"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
                               "the configuration a client checks replies with"),
 }
@@ -297,6 +312,83 @@ def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
     return [PATCH_POINTS["adds-nothing"].patch(adds_nothing)]
 
 
+def _new_view_drops_a_prepared_request() -> list[ContextManager]:
+    """An off-by-one in the re-proposal rule, shared by the new primary and the backups that check its NEW-VIEW
+    (so they agree with each other, as a bug in the one function both use would make them): the highest
+    prepared seq is left out."""
+    def choose_reproposals(view_changes):
+        stable_seq = max(view_change.stable_seq for view_change in view_changes)
+        best: dict[int, tuple[int, bytes, object]] = {}
+        for view_change in view_changes:
+            for proof in view_change.prepared:
+                preprepare = proof.preprepare
+                if preprepare.seq <= stable_seq:
+                    continue
+                candidate = (preprepare.view, record_digest(preprepare.batch), preprepare.batch)
+                current = best.get(preprepare.seq)
+                if current is None or candidate[:2] > current[:2]:
+                    best[preprepare.seq] = candidate
+        top = max(best, default=stable_seq + 1) - 1  # The bug: one short.
+        return stable_seq, tuple(best[seq][2] if seq in best else NULL_BATCH for seq in range(stable_seq + 1, top + 1))
+    return [PATCH_POINTS["choose-reproposals-primary"].patch(choose_reproposals),
+            PATCH_POINTS["choose-reproposals-check"].patch(choose_reproposals)]
+
+
+def _stable_checkpoint_from_f_plus_one() -> list[ContextManager]:
+    """f+1 matching CHECKPOINTs make a checkpoint stable (instead of a quorum): the low water mark moves,
+    and slots are discarded, on the word of a single correct replica."""
+    def check_stable(self, seq):
+        replica = self.replica
+        enough = replica.config.faulty_max + 1
+        by_digest: dict[bytes, list] = {}
+        for checkpoint in self.checkpoints.get(seq, {}).values():
+            by_digest.setdefault(checkpoint.state_digest, []).append(checkpoint)
+        proof = next((group for group in by_digest.values() if len(group) >= enough), None)
+        if proof is None:
+            return
+        if replica.last_executed < seq:
+            self.note_lag(seq)
+            return
+        self.advance_low_water(seq, tuple(sorted(proof, key=lambda c: c.replica_id)))
+
+    def advance_low_water(self, seq, proof):
+        # As shipped, but without the assertion that the proof is a quorum (the same wrong threshold).
+        replica = self.replica
+        replica._out.persist.extend(checkpoint for checkpoint in proof if checkpoint.replica_id != replica.replica_id)
+        self.low_water, self.stable_proof, self.stable_state = seq, proof, self.checkpoint_states.get(seq)
+        for table in (self.checkpoint_states, self.checkpoints):
+            for old_seq in [s for s in table if s <= seq]:
+                del table[old_seq]
+        replica.normal.forget_up_to(seq)
+    return [PATCH_POINTS["check-stable"].patch(check_stable), PATCH_POINTS["advance-low-water"].patch(advance_low_water)]
+
+
+def _state_transfer_skips_digest_check() -> list[ContextManager]:
+    """A fetched snapshot is adopted if its proof is valid, whether or not the state hashes to what it certifies."""
+    def state_matches_proof(state, proof):
+        return True
+    return [PATCH_POINTS["snapshot-digest"].patch(state_matches_proof)]
+
+
+def _execute_out_of_order() -> list[ContextManager]:
+    """The next committed slot above the last executed one runs, even if a slot below it has not committed."""
+    def execute_committed(self):
+        replica = self.replica
+        while True:
+            above = [seq for seq in replica.slots.irange(minimum=replica.last_executed + 1)
+                     if replica.slots[seq].committed]
+            if not above:
+                return
+            self._execute(replica.slots[above[0]])
+
+    def make_execute(original):
+        def execute(self, seq, batch, request_digests, sign_reply):
+            self.last_executed_seq = max(self.last_executed_seq, seq - 1)  # No gap check: whatever comes is next.
+            return original(self, seq, batch, request_digests, sign_reply)
+        return execute
+    return [PATCH_POINTS["execute-committed"].patch(execute_committed), _wrap("execution-execute", make_execute)]
+
+
 MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("quorum-one-smaller", "quorums of q-1: two quorums may share no correct replica (S1)",
            ("replica-init",), _quorum_one_smaller),
@@ -328,6 +420,15 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("share-overdue-votes",), _backup_never_shares_overdue_votes),
     Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
            ("adds-nothing",), _drop_phase_votes_before_their_quorum),
+    Mutant("new-view-drops-a-prepared-request", "the highest prepared seq is not re-proposed: a committed batch "
+           "may be lost or replaced (S1, durability)",
+           ("choose-reproposals-primary", "choose-reproposals-check"), _new_view_drops_a_prepared_request),
+    Mutant("stable-checkpoint-from-f-plus-1", "f+1 CHECKPOINTs make a checkpoint stable (S8; others reject its "
+           "proofs)", ("check-stable", "advance-low-water"), _stable_checkpoint_from_f_plus_one),
+    Mutant("state-transfer-skips-digest-check", "a snapshot is adopted without checking it hashes to its proof "
+           "(S9, S1)", ("snapshot-digest",), _state_transfer_skips_digest_check),
+    Mutant("execute-out-of-order", "a committed slot executes before a lower one has committed (S1)",
+           ("execute-committed", "execution-execute"), _execute_out_of_order),
 )}
 
 assert all(key in PATCH_POINTS for mutant in MUTANTS.values() for key in mutant.patch_points)

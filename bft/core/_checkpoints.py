@@ -23,6 +23,11 @@ from ._state_transfer import (STATE_ADOPTIONS_KEPT, STATE_REPLIES_PER_TICK_MAX, 
 from ._view_change import check_stable_proof
 
 
+def state_matches_proof(state: bytes, proof: tuple[Checkpoint, ...]) -> bool:
+    """The exported ``state`` is the one a (validated, non-empty) stable proof certifies."""
+    return digest(state) == proof[0].state_digest
+
+
 def within_window(seqs, low_water: int, high_water: int) -> bool:
     """Every seq in ``seqs`` lies in the window (low_water, high_water]."""
     return not seqs or (low_water < min(seqs) and max(seqs) <= high_water)
@@ -267,7 +272,7 @@ class Checkpoints:
                                replica._verifier)
         except RemoteProtocolError as error:
             raise _bad("bad-state-proof", error.detail) from None
-        if reply.checkpoint_seq == 0 or digest(reply.state) != reply.stable_proof[0].state_digest:
+        if reply.checkpoint_seq == 0 or not state_matches_proof(reply.state, reply.stable_proof):
             raise _bad("bad-state", "the state does not hash to the digest its proof certifies")
         header = read_state_header(reply.state)
         if header.last_executed_seq != reply.checkpoint_seq:
