@@ -14,7 +14,8 @@ from typing import Callable
 
 from bft.core import Limits, Risk
 from bft.testing import SimCluster, lying_state_transfer
-from specs.invariants import SimMonitor
+from bft.testing._interactions import Interactions
+from specs.invariants import SimMonitor, check_all
 
 # Tiny windows so a short partition leaves a replica several stable checkpoints behind.
 _TRANSFER_LIMITS = Limits(max_batch_requests=2, max_in_flight_batches=3, log_window=4, checkpoint_interval=2,
@@ -54,11 +55,44 @@ def lagging_replica_fetches_from_a_liar(liar: int, lie_seed: int) -> list[str]:
 
 # Replica 0 is the first peer the laggard asks; lie seeds 0 and 1 start with a forged log chunk and with an
 # altered snapshot under its honest proof.
+# Interaction-driver commands (the golden scripts' language, tests/interactions/README.md).  View 0: only r3
+# prepares batch A at seq 1, then is cut off.  View 1 (primary r1) forms without any certificate, and its new
+# batch B for the same request prepares at r0, r1, r2 but commits and executes at r1 alone, which then
+# crashes.  View 2 (primary r2) forms from the VIEW-CHANGEs of r0 and r2 (B, view 1) and r3 (A, view 0): it
+# must re-propose B, the batch that may have committed (it did, at r1).
+CONFLICTING_CERTIFICATES = (
+    "cluster n=4 view_change_timeout_ticks=4", "propose client=client-0 risk=low action=pay",
+    "deliver type=REQUEST", "deliver type=VOTE", "drop type=PRE-PREPARE to=r1", "deliver type=PRE-PREPARE",
+    "deliver type=PREPARE to=r3", "drop type=PREPARE", "drop type=COMMIT", "partition 0,1,2 | 3", "tick 5",
+    "deliver type=VIEW-CHANGE", "deliver type=NEW-VIEW", "deliver type=VOTE to=r1", "deliver type=PRE-PREPARE",
+    "deliver type=PREPARE", "deliver type=COMMIT to=r1", "drop type=COMMIT", "drop type=STATE-REQUEST",
+    "crash r=1", "heal", "tick 9", "stabilize",
+)
+
+
+def conflicting_certificates_from_two_views() -> list[str]:
+    """The schedule above, then S1-S9 over every replica's store (the crashed r1 is correct, only down)."""
+    driver = Interactions()
+    for command in CONFLICTING_CERTIFICATES:
+        driver.run(command)
+    cluster = driver.cluster
+    durable = {replica_id: cluster.stores[replica_id].load() for replica_id in range(cluster.replica_count)}
+    violations = check_all({r: state.log for r, state in durable.items()}, cluster.config,
+                           signed={r: state.signed for r, state in durable.items()})
+    executed = [cluster.replicas[replica_id].last_executed for replica_id in (0, 2, 3)]  # r1 is down.
+    progress = [] if min(executed) >= 1 else [f"progress: the request did not execute everywhere ({executed})"]
+    return progress + [str(violation) for violation in violations]
+
+
 SCENARIOS: dict[str, Callable[[], list[str]]] = {
+    "conflicting-certificates-from-two-views": conflicting_certificates_from_two_views,
+} | {
     f"lagging-replica-fetches-from-liar-lies-{lie_seed}":
         (lambda lie_seed=lie_seed: lagging_replica_fetches_from_a_liar(0, lie_seed))
     for lie_seed in (0, 1)
 }
+VIEW_CHANGE_SCENARIOS = ("conflicting-certificates-from-two-views",)
+STATE_TRANSFER_SCENARIOS = tuple(name for name in SCENARIOS if name.startswith("lagging-replica"))
 
 
 def run_scenario(name: str) -> list[str]:

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ._hunt_scenarios import SCENARIOS, run_scenario
+from ._hunt_scenarios import STATE_TRANSFER_SCENARIOS, VIEW_CHANGE_SCENARIOS, run_scenario
 from ._linearizability import Validity
 from ._modelcheck import MENU, ModelCheckResult, ModelCheckSettings, run_model_check
 from ._mutants import MUTANTS
@@ -116,15 +116,17 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "drop-phase-votes-before-quorum": _SWARM_N4,
     # Issue 18's classic PBFT bugs.  A dropped re-proposal shows only where a view change meets a slot that
     # committed at some replicas and not others, which 10-request runs rarely reach.
+    "reproposal-ignores-highest-view": ScenarioPlan(VIEW_CHANGE_SCENARIOS),
     "new-view-drops-a-prepared-request": SwarmPlan(4, 40, 30),
     "stable-checkpoint-from-f-plus-1": _MENU_DEFAULT_SCHEDULE,
-    "state-transfer-skips-digest-check": ScenarioPlan(tuple(SCENARIOS)),
+    "state-transfer-skips-digest-check": ScenarioPlan(STATE_TRANSFER_SCENARIOS),
     "execute-out-of-order": _MENU_DEFAULT_SCHEDULE,
 }
 # A second checker that catches the same bug (run by the self-test too).
 CROSS_CHECKS: dict[str, SwarmPlan | ModelCheckPlan | ScenarioPlan] = {
     "stable-checkpoint-from-f-plus-1": SwarmPlan(4, 40, 10),
     "execute-out-of-order": SwarmPlan(4, 10, 5),
+    "new-view-drops-a-prepared-request": ScenarioPlan(VIEW_CHANGE_SCENARIOS),
 }
 assert set(HUNT_PLANS) == set(MUTANTS), "every mutant has a hunt plan"
 

@@ -312,10 +312,9 @@ def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
     return [PATCH_POINTS["adds-nothing"].patch(adds_nothing)]
 
 
-def _new_view_drops_a_prepared_request() -> list[ContextManager]:
-    """An off-by-one in the re-proposal rule, shared by the new primary and the backups that check its NEW-VIEW
-    (so they agree with each other, as a bug in the one function both use would make them): the highest
-    prepared seq is left out."""
+def _wrong_reproposals(lowest_view_wins: bool = False, one_short: bool = False) -> list[ContextManager]:
+    """A wrong re-proposal rule, shared by the new primary and the backups that check its NEW-VIEW (so they
+    agree with each other, as a bug in the one function both use would make them)."""
     def choose_reproposals(view_changes):
         stable_seq = max(view_change.stable_seq for view_change in view_changes)
         best: dict[int, tuple[int, bytes, object]] = {}
@@ -326,12 +325,22 @@ def _new_view_drops_a_prepared_request() -> list[ContextManager]:
                     continue
                 candidate = (preprepare.view, record_digest(preprepare.batch), preprepare.batch)
                 current = best.get(preprepare.seq)
-                if current is None or candidate[:2] > current[:2]:
+                if current is None or (candidate[:2] > current[:2]) != lowest_view_wins:
                     best[preprepare.seq] = candidate
-        top = max(best, default=stable_seq + 1) - 1  # The bug: one short.
+        top = max(best, default=stable_seq + one_short) - one_short
         return stable_seq, tuple(best[seq][2] if seq in best else NULL_BATCH for seq in range(stable_seq + 1, top + 1))
     return [PATCH_POINTS["choose-reproposals-primary"].patch(choose_reproposals),
             PATCH_POINTS["choose-reproposals-check"].patch(choose_reproposals)]
+
+
+def _reproposal_ignores_highest_view() -> list[ContextManager]:
+    """A flipped comparison: of the prepared certificates for one seq, the one from the lowest view wins."""
+    return _wrong_reproposals(lowest_view_wins=True)
+
+
+def _new_view_drops_a_prepared_request() -> list[ContextManager]:
+    """An off-by-one: the highest prepared seq is left out of the re-proposals."""
+    return _wrong_reproposals(one_short=True)
 
 
 def _stable_checkpoint_from_f_plus_one() -> list[ContextManager]:
@@ -420,6 +429,9 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("share-overdue-votes",), _backup_never_shares_overdue_votes),
     Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
            ("adds-nothing",), _drop_phase_votes_before_their_quorum),
+    Mutant("reproposal-ignores-highest-view", "a new view re-proposes the lowest view's prepared certificate, "
+           "not the highest's: a batch committed in a later view is replaced (S1)",
+           ("choose-reproposals-primary", "choose-reproposals-check"), _reproposal_ignores_highest_view),
     Mutant("new-view-drops-a-prepared-request", "the highest prepared seq is not re-proposed: a committed batch "
            "may be lost or replaced (S1, durability)",
            ("choose-reproposals-primary", "choose-reproposals-check"), _new_view_drops_a_prepared_request),

@@ -41,7 +41,7 @@ def test_a_classic_pbft_bug_is_caught_by_a_second_checker_too(name):
 
 
 def test_issue_18s_classic_pbft_bugs_are_in_the_catalogue():
-    classic = {"new-view-drops-a-prepared-request", "stable-checkpoint-from-f-plus-1",
+    classic = {"reproposal-ignores-highest-view", "new-view-drops-a-prepared-request", "stable-checkpoint-from-f-plus-1",
                "state-transfer-skips-digest-check", "execute-out-of-order"}
     assert classic <= set(MUTANTS)
 
