@@ -10,11 +10,14 @@ particular mutant: the unmutated core passes every one of them (``tests/test_mut
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Callable
 
-from bft.core import Limits, Risk
+from bft.core import Commit, Limits, PrePrepare, Prepare, Risk
+from bft.core._codec import record_digest
 from bft.testing import SimCluster, lying_state_transfer
-from bft.testing._interactions import Interactions
+from bft.testing._interactions import Interactions, replay
 from specs.invariants import SimMonitor, check_all
 
 # Tiny windows so a short partition leaves a replica several stable checkpoints behind.
@@ -91,7 +94,20 @@ SCENARIOS: dict[str, Callable[[], list[str]]] = {
         (lambda lie_seed=lie_seed: lagging_replica_fetches_from_a_liar(0, lie_seed))
     for lie_seed in (0, 1)
 }
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "interactions"
+
+
+def golden_script(name: str) -> list[str]:
+    """A golden interaction script replayed: any difference from its recorded output is a finding (the
+    behaviour-diff checker of ``tests/test_interactions.py``; it sees any change, wanted or not)."""
+    text = (GOLDEN_DIR / f"{name}.txt").read_text()
+    return [] if replay(text) == text else [f"golden-script diff: {name}.txt differs from its recorded output"]
+
+
+SCENARIOS |= {f"golden:{path.stem}": (lambda name=path.stem: golden_script(name))
+              for path in sorted(GOLDEN_DIR.glob("*.txt"))}
 VIEW_CHANGE_SCENARIOS = ("conflicting-certificates-from-two-views",)
+GOLDEN_NORMAL_CASE = ("golden:normal_low",)
 STATE_TRANSFER_SCENARIOS = tuple(name for name in SCENARIOS if name.startswith("lagging-replica"))
 
 
@@ -103,3 +119,48 @@ def run_scenario(name: str) -> list[str]:
         cause = error.__context__  # A bounds check failing on the way out hides the assertion that fired first.
         return [f"run raised {type(error).__name__}: {error}"
                 + (f" (while handling {type(cause).__name__}: {cause})" if cause is not None else "")]
+
+
+def _tie_winning_equivocator(victim: int):
+    """As primary, sends ``victim`` another batch for each seq, one chosen to rank above the real one in the
+    new view's tie-break (equal views: the larger digest), with a PREPARE for it and no COMMIT: the victim
+    holds a PREPARE from the primary and its own for a batch nobody else saw."""
+    other_digest: dict[int, bytes] = {}
+
+    def intercept(destination, message, signer):
+        if destination != victim:
+            return [message]
+        if isinstance(message, PrePrepare):
+            real = record_digest(message.batch)
+            others = (dataclasses.replace(message.batch, timestamp_ms=message.batch.timestamp_ms + offset)
+                      for offset in range(1, 64))
+            batch = next(other for other in others if record_digest(other) > real)
+            other_digest[message.seq] = record_digest(batch)
+            return [signer.sign(dataclasses.replace(message, batch=batch))]
+        if isinstance(message, Prepare) and message.seq in other_digest:
+            return [signer.sign(dataclasses.replace(message, batch_digest=other_digest[message.seq]))]
+        return [] if isinstance(message, Commit) else [message]
+
+    return intercept
+
+
+def equivocating_primary_then_crash() -> list[str]:
+    """Replica 0, primary of view 0, equivocates its PRE-PREPARE and PREPARE towards replica 3 for the first
+    request, which the others commit and execute; then it crashes, and a second request forces view 1.  Replica
+    3 holds one PREPARE too few for the other batch, so it has no prepared certificate for it, and view 1 must
+    re-propose the executed batch at seq 1."""
+    cluster = SimCluster(4, seed=7, interceptors={0: _tie_winning_equivocator(3)})
+    monitor = SimMonitor(cluster, correct={1, 2, 3})
+    first = _submit(cluster, 1, 0)
+    findings = [] if cluster.run_until(lambda: _finalized(cluster, first), _RUN_MS_MAX) else \
+        ["progress: the first request did not finalize"]
+    cluster.crash(0)
+    second = _submit(cluster, 1, 1)
+    if not cluster.run_until(lambda: _finalized(cluster, second) and cluster.replicas[3].view >= 1, _RUN_MS_MAX):
+        findings.append("progress: the second request did not finalize in a later view")
+    cluster.run(2_000)
+    return findings + [str(violation) for violation in monitor.check()]
+
+
+SCENARIOS["equivocating-primary-then-crash"] = equivocating_primary_then_crash
+PREPARE_QUORUM_SCENARIOS = ("equivocating-primary-then-crash",)

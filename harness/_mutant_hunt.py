@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ._hunt_scenarios import STATE_TRANSFER_SCENARIOS, VIEW_CHANGE_SCENARIOS, run_scenario
+from ._hunt_scenarios import (GOLDEN_NORMAL_CASE, PREPARE_QUORUM_SCENARIOS, STATE_TRANSFER_SCENARIOS,
+                              VIEW_CHANGE_SCENARIOS, run_scenario)
 from ._linearizability import Validity
 from ._modelcheck import MENU, ModelCheckResult, ModelCheckSettings, run_model_check
 from ._mutants import MUTANTS
@@ -118,6 +119,8 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     # committed at some replicas and not others, which 10-request runs rarely reach.
     "reproposal-ignores-highest-view": ScenarioPlan(VIEW_CHANGE_SCENARIOS),
     "new-view-drops-a-prepared-request": SwarmPlan(4, 40, 30),
+    # Unsafe only with a primary that equivocates its PREPAREs too, which the swarm's strategies do not.
+    "prepared-with-one-prepare-too-few": ScenarioPlan(PREPARE_QUORUM_SCENARIOS),
     "stable-checkpoint-from-f-plus-1": _MENU_DEFAULT_SCHEDULE,
     "state-transfer-skips-digest-check": ScenarioPlan(STATE_TRANSFER_SCENARIOS),
     "execute-out-of-order": _MENU_DEFAULT_SCHEDULE,
@@ -127,6 +130,8 @@ CROSS_CHECKS: dict[str, SwarmPlan | ModelCheckPlan | ScenarioPlan] = {
     "stable-checkpoint-from-f-plus-1": SwarmPlan(4, 40, 10),
     "execute-out-of-order": SwarmPlan(4, 10, 5),
     "new-view-drops-a-prepared-request": ScenarioPlan(VIEW_CHANGE_SCENARIOS),
+    # The behaviour-diff checker: a COMMIT leaves one PREPARE early in the normal case.
+    "prepared-with-one-prepare-too-few": ScenarioPlan(GOLDEN_NORMAL_CASE),
 }
 assert set(HUNT_PLANS) == set(MUTANTS), "every mutant has a hunt plan"
 
@@ -196,7 +201,7 @@ def scenario_findings(findings: list[str]) -> list[str]:
     for finding in findings:
         invariant = re.match(r"(S\d+):", finding)
         names.append(f"invariants {invariant.group(1)}" if invariant else
-                     "core assertion" if finding.startswith("run raised AssertionError") else finding.split(":")[0])
+                     "core assertion" if "AssertionError" in finding else finding.split(":")[0])
     return list(dict.fromkeys(names))
 
 

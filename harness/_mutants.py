@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 from unittest import mock
 
-from bft.core import ClusterConfig, Decision, RemoteProtocolError, Vote
+from bft.core import ClusterConfig, Commit, Decision, PreparedProof, RemoteProtocolError, Vote
 from bft.core._codec import record_digest
 from bft.core._messages import NULL_BATCH
 
@@ -95,6 +95,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
                                              "what a new primary re-proposes from the VIEW-CHANGEs it holds"),
     "choose-reproposals-check": PatchPoint("bft.core._view_change:choose_reproposals",
                                            "what a backup requires a NEW-VIEW to re-propose"),
+    "check-prepared-proof": PatchPoint("bft.core._view_change:check_prepared_proof",
+                                       "which prepared certificates a VIEW-CHANGE may carry"),
     "check-stable": PatchPoint("bft.core._checkpoints:Checkpoints._check_stable",
                                "when collected CHECKPOINTs make a checkpoint stable"),
     "advance-low-water": PatchPoint("bft.core._checkpoints:Checkpoints.advance_low_water",
@@ -343,6 +345,30 @@ def _new_view_drops_a_prepared_request() -> list[ContextManager]:
     return _wrong_reproposals(one_short=True)
 
 
+def _prepared_with_one_prepare_too_few() -> list[ContextManager]:
+    """A slot counts as prepared on q-1 matching PREPAREs, and VIEW-CHANGEs may carry such certificates."""
+    def check_prepared(self, slot):
+        replica = self.replica
+        quorum = replica.quorum - 1
+        if slot.prepared or slot.preprepare is None or slot.matching_prepare_count() < quorum:
+            return
+        slot.prepared = True
+        proof = self.prepared_proofs[slot.seq] = PreparedProof(slot.preprepare, slot.matching_prepares()[:quorum])
+        replica._out.persist.extend(m for m in (proof.preprepare, *proof.prepares) if m.replica_id != replica.replica_id)
+        if not self.may_sign("commit", slot.seq, slot.batch_digest):
+            return
+        commit = replica._sign(Commit(replica.view, slot.seq, slot.batch_digest, replica.replica_id, bytes(64)))
+        replica._broadcast(commit)
+        slot.commits[replica.replica_id] = commit
+        self._check_committed(slot)
+
+    def make_check_proof(original):
+        def check_prepared_proof(proof, config, verifier):
+            return original(proof, _config_overriding(config, {"quorum": config.quorum - 1}), verifier)
+        return check_prepared_proof
+    return [PATCH_POINTS["check-prepared"].patch(check_prepared), _wrap("check-prepared-proof", make_check_proof)]
+
+
 def _stable_checkpoint_from_f_plus_one() -> list[ContextManager]:
     """f+1 matching CHECKPOINTs make a checkpoint stable (instead of a quorum): the low water mark moves,
     and slots are discarded, on the word of a single correct replica."""
@@ -435,6 +461,9 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("new-view-drops-a-prepared-request", "the highest prepared seq is not re-proposed: a committed batch "
            "may be lost or replaced (S1, durability)",
            ("choose-reproposals-primary", "choose-reproposals-check"), _new_view_drops_a_prepared_request),
+    Mutant("prepared-with-one-prepare-too-few", "q-1 PREPAREs make a prepared certificate: with a primary "
+           "that equivocates its PREPAREs too, conflicting certificates in one view (S1 after a view change)",
+           ("check-prepared", "check-prepared-proof"), _prepared_with_one_prepare_too_few),
     Mutant("stable-checkpoint-from-f-plus-1", "f+1 CHECKPOINTs make a checkpoint stable (S8; others reject its "
            "proofs)", ("check-stable", "advance-low-water"), _stable_checkpoint_from_f_plus_one),
     Mutant("state-transfer-skips-digest-check", "a snapshot is adopted without checking it hashes to its proof "
