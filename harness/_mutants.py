@@ -75,7 +75,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
                                 "which PRE-PREPAREs a backup accepts"),
     "primary-of": PatchPoint("bft.core._normal_case:primary_of", "who a replica takes for the primary of a view"),
     "check-new-view": PatchPoint("bft.core._replica_views:check_new_view", "NEW-VIEW proof validation"),
-    "check-prepared": PatchPoint("bft.core._normal_case:NormalCase._check_prepared", "what happens once a slot is prepared"),
+    "check-prepared": PatchPoint("bft.core._normal_case:NormalCase._check_prepared",
+                                 "what happens once a slot is prepared"),
     "broadcast": PatchPoint("bft.core._replica:Replica._broadcast",
                             "persist-then-send of a replica's own signed messages"),
     "tick-input": PatchPoint("bft.core._replica:Replica._tick", "what a replica does when its clock ticks"),
@@ -354,7 +355,8 @@ def _prepared_with_one_prepare_too_few() -> list[ContextManager]:
             return
         slot.prepared = True
         proof = self.prepared_proofs[slot.seq] = PreparedProof(slot.preprepare, slot.matching_prepares()[:quorum])
-        replica._out.persist.extend(m for m in (proof.preprepare, *proof.prepares) if m.replica_id != replica.replica_id)
+        replica._out.persist.extend(message for message in (proof.preprepare, *proof.prepares)
+                                    if message.replica_id != replica.replica_id)
         if not self.may_sign("commit", slot.seq, slot.batch_digest):
             return
         commit = replica._sign(Commit(replica.view, slot.seq, slot.batch_digest, replica.replica_id, bytes(64)))
@@ -395,7 +397,8 @@ def _stable_checkpoint_from_f_plus_one() -> list[ContextManager]:
             for old_seq in [s for s in table if s <= seq]:
                 del table[old_seq]
         replica.normal.forget_up_to(seq)
-    return [PATCH_POINTS["check-stable"].patch(check_stable), PATCH_POINTS["advance-low-water"].patch(advance_low_water)]
+    return [PATCH_POINTS["check-stable"].patch(check_stable),
+            PATCH_POINTS["advance-low-water"].patch(advance_low_water)]
 
 
 def _state_transfer_skips_digest_check() -> list[ContextManager]:

@@ -16,7 +16,8 @@ import pytest
 from harness._fingerprint import fingerprint, recording
 from harness._swarm import run_simulation, settings_for_seed
 
-RECORDED = dict(line.split() for line in (Path(__file__).parent / "simulator_fingerprints.txt").read_text().splitlines())
+RECORDED_FILE = Path(__file__).parent / "simulator_fingerprints.txt"
+RECORDED = dict(line.split() for line in RECORDED_FILE.read_text().splitlines())
 
 
 @pytest.mark.parametrize("seed", sorted(RECORDED, key=int))

@@ -165,7 +165,8 @@ class CatchUp:
         self._catch_up_sent_tick, self._catch_up_sent_ms = replica.ticks, replica.now_ms
         self.catch_up_counts[f"asked-{why}"] += 1
         top = min(replica.high_water, replica.last_executed + SLOTS_PER_ANSWER_MAX)
-        request = replica._sign(StateRequest(replica.last_executed, 0, top, replica.view, replica.replica_id, bytes(64)))
+        request = replica._sign(StateRequest(replica.last_executed, 0, top, replica.view, replica.replica_id,
+                                             bytes(64)))
         replica._out.to_replicas.append((peer, request))
 
     # ------------------------------------------------------------- answering

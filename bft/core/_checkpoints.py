@@ -187,7 +187,8 @@ class Checkpoints:
 
     def _ask_next_peer(self, session: TransferSession) -> None:
         replica = self.replica
-        peers = [r for r in range(replica.config.replica_count) if r != replica.replica_id and r not in session.excluded]
+        peers = [r for r in range(replica.config.replica_count)
+                 if r != replica.replica_id and r not in session.excluded]
         if not peers:
             session.excluded.clear()  # Everyone failed us once; give them all another chance.
             peers = [r for r in range(replica.config.replica_count) if r != replica.replica_id]
@@ -211,10 +212,11 @@ class Checkpoints:
         if request.replica_id == replica.replica_id:
             raise RemoteProtocolError("bad-state-request", "a replica does not ask itself for state")
         if self._replies_this_tick[request.replica_id] >= STATE_REPLIES_PER_TICK_MAX:
-            raise RemoteProtocolError("rate-limited", f"more than {STATE_REPLIES_PER_TICK_MAX} state requests this tick")
+            raise RemoteProtocolError("rate-limited",
+                                      f"more than {STATE_REPLIES_PER_TICK_MAX} state requests this tick")
         self._replies_this_tick[request.replica_id] += 1
         if request.first_position == 0 and request.last_position > 0:
-            replica.catch_up.answer_slots(request)  # A catch-up request (``_catch_up``): committed slots, not a snapshot.
+            replica.catch_up.answer_slots(request)  # A catch-up request: committed slots, not a snapshot.
             return
         if request.first_position == 0:
             self._answer_snapshot(request)

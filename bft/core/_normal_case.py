@@ -172,7 +172,8 @@ class NormalCase:
     def check_window(self, seq: int) -> None:
         replica = self.replica
         if not replica.low_water < seq <= replica.high_water:
-            raise RemoteProtocolError("outside-window", f"seq {seq} outside ({replica.low_water}, {replica.high_water}]")
+            raise RemoteProtocolError("outside-window",
+                                      f"seq {seq} outside ({replica.low_water}, {replica.high_water}]")
 
     def _slot(self, seq: int) -> Slot:
         replica = self.replica
@@ -188,7 +189,8 @@ class NormalCase:
     def on_preprepare(self, preprepare: PrePrepare) -> None:
         replica = self.replica
         if preprepare.replica_id != primary_of(preprepare.view, replica.config.replica_count):
-            raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
+            raise RemoteProtocolError("not-primary",
+                                      f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
         if preprepare.view > replica.view or (preprepare.view == replica.view and not replica.view_active):
             self._hold_early_preprepare(preprepare)
             replica.views.note_view_evidence(preprepare.replica_id, preprepare.view)
@@ -203,7 +205,8 @@ class NormalCase:
         slot = self.current_slot(preprepare.seq)
         if slot is not None and slot.preprepare is not None:
             if slot.preprepare != preprepare:
-                raise RemoteProtocolError("equivocation", f"two pre-prepares for view {replica.view} seq {preprepare.seq}",
+                raise RemoteProtocolError("equivocation",
+                                          f"two pre-prepares for view {replica.view} seq {preprepare.seq}",
                                           evidence=EquivocationProof.of(slot.preprepare, preprepare))
             return
         digests = self._validate_batch(preprepare.batch)
@@ -233,7 +236,8 @@ class NormalCase:
         """Check everything a correct primary guarantees about a batch but its time; return its request digests."""
         replica = self.replica
         if len(batch.entries) > replica.limits.max_batch_requests:
-            raise RemoteProtocolError("bad-batch", f"{len(batch.entries)} requests, limit {replica.limits.max_batch_requests}")
+            raise RemoteProtocolError("bad-batch",
+                                      f"{len(batch.entries)} requests, limit {replica.limits.max_batch_requests}")
         if len({entry.request.key for entry in batch.entries}) != len(batch.entries):
             raise RemoteProtocolError("bad-batch", "a request appears twice in one batch")
         digests = []
@@ -265,7 +269,8 @@ class NormalCase:
         slot.request_digests = digests
         replica.requests.mark_proposed(digests, preprepare.seq)
         if vote and self.may_sign("prepare", preprepare.seq, slot.batch_digest):
-            prepare = replica._sign(Prepare(replica.view, preprepare.seq, slot.batch_digest, replica.replica_id, bytes(64)))
+            prepare = replica._sign(Prepare(replica.view, preprepare.seq, slot.batch_digest, replica.replica_id,
+                                            bytes(64)))
             replica._broadcast(prepare)
             slot.prepares[replica.replica_id] = prepare
         self._check_prepared(slot)
@@ -317,7 +322,8 @@ class NormalCase:
         slot.prepared = True
         proof = self.prepared_proofs[slot.seq] = slot.prepared_proof(replica.quorum)
         # Durable before our COMMIT leaves, so that after a restart our VIEW-CHANGE still reports it.
-        replica._out.persist.extend(m for m in (proof.preprepare, *proof.prepares) if m.replica_id != replica.replica_id)
+        replica._out.persist.extend(message for message in (proof.preprepare, *proof.prepares)
+                                    if message.replica_id != replica.replica_id)
         if not self.may_sign("commit", slot.seq, slot.batch_digest):
             return
         commit = replica._sign(Commit(replica.view, slot.seq, slot.batch_digest, replica.replica_id, bytes(64)))

@@ -44,7 +44,7 @@ from ._checkpoints import Checkpoints
 from ._config import ClusterConfig
 from ._crypto import KeyPair, Signer, Verifier
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._execution import ExecutionState, LogEntry
+from ._execution import LogEntry
 from ._messages import (Checkpoint, Commit, Decision, Message, NewView, PrePrepare, Prepare, Request, StateReply,
                         StateRequest, ViewChange, Vote)
 from ._normal_case import NormalCase, sender_of
@@ -270,7 +270,7 @@ class Replica:
         return ROLE_STEPS[self.role]
 
     # The components' state, read-only (the runtime's metrics, the simulator, the harness and the tests read it).
-    execution: ExecutionState = property(lambda self: self.executor.state)
+    execution = property(lambda self: self.executor.state)
     pending = property(lambda self: self.requests.pending)
     recovered_votes = property(lambda self: self.requests.recovered_votes)
     slots = property(lambda self: self.normal.slots)

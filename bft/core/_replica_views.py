@@ -99,7 +99,8 @@ class ViewChanges:
         if not self.view_active or replica.pending.requests_with_quorum_count > 0:
             return True
         # Only slots above the last executed one can hold outstanding work; the slots are sorted by seq.
-        if any(replica.slots[seq].preprepare is not None for seq in replica.slots.irange(minimum=replica.last_executed + 1)):
+        slots = replica.slots
+        if any(slots[seq].preprepare is not None for seq in slots.irange(minimum=replica.last_executed + 1)):
             return True
         # Prepared before a restart of the whole cluster: a view change re-proposes it.
         return any(seq > replica.last_executed for seq in replica.prepared_proofs)
@@ -115,7 +116,8 @@ class ViewChanges:
         if not self.has_outstanding_work():
             self._waiting_since = None
             return
-        if self.view_active and replica.catching_up() and replica.ticks - replica.catch_up.progress_tick < self._current_timeout():
+        fetching = replica.ticks - replica.catch_up.progress_tick < self._current_timeout()
+        if self.view_active and replica.catching_up() and fetching:
             # Behind the cluster: fetch and replay, suspect no one, as long as fetching brings progress.  A
             # slot that committed nowhere (seq s+1 stuck while s+2 committed) needs a view change to fill it.
             self._waiting_since = replica.ticks
@@ -237,7 +239,8 @@ class ViewChanges:
             self._maybe_send_new_view()
             return
         self.vote_floor_view = new_view
-        proofs = tuple(replica.prepared_proofs[seq] for seq in sorted(replica.prepared_proofs) if seq > replica.low_water)
+        proofs = tuple(replica.prepared_proofs[seq] for seq in sorted(replica.prepared_proofs)
+                       if seq > replica.low_water)
         view_change = replica._sign(ViewChange(new_view, replica.low_water, replica.stable_proof, proofs,
                                             replica.replica_id, bytes(64)))
         replica._broadcast(view_change)
@@ -289,7 +292,8 @@ class ViewChanges:
         for offset, batch in enumerate(batches):
             if not replica.normal.may_sign("pre-prepare", stable_seq + offset + 1, record_digest(batch)):
                 return  # A restart lost this NEW-VIEW half-built; the next view change will retry.
-        preprepares = tuple(replica._sign(PrePrepare(self.view, stable_seq + offset + 1, batch, replica.replica_id, bytes(64)))
+        preprepares = tuple(replica._sign(PrePrepare(self.view, stable_seq + offset + 1, batch, replica.replica_id,
+                                                     bytes(64)))
                             for offset, batch in enumerate(batches))
         new_view = replica._sign(NewView(self.view, chosen, preprepares, replica.replica_id, bytes(64)))
         # Also stored as slot messages: pruning the NEW-VIEWs of old views must not take our prepared
@@ -316,9 +320,11 @@ class ViewChanges:
         replica.normal.forget_views_below(self.view)
         self.view_seen_by_replica = {r: v for r, v in self.view_seen_by_replica.items() if v > self.view}
         self._waiting_since = replica.ticks
-        self.view_change_by_replica = {r: vc for r, vc in self.view_change_by_replica.items() if vc.new_view > self.view}
+        self.view_change_by_replica = {r: vc for r, vc in self.view_change_by_replica.items()
+                                       if vc.new_view > self.view}
         if stable_seq > replica.low_water and replica.last_executed >= stable_seq:
-            replica.checkpointing.adopt_stable_checkpoint(stable_seq, stable_proof_for(new_view.view_changes, stable_seq))
+            proof = stable_proof_for(new_view.view_changes, stable_seq)
+            replica.checkpointing.adopt_stable_checkpoint(stable_seq, proof)
         replica.checkpointing.note_lag(stable_seq)  # Not re-proposed, so state transfer is the only way to reach it.
         replica.normal.install_view(new_view, stable_seq, batches)
         self.view_active = True

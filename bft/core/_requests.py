@@ -111,7 +111,8 @@ class Requests:
                 replica._out.to_clients.append((request.client_id, cached))
             return
         if replica.execution.is_stale(*request.key):
-            raise RemoteProtocolError("stale-request", f"request number {request.request_number} is below the client window")
+            raise RemoteProtocolError("stale-request",
+                                      f"request number {request.request_number} is below the client window")
         if request.deadline_ms < replica.now_ms:
             raise RemoteProtocolError("expired", f"deadline {request.deadline_ms} ms already passed")
         pending = self.pending.get_or_create(digest, replica.ticks)
@@ -183,7 +184,8 @@ class Requests:
             return
         pending = pending or self.pending.get_or_create_orphan(vote.request_digest, self.replica.ticks, vote.replica_id)
         if pending is None:
-            raise RemoteProtocolError("overloaded", f"no room for more votes on unknown requests from replica {vote.replica_id}")
+            raise RemoteProtocolError("overloaded",
+                                      f"no room for more votes on unknown requests from replica {vote.replica_id}")
         self.add_vote(pending, vote)
 
     def add_vote(self, pending: PendingRequest, vote: Vote) -> None:
