@@ -32,7 +32,7 @@ from ._view_change import check_new_view, check_view_change, choose_reproposals,
 
 class ViewChanges:
     """Owns the view this replica is in (or asks for), the VIEW-CHANGEs it holds, the NEW-VIEW of its view and
-    the progress timer.  Installing a view's re-proposals is the normal case's job (``Replica._install_view``)."""
+    the progress timer.  Installing a view's re-proposals is the normal case's job (``NormalCase.install_view``)."""
 
     def __init__(self, replica) -> None:
         self.replica = replica
