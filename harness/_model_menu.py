@@ -19,6 +19,7 @@ from typing import Callable
 from bft.core import (Batch, BatchEntry, Decision, Message, NewView, PrePrepare, Replica, Signer, Vote,
                       request_digest)
 from bft.core._messages import NULL_BATCH
+from bft.core._normal_case import NormalCase
 from bft.policy import PolicyDecision
 from bft.testing import equivocating_primary
 
@@ -121,34 +122,41 @@ def _lying_new_primary(core, destination, message, signer) -> list[Message]:
     return [signer.sign(dataclasses.replace(message, preprepares=empty))]
 
 
-class UsurpingReplica(Replica):
-    """A backup that runs the proposer's code as if it were primary, signing PRE-PREPAREs in its own name.
+class UsurpingNormalCase(NormalCase):
+    """The usurper's normal case: it races ahead, proposing one seq beyond the next one to execute, so its
+    batch reaches the others before the real primary's batch for that seq.  The votes it needs it copies
+    from the real primary's PRE-PREPAREs."""
 
-    It races ahead: it proposes one seq beyond the next one to execute, so its
-    batch reaches the others before the real primary's batch for that seq.  The
-    votes it needs it copies from the real primary's PRE-PREPAREs.
-    """
+    def on_preprepare(self, preprepare) -> None:
+        # Votes go to the real primary alone, so the usurper takes them from its proposals, validly
+        # signed, and races to propose the same requests at a later seq before accepting the original.
+        replica = self.replica
+        if preprepare.replica_id != replica.replica_id:
+            for vote in (vote for entry in preprepare.batch.entries for vote in entry.votes):
+                pending = replica.pending.get(vote.request_digest)
+                if pending is not None and vote.replica_id not in pending.votes:
+                    replica.requests.add_vote(pending, vote)
+        super().on_preprepare(preprepare)
+
+    def _propose(self, entries) -> None:
+        self.next_seq = max(self.next_seq, self.replica.last_executed + 2)
+        while self.next_seq in self.slots and self.slots[self.next_seq].preprepare is not None:
+            self.next_seq += 1
+        if self.next_seq <= self.replica.high_water:
+            super()._propose(entries)
+
+
+class UsurpingReplica(Replica):
+    """A backup that runs the proposer's code as if it were primary, signing PRE-PREPAREs in its own name."""
+
+    def __init__(self, *arguments) -> None:
+        super().__init__(*arguments)
+        self.normal = UsurpingNormalCase(self)
+        self._handlers = self._handler_table()
 
     @property
     def is_primary(self) -> bool:
         return True
-
-    def _on_preprepare(self, preprepare) -> None:
-        # Votes go to the real primary alone, so the usurper takes them from its proposals, validly
-        # signed, and races to propose the same requests at a later seq before accepting the original.
-        if preprepare.replica_id != self.replica_id:
-            for vote in (vote for entry in preprepare.batch.entries for vote in entry.votes):
-                pending = self.pending.get(vote.request_digest)
-                if pending is not None and vote.replica_id not in pending.votes:
-                    self._add_vote(pending, vote)
-        super()._on_preprepare(preprepare)
-
-    def _propose(self, entries) -> None:
-        self.next_seq = max(self.next_seq, self.last_executed + 2)
-        while self.next_seq in self.slots and self.slots[self.next_seq].preprepare is not None:
-            self.next_seq += 1
-        if self.next_seq <= self.high_water:
-            super()._propose(entries)
 
 
 def _usurping_backup(core, destination, message, signer) -> list[Message]:

@@ -14,6 +14,12 @@ Every mutant in ``_mutants.MUTANTS`` has a hunt plan, a generic harness run
   NEW-VIEW, a primary forging vote sets) or a crash at a precise point, the
   plan is a targeted scenario: one adversary from the checker's menu and one
   kind of deviation.
+- ``ScenarioPlan``: targeted simulator schedules (``_hunt_scenarios``) that
+  steer the cluster into a path the swarm reaches rarely (a replica fetching
+  state from a lying peer), then run the invariant checker.
+
+``CROSS_CHECKS`` names a second, different plan for the classic PBFT bugs of
+issue 18 that a second checker catches too; the self-test runs those as well.
 
 A hunt is believable only if the unmutated core passes the very same runs,
 so ``baseline`` re-runs a plan's runs up to the catching point without the
@@ -30,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from ._hunt_scenarios import (GOLDEN_NORMAL_CASE, PREPARE_QUORUM_SCENARIOS, STATE_TRANSFER_SCENARIOS,
+                              VIEW_CHANGE_SCENARIOS, run_scenario)
 from ._linearizability import Validity
 from ._modelcheck import MENU, ModelCheckResult, ModelCheckSettings, run_model_check
 from ._mutants import MUTANTS
@@ -72,6 +80,14 @@ class ModelCheckPlan:
         return " ".join(flags)
 
 
+@dataclass(frozen=True)
+class ScenarioPlan:
+    scenarios: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"simulator schedules {', '.join(self.scenarios)}"
+
+
 def _targeted(adversary: str, max_states: int, *, reorders: bool = False, timeouts: int = 0,
               crashes: int = 0) -> ModelCheckPlan:
     return ModelCheckPlan(ModelCheckSettings(depth=200, max_states=max_states, deviations=1, crashes_max=crashes,
@@ -99,6 +115,23 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "certificate-accepts-f-replies": _SWARM_N4,
     "backup-never-shares-overdue-votes": _SWARM_N4,
     "drop-phase-votes-before-quorum": _SWARM_N4,
+    # Issue 18's classic PBFT bugs.  A dropped re-proposal shows only where a view change meets a slot that
+    # committed at some replicas and not others, which 10-request runs rarely reach.
+    "reproposal-ignores-highest-view": ScenarioPlan(VIEW_CHANGE_SCENARIOS),
+    "new-view-drops-a-prepared-request": SwarmPlan(4, 40, 30),
+    # Unsafe only with a primary that equivocates its PREPAREs too, which the swarm's strategies do not.
+    "prepared-with-one-prepare-too-few": ScenarioPlan(PREPARE_QUORUM_SCENARIOS),
+    "stable-checkpoint-from-f-plus-1": _MENU_DEFAULT_SCHEDULE,
+    "state-transfer-skips-digest-check": ScenarioPlan(STATE_TRANSFER_SCENARIOS),
+    "execute-out-of-order": _MENU_DEFAULT_SCHEDULE,
+}
+# A second checker that catches the same bug (run by the self-test too).
+CROSS_CHECKS: dict[str, SwarmPlan | ModelCheckPlan | ScenarioPlan] = {
+    "stable-checkpoint-from-f-plus-1": SwarmPlan(4, 40, 10),
+    "execute-out-of-order": SwarmPlan(4, 10, 5),
+    "new-view-drops-a-prepared-request": ScenarioPlan(VIEW_CHANGE_SCENARIOS),
+    # The behaviour-diff checker: a COMMIT leaves one PREPARE early in the normal case.
+    "prepared-with-one-prepare-too-few": ScenarioPlan(GOLDEN_NORMAL_CASE),
 }
 assert set(HUNT_PLANS) == set(MUTANTS), "every mutant has a hunt plan"
 
@@ -106,9 +139,9 @@ assert set(HUNT_PLANS) == set(MUTANTS), "every mutant has a hunt plan"
 @dataclass
 class HuntResult:
     mutant: str
-    plan: SwarmPlan | ModelCheckPlan
+    plan: SwarmPlan | ModelCheckPlan | ScenarioPlan
     caught: bool
-    seed: int | None  # The catching seed of a swarm hunt.
+    seed: int | None  # The catching seed of a swarm hunt, or the index of the catching scenario.
     runs: int  # Swarm runs, or model-checker states, spent.
     checkers: list[str]
     wall_seconds: float
@@ -119,11 +152,15 @@ class HuntResult:
         if isinstance(self.plan, SwarmPlan):
             seed = self.seed if self.seed is not None else 0
             return f"python -m harness mutants --name {self.mutant} --seed {seed}"
+        if isinstance(self.plan, ScenarioPlan):
+            return f"python -m harness mutants --name {self.mutant}"
         return f"python -m harness modelcheck --mutant {self.mutant} {self.plan.command_flags()}"
 
     def where(self) -> str:
         if not self.caught:
             return "NOT CAUGHT"
+        if isinstance(self.plan, ScenarioPlan):
+            return f"schedule {self.plan.scenarios[self.seed]}"
         return f"seed {self.seed}" if isinstance(self.plan, SwarmPlan) else f"after {self.runs} states"
 
 
@@ -158,11 +195,29 @@ def model_check_findings(result: ModelCheckResult) -> list[str]:
 # ----------------------------------------------------------------------------- hunts
 
 
-def hunt(name: str, seeds_max: int | None = None) -> HuntResult:
-    """Run ``name``'s plan with the mutant active until a checker catches it or the bound is reached."""
-    mutant, plan = MUTANTS[name], HUNT_PLANS[name]
+def scenario_findings(findings: list[str]) -> list[str]:
+    """Checker names for a scenario's findings: ``invariants S9``, ``progress``, ``core assertion``."""
+    names = []
+    for finding in findings:
+        invariant = re.match(r"(S\d+):", finding)
+        names.append(f"invariants {invariant.group(1)}" if invariant else
+                     "core assertion" if "AssertionError" in finding else finding.split(":")[0])
+    return list(dict.fromkeys(names))
+
+
+def hunt(name: str, seeds_max: int | None = None,
+         plan: SwarmPlan | ModelCheckPlan | ScenarioPlan | None = None) -> HuntResult:
+    """Run ``name``'s plan (or ``plan``) with the mutant active until a checker catches it or the bound is reached."""
+    mutant, plan = MUTANTS[name], plan or HUNT_PLANS[name]
     started = time.perf_counter()
     with mutant.activate():
+        if isinstance(plan, ScenarioPlan):
+            for index, scenario in enumerate(plan.scenarios):
+                findings = run_scenario(scenario)
+                if findings:
+                    return HuntResult(name, plan, True, index, index + 1, scenario_findings(findings),
+                                      time.perf_counter() - started, findings[:5])
+            return HuntResult(name, plan, False, None, len(plan.scenarios), [], time.perf_counter() - started)
         if isinstance(plan, ModelCheckPlan):
             result = run_model_check(plan.settings)
             return HuntResult(name, plan, result.counterexample is not None, None, result.states,
@@ -177,8 +232,10 @@ def hunt(name: str, seeds_max: int | None = None) -> HuntResult:
     return HuntResult(name, plan, False, None, bound, [], time.perf_counter() - started)
 
 
-def baseline(plan: SwarmPlan | ModelCheckPlan, runs: int) -> list[str]:
-    """Findings on the unmutated core over the runs a hunt spent (``runs`` seeds, or states): should be none."""
+def baseline(plan: SwarmPlan | ModelCheckPlan | ScenarioPlan, runs: int) -> list[str]:
+    """Findings on the unmutated core over the runs a hunt spent (``runs`` seeds, states or schedules): none."""
+    if isinstance(plan, ScenarioPlan):
+        return [f"{scenario}: {finding}" for scenario in plan.scenarios[:runs] for finding in run_scenario(scenario)]
     if isinstance(plan, ModelCheckPlan):
         return model_check_findings(run_model_check(dataclasses.replace(plan.settings, max_states=runs)))
     findings = []
@@ -233,7 +290,7 @@ def _replay(arguments: argparse.Namespace, out: TextIO) -> int:
         return _usage_error("--seed needs --name: which mutant to replay")
     plan = HUNT_PLANS[arguments.name]
     if not isinstance(plan, SwarmPlan):
-        return _usage_error(f"{arguments.name} is hunted by the model checker, which has no seeds; "
+        return _usage_error(f"{arguments.name} is hunted by the model checker or fixed schedules, without seeds; "
                             f"run: python -m harness mutants --name {arguments.name}")
     if arguments.seed < 0:
         return _usage_error("--seed must not be negative")

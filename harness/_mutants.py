@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 from unittest import mock
 
-from bft.core import ClusterConfig, Decision, RemoteProtocolError, Vote
+from bft.core import ClusterConfig, Commit, Decision, PreparedProof, RemoteProtocolError, Vote
+from bft.core._codec import record_digest
+from bft.core._messages import NULL_BATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +71,16 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "replica-init": PatchPoint("bft.core._replica:Replica.__init__",
                                "the configuration (quorum, verdict rules) a replica works with"),
     "replica-verifier": PatchPoint("bft.core._replica:Verifier", "the signature verifier a replica builds"),
-    "on-preprepare": PatchPoint("bft.core._replica:Replica._on_preprepare", "which PRE-PREPAREs a backup accepts"),
-    "primary-of": PatchPoint("bft.core._replica:primary_of", "who a replica takes for the primary of a view"),
+    "on-preprepare": PatchPoint("bft.core._normal_case:NormalCase.on_preprepare",
+                                "which PRE-PREPAREs a backup accepts"),
+    "primary-of": PatchPoint("bft.core._normal_case:primary_of", "who a replica takes for the primary of a view"),
     "check-new-view": PatchPoint("bft.core._replica_views:check_new_view", "NEW-VIEW proof validation"),
-    "check-prepared": PatchPoint("bft.core._replica:Replica._check_prepared", "what happens once a slot is prepared"),
+    "check-prepared": PatchPoint("bft.core._normal_case:NormalCase._check_prepared",
+                                 "what happens once a slot is prepared"),
     "broadcast": PatchPoint("bft.core._replica:Replica._broadcast",
                             "persist-then-send of a replica's own signed messages"),
     "tick-input": PatchPoint("bft.core._replica:Replica._tick", "what a replica does when its clock ticks"),
-    "validate-votes": PatchPoint("bft.core._replica:Replica._validate_votes",
+    "validate-votes": PatchPoint("bft.core._normal_case:NormalCase._validate_votes",
                                  "which vote sets a batch entry may carry"),
     "count-votes": PatchPoint("bft.core._verdict:count_votes", "how the verdict rule counts votes"),
     # The verdict rule as execution applies it: one binding per module that executes verdicts.
@@ -84,10 +88,25 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "accountability-decide": PatchPoint("bft.core._accountability_state:decide",
                                         "the verdict rule when accountability is on"),
     "restore-execution": PatchPoint("bft.core._execution:ExecutionState.restore", "execution state after a restart"),
-    "share-overdue-votes": PatchPoint("bft.core._replica_views:ViewChangeMixin._share_overdue_votes",
+    "share-overdue-votes": PatchPoint("bft.core._requests:Requests.share_overdue_votes",
                                       "when a backup shares a vote the primary left unproposed"),
-    "adds-nothing": PatchPoint("bft.core._replica:Replica._adds_nothing",
+    "adds-nothing": PatchPoint("bft.core._normal_case:NormalCase.adds_nothing",
                                "which PREPAREs and COMMITs are dropped unverified as superfluous"),
+    "choose-reproposals-primary": PatchPoint("bft.core._replica_views:choose_reproposals",
+                                             "what a new primary re-proposes from the VIEW-CHANGEs it holds"),
+    "choose-reproposals-check": PatchPoint("bft.core._view_change:choose_reproposals",
+                                           "what a backup requires a NEW-VIEW to re-propose"),
+    "check-prepared-proof": PatchPoint("bft.core._view_change:check_prepared_proof",
+                                       "which prepared certificates a VIEW-CHANGE may carry"),
+    "check-stable": PatchPoint("bft.core._checkpoints:Checkpoints._check_stable",
+                               "when collected CHECKPOINTs make a checkpoint stable"),
+    "advance-low-water": PatchPoint("bft.core._checkpoints:Checkpoints.advance_low_water",
+                                    "moving the low water mark to a stable checkpoint"),
+    "snapshot-digest": PatchPoint("bft.core._checkpoints:state_matches_proof",
+                                  "whether a fetched snapshot is the state its proof certifies"),
+    "execute-committed": PatchPoint("bft.core._replica_execution:Execution.execute_committed",
+                                    "which committed slot executes next"),
+    "execution-execute": PatchPoint("bft.core._execution:ExecutionState.execute", "applying one batch at a seq"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
                               "the configuration a client checks replies with"),
 }
@@ -190,7 +209,7 @@ def _execute_before_commit() -> list[ContextManager]:
             original(self, slot)
             if slot.prepared and not slot.committed:
                 slot.committed = True  # A prepare quorum taken for a commit quorum.
-                self._execute_committed()
+                self.replica.executor.execute_committed()
         return check_prepared
     return [_wrap("check-prepared", make)]
 
@@ -217,10 +236,10 @@ def _vote_not_bound_to_request() -> list[ContextManager]:
         replica_ids = [vote.replica_id for vote in votes]
         if replica_ids != sorted(set(replica_ids)):
             raise RemoteProtocolError("bad-votes", "votes must come from distinct replicas in ascending order")
-        if len(votes) < self.quorum:
-            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.quorum}")
+        if len(votes) < self.replica.quorum:
+            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.replica.quorum}")
         for vote in votes:
-            self._verifier.verify(vote)  # Signed, but for whichever request the vote names.
+            self.replica._verifier.verify(vote)  # Signed, but for whichever request the vote names.
     return [PATCH_POINTS["validate-votes"].patch(validate_votes)]
 
 
@@ -229,12 +248,12 @@ def _count_duplicate_votes() -> list[ContextManager]:
         replica_ids = [vote.replica_id for vote in votes]
         if replica_ids != sorted(replica_ids):  # Ascending, but repeats allowed.
             raise RemoteProtocolError("bad-votes", "votes must be in ascending replica order")
-        if len(votes) < self.quorum:
-            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.quorum}")
+        if len(votes) < self.replica.quorum:
+            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.replica.quorum}")
         for vote in votes:
             if vote.request_digest != digest:
                 raise RemoteProtocolError("bad-votes", f"replica {vote.replica_id}'s vote is for another request")
-            self._verifier.verify(vote)
+            self.replica._verifier.verify(vote)
 
     def count_votes(votes: tuple[Vote, ...]) -> tuple[int, int]:
         allow = sum(1 for vote in votes if vote.decision is Decision.ALLOW)
@@ -289,11 +308,123 @@ def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
     """The superfluous-message filter judges a slot by its PRE-PREPARE instead of its quorum: the PREPAREs
     and COMMITs a slot still needs are dropped unverified, and the slot never prepares."""
     def adds_nothing(self, message):
-        if type(message).__name__ not in ("Prepare", "Commit") or message.view != self.view:
+        if type(message).__name__ not in ("Prepare", "Commit") or message.view != self.replica.view:
             return False
-        slot = self._current_slot(message.seq)
+        slot = self.current_slot(message.seq)
         return slot is not None and slot.preprepare is not None and message.replica_id != slot.preprepare.replica_id
     return [PATCH_POINTS["adds-nothing"].patch(adds_nothing)]
+
+
+def _wrong_reproposals(lowest_view_wins: bool = False, one_short: bool = False) -> list[ContextManager]:
+    """A wrong re-proposal rule, shared by the new primary and the backups that check its NEW-VIEW (so they
+    agree with each other, as a bug in the one function both use would make them)."""
+    def choose_reproposals(view_changes):
+        stable_seq = max(view_change.stable_seq for view_change in view_changes)
+        best: dict[int, tuple[int, bytes, object]] = {}
+        for view_change in view_changes:
+            for proof in view_change.prepared:
+                preprepare = proof.preprepare
+                if preprepare.seq <= stable_seq:
+                    continue
+                candidate = (preprepare.view, record_digest(preprepare.batch), preprepare.batch)
+                current = best.get(preprepare.seq)
+                if current is None or (candidate[:2] > current[:2]) != lowest_view_wins:
+                    best[preprepare.seq] = candidate
+        top = max(best, default=stable_seq + one_short) - one_short
+        return stable_seq, tuple(best[seq][2] if seq in best else NULL_BATCH for seq in range(stable_seq + 1, top + 1))
+    return [PATCH_POINTS["choose-reproposals-primary"].patch(choose_reproposals),
+            PATCH_POINTS["choose-reproposals-check"].patch(choose_reproposals)]
+
+
+def _reproposal_ignores_highest_view() -> list[ContextManager]:
+    """A flipped comparison: of the prepared certificates for one seq, the one from the lowest view wins."""
+    return _wrong_reproposals(lowest_view_wins=True)
+
+
+def _new_view_drops_a_prepared_request() -> list[ContextManager]:
+    """An off-by-one: the highest prepared seq is left out of the re-proposals."""
+    return _wrong_reproposals(one_short=True)
+
+
+def _prepared_with_one_prepare_too_few() -> list[ContextManager]:
+    """A slot counts as prepared on q-1 matching PREPAREs, and VIEW-CHANGEs may carry such certificates."""
+    def check_prepared(self, slot):
+        replica = self.replica
+        quorum = replica.quorum - 1
+        if slot.prepared or slot.preprepare is None or slot.matching_prepare_count() < quorum:
+            return
+        slot.prepared = True
+        proof = self.prepared_proofs[slot.seq] = PreparedProof(slot.preprepare, slot.matching_prepares()[:quorum])
+        replica._out.persist.extend(message for message in (proof.preprepare, *proof.prepares)
+                                    if message.replica_id != replica.replica_id)
+        if not self.may_sign("commit", slot.seq, slot.batch_digest):
+            return
+        commit = replica._sign(Commit(replica.view, slot.seq, slot.batch_digest, replica.replica_id, bytes(64)))
+        replica._broadcast(commit)
+        slot.commits[replica.replica_id] = commit
+        self._check_committed(slot)
+
+    def make_check_proof(original):
+        def check_prepared_proof(proof, config, verifier):
+            return original(proof, _config_overriding(config, {"quorum": config.quorum - 1}), verifier)
+        return check_prepared_proof
+    return [PATCH_POINTS["check-prepared"].patch(check_prepared), _wrap("check-prepared-proof", make_check_proof)]
+
+
+def _stable_checkpoint_from_f_plus_one() -> list[ContextManager]:
+    """f+1 matching CHECKPOINTs make a checkpoint stable (instead of a quorum): the low water mark moves,
+    and slots are discarded, on the word of a single correct replica."""
+    def check_stable(self, seq):
+        replica = self.replica
+        enough = replica.config.faulty_max + 1
+        by_digest: dict[bytes, list] = {}
+        for checkpoint in self.checkpoints.get(seq, {}).values():
+            by_digest.setdefault(checkpoint.state_digest, []).append(checkpoint)
+        proof = next((group for group in by_digest.values() if len(group) >= enough), None)
+        if proof is None:
+            return
+        if replica.last_executed < seq:
+            self.note_lag(seq)
+            return
+        self.advance_low_water(seq, tuple(sorted(proof, key=lambda c: c.replica_id)))
+
+    def advance_low_water(self, seq, proof):
+        # As shipped, but without the assertion that the proof is a quorum (the same wrong threshold).
+        replica = self.replica
+        replica._out.persist.extend(checkpoint for checkpoint in proof if checkpoint.replica_id != replica.replica_id)
+        self.low_water, self.stable_proof, self.stable_state = seq, proof, self.checkpoint_states.get(seq)
+        for table in (self.checkpoint_states, self.checkpoints):
+            for old_seq in [s for s in table if s <= seq]:
+                del table[old_seq]
+        replica.normal.forget_up_to(seq)
+    return [PATCH_POINTS["check-stable"].patch(check_stable),
+            PATCH_POINTS["advance-low-water"].patch(advance_low_water)]
+
+
+def _state_transfer_skips_digest_check() -> list[ContextManager]:
+    """A fetched snapshot is adopted if its proof is valid, whether or not the state hashes to what it certifies."""
+    def state_matches_proof(state, proof):
+        return True
+    return [PATCH_POINTS["snapshot-digest"].patch(state_matches_proof)]
+
+
+def _execute_out_of_order() -> list[ContextManager]:
+    """The next committed slot above the last executed one runs, even if a slot below it has not committed."""
+    def execute_committed(self):
+        replica = self.replica
+        while True:
+            above = [seq for seq in replica.slots.irange(minimum=replica.last_executed + 1)
+                     if replica.slots[seq].committed]
+            if not above:
+                return
+            self._execute(replica.slots[above[0]])
+
+    def make_execute(original):
+        def execute(self, seq, batch, request_digests, sign_reply):
+            self.last_executed_seq = max(self.last_executed_seq, seq - 1)  # No gap check: whatever comes is next.
+            return original(self, seq, batch, request_digests, sign_reply)
+        return execute
+    return [PATCH_POINTS["execute-committed"].patch(execute_committed), _wrap("execution-execute", make_execute)]
 
 
 MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
@@ -327,6 +458,21 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("share-overdue-votes",), _backup_never_shares_overdue_votes),
     Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
            ("adds-nothing",), _drop_phase_votes_before_their_quorum),
+    Mutant("reproposal-ignores-highest-view", "a new view re-proposes the lowest view's prepared certificate, "
+           "not the highest's: a batch committed in a later view is replaced (S1)",
+           ("choose-reproposals-primary", "choose-reproposals-check"), _reproposal_ignores_highest_view),
+    Mutant("new-view-drops-a-prepared-request", "the highest prepared seq is not re-proposed: a committed batch "
+           "may be lost or replaced (S1, durability)",
+           ("choose-reproposals-primary", "choose-reproposals-check"), _new_view_drops_a_prepared_request),
+    Mutant("prepared-with-one-prepare-too-few", "q-1 PREPAREs make a prepared certificate: with a primary "
+           "that equivocates its PREPAREs too, conflicting certificates in one view (S1 after a view change)",
+           ("check-prepared", "check-prepared-proof"), _prepared_with_one_prepare_too_few),
+    Mutant("stable-checkpoint-from-f-plus-1", "f+1 CHECKPOINTs make a checkpoint stable (S8; others reject its "
+           "proofs)", ("check-stable", "advance-low-water"), _stable_checkpoint_from_f_plus_one),
+    Mutant("state-transfer-skips-digest-check", "a snapshot is adopted without checking it hashes to its proof "
+           "(S9, S1)", ("snapshot-digest",), _state_transfer_skips_digest_check),
+    Mutant("execute-out-of-order", "a committed slot executes before a lower one has committed (S1)",
+           ("execute-committed", "execution-execute"), _execute_out_of_order),
 )}
 
 assert all(key in PATCH_POINTS for mutant in MUTANTS.values() for key in mutant.patch_points)

@@ -106,8 +106,9 @@ def batch_digest_of(preprepare: PrePrepare) -> bytes:
     return record_digest(preprepare.batch)
 
 
-# Attributes that are configuration, crypto plumbing or counters of rejections, not protocol state.
-_NOT_STATE = {"config", "limits", "replica_id", "_signer", "_verifier", "_out", "_handlers", "rejected_counts"}
+# Attributes that are configuration, crypto plumbing, a component's link back to its replica or counters of
+# rejections, not protocol state.
+_NOT_STATE = {"config", "limits", "replica_id", "replica", "_signer", "_verifier", "_out", "_handlers", "rejected_counts"}
 
 
 def freeze(value: Any) -> Any:

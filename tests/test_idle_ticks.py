@@ -8,15 +8,18 @@ from bft.core import Decision, Risk, StateRequest
 from bft.policies import build_policy
 from bft.runtime import NodeOptions, open_local_cluster
 
-from conftest import START_MS, LocalNet, replica_snapshot
+from conftest import START_MS, LocalNet, freeze, replica_snapshot
 
 CLOCK_FIELDS = ("now_ms", "ticks")
 
 
 def state_without_clock(replica) -> dict:
     """Protocol state, leaving out the clock and the catch-up probe's own bookkeeping."""
-    return {name: value for name, value in replica_snapshot(replica).items()
-            if name not in CLOCK_FIELDS and "catch_up" not in name and name not in ("_probe_due", "_heard_tick")}
+    state = {name: value for name, value in replica_snapshot(replica).items()
+             if name not in CLOCK_FIELDS and name != "catch_up"}
+    state["catch_up"] = {name: freeze(value) for name, value in vars(replica.catch_up).items()
+                         if name != "replica" and "catch_up" not in name and name not in ("_probe_due", "_heard_tick")}
+    return state
 
 
 def test_a_fresh_replica_is_quiescent_and_a_request_makes_it_busy_until_it_is_decided_and_forgotten(kit):

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from harness.__main__ import main
-from harness._mutant_hunt import HUNT_PLANS, SwarmPlan, baseline, hunt
+from harness._mutant_hunt import CROSS_CHECKS, HUNT_PLANS, ScenarioPlan, SwarmPlan, baseline, hunt
 from harness._mutants import MUTANTS, PATCH_POINTS
 
 pytestmark = pytest.mark.slow  # hunts every planted mutant: make test runs it, make test-fast does not
@@ -24,11 +24,29 @@ def test_every_mutant_is_caught_within_its_bound_and_the_same_runs_pass_without_
     if isinstance(plan, SwarmPlan):
         assert result.seed is not None and 0 <= result.seed < plan.seeds_max
         assert result.reproduce == f"python -m harness mutants --name {name} --seed {result.seed}"
+    elif isinstance(plan, ScenarioPlan):
+        assert result.where() == f"schedule {plan.scenarios[result.seed]}" and result.details
     else:
         assert 0 < result.runs <= plan.settings.max_states
         assert result.reproduce.startswith(f"python -m harness modelcheck --mutant {name} ")
         assert any(line.strip().startswith("1. deliver") for line in result.details), "the trace is reported"
     assert baseline(plan, result.runs) == [], "the unmutated core must pass the runs that caught the mutant"
+
+
+@pytest.mark.parametrize("name", sorted(CROSS_CHECKS))
+def test_a_classic_pbft_bug_is_caught_by_a_second_checker_too(name):
+    first, second = HUNT_PLANS[name], CROSS_CHECKS[name]
+    assert first != second, "a cross-check is another plan"
+    result = hunt(name, plan=second)
+    assert result.caught and result.checkers, f"{name} escaped the cross-check: {second.describe()}"
+    assert baseline(second, result.runs) == []
+
+
+def test_issue_18s_classic_pbft_bugs_are_in_the_catalogue():
+    classic = {"reproposal-ignores-highest-view", "new-view-drops-a-prepared-request", "stable-checkpoint-from-f-plus-1",
+               "prepared-with-one-prepare-too-few",
+               "state-transfer-skips-digest-check", "execute-out-of-order"}
+    assert classic <= set(MUTANTS)
 
 
 def test_every_patch_point_resolves_and_is_used_by_some_mutant():

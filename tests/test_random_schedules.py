@@ -214,7 +214,7 @@ def test_random_schedules_with_a_byzantine_primary_keep_every_invariant(schedule
 
 def test_regression_a_new_primary_adopting_a_checkpoint_proposes_only_after_installing_its_view() -> None:
     """Found by the schedules above (seed 162393).  Replica 1 becomes primary of view 1 and, inside
-    ``_enter_view``, adopts the NEW-VIEW's stable checkpoint; ``_advance_low_water`` then calls
+    ``ViewChanges._enter_view``, adopts the NEW-VIEW's stable checkpoint; ``Checkpoints.advance_low_water`` then calls
     ``_maybe_propose`` while the view is already active but before the re-proposals and ``next_seq``
     are installed.  The signing guard stops the conflicting pre-prepare at the re-proposed seq, but the
     batch proposed at the next seq is proposed again after ``_enter_view`` resets ``proposed_seq``, and

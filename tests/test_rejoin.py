@@ -88,7 +88,7 @@ def test_an_isolated_backup_that_timed_out_alone_falls_back_to_the_cluster_view(
     lonely = cluster.replicas[3]
     # A backup no longer times out alone on its own (the test above), so its lonely VIEW-CHANGE, as
     # an older replica or a wrong timer would send it, is made here directly.
-    cluster._handle_ready(3, lonely._run(lonely._start_view_change, 1))
+    cluster._handle_ready(3, lonely._run(lonely.views.start_view_change, 1))
     load.run(2_000, True)
     assert lonely.vote_floor_view >= 1, "it sent a VIEW-CHANGE alone"
     assert [r.view for r in cluster.replicas[:3]] == [0, 0, 0], "nobody followed it"

@@ -56,7 +56,7 @@ def test_a_replica_that_timed_out_alone_says_view_change_until_the_cluster_reach
     replica = cluster.replicas[3]
     # Votes go to the primary alone, so a cut-off backup no longer times out alone by itself
     # (tests/test_rejoin.py); its lonely VIEW-CHANGE is made here directly.
-    cluster._handle_ready(3, replica._run(replica._start_view_change, 1))
+    cluster._handle_ready(3, replica._run(replica.views.start_view_change, 1))
     assert load.run(3_000, True, until=lambda: replica.vote_floor_view >= 1) is not None
     assert replica.progress_summary()["state"] == "view-change"
     cluster.heal()

@@ -182,9 +182,9 @@ def test_recovered_replica_refuses_to_sign_a_different_digest_for_a_slot_it_sign
     signed_slots = {key for key in recovered.signed_digests}
     assert signed_slots, "the replica had signed prepares before the crash"
     phase, view, seq = next(iter(signed_slots))
-    recovered.view = view
-    assert recovered._may_sign(phase, seq, recovered.signed_digests[(phase, view, seq)])
-    assert not recovered._may_sign(phase, seq, b"\x01" * 32)
+    assert recovered.view == view, "a restarted replica resumes in the view of what it signed last"
+    assert recovered.normal.may_sign(phase, seq, recovered.signed_digests[(phase, view, seq)])
+    assert not recovered.normal.may_sign(phase, seq, b"\x01" * 32)
 
 
 def test_a_restarted_replica_resends_its_stored_vote_even_if_its_policy_changed_its_mind() -> None:

@@ -38,10 +38,12 @@ ANSWER_SPACING_DIVISOR = 2
 CATCH_UP_STATES = ("ok", "catching-up", "view-change")
 
 
-class CatchUpMixin:
-    """The catch-up half of ``Replica`` (which provides the attributes used here)."""
+class CatchUp:
+    """The replica's catch-up component: it owns what the replica knows committed elsewhere, when it last
+    heard from the cluster, and its probes and answers."""
 
-    def _init_catch_up(self) -> None:
+    def __init__(self, replica) -> None:
+        self.replica = replica
         self.committed_seq_known = 0  # The highest seq a commit quorum of our view showed committed.
         self.catch_up_counts: Counter[str] = Counter()
         self._heard_tick = 0  # The last tick any peer's message arrived, and the clock then.
@@ -54,139 +56,147 @@ class CatchUpMixin:
         self._catch_up_attempts = 0
         self._answered_tick: dict[int, int] = {}  # Peer -> the tick we last answered its catch-up request.
 
+    def check_bounds(self) -> None:
+        assert len(self._answered_tick) <= self.replica.config.replica_count
+
+    @property
+    def probe_due(self) -> bool:
+        return self._probe_due
+
+    @property
+    def progress_tick(self) -> int:
+        """When we last executed, or found ourselves behind."""
+        return self._catch_up_progress_tick
+
+    def note_progress(self) -> None:
+        self._catch_up_progress_tick = self.replica.ticks
+
+    def note_followed_lower_view(self) -> None:
+        self.catch_up_counts["followed-lower-view"] += 1
+        self._probe_due = True  # Learn what committed in that view while we waited.
+
     # ------------------------------------------------------------- read-only summary
 
     @property
     def highest_seq_known(self) -> int:
         """The highest seq this replica knows the cluster committed (from proofs, never from one peer's say)."""
-        return max(self.committed_seq_known, self.lag_target_seq, self.last_executed)
+        replica = self.replica
+        return max(self.committed_seq_known, replica.lag_target_seq, replica.last_executed)
 
     def catching_up(self) -> bool:
         """Known to be behind: a proof shows the cluster committed past what this replica executed."""
-        return self.highest_seq_known > self.last_executed or self.transfer is not None
-
-    def progress_summary(self) -> dict:
-        """What an operator needs to tell a healthy replica from a stranded one (no I/O, O(1)).
-
-        A follower (active in a view below the one it asked for, ``_replica_views``) executes with the cluster
-        but does not vote: the cluster has one voter fewer until its next view change, so it is reported as
-        ``view-change``, not ``ok``.
-        """
-        changing = not self.view_active or self.view < self.vote_floor_view
-        state = "view-change" if changing else "catching-up" if self.catching_up() else "ok"
-        assert state in CATCH_UP_STATES
-        return {"view": self.view, "view_active": self.view_active, "asked_view": self.vote_floor_view,
-                "last_executed": self.last_executed, "highest_seq_known": self.highest_seq_known,
-                "lag": self.highest_seq_known - self.last_executed, "state": state}
+        replica = self.replica
+        return self.highest_seq_known > replica.last_executed or replica.transfer is not None
 
     # ------------------------------------------------------------- learning without voting
 
-    def _may_prepare(self, batch: Batch) -> bool:
+    def may_prepare(self, batch: Batch) -> bool:
         """Whether this replica vouches for a valid batch with its PREPARE.
 
         A batch whose time is too far from our clock (ours jumped after a pause, or the primary's is off), or an
         empty one (only a NEW-VIEW re-proposes those), is not prepared here.  It is still kept in its slot: a
         quorum of commits for it is proof that it committed, and we execute it then (``_check_committed``).
         """
+        replica = self.replica
         if not batch.entries:
             self.catch_up_counts["empty-batch-kept"] += 1
             return False
-        if abs(batch.timestamp_ms - self.now_ms) > self.limits.max_clock_skew_ms:
-            self.rejected_counts["bad-timestamp"] += 1  # Not voted for; kept only to learn its outcome.
+        if abs(batch.timestamp_ms - replica.now_ms) > replica.limits.max_clock_skew_ms:
+            replica._count_rejected("bad-timestamp")  # Not voted for; kept only to learn its outcome.
             return False
         return True
 
     # ------------------------------------------------------------- noticing
 
-    def peer_reconnected(self):
-        """The driver's link to a peer came back (a healed partition, a restarted peer): look around at
-        the next tick, as after a pause, instead of waiting for the quiet-period probe, which a rarely
-        ticking idle replica (``is_quiescent``) sends only every few seconds.  Returns the (empty) Ready."""
-        return self._run(self._probe_soon)
-
-    def _probe_soon(self) -> None:
+    def probe_soon(self) -> None:
         self._probe_due = True
 
-    def _note_heard(self) -> None:
-        self._heard_tick, self._heard_ms = self.ticks, self.now_ms
+    def note_heard(self) -> None:
+        replica = self.replica
+        self._heard_tick, self._heard_ms = replica.ticks, replica.now_ms
 
-    def _note_clock(self, now_ms: int) -> None:
+    def note_clock(self, now_ms: int) -> None:
         """A clock that jumped further than the allowed skew between two ticks: we were paused; look around."""
-        if not self.now_ms:  # The first tick: the clock starts, and nothing has been quiet for any time yet.
+        replica = self.replica
+        if not replica.now_ms:  # The first tick: the clock starts, and nothing has been quiet for any time yet.
             self._heard_ms = self._catch_up_sent_ms = now_ms
-        elif now_ms - self.now_ms > self.limits.max_clock_skew_ms:
+        elif now_ms - replica.now_ms > replica.limits.max_clock_skew_ms:
             self.catch_up_counts["clock-jumps"] += 1
             self._probe_due = True
 
-    def _note_commit_quorum(self, commit: Commit, commits: dict) -> None:
+    def note_commit_quorum(self, commit: Commit, commits: dict) -> None:
         """A quorum of matching commits for ``commit``'s (view, seq, digest): the cluster committed that seq."""
         if commit.seq <= self.committed_seq_known:
             return
-        if sum(1 for other in commits.values() if other.batch_digest == commit.batch_digest) >= self.quorum:
+        if sum(1 for other in commits.values() if other.batch_digest == commit.batch_digest) >= self.replica.quorum:
             self.committed_seq_known = commit.seq
 
     # ------------------------------------------------------------- asking
 
-    def _tick_catch_up(self) -> None:
-        if self.config.replica_count == 1:
+    def tick(self) -> None:
+        replica = self.replica
+        if replica.config.replica_count == 1:
             return  # A replica alone has nobody to catch up from, and nothing to miss.
-        behind = self.highest_seq_known > self.last_executed and self.transfer is None \
-            and self.lag_target_seq <= self.last_executed  # Below a stable checkpoint, state transfer runs.
+        behind = self.highest_seq_known > replica.last_executed and replica.transfer is None \
+            and replica.lag_target_seq <= replica.last_executed  # Below a stable checkpoint, state transfer runs.
         if not behind:
             self._behind_since_tick = None
         elif self._behind_since_tick is None:
-            self._behind_since_tick = self._catch_up_progress_tick = self.ticks
-        since_sent = None if self._catch_up_sent_tick is None else self.ticks - self._catch_up_sent_tick
+            self._behind_since_tick = self._catch_up_progress_tick = replica.ticks
+        since_sent = None if self._catch_up_sent_tick is None else replica.ticks - self._catch_up_sent_tick
         if behind:
-            waited = self.ticks - self._behind_since_tick >= self.limits.state_transfer_wait_ticks
-            if waited and (since_sent is None or since_sent >= self.limits.state_transfer_retry_ticks):
+            waited = replica.ticks - self._behind_since_tick >= replica.limits.state_transfer_wait_ticks
+            if waited and (since_sent is None or since_sent >= replica.limits.state_transfer_retry_ticks):
                 self._ask_for_slots("behind")
             return
         # Counted in ticks while ticking busily, in time while quiescent (ticked rarely): whichever is due first.
-        quiet_ms = self.limits.quiet_probe_ms
-        quiet = self.ticks - self._heard_tick >= self.limits.view_change_timeout_ticks \
-            or self.now_ms - self._heard_ms >= quiet_ms
-        probe_period_over = since_sent is None or since_sent >= self.limits.view_change_timeout_ticks \
-            or self.now_ms - self._catch_up_sent_ms >= quiet_ms
+        quiet_ms = replica.limits.quiet_probe_ms
+        quiet = replica.ticks - self._heard_tick >= replica.limits.view_change_timeout_ticks \
+            or replica.now_ms - self._heard_ms >= quiet_ms
+        probe_period_over = since_sent is None or since_sent >= replica.limits.view_change_timeout_ticks \
+            or replica.now_ms - self._catch_up_sent_ms >= quiet_ms
         if (self._probe_due or quiet) and probe_period_over:
             self._probe_due = False
             self._ask_for_slots("probe")
 
     def _ask_for_slots(self, why: str) -> None:
-        peers = [r for r in range(self.config.replica_count) if r != self.replica_id]
-        peer = peers[(self.replica_id + self._catch_up_attempts) % len(peers)]
+        replica = self.replica
+        peers = [r for r in range(replica.config.replica_count) if r != replica.replica_id]
+        peer = peers[(replica.replica_id + self._catch_up_attempts) % len(peers)]
         self._catch_up_attempts += 1
-        self._catch_up_sent_tick, self._catch_up_sent_ms = self.ticks, self.now_ms
+        self._catch_up_sent_tick, self._catch_up_sent_ms = replica.ticks, replica.now_ms
         self.catch_up_counts[f"asked-{why}"] += 1
-        top = min(self.high_water, self.last_executed + SLOTS_PER_ANSWER_MAX)
-        request = self._sign(StateRequest(self.last_executed, 0, top, self.view, self.replica_id, bytes(64)))
-        self._out.to_replicas.append((peer, request))
+        top = min(replica.high_water, replica.last_executed + SLOTS_PER_ANSWER_MAX)
+        request = replica._sign(StateRequest(replica.last_executed, 0, top, replica.view, replica.replica_id,
+                                             bytes(64)))
+        replica._out.to_replicas.append((peer, request))
 
     # ------------------------------------------------------------- answering
 
-    def _answer_slots(self, request: StateRequest) -> None:
+    def answer_slots(self, request: StateRequest) -> None:
         """Re-send, signed by their authors, the proofs of what committed above the requester's last seq."""
+        replica = self.replica
         above = request.checkpoint_seq
         if not above < request.last_position <= above + SLOTS_PER_ANSWER_MAX:
             raise RemoteProtocolError("bad-state-request", f"asks for slots ({above}, {request.last_position}], "
                                       f"at most {SLOTS_PER_ANSWER_MAX} above its seq")
-        spacing = self.limits.state_transfer_retry_ticks // ANSWER_SPACING_DIVISOR
+        spacing = replica.limits.state_transfer_retry_ticks // ANSWER_SPACING_DIVISOR
         last = self._answered_tick.get(request.replica_id)
-        if last is not None and self.ticks - last < spacing:
+        if last is not None and replica.ticks - last < spacing:
             raise RemoteProtocolError("rate-limited", f"a catch-up request within {spacing} ticks of the last")
-        self._answered_tick[request.replica_id] = self.ticks
-        if above > self.last_executed:
+        self._answered_tick[request.replica_id] = replica.ticks
+        if above > replica.last_executed:
             self._probe_due = True  # A peer claims to be ahead of us: look for ourselves (bounded by the period).
         sent = []
-        if above < self.low_water and self.stable_proof:
-            sent += self.stable_proof  # It is below our stable checkpoint: this starts its state transfer.
-        for seq in self.slots.irange(above + 1, request.last_position):
-            slot = self.slots[seq]
+        if above < replica.low_water and replica.stable_proof:
+            sent += replica.stable_proof  # It is below our stable checkpoint: this starts its state transfer.
+        for seq in replica.slots.irange(above + 1, request.last_position):
+            slot = replica.slots[seq]
             if slot.committed and slot.preprepare is not None:
                 matching = [c for _, c in sorted(slot.commits.items()) if c.batch_digest == slot.batch_digest]
-                sent += [slot.preprepare, *matching[:self.quorum]]
-        if request.view < self.view and self.view_active and self.new_view_message is not None \
-                and self.new_view_message.view == self.view:
-            sent.append(self.new_view_message)  # It missed our view change; nothing else would tell it.
+                sent += [slot.preprepare, *matching[:replica.quorum]]
+        if request.view < replica.view and replica.view_active and replica.new_view_message is not None \
+                and replica.new_view_message.view == replica.view:
+            sent.append(replica.new_view_message)  # It missed our view change; nothing else would tell it.
         self.catch_up_counts["answered"] += 1
-        self._out.to_replicas.extend((request.replica_id, message) for message in sent)
+        replica._out.to_replicas.extend((request.replica_id, message) for message in sent)

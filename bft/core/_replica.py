@@ -12,55 +12,86 @@ Each input returns a ``Ready``.  The driver must persist ``Ready.persist``
 before sending anything (see ``apply_ready``).  A message that fails any check
 is rejected with a reason and leaves the replica's state exactly as it was:
 handlers validate first and mutate after.
+
+The replica is composed of components, each owning its state and changing
+another's only by calling it (etcd raft's structure; see ../shared/STYLE.md):
+
+- ``requests`` (``_requests``): client requests waiting to be ordered and the votes on them;
+- ``normal`` (``_normal_case``): the slots between the water marks and the three phases;
+- ``views`` (``_replica_views``): the current view, the progress timer, VIEW-CHANGE and NEW-VIEW;
+- ``checkpointing`` (``_checkpoints``): checkpoints, the low water mark and state transfer;
+- ``executor`` (``_replica_execution``): executing committed slots in order against the verdict log;
+- ``catch_up`` (``_catch_up``): learning what committed elsewhere from proofs;
+- ``accuser`` (``_replica_accountability``): turning equivocation proofs and endorsements into commands.
+
+The replica itself routes inputs to them (``_handlers``), owns the clock, the
+keys and the outbox of the input being handled (``_out``, with ``_sign``,
+``_broadcast``, ``_send_to_others`` and ``_reject`` as the components' way
+out), and dispatches what differs by role through ``ROLE_STEPS``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable
 
-from sortedcontainers import SortedDict
-
-from ._codec import digest as sha256, record_digest, request_digest
+from ._accountability import EquivocationProof
+from ._accountability_state import AccountabilityState
+from ._catch_up import CATCH_UP_STATES, CatchUp
+from ._checkpoints import Checkpoints
 from ._config import ClusterConfig
 from ._crypto import KeyPair, Signer, Verifier
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._execution import ExecutionState, votes_digest
-from ._messages import (MAX_REASON_BYTES, Batch, BatchEntry, Checkpoint, Commit, Decision, Message,
-                        NewView, PrePrepare, Prepare, PreparedProof, Reply, Request, StateReply, StateRequest,
-                        ViewChange, Vote)
-from ._pending import PendingRequest, PendingPool
+from ._execution import LogEntry
+from ._messages import (Checkpoint, Commit, Decision, Message, NewView, PrePrepare, Prepare, Request, StateReply,
+                        StateRequest, ViewChange, Vote)
+from ._normal_case import NormalCase, sender_of
 from ._quorum import primary_of
-from ._ready import ReadyBuilder, Ready, Rejection
-from ._recovery import latest_prepared_proofs, latest_stable_proof, stored_preprepares, view_of
-from ._replica_accountability import AccountabilityMixin
-from ._replica_views import ViewChangeMixin
-from ._slots import Slot
-from ._state_transfer import StateTransferMixin
-from ._accountability import EquivocationProof
-from ._catch_up import CatchUpMixin
+from ._ready import LogRead, ReadyBuilder, Ready, Rejection
+from ._replica_accountability import Accountability
+from ._replica_execution import Execution
+from ._replica_views import ViewChanges
+from ._requests import Requests
 
 
-def sender_of(message: Message) -> str:
-    if isinstance(message, Request):
-        return f"client {message.client_id}"
-    return f"replica {message.replica_id}"
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    BACKUP = "backup"
 
 
-def truncate_reason(reason: str) -> str:
-    """Fit a policy's reason into a vote: valid UTF-8 (lone surrogates replaced), at most the byte limit."""
-    if not isinstance(reason, str):
-        raise LocalProtocolError(f"a decision reason must be text, got {type(reason).__name__}")
-    return reason.encode("utf-8", errors="replace")[:MAX_REASON_BYTES].decode("utf-8", errors="ignore")
+def _nothing(*_arguments) -> None:
+    return None
 
 
-def within_window(seqs, low_water: int, high_water: int) -> bool:
-    """Every seq in ``seqs`` lies in the window (low_water, high_water]."""
-    return not seqs or (low_water < min(seqs) and max(seqs) <= high_water)
+@dataclass(frozen=True, slots=True)
+class RoleSteps:
+    """What a replica does differently as the primary of its view and as a backup (etcd raft's
+    ``stepLeader`` / ``stepFollower``).  Entries look their component's method up at call time, so a
+    patched method (the planted mutants) is the one that runs."""
+
+    on_tick: Callable[["Replica"], None]  # Before the timers run.
+    propose: Callable[["Replica"], None]
+    send_own_vote: Callable[["Replica", Vote], None]
+    answer_lagging_view_change: Callable[["Replica", ViewChange], None]
 
 
-class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityMixin):
+ROLE_STEPS: dict[Role, RoleSteps] = {
+    Role.PRIMARY: RoleSteps(
+        on_tick=_nothing,
+        propose=lambda replica: replica.normal.maybe_propose(),
+        send_own_vote=_nothing,  # The primary keeps its own vote for its batch.
+        answer_lagging_view_change=lambda replica, view_change: replica.views.resend_new_view(view_change)),
+    Role.BACKUP: RoleSteps(
+        on_tick=lambda replica: replica.requests.share_overdue_votes(),
+        propose=_nothing,
+        send_own_vote=lambda replica, vote: replica.requests.send_vote_to_primary(vote),
+        answer_lagging_view_change=_nothing),
+}
+
+
+class Replica:
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
         if not 0 <= replica_id < config.replica_count:
             raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
@@ -72,46 +103,27 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         self._quorum = config.quorum  # Asked on most inputs; the configuration is frozen.
         self._signer = Signer(config.cluster_id, seed)
         self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
-        self.view = 0
-        self.view_active = True
-        # PBFT's promise behind a VIEW-CHANGE: no PRE-PREPARE, PREPARE or COMMIT below the highest view we asked
-        # for.  A replica may still *follow* a lower view (``_replica_views``), learning from others' proofs.
-        self.vote_floor_view = 0
-        self.active_view_by_replica: dict[int, int] = {}  # Peer -> the highest view it was seen ordering in.
         self.now_ms = 0
         self.ticks = 0
-        self.low_water = 0
-        self.next_seq = 1
-        self.stable_proof: tuple[Checkpoint, ...] = ()
-        self.execution = ExecutionState(config.rules, config.limits.client_window, config)
-        self.slots: SortedDict[int, Slot] = SortedDict()
-        self.pending = PendingPool(config.limits.max_pending_requests,
-                                   max(1, config.limits.max_pending_requests // (2 * config.replica_count)))
-        self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self.rejected_counts: Counter[str] = Counter()
-        self.prepared_proofs: dict[int, PreparedProof] = {}
-        self.view_change_by_replica: dict[int, ViewChange] = {}
-        self.new_view_message: NewView | None = None
-        self._waiting_since: int | None = None
-        self.early_preprepares: dict[int, PrePrepare] = {}
-        self.signed_digests: dict[tuple[str, int, int], bytes] = {}
-        self.view_seen_by_replica: dict[int, int] = {}
-        self.recovered_votes: dict[bytes, Vote] = {}
-        self._dead_votes_backlog: list[bytes] = []
-        self._view_change_attempts = 0
-        self._ordering_ticks_recent = 0  # A decaying maximum of how long requests took to execute here.
-        self._view_change_sent_tick = 0
-        self._view_change_started_tick = 0
         self._out: ReadyBuilder | None = None
-        self._handlers: dict[type, Callable] = {
-            Request: self._on_forwarded_request, Vote: self._on_vote, PrePrepare: self._on_preprepare,
-            Prepare: self._on_prepare, Commit: self._on_commit, Checkpoint: self._on_checkpoint,
-            ViewChange: self._on_view_change, NewView: self._on_new_view,
-            StateRequest: self._on_state_request, StateReply: self._on_state_reply,
+        self.executor = Execution(self)
+        self.requests = Requests(self)
+        self.normal = NormalCase(self)
+        self.checkpointing = Checkpoints(self)
+        self.views = ViewChanges(self)
+        self.catch_up = CatchUp(self)
+        self.accuser = Accountability(self)
+        self._handlers = self._handler_table()
+
+    def _handler_table(self) -> dict[type, Callable]:
+        return {
+            Request: self.requests.on_forwarded_request, Vote: self.requests.on_vote,
+            PrePrepare: self.normal.on_preprepare, Prepare: self.normal.on_prepare, Commit: self.normal.on_commit,
+            Checkpoint: self.checkpointing.on_checkpoint,
+            ViewChange: self.views.on_view_change, NewView: self.views.on_new_view,
+            StateRequest: self.checkpointing.on_state_request, StateReply: self.checkpointing.on_state_reply,
         }
-        self._init_state_transfer()
-        self._init_catch_up()
-        self._init_accountability()
 
     @classmethod
     def recover(cls, config: ClusterConfig, replica_id: int, seed: bytes,
@@ -133,85 +145,14 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         signed = list(signed)
         own = [m for m in signed if getattr(m, "replica_id", None) == replica_id]
         replica.execution.restore(tuple(log), max((m.seq for m in own if isinstance(m, Checkpoint)), default=0))
-        replica._restore_checkpoints(signed, own)
-        replica._restore_view(own)
-        for message in own:
-            replica._remember_signed(message)
-        replica.prepared_proofs = latest_prepared_proofs(signed, config.replica_count, replica.quorum,
-                                                         replica.low_water, replica.high_water)
-        replica._restore_replies(signed)
-        # Votes persisted before the crash are re-sent as they were, never re-decided: a
-        # policy that answers differently now must not make this replica sign a second vote.
-        votes = [m for m in own if isinstance(m, Vote)]
-        kept = votes[-config.limits.max_pending_requests:]
-        replica.recovered_votes = {vote.request_digest: vote for vote in kept}
-        # Older votes are beyond what the pending pool could still hold: their requests are long gone.
-        replica._dead_votes_backlog = [vote.request_digest for vote in votes[:len(votes) - len(kept)]]
-        replica._probe_due = True  # It was away for an unknown time: ask a peer what committed meanwhile.
+        replica.checkpointing.restore(signed, own)
+        replica.views.restore(own)
+        replica.normal.restore(signed, own)
+        replica.executor.restore_replies(signed)
+        replica.requests.restore_votes(own)
+        replica.catch_up.probe_soon()  # It was away for an unknown time: ask a peer what committed meanwhile.
         replica.check_invariants()
         return replica
-
-    def _restore_checkpoints(self, signed: list[Message], own: list[Message]) -> None:
-        proof = latest_stable_proof(signed, self.quorum, self.last_executed)
-        if proof:
-            self.low_water, self.stable_proof = proof[0].seq, proof
-        self.next_seq = self.low_water + 1
-        for checkpoint in own:
-            if isinstance(checkpoint, Checkpoint) and self.low_water < checkpoint.seq <= self.high_water:
-                self.checkpoints.setdefault(checkpoint.seq, {})[self.replica_id] = checkpoint
-        # The state at an earlier checkpoint is gone; only one that is also the current state can be served.
-        state = self.execution.export_state()
-        if proof and self.last_executed == self.low_water:
-            assert sha256(state) == proof[0].state_digest, f"replica {self.replica_id} restored a diverged state"
-            self.stable_state = state
-        elif self.last_executed in self.checkpoints:
-            own_digest = self.checkpoints[self.last_executed][self.replica_id].state_digest
-            assert sha256(state) == own_digest, f"replica {self.replica_id} restored a diverged state"
-            self.checkpoint_states[self.last_executed] = state
-
-    def _restore_view(self, own: list[Message]) -> None:
-        views = [view for view in map(view_of, own) if view is not None]
-        if not views:
-            return
-        self.view = max(views)
-        current = [m for m in own if view_of(m) == self.view]
-        self.view_active = any(isinstance(m, (PrePrepare, Prepare, Commit, NewView)) for m in current)
-        self.vote_floor_view = max((m.new_view for m in own if isinstance(m, ViewChange)), default=0)
-        view_changes = [m for m in current if isinstance(m, ViewChange)]
-        if not self.view_active and view_changes:
-            self.view_change_by_replica[self.replica_id] = view_changes[-1]
-        new_views = [m for m in current if isinstance(m, NewView)]
-        if new_views:
-            self.new_view_message = new_views[-1]
-        proposed = [pp.seq for pp in stored_preprepares(current, self.config.replica_count) if pp.view == self.view]
-        self.next_seq = max([self.low_water, *proposed]) + 1
-
-    def _restore_replies(self, signed: list[Message]) -> None:
-        votes_at: dict[tuple[int, bytes], list[tuple[Vote, ...]]] = {}
-        for preprepare in stored_preprepares(signed, self.config.replica_count):
-            for entry in preprepare.batch.entries:
-                key = (preprepare.seq, request_digest(self.config.cluster_id, entry.request))
-                votes_at.setdefault(key, []).append(tuple(sorted(entry.votes, key=lambda vote: vote.replica_id)))
-        restored = [outcome for record in self.execution.clients.values() for outcome in record.replies.values()
-                    if not isinstance(outcome, Reply) and (outcome.seq, outcome.request_digest) in votes_at]
-        for entry in restored:
-            votes = next((v for v in votes_at[(entry.seq, entry.request_digest)]
-                          if votes_digest(v) == entry.votes_digest), None)
-            if votes is not None:
-                reply = Reply(entry.client_id, entry.request_number, entry.request_digest, entry.seq,
-                              entry.timestamp_ms, entry.decision, entry.reason, votes, self.replica_id, bytes(64))
-                assert self.execution.replace_outcome(self._sign(reply))
-
-    def _remember_signed(self, message: Message) -> None:
-        if isinstance(message, NewView):
-            for preprepare in message.preprepares:  # Re-proposals we signed inside our own NEW-VIEW.
-                self._remember_signed(preprepare)
-            return
-        phase = {PrePrepare: "pre-prepare", Prepare: "prepare", Commit: "commit"}.get(type(message))
-        if phase is None or message.seq <= self.low_water or message.view < self.view:
-            return
-        digest_signed = record_digest(message.batch) if isinstance(message, PrePrepare) else message.batch_digest
-        self.signed_digests[(phase, message.view, message.seq)] = digest_signed
 
     # ----------------------------------------------------------------- inputs
 
@@ -219,19 +160,41 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         """A request from its client (a retransmission of a finalized one is answered from the cache)."""
         if not isinstance(request, Request):
             raise LocalProtocolError(f"submit takes a client's Request, not {type(request).__name__}")
-        return self._run(self._receive, request, self._on_request)
+        return self._run(self._receive, request, self.requests.on_request)
 
     def step(self, message: Message) -> Ready:
         """A message from a peer replica; a ``Request`` among them is one the peer forwarded."""
         return self._run(self._receive, message)
 
     def record_decision(self, digest: bytes, decision: Decision, reason: str) -> Ready:
-        return self._run(self._record_decision, digest, decision, reason)
+        return self._run(self.requests.record_decision, digest, decision, reason)
+
+    def report_equivocation(self, proof: EquivocationProof) -> Ready:
+        """Submit ``proof`` (from ``Rejection.evidence``) as an evidence command, once per proof."""
+        return self._run(self.accuser.report_equivocation, proof)
+
+    def endorse_blocklist_pattern(self, pattern: str, ttl_ms: int) -> Ready:
+        """Propose a shared-blocklist pattern as this replica; it takes effect once f+1 replicas endorse it.
+
+        Raises ``LocalProtocolError`` if the endorsement is malformed (an
+        over-broad pattern, a bad ttl), before anything is signed.
+        """
+        return self._run(self.accuser.endorse_blocklist_pattern, pattern, ttl_ms)
 
     def tick(self, now_ms: int) -> Ready:
         if now_ms < self.now_ms:
             raise LocalProtocolError(f"the clock went backwards: {now_ms} < {self.now_ms}")
         return self._run(self._tick, now_ms)
+
+    def peer_reconnected(self) -> Ready:
+        """The driver's link to a peer came back (a healed partition, a restarted peer): look around at
+        the next tick, as after a pause, instead of waiting for the quiet-period probe, which a rarely
+        ticking idle replica (``is_quiescent``) sends only every few seconds.  Returns the (empty) Ready."""
+        return self._run(self.catch_up.probe_soon)
+
+    def answer_log_read(self, read: LogRead, entries: tuple[LogEntry, ...]) -> Ready:
+        """The driver read ``entries`` (positions ``read.first_position`` onwards) from its store."""
+        return self._run(self.checkpointing.answer_log_read, read, tuple(entries))
 
     # ----------------------------------------------------------------- views of state
 
@@ -246,6 +209,75 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
     @property
     def is_primary(self) -> bool:
         return self.primary_id == self.replica_id
+
+    @property
+    def accountability(self) -> AccountabilityState:
+        """The replicated accountability state (read it, e.g. ``.status()``; never change it)."""
+        state = self.execution.accountability
+        assert state is not None, "a replica always keeps the accountability state"
+        return state
+
+    # The view-change component's state, read-only.
+    view = property(lambda self: self.views.view)
+    view_active = property(lambda self: self.views.view_active)
+    vote_floor_view = property(lambda self: self.views.vote_floor_view)
+    view_change_by_replica = property(lambda self: self.views.view_change_by_replica)
+    new_view_message = property(lambda self: self.views.new_view_message)
+
+    # The checkpoint component's state, read-only (the runtime's metrics, the simulator, the tests read it).
+    low_water = property(lambda self: self.checkpointing.low_water)
+    stable_proof = property(lambda self: self.checkpointing.stable_proof)
+    checkpoints = property(lambda self: self.checkpointing.checkpoints)
+    checkpoint_states = property(lambda self: self.checkpointing.checkpoint_states)
+    stable_state = property(lambda self: self.checkpointing.stable_state)
+    lag_target_seq = property(lambda self: self.checkpointing.lag_target_seq)
+    transfer = property(lambda self: self.checkpointing.transfer)
+    transfer_counts = property(lambda self: self.checkpointing.transfer_counts)
+    state_adoptions = property(lambda self: self.checkpointing.state_adoptions)
+
+    @property
+    def highest_seq_known(self) -> int:
+        """The highest seq this replica knows the cluster committed (from proofs, never from one peer's say)."""
+        return self.catch_up.highest_seq_known
+
+    def catching_up(self) -> bool:
+        """Known to be behind: a proof shows the cluster committed past what this replica executed."""
+        return self.catch_up.catching_up()
+
+    catch_up_counts = property(lambda self: self.catch_up.catch_up_counts)
+    committed_seq_known = property(lambda self: self.catch_up.committed_seq_known)
+
+    def progress_summary(self) -> dict:
+        """What an operator needs to tell a healthy replica from a stranded one (no I/O, O(1)).
+
+        A follower (active in a view below the one it asked for, ``_replica_views``) executes with the cluster
+        but does not vote: the cluster has one voter fewer until its next view change, so it is reported as
+        ``view-change``, not ``ok``.
+        """
+        changing = not self.view_active or self.view < self.vote_floor_view
+        state = "view-change" if changing else "catching-up" if self.catching_up() else "ok"
+        assert state in CATCH_UP_STATES
+        return {"view": self.view, "view_active": self.view_active, "asked_view": self.vote_floor_view,
+                "last_executed": self.last_executed, "highest_seq_known": self.highest_seq_known,
+                "lag": self.highest_seq_known - self.last_executed, "state": state}
+
+    @property
+    def role(self) -> Role:
+        return Role.PRIMARY if self.is_primary else Role.BACKUP
+
+    @property
+    def role_steps(self) -> RoleSteps:
+        return ROLE_STEPS[self.role]
+
+    # The components' state, read-only (the runtime's metrics, the simulator, the harness and the tests read it).
+    execution = property(lambda self: self.executor.state)
+    pending = property(lambda self: self.requests.pending)
+    recovered_votes = property(lambda self: self.requests.recovered_votes)
+    slots = property(lambda self: self.normal.slots)
+    next_seq = property(lambda self: self.normal.next_seq)
+    prepared_proofs = property(lambda self: self.normal.prepared_proofs)
+    early_preprepares = property(lambda self: self.normal.early_preprepares)
+    signed_digests = property(lambda self: self.normal.signed_digests)
 
     @property
     def high_water(self) -> int:
@@ -268,8 +300,8 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         look at once.
         """
         # catching_up() covers a state transfer under way; a lag target already reached is cleared by a tick.
-        return (self.view_active and not self.pending and not self.lag_target_seq and not self._dead_votes_backlog
-                and not self._probe_due and not self.catching_up() and not self._has_outstanding_work())
+        return (self.view_active and self.requests.idle and not self.lag_target_seq
+                and not self.catch_up.probe_due and not self.catching_up() and not self.views.has_outstanding_work())
 
     # ----------------------------------------------------------------- plumbing
 
@@ -277,8 +309,7 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         if self._out is not None:
             raise LocalProtocolError("core inputs must not be re-entered")
         self._out = ReadyBuilder()
-        self._out.dead_votes.extend(self._dead_votes_backlog)
-        self._dead_votes_backlog = []
+        self._out.dead_votes.extend(self.requests.take_dead_votes_backlog())
         try:
             handler(*arguments)
             return self._out.build()
@@ -291,53 +322,18 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
             handler = handler or self._handlers.get(type(message))
             if handler is None:
                 raise RemoteProtocolError("unexpected-type", f"replicas do not accept {type(message).__name__}")
-            if self._adds_nothing(message):
+            if self.normal.adds_nothing(message):
                 return  # Dropped unverified: a signature check that could change nothing is not worth its cost.
             self._verifier.verify(message)
             handler(message)
             if isinstance(message, (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)):
-                self._note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
+                self.catch_up.note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
         except RemoteProtocolError as error:
             self._reject(error.from_sender(sender_of(message)))
 
-    def _adds_nothing(self, message: Message) -> bool:
-        """A PREPARE for a slot of this view that is already prepared, or a COMMIT for one already
-        committed, from a replica not heard in that phase yet: a quorum decided without it, so it is
-        not verified, only held (``_hold_late``) in case the same sender contradicts it (SPEC.md
-        section 5, step 7).  At n=7 that is two of the six PREPAREs and two of the six COMMITs a
-        replica gets.  An exact repeat of a kept message adds nothing either; a message that differs
-        from the one kept is checked, as it may prove equivocation."""
-        message_type = type(message)
-        if message_type is not Prepare and message_type is not Commit:
-            return False
-        slot = self._current_slot(message.seq) if message.view == self.view else None
-        if slot is None:
-            return False
-        existing = (slot.commits if message_type is Commit else slot.prepares).get(message.replica_id)
-        if existing is not None:
-            return existing == message  # A conflicting one is checked: it may be proof of equivocation.
-        decided = slot.committed if message_type is Commit else slot.prepared
-        if not decided or not 0 <= message.replica_id < self.config.replica_count:
-            return False
-        return self._hold_late(slot, message)
-
-    def _hold_late(self, slot: Slot, message: Prepare | Commit) -> bool:
-        """Hold the first late message of each sender unverified.  Only a second, different one from
-        the same sender is worth signature checks: if both verify, together they prove equivocation
-        (rejected with the evidence, nothing changed); a held forgery is replaced by the valid one."""
-        key = (type(message).__name__, message.replica_id)
-        held = slot.late.get(key)
-        if held is None or held == message:
-            slot.late[key] = message
-            return True
-        self._verifier.verify(message)  # A bad one is rejected here and changes nothing.
-        try:
-            self._verifier.verify(held)
-        except RemoteProtocolError:
-            slot.late[key] = message
-            return True
-        raise RemoteProtocolError("equivocation", f"two {type(message).__name__}s for seq {message.seq}",
-                                  evidence=EquivocationProof.of(held, message))
+    def _count_rejected(self, reason: str) -> None:
+        """A remote input refused without a Rejection (kept for what it proves, not acted on)."""
+        self.rejected_counts[reason] += 1
 
     def _reject(self, error: RemoteProtocolError) -> None:
         self.rejected_counts[error.reason] += 1
@@ -345,18 +341,6 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
 
     def _sign(self, unsigned: Message) -> Message:
         return self._signer.sign(unsigned)
-
-    def _may_sign(self, phase: str, seq: int, digest: bytes) -> bool:
-        """S7: never sign two different digests for one (phase, view, seq), even across restarts.
-
-        ``signed_digests`` is rebuilt from durable storage on restart, so a
-        replica that forgot a slot still refuses to contradict what it sent.
-        """
-        if self.view < self.vote_floor_view:
-            return False  # Following a view we asked to leave: learn from it, never vote in it.
-        key = (phase, self.view, seq)
-        previous = self.signed_digests.setdefault(key, digest)
-        return previous == digest
 
     def _broadcast(self, message: Message) -> None:
         """Persist our own signed message, then queue it for every other replica."""
@@ -381,423 +365,27 @@ class Replica(ViewChangeMixin, StateTransferMixin, CatchUpMixin, AccountabilityM
         self.pending.check_invariants()
 
     def _check_bounds(self) -> None:
-        """Structural bounds that must hold after every input; a failure is a bug in this file.
+        """Structural bounds that must hold after every input, each component's own; a failure is a bug.
 
         It runs after every input, so each check costs O(1) or a C-level pass over a
         window-bounded table, never a Python loop over the pending pool or the log.
         """
-        low, high, limits = self.low_water, self.high_water, self.limits
-        assert len(self.slots) <= limits.log_window, len(self.slots)
-        assert len(self.pending) <= limits.max_pending_requests
-        self.pending.check_bounds()
-        # The slots are sorted by seq, so checking the lowest and the highest covers them all.
-        assert not self.slots or low < self.slots.peekitem(0)[0] <= self.slots.peekitem(-1)[0] <= high
-        assert low <= self.last_executed <= high
-        assert within_window(self.checkpoints, low, high)
-        assert len(self.prepared_proofs) <= limits.log_window
-        assert within_window(self.early_preprepares, low, high)
-        assert len(self.signed_digests) <= 4 * limits.log_window
-        assert len(self.view_seen_by_replica) <= self.config.replica_count
-        assert len(self.recovered_votes) <= limits.max_pending_requests
-        assert within_window(self.checkpoint_states, low, high)
-        assert len(self.checkpoints_ahead) <= self.config.replica_count
-        assert self.transfer is None or self.transfer.buffered <= limits.state_transfer_entries_max
-        assert self.stable_state is None or low > 0
-        assert len(self.view_change_by_replica) <= self.config.replica_count
-        assert len(self.active_view_by_replica) <= self.config.replica_count
-        assert len(self._answered_tick) <= self.config.replica_count
-        assert self.view_active or self.view >= self.vote_floor_view, "waiting only in a view we asked for"
-        assert self.view_active or not self.is_primary or self.new_view_message is None \
-            or self.new_view_message.view < self.view
-
-    # ----------------------------------------------------------------- requests and votes
-
-    def _on_forwarded_request(self, request: Request) -> None:
-        """A peer forwards the requests it has not seen ordered.  One that already finalized here is not
-        answered: its client had the verdict or retransmits for it, and a lagging replica (or a Byzantine
-        one) forwarding every request it missed must not make this replica re-send every verdict."""
-        self._on_request(request, answer_from_cache=False)
-
-    def _on_request(self, request: Request, answer_from_cache: bool = True) -> None:
-        digest = request_digest(self.config.cluster_id, request)
-        cached = self.execution.cached_reply(*request.key)
-        if cached is not None:
-            if cached.request_digest != digest:
-                raise RemoteProtocolError("conflicting-request", "this request number already finalized another action")
-            if answer_from_cache and isinstance(cached, Reply):
-                self._out.to_clients.append((request.client_id, cached))
-            return
-        if self.execution.is_stale(*request.key):
-            raise RemoteProtocolError("stale-request", f"request number {request.request_number} is below the client window")
-        if request.deadline_ms < self.now_ms:
-            raise RemoteProtocolError("expired", f"deadline {request.deadline_ms} ms already passed")
-        pending = self.pending.get_or_create(digest, self.ticks)
-        if pending is None:
-            raise RemoteProtocolError("overloaded", "the pending-request pool is full")
-        if pending.request is None:
-            self.pending.attach_request(pending, request)
-        if not pending.evaluation_requested:
-            pending.evaluation_requested = True
-            self._out.evaluate.append(request)
-        self._maybe_propose()
-
-    def _record_decision(self, digest: bytes, decision: Decision, reason: str) -> None:
-        pending = self.pending.get(digest)
-        if pending is None or not pending.evaluation_requested or self.replica_id in pending.votes:
-            return  # The request finalized or expired while the policy ran; nothing to vote on.
-        vote = self.recovered_votes.pop(digest, None)
-        if vote is None:
-            vote = self._sign(Vote(digest, decision, truncate_reason(reason), self.replica_id, bytes(64)))
-            self._out.persist.append(vote)
-        self._send_vote_to_primary(vote)
-        self.pending.note_own_vote(pending)
-        self._add_vote(pending, vote)
-
-    def _send_vote_to_primary(self, vote: Vote) -> None:
-        """Votes go to the primary alone: only its batch needs them, and it carries them to everyone.
-
-        A vote still unproposed after a view-change timeout goes to everyone (``_share_overdue_votes``),
-        so backups still time a withholding primary on a quorum of votes, and votes not yet proposed go
-        again to each new primary (``_resend_votes_to_primary``); SPEC.md sections 5 (step 3) and 11b.
-        """
-        if not self.is_primary:
-            self._out.to_replicas.append((self.primary_id, vote))
-
-    def _resend_votes_to_primary(self) -> None:
-        """A new view's primary may never have received our votes: send those it has not proposed."""
-        for pending in self.pending.voted_unproposed():
-            self._send_vote_to_primary(pending.votes[self.replica_id])
-
-    def _on_vote(self, vote: Vote) -> None:
-        pending = self.pending.get(vote.request_digest)
-        existing = pending.votes.get(vote.replica_id) if pending else None
-        if existing is not None:
-            if existing != vote:
-                raise RemoteProtocolError("equivocation", "two different votes on one request")
-            return
-        pending = pending or self.pending.get_or_create_orphan(vote.request_digest, self.ticks, vote.replica_id)
-        if pending is None:
-            raise RemoteProtocolError("overloaded", f"no room for more votes on unknown requests from replica {vote.replica_id}")
-        self._add_vote(pending, vote)
-
-    def _add_vote(self, pending: PendingRequest, vote: Vote) -> None:
-        assert vote.replica_id not in pending.votes
-        pending.votes[vote.replica_id] = vote
-        # A quarantined replica's vote does not count, so it must not start the wait for stragglers either:
-        # the wait starts once a quorum of counted votes is in.
-        if pending.quorum_tick is None and self._counted_vote_count(pending) >= self.quorum:
-            self.pending.note_quorum(pending, self.ticks)
-        self._maybe_propose()
-
-    def _counted_vote_count(self, pending: PendingRequest) -> int:
-        accountability = self.execution.accountability
-        uncounted = accountability.uncounted if accountability is not None else frozenset()
-        return len(pending.votes.keys() - uncounted)
-
-    # ----------------------------------------------------------------- proposing (primary)
-
-    def _maybe_propose(self) -> None:
-        if not (self.is_primary and self.view_active) or self.view < self.vote_floor_view:
-            return  # A follower of a view it asked to leave proposes nothing there (section 11a).
-        in_flight_max = self.limits.max_in_flight_batches
-        while self.next_seq - 1 - self.last_executed < in_flight_max and self.next_seq <= self.high_water:
-            entries = self._proposable()
-            if not entries:
-                return
-            self._propose(entries)
-
-    def _proposable(self) -> list[PendingRequest]:
-        chosen, keys = [], set()
-        for pending in self.pending.proposal_candidates():
-            if len(chosen) == self.limits.max_batch_requests:
-                break
-            if self._ready_to_propose(pending) and pending.request.key not in keys:
-                chosen.append(pending)
-                keys.add(pending.request.key)
-        return chosen
-
-    def _ready_to_propose(self, pending: PendingRequest) -> bool:
-        """A request goes into a batch once it has a quorum of votes and more votes could not change
-        its verdict, or it has waited ``vote_wait_ticks`` for the stragglers."""
-        assert pending.request is not None and pending.proposed_seq is None and pending.quorum_tick is not None, \
-            "the pool's proposal candidates are requests with a quorum of votes that are not yet proposed"
-        if self.execution.cached_reply(*pending.request.key) or self.execution.is_stale(*pending.request.key):
-            return False
-        waited = self.ticks - pending.quorum_tick >= self.limits.vote_wait_ticks
-        votes = pending.vote_tuple()
-        return waited or self.execution.is_settled(pending.request.risk, votes, self.config.replica_count)
-
-    def _propose(self, entries: list[PendingRequest]) -> None:
-        batch = Batch(self.now_ms, tuple(BatchEntry(p.request, p.vote_tuple()) for p in entries))
-        if not self._may_sign("pre-prepare", self.next_seq, record_digest(batch)):
-            self.next_seq += 1  # We proposed this seq before a restart; skip it rather than contradict it.
-            return
-        preprepare = self._sign(PrePrepare(self.view, self.next_seq, batch, self.replica_id, bytes(64)))
-        self.next_seq += 1
-        self._broadcast(preprepare)
-        self._accept_preprepare(preprepare, tuple(p.digest for p in entries))
-
-    # ----------------------------------------------------------------- three phases
-
-    def _check_current_view(self, view: int, require_active: bool = True) -> None:
-        if view != self.view or (require_active and not self.view_active):
-            raise RemoteProtocolError("wrong-view", f"message for view {view}, replica is in view {self.view}"
-                                      + ("" if self.view_active else " (changing)"))
-
-    def _check_window(self, seq: int) -> None:
-        if not self.low_water < seq <= self.high_water:
-            raise RemoteProtocolError("outside-window", f"seq {seq} outside ({self.low_water}, {self.high_water}]")
-
-    def _slot(self, seq: int) -> Slot:
-        slot = self.slots.get(seq)
-        if slot is None or slot.view != self.view:
-            slot = self.slots[seq] = Slot(seq, self.view)
-        return slot
-
-    def _current_slot(self, seq: int) -> Slot | None:
-        slot = self.slots.get(seq)
-        return slot if slot is not None and slot.view == self.view else None
-
-    def _on_preprepare(self, preprepare: PrePrepare) -> None:
-        if preprepare.replica_id != primary_of(preprepare.view, self.config.replica_count):
-            raise RemoteProtocolError("not-primary", f"replica {preprepare.replica_id} is not the primary of view {preprepare.view}")
-        if preprepare.view > self.view or (preprepare.view == self.view and not self.view_active):
-            self._hold_early_preprepare(preprepare)
-            self._note_view_evidence(preprepare.replica_id, preprepare.view)
-            self._note_peer_view(preprepare.replica_id, preprepare.view)
-            return
-        if not self._followed_lower_view(preprepare):
-            return
-        self._check_current_view(preprepare.view)
-        self._check_window(preprepare.seq)
-        if self._later_slot_held(preprepare.seq):
-            return
-        slot = self._current_slot(preprepare.seq)
-        if slot is not None and slot.preprepare is not None:
-            if slot.preprepare != preprepare:
-                raise RemoteProtocolError("equivocation", f"two pre-prepares for view {self.view} seq {preprepare.seq}",
-                                          evidence=EquivocationProof.of(slot.preprepare, preprepare))
-            return
-        digests = self._validate_batch(preprepare.batch)
-        self._accept_preprepare(preprepare, digests, vote=self._may_prepare(preprepare.batch))
-        self._note_peer_view(preprepare.replica_id, preprepare.view)
-
-    def _hold_early_preprepare(self, preprepare: PrePrepare) -> None:
-        """A new primary's first proposals can overtake its NEW-VIEW; keep them (bounded) until it lands."""
-        self._check_window(preprepare.seq)
-        held = self.early_preprepares.get(preprepare.seq)
-        if held is None or held.view < preprepare.view:
-            self.early_preprepares[preprepare.seq] = preprepare
-
-    def replay_early_preprepares(self) -> None:
-        early, self.early_preprepares = self.early_preprepares, {}
-        for seq in sorted(early):
-            if early[seq].view == self.view:
-                try:
-                    self._on_preprepare(early[seq])
-                except RemoteProtocolError as error:
-                    self._reject(error.from_sender(sender_of(early[seq])))
-            elif early[seq].view > self.view:
-                self.early_preprepares[seq] = early[seq]
-
-    def _validate_batch(self, batch: Batch) -> tuple[bytes, ...]:
-        """Check everything a correct primary guarantees about a batch but its time; return its request digests."""
-        if len(batch.entries) > self.limits.max_batch_requests:
-            raise RemoteProtocolError("bad-batch", f"{len(batch.entries)} requests, limit {self.limits.max_batch_requests}")
-        if len({entry.request.key for entry in batch.entries}) != len(batch.entries):
-            raise RemoteProtocolError("bad-batch", "a request appears twice in one batch")
-        digests = []
-        for entry in batch.entries:
-            self._verifier.verify(entry.request)
-            digest = request_digest(self.config.cluster_id, entry.request)
-            self._validate_votes(entry.votes, digest)
-            digests.append(digest)
-        return tuple(digests)
-
-    def _validate_votes(self, votes: tuple[Vote, ...], digest: bytes) -> None:
-        replica_ids = [vote.replica_id for vote in votes]
-        if replica_ids != sorted(set(replica_ids)):
-            raise RemoteProtocolError("bad-votes", "votes must come from distinct replicas in ascending order")
-        if len(votes) < self.quorum:
-            raise RemoteProtocolError("bad-votes", f"{len(votes)} votes, a quorum is {self.quorum}")
-        for vote in votes:
-            if vote.request_digest != digest:
-                raise RemoteProtocolError("bad-votes", f"replica {vote.replica_id}'s vote is for another request")
-            self._verifier.verify(vote)
-
-    def _accept_preprepare(self, preprepare: PrePrepare, digests: tuple[bytes, ...], vote: bool = True) -> None:
-        slot = self._slot(preprepare.seq)
-        assert slot.preprepare is None
-        slot.preprepare = preprepare
-        slot.batch_digest = record_digest(preprepare.batch)
-        slot.request_digests = digests
-        for digest in digests:
-            pending = self.pending.get(digest)
-            if pending is not None:
-                self.pending.set_proposed(pending, preprepare.seq)
-        if vote and self._may_sign("prepare", preprepare.seq, slot.batch_digest):
-            prepare = self._sign(Prepare(self.view, preprepare.seq, slot.batch_digest, self.replica_id, bytes(64)))
-            self._broadcast(prepare)
-            slot.prepares[self.replica_id] = prepare
-        self._check_prepared(slot)
-        self._check_committed(slot)  # Commits may have overtaken the pre-prepare.
-
-    def _on_prepare(self, prepare: Prepare) -> None:
-        self._record_phase_vote(prepare, lambda slot: slot.prepares)
-        slot = self._current_slot(prepare.seq)
-        if slot is not None:
-            self._check_prepared(slot)
-
-    def _on_commit(self, commit: Commit) -> None:
-        self._record_phase_vote(commit, lambda slot: slot.commits)
-        slot = self._current_slot(commit.seq)
-        if slot is not None:
-            self._note_commit_quorum(commit, slot.commits)
-            self._check_committed(slot)
-
-    def _record_phase_vote(self, message: Prepare | Commit, table_of: Callable[[Slot], dict]) -> None:
-        # Prepares and commits for the view being installed are kept: they may
-        # overtake the NEW-VIEW that lets this replica accept the batch.
-        self._check_window(message.seq)
-        if message.view > self.view:
-            # Not misbehaviour: a correct peer already runs a later view.  It is
-            # evidence for rejoining, not a message to act on here.
-            self._note_view_evidence(message.replica_id, message.view)
-            self._note_peer_view(message.replica_id, message.view)
-            return
-        if not self._followed_lower_view(message):
-            return
-        self._check_current_view(message.view, require_active=False)
-        if self._later_slot_held(message.seq):
-            return
-        slot = self._current_slot(message.seq)
-        existing = table_of(slot).get(message.replica_id) if slot else None
-        if existing is not None:
-            if existing != message:
-                raise RemoteProtocolError("equivocation", f"two {type(message).__name__}s for seq {message.seq}",
-                                          evidence=EquivocationProof.of(existing, message))
-            return
-        table_of(self._slot(message.seq))[message.replica_id] = message
-        self._note_peer_view(message.replica_id, message.view)
-
-    def _check_prepared(self, slot: Slot) -> None:
-        if slot.prepared or slot.preprepare is None or slot.matching_prepare_count() < self.quorum:
-            return
-        slot.prepared = True
-        proof = self.prepared_proofs[slot.seq] = slot.prepared_proof(self.quorum)
-        # Durable before our COMMIT leaves, so that after a restart our VIEW-CHANGE still reports it.
-        self._out.persist.extend(m for m in (proof.preprepare, *proof.prepares) if m.replica_id != self.replica_id)
-        if not self._may_sign("commit", slot.seq, slot.batch_digest):
-            return
-        commit = self._sign(Commit(self.view, slot.seq, slot.batch_digest, self.replica_id, bytes(64)))
-        self._broadcast(commit)
-        slot.commits[self.replica_id] = commit
-        self._check_committed(slot)
-
-    def _check_committed(self, slot: Slot) -> None:
-        """A quorum of commits matching the slot's pre-prepare is a commit certificate: f+1 correct replicas
-        prepared that batch, so it is what every correct replica executes at this seq, whether or not we
-        prepared it ourselves (we may have refused its timestamp, or arrived late)."""
-        if slot.committed or slot.preprepare is None or slot.matching_commit_count() < self.quorum:
-            return
-        slot.committed = True
-        self._execute_committed()
-
-    # ----------------------------------------------------------------- execution and checkpoints
-
-    def _execute_committed(self) -> None:
-        while True:
-            slot = self.slots.get(self.last_executed + 1)
-            if slot is None or not slot.committed:
-                return
-            self._execute(slot)
-
-    def _execute(self, slot: Slot) -> None:
-        results = self.execution.execute(slot.seq, slot.preprepare.batch, slot.request_digests, self._sign_reply)
-        for log_entry, reply in results:
-            self._out.persist.append(log_entry)
-            self._out.finalized.append(log_entry)
-            self._out.to_clients.append((reply.client_id, reply))
-        for digest in slot.request_digests:
-            pending = self.pending.get(digest)
-            if pending is not None:
-                self._note_ordering_ticks(self.ticks - pending.created_tick)
-            self.pending.discard(digest)
-            self.recovered_votes.pop(digest, None)  # Executed: never voted on again.
-        self._note_progress()
-        if slot.seq % self.limits.checkpoint_interval == 0:
-            state = self.checkpoint_states[slot.seq] = self.execution.export_state()
-            checkpoint = self._sign(Checkpoint(slot.seq, sha256(state), self.replica_id, bytes(64)))
-            self._broadcast(checkpoint)
-            self.checkpoints.setdefault(slot.seq, {})[self.replica_id] = checkpoint
-            self._check_stable(slot.seq)
-        self._maybe_propose()
-
-    def _sign_reply(self, reply: Reply) -> Reply:
-        return self._sign(dataclasses.replace(reply, replica_id=self.replica_id))
-
-    def _on_checkpoint(self, checkpoint: Checkpoint) -> None:
-        if checkpoint.seq % self.limits.checkpoint_interval != 0:
-            raise RemoteProtocolError("bad-checkpoint", f"seq {checkpoint.seq} is not a checkpoint boundary")
-        if checkpoint.seq <= self.low_water:
-            return  # Already stable here; late checkpoints are expected and harmless.
-        if checkpoint.seq > self.high_water:
-            self._note_checkpoint_ahead(checkpoint)  # Evidence that we are behind (see _state_transfer).
-            return
-        existing = self.checkpoints.get(checkpoint.seq, {}).get(checkpoint.replica_id)
-        if existing is not None:
-            if existing != checkpoint:
-                raise RemoteProtocolError("equivocation", f"two checkpoints for seq {checkpoint.seq}")
-            return
-        self.checkpoints.setdefault(checkpoint.seq, {})[checkpoint.replica_id] = checkpoint
-        self._check_stable(checkpoint.seq)
-
-    def _check_stable(self, seq: int) -> None:
-        by_digest: dict[bytes, list[Checkpoint]] = {}
-        for checkpoint in self.checkpoints.get(seq, {}).values():
-            by_digest.setdefault(checkpoint.state_digest, []).append(checkpoint)
-        proof = next((group for group in by_digest.values() if len(group) >= self.quorum), None)
-        if proof is None:
-            return
-        if self.last_executed < seq:
-            self._note_lag(seq)  # Certified, and we are behind it: execute there or fetch it.
-            return
-        own = self.checkpoints[seq].get(self.replica_id)
-        assert own is not None and own.state_digest == proof[0].state_digest, \
-            f"replica {self.replica_id} diverged from a quorum at checkpoint {seq}"
-        self._advance_low_water(seq, tuple(sorted(proof, key=lambda c: c.replica_id)[:self.quorum]))
-
-    def _advance_low_water(self, seq: int, proof: tuple[Checkpoint, ...]) -> None:
-        assert seq > self.low_water and len(proof) >= self.quorum
-        # Durable with the water mark, so that a restart resumes from this stable checkpoint.
-        self._out.persist.extend(checkpoint for checkpoint in proof if checkpoint.replica_id != self.replica_id)
-        self.low_water = seq
-        self.stable_proof = proof
-        self.stable_state = self.checkpoint_states.get(seq)
-        for old_seq in [s for s in self.checkpoint_states if s <= seq]:
-            del self.checkpoint_states[old_seq]
-        for old_seq in list(self.slots.irange(maximum=seq)):
-            del self.slots[old_seq]
-        for old_seq in [s for s in self.checkpoints if s <= seq]:
-            del self.checkpoints[old_seq]
-        for old_seq in [s for s in self.prepared_proofs if s <= seq]:
-            del self.prepared_proofs[old_seq]
-        for old_seq in [s for s in self.early_preprepares if s <= seq]:
-            del self.early_preprepares[old_seq]
-        self.signed_digests = {key: d for key, d in self.signed_digests.items() if key[2] > seq}
-        self.next_seq = max(self.next_seq, seq + 1)
-        self._maybe_propose()
+        self.normal.check_bounds()
+        self.requests.check_bounds()
+        self.checkpointing.check_bounds()
+        self.catch_up.check_bounds()
+        self.accuser.check_bounds()
+        self.views.check_bounds()
 
     # ----------------------------------------------------------------- time
 
     def _tick(self, now_ms: int) -> None:
-        self._note_clock(now_ms)
+        self.catch_up.note_clock(now_ms)
         self.now_ms = now_ms
         self.ticks += 1
-        expired = self.pending.expire(now_ms, self.limits.max_clock_skew_ms, self.ticks, self.limits.orphan_vote_ticks)
-        self._out.dead_votes.extend(p.digest for p in expired if self.replica_id in p.votes)
-        self._share_overdue_votes()
-        self._check_progress_timer()
-        self._tick_state_transfer()
-        self._tick_catch_up()
-        self._maybe_propose()
+        self.requests.expire()
+        self.role_steps.on_tick(self)
+        self.views.tick()
+        self.checkpointing.tick()
+        self.catch_up.tick()
+        self.role_steps.propose(self)

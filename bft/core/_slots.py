@@ -26,7 +26,7 @@ class Slot:
         self.prepared = False
         self.committed = False
         # The first PREPARE or COMMIT of each sender that arrived after its quorum, held unverified
-        # (``Replica._adds_nothing``): at most one per (phase, replica) of the configuration.
+        # (``NormalCase.adds_nothing``): at most one per (phase, replica) of the configuration.
         self.late: dict[tuple[str, int], Prepare | Commit] = {}
 
     def matching_prepares(self) -> tuple[Prepare, ...]:
