@@ -1,11 +1,12 @@
 """Targeted simulator schedules for the mutant hunt: deterministic runs that steer the cluster into one
 protocol path the random swarm reaches rarely, then run the specification's invariant checker.
 
-Each scenario is a plain function of nothing: it builds a ``SimCluster`` (so replicas are built inside an
-active mutant), drives one schedule and returns the invariant violations (``specs.invariants``) as short
-strings, plus a failure to make the progress the schedule needs (a stalled fetch is a finding too).  An
-exception inside the run is reported as the finding ``run raised ...``.  Nothing in a scenario looks for a
-particular mutant: the unmutated core passes every one of them (``tests/test_mutants.py`` checks).
+Each scenario is a plain function of nothing: it builds a cluster (a ``SimCluster``, or the golden scripts'
+interaction driver; either way its replicas are built inside an active mutant), drives one schedule and
+returns the invariant violations (``specs.invariants``) as short strings, plus a failure to make the
+progress the schedule needs.  An exception inside the run is reported as the finding ``run raised ...``.
+The ``golden:*`` scenarios replay a golden script and report any change of its output.  Nothing in a
+scenario looks for a particular mutant: the unmutated core passes every one (``tests/test_mutants.py``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,6 @@ def lagging_replica_fetches_from_a_liar(liar: int, lie_seed: int) -> list[str]:
     return findings + [str(violation) for violation in monitor.check()]
 
 
-# Replica 0 is the first peer the laggard asks; lie seeds 0 and 1 start with a forged log chunk and with an
-# altered snapshot under its honest proof.
 # Interaction-driver commands (the golden scripts' language, tests/interactions/README.md).  View 0: only r3
 # prepares batch A at seq 1, then is cut off.  View 1 (primary r1) forms without any certificate, and its new
 # batch B for the same request prepares at r0, r1, r2 but commits and executes at r1 alone, which then
@@ -87,13 +86,6 @@ def conflicting_certificates_from_two_views() -> list[str]:
     return progress + [str(violation) for violation in violations]
 
 
-SCENARIOS: dict[str, Callable[[], list[str]]] = {
-    "conflicting-certificates-from-two-views": conflicting_certificates_from_two_views,
-} | {
-    f"lagging-replica-fetches-from-liar-lies-{lie_seed}":
-        (lambda lie_seed=lie_seed: lagging_replica_fetches_from_a_liar(0, lie_seed))
-    for lie_seed in (0, 1)
-}
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "interactions"
 
 
@@ -102,23 +94,6 @@ def golden_script(name: str) -> list[str]:
     behaviour-diff checker of ``tests/test_interactions.py``; it sees any change, wanted or not)."""
     text = (GOLDEN_DIR / f"{name}.txt").read_text()
     return [] if replay(text) == text else [f"golden-script diff: {name}.txt differs from its recorded output"]
-
-
-SCENARIOS |= {f"golden:{path.stem}": (lambda name=path.stem: golden_script(name))
-              for path in sorted(GOLDEN_DIR.glob("*.txt"))}
-VIEW_CHANGE_SCENARIOS = ("conflicting-certificates-from-two-views",)
-GOLDEN_NORMAL_CASE = ("golden:normal_low",)
-STATE_TRANSFER_SCENARIOS = tuple(name for name in SCENARIOS if name.startswith("lagging-replica"))
-
-
-def run_scenario(name: str) -> list[str]:
-    """The findings of scenario ``name``: invariant violations, missing progress, or the exception it raised."""
-    try:
-        return SCENARIOS[name]()
-    except Exception as error:  # A core assertion under a mutant is a finding, reported, never swallowed silently.
-        cause = error.__context__  # A bounds check failing on the way out hides the assertion that fired first.
-        return [f"run raised {type(error).__name__}: {error}"
-                + (f" (while handling {type(cause).__name__}: {cause})" if cause is not None else "")]
 
 
 def _tie_winning_equivocator(victim: int):
@@ -162,5 +137,28 @@ def equivocating_primary_then_crash() -> list[str]:
     return findings + [str(violation) for violation in monitor.check()]
 
 
-SCENARIOS["equivocating-primary-then-crash"] = equivocating_primary_then_crash
+# Replica 0 is the first peer the laggard asks; the lie seed picks which lie it tells first.
+SCENARIOS: dict[str, Callable[[], list[str]]] = {
+    "conflicting-certificates-from-two-views": conflicting_certificates_from_two_views,
+    "equivocating-primary-then-crash": equivocating_primary_then_crash,
+} | {
+    f"lagging-replica-fetches-from-liar-lies-{lie_seed}":
+        (lambda lie_seed=lie_seed: lagging_replica_fetches_from_a_liar(0, lie_seed))
+    for lie_seed in (0, 1)
+} | {
+    f"golden:{path.stem}": (lambda name=path.stem: golden_script(name)) for path in sorted(GOLDEN_DIR.glob("*.txt"))
+}
+VIEW_CHANGE_SCENARIOS = ("conflicting-certificates-from-two-views",)
 PREPARE_QUORUM_SCENARIOS = ("equivocating-primary-then-crash",)
+STATE_TRANSFER_SCENARIOS = tuple(name for name in SCENARIOS if name.startswith("lagging-replica"))
+GOLDEN_NORMAL_CASE = ("golden:normal_low",)
+
+
+def run_scenario(name: str) -> list[str]:
+    """The findings of scenario ``name``: invariant violations, missing progress, or the exception it raised."""
+    try:
+        return SCENARIOS[name]()
+    except Exception as error:  # A core assertion under a mutant is a finding, reported, never swallowed silently.
+        cause = error.__context__  # A bounds check failing on the way out hides the assertion that fired first.
+        return [f"run raised {type(error).__name__}: {error}"
+                + (f" (while handling {type(cause).__name__}: {cause})" if cause is not None else "")]
