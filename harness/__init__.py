@@ -8,8 +8,9 @@ from ._history import Event, EventType, History, HistoryError, Operation, build_
 from ._linearizability import (CheckResult, Validity, VerdictRegister, check_history, check_keys,
                                check_real_time_order, combine, search)
 from ._nemesis import FAULT_KINDS, FaultEvent, Nemesis, plan_faults
-from ._swarm import (CheckOutcome, HarnessCluster, LivenessOutcome, RunResult, RunSettings, SwarmSummary,
-                     check_run, run_simulation, run_swarm, settings_for_seed)
+from ._run_checks import CheckOutcome, check_run
+from ._swarm import (HarnessCluster, LivenessOutcome, RunResult, RunSettings, SwarmSummary, run_simulation, run_swarm,
+                     settings_for_seed)
 
 __all__ = [
     "CheckOutcome", "CheckResult", "Event", "EventType", "FAULT_KINDS", "FaultEvent", "HarnessCluster", "History",

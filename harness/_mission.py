@@ -32,7 +32,7 @@ links, above both the 200 ms LOW bound and the 1000 ms HIGH bound.  At n = 5
 n = 7 (q = 5) the same faults leave a fast quorum.
 
 Checks (any failure makes the exit status non-zero): the harness checkers of
-``_swarm.check_run`` (the spec's invariants S1-S8, linearizability, real-time
+``_run_checks.check_run`` (the spec's invariants S1-S8, linearizability, real-time
 order, durability, certificates); no ALLOW for an action the honest majority
 denied (from what each replica really voted) nor for any dangerous action;
 without a quorum nothing invoked completes before the heal (fail closed); with
@@ -58,7 +58,8 @@ from ._mission_results import (ConfigurationResult, EpisodeResult, MissionResult
 from ._mission_workload import AGENTS, ActionStream, MissionAction, mission_policies
 from ._nemesis import FaultEvent
 from ._report import vote_statistics
-from ._swarm import HarnessCluster, _InvariantMonitor, _quiesce, check_run, default_liveness_bound_ms
+from ._run_checks import InvariantMonitor, check_run
+from ._swarm import HarnessCluster, _quiesce, default_liveness_bound_ms
 
 # ----------------------------------------------------------------- running one episode
 
@@ -88,7 +89,7 @@ class _EpisodeRun:
         start_ms = cluster.now_ms
         self.events.append(FaultEvent("byzantine", 0, None, (self.compromised,), {"strategy": "approve-everything"},
                                       applied_start_ms=0))
-        monitor = _InvariantMonitor(cluster)
+        monitor = InvariantMonitor(cluster)
         cluster.run(WARM_UP_MS)
         window_start_ms = cluster.now_ms
         self._start_faults(window_start_ms - start_ms)

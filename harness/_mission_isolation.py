@@ -22,7 +22,8 @@ from ._linearizability import Validity
 from ._mission_plan import REPLICA_COUNTS, compromised_replica
 from ._mission_results import check_honest_majority
 from ._mission_workload import AGENTS, ActionStream, mission_policies
-from ._swarm import CheckOutcome, HarnessCluster, _InvariantMonitor, check_run
+from ._run_checks import CheckOutcome, InvariantMonitor, check_run
+from ._swarm import HarnessCluster
 
 REQUESTS_MAX = 400
 REQUESTS_AFTER_QUARANTINE = 20
@@ -52,7 +53,7 @@ def run_isolation(seed: int, replica_count: int, compromised: int) -> IsolationR
                              policies=policies, client_ids=AGENTS, config_options={"accountability": OPTIONS})
     honest = [replica_id for replica_id in range(replica_count) if replica_id != compromised]
     stream = ActionStream(random.Random(f"mission-isolation-actions/{seed}"))
-    monitor = _InvariantMonitor(cluster)
+    monitor = InvariantMonitor(cluster)
     requests = 0
     while requests < REQUESTS_MAX and not all(quarantines(cluster, r) for r in honest):
         action = stream.next()

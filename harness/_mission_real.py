@@ -55,7 +55,7 @@ from ._mission_workload import AGENTS, ActionStream, MissionAction, mission_poli
 from ._nemesis import FaultEvent
 from ._proxy import LinkProxies, Toxics
 from ._report import vote_statistics
-from ._swarm import CheckOutcome, _outcome_of, check_certificates
+from ._run_checks import CheckOutcome, check_certificates, outcome_of
 
 HEALED_MS = 1_000
 WARM_UP_REQUESTS = 6
@@ -246,9 +246,9 @@ class _RealEpisode:
                                              [str(v) for v in violations[:20]]) if violations else
                   CheckOutcome(Validity.VALID, f"S1-S5 hold over {len(logs)} honest replicas' SQLite logs")}
         per_key = check_keys(result.history)
-        checks["linearizability"] = _outcome_of(per_key, f"{per_key.partitions} request keys checked independently")
+        checks["linearizability"] = outcome_of(per_key, f"{per_key.partitions} request keys checked independently")
         order = check_real_time_order(result.history)
-        checks["real_time_order"] = _outcome_of(order, "a key certified before another was first sent has a lower seq")
+        checks["real_time_order"] = outcome_of(order, "a key certified before another was first sent has a lower seq")
         checks["certified_verdicts"] = check_certificates(result.history, _ConfigHolder(config))
         checks.update(mission_checks(result, self._shadow_policies(), HEALED_TIMEOUT_MS))
         return checks

@@ -24,7 +24,7 @@ from ._mission_plan import (DEADLINES_MS, DEFAULT_ARRIVALS, LATENCY_BOUNDS_MS, S
                             Reach, feasibility_matrix)
 from ._mission_workload import MissionAction
 from ._nemesis import FaultEvent
-from ._swarm import CheckOutcome
+from ._run_checks import CheckOutcome
 
 # ----------------------------------------------------------------- running one episode
 
