@@ -152,6 +152,7 @@ VIEW_CHANGE_SCENARIOS = ("conflicting-certificates-from-two-views",)
 PREPARE_QUORUM_SCENARIOS = ("equivocating-primary-then-crash",)
 STATE_TRANSFER_SCENARIOS = tuple(name for name in SCENARIOS if name.startswith("lagging-replica"))
 GOLDEN_NORMAL_CASE = ("golden:normal_low",)
+GOLDEN_VIEW_CHANGE = ("golden:view_change_conflicting_certificates",)
 
 
 def run_scenario(name: str) -> list[str]:

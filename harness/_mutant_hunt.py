@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ._hunt_scenarios import (GOLDEN_NORMAL_CASE, PREPARE_QUORUM_SCENARIOS, STATE_TRANSFER_SCENARIOS,
-                              VIEW_CHANGE_SCENARIOS, run_scenario)
+from ._hunt_scenarios import (GOLDEN_NORMAL_CASE, GOLDEN_VIEW_CHANGE, PREPARE_QUORUM_SCENARIOS,
+                              STATE_TRANSFER_SCENARIOS, VIEW_CHANGE_SCENARIOS, run_scenario)
 from ._linearizability import Validity
 from ._modelcheck import MENU, ModelCheckResult, ModelCheckSettings, run_model_check
 from ._mutants import MUTANTS
@@ -132,6 +132,8 @@ CROSS_CHECKS: dict[str, SwarmPlan | ModelCheckPlan | ScenarioPlan] = {
     "new-view-drops-a-prepared-request": ScenarioPlan(VIEW_CHANGE_SCENARIOS),
     # The behaviour-diff checker: a COMMIT leaves one PREPARE early in the normal case.
     "prepared-with-one-prepare-too-few": ScenarioPlan(GOLDEN_NORMAL_CASE),
+    # The behaviour-diff checker: the golden script's view 2 re-proposes the view-1 batch, not the view-0 one.
+    "reproposal-ignores-highest-view": ScenarioPlan(GOLDEN_VIEW_CHANGE),
 }
 assert set(HUNT_PLANS) == set(MUTANTS), "every mutant has a hunt plan"
 
