@@ -4,8 +4,9 @@ The names below load on first use (PEP 562), so ``import bft.core`` (the sans-IO
 event loop, sockets, SQLite or metrics: only the client and runtime names bring those in.
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from ._lazy import lazy_exports
 
 _EXPORTS = {
     "BlockingClient": ".client", "Client": ".client", "ClientInUseError": ".client", "ConfigFileError": ".client",
@@ -24,14 +25,4 @@ if _typing.TYPE_CHECKING:
     from .runtime import Outcome
 
 
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bft' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value  # Loaded once; later lookups do not come here.
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,8 +12,9 @@ The names below load with their module on first use (PEP 562): a client that onl
 file does not load the process or status code.
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("CLUSTER_FILE_NAME", "dump_cluster_file", "load_cluster_file", "write_cluster_file"), "._file"),
@@ -49,14 +50,4 @@ if _typing.TYPE_CHECKING:
                           most_advanced_view, parse_metrics, scrape, verdict_log_events)
 
 
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bft.cluster' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value  # Loaded once; later lookups do not come here.
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
