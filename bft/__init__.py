@@ -6,7 +6,7 @@ event loop, sockets, SQLite or metrics: only the client and runtime names bring 
 
 import typing as _typing
 
-from ._lazy import lazy_exports
+from ._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "BlockingClient": ".client", "Client": ".client", "ClientInUseError": ".client", "ConfigFileError": ".client",
@@ -25,4 +25,4 @@ if _typing.TYPE_CHECKING:
     from .runtime import Outcome
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

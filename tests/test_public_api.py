@@ -1,4 +1,4 @@
-"""Proves the public surface: every name in bft.__all__ and bft.core.__all__ imports, and nothing private or unlisted leaks."""
+"""Proves the public surface: every name in the __all__ of bft, bft.core and bft.cluster imports, and nothing private or unlisted leaks."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import types
 import pytest
 
 import bft
+import bft.cluster
 import bft.core
 
-PACKAGES = [bft, bft.core]
+PACKAGES = [bft, bft.core, bft.cluster]
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda package: package.__name__)

@@ -14,7 +14,7 @@ file does not load the process or status code.
 
 import typing as _typing
 
-from .._lazy import lazy_exports
+from .._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("CLUSTER_FILE_NAME", "dump_cluster_file", "load_cluster_file", "write_cluster_file"), "._file"),
@@ -50,4 +50,4 @@ if _typing.TYPE_CHECKING:
                           most_advanced_view, parse_metrics, scrape, verdict_log_events)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
