@@ -121,13 +121,13 @@ async def test_a_replica_steps_its_core_once_per_read():
         async with open_local_cluster([ApproveEverything() for _ in range(4)]) as cluster:
             node = cluster.nodes[0]
             items: list[tuple] = []
-            take_inputs = node._take_inputs
+            take_inputs = node.take_inputs
 
             def recording_take_inputs(kind: str, messages: list) -> None:
                 items.append((kind, messages))
                 take_inputs(kind, messages)
 
-            node._take_inputs = recording_take_inputs
+            node.take_inputs = recording_take_inputs
             connection = FramedConnection(await trio.open_tcp_stream(*cluster.addresses[0]),
                                           cluster.options.transport, "test")
             await _handshake.initiate(connection, cluster.config, Identity("client", "client-0"),

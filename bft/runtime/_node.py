@@ -194,7 +194,7 @@ class ReplicaNode:
         """Wait until a round may start: its output will have room in the persister's queue."""
         await self._persister.wait_for_room()
 
-    def _take_inputs(self, kind: str, messages: list[Message]) -> None:
+    def take_inputs(self, kind: str, messages: list[Message]) -> None:
         """One round: feed the core the messages of one read, in order, and hand on what they produced.
         The caller waited for the persister's room (see ``read_batches``)."""
         self._begin_round()

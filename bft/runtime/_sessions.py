@@ -5,7 +5,7 @@ handshakes, per host and in all) and the handshake; then it is the session of
 the identity it proved.  A peer replica's session carries that peer's messages
 to this replica; a client's carries its requests in and its replies out.  Each
 socket read of a session is decoded and checked whole, then handed to the
-node's core as one round (``ReplicaNode._take_inputs``): one bad message drops
+node's core as one round (``ReplicaNode.take_inputs``): one bad message drops
 the connection and the whole read with it.  Before each read the session waits
 for room in the node's persister, so a disk that falls behind pushes back on
 the sender through TCP.
@@ -141,7 +141,7 @@ class Sessions:
                 if isinstance(message, (Reply, Refusal)):
                     raise RemoteProtocolError("unexpected-message", "replicas do not send replies to replicas",
                                               connection.peer)
-            self._node._take_inputs("replica", messages)
+            self._node.take_inputs("replica", messages)
         return on_payloads
 
     def _client_payload_handler(self, connection: FramedConnection, client_id: str) -> PayloadHandler:
@@ -151,7 +151,7 @@ class Sessions:
                 if not isinstance(request, Request) or request.client_id != client_id:
                     raise RemoteProtocolError("unexpected-message", "a client may only send its own requests",
                                               connection.peer)
-            self._node._take_inputs("client", requests)
+            self._node.take_inputs("client", requests)
         return on_payloads
 
     def _decode(self, payload: bytes, peer: str) -> Message:
