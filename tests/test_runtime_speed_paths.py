@@ -1,4 +1,4 @@
-"""The runtime's fast paths keep its guarantees: direct socket writes never break a sealed frame (a partial write's rest goes first, is never dropped, and dies with its connection), a batch of frames received together arrives whole and in order, the persister's queue stays bounded and its store thread is never abandoned, and inline policy evaluation still fails closed (errors and overruns vote DENY) while undeclared policies and large actions keep their worker thread."""
+"""The runtime's fast paths keep its guarantees: direct socket writes never break a sealed frame (a partial write's rest goes first, is never dropped, and dies with its connection), a reset peer is a broken resource, the persister's queue stays bounded (a racing item merges into the newest), its store thread runs jobs in order and a storage error stops it, and inline policy evaluation still fails closed (errors and overruns vote DENY) while undeclared policies and large actions keep their worker thread."""
 
 from __future__ import annotations
 
@@ -118,24 +118,7 @@ async def test_a_reset_peer_is_a_broken_resource_as_with_trio_streams():
     await peer.aclose()  # SO_LINGER 0: a reset, not a clean close.
     with pytest.raises(trio.BrokenResourceError):
         with trio.fail_after(5):
-            await connection.receive_batch()
-    await connection.aclose()
-
-
-# ---------------------------------------------------------------------------- batched reads
-
-async def test_frames_that_arrive_together_are_received_together_in_order():
-    connection, peer = await connected_pair()
-    payloads = [b"first", b"", b"second", b"x" * 3000]
-    await peer.send_all(b"".join(encode_frame(payload, LIMITS.max_frame_bytes) for payload in payloads))
-    batch: list[bytes] = []
-    with trio.fail_after(5):
-        while len(batch) < len(payloads):
-            batch.extend(await connection.receive_batch())
-    assert batch == payloads
-    await peer.aclose()
-    with trio.fail_after(5):
-        assert await connection.receive_batch() is None  # A clean close ends the stream.
+            await connection.read_batches(lambda messages: None)
     await connection.aclose()
 
 

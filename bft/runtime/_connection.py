@@ -317,19 +317,6 @@ class FramedConnection:
             if not await self._receive_into_decoder():
                 return None
 
-    async def receive_batch(self) -> list[bytes] | None:
-        """Every payload complete so far, waiting for at least one; None when the peer closed cleanly.
-
-        At most one receive chunk is read per call, so a batch is bounded by what the decoder
-        buffers: one chunk plus the start of one frame (and the frame rate limit ends the
-        connection of a sender packing empty frames long before that)."""
-        while True:
-            payloads = self._complete_payloads()
-            if payloads:
-                return payloads
-            if not await self._receive_into_decoder():
-                return None
-
     def _complete_payloads(self) -> list[bytes]:
         payloads = []
         while (payload := self._decoder.next_frame()) is not None:

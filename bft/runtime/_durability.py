@@ -83,6 +83,7 @@ class Persister:
         self._on_released = on_released
         self._queue: deque[Durable] = deque()
         self._in_flight = 0  # Items of the batch the store's thread holds.
+        self._running = False  # While ``run`` runs: batches start only then.
         self._failure: BaseException | None = None
         self._failed = trio.Event()
         self._room_made = trio.lowlevel.ParkingLot()
@@ -129,18 +130,21 @@ class Persister:
         No task waits on the store: a batch goes to the store's thread as soon as the previous one
         is released (``_start_next_batch``), and the thread hands the result back to the event loop
         as a callback that releases it and starts the next.  This task only holds the thread's
-        lifetime and raises what a batch raised."""
-        self._thread.start(trio.lowlevel.current_trio_token())
+        lifetime (a store in memory needs none) and raises what a batch raised."""
+        if self._store.waits_for_disk:
+            self._thread.start(trio.lowlevel.current_trio_token())
+        self._running = True
         try:
             self._start_next_batch()
             await self._failed.wait()
             assert self._failure is not None
             raise self._failure
         finally:
+            self._running = False
             self._thread.stop()
 
     def _start_next_batch(self) -> None:
-        while not self._in_flight and self._queue and self._thread.running and self._failure is None:
+        while not self._in_flight and self._queue and self._running and self._failure is None:
             batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
             self._in_flight = len(batch)
             self._room_made.unpark_all()
@@ -236,10 +240,6 @@ class StoreThread:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
 
     def start(self, token: trio.lowlevel.TrioToken) -> None:
         assert self._thread is None, "started twice"

@@ -85,7 +85,7 @@ class ReplicaNode:
         self.links = {peer: Link(config, self.identity, seed, peer, self.addresses[peer], self._limits, self.counters,
                                  on_rejected=self.metrics.rejected)
                       for peer in range(config.replica_count) if peer != replica_id}
-        self.sessions = Sessions(self, Admission(self._limits, self.counters, self.metrics.rejected))
+        self.sessions = Sessions(self, seed, Admission(self._limits, self.counters, self.metrics.rejected))
         self._policy_limiter = trio.CapacityLimiter(self.options.policy_threads)
         self._evaluations_in_flight = 0
         self._nursery: trio.Nursery | None = None
@@ -199,7 +199,7 @@ class ReplicaNode:
         The caller waited for the persister's room (see ``read_batches``)."""
         self._begin_round()
         for message in messages:
-            self._apply(self._input((kind, message)))
+            self._apply(self._input(kind, message))
             self._record_inline_decisions()
         self._finish_round()
 
@@ -267,8 +267,7 @@ class ReplicaNode:
                                                prune_views_below))
             self._round_readies.clear()
 
-    def _input(self, item: tuple) -> Ready:
-        kind, message = item
+    def _input(self, kind: str, message: Message) -> Ready:
         assert kind in ("client", "replica"), kind
         if kind == "client":
             return self._client_request(message)

@@ -45,8 +45,9 @@ class _Session:
 class Sessions:
     """The authenticated incoming connections of one node, at most one per identity."""
 
-    def __init__(self, node: ReplicaNode, admission: Admission) -> None:
+    def __init__(self, node: ReplicaNode, seed: bytes, admission: Admission) -> None:
         self._node = node
+        self._seed = seed  # The node's own key seed, for the handshake.
         self._admission = admission
         self._limits = node.options.transport
         self._max_message_bytes = min(self._limits.max_frame_bytes, node.config.limits.max_message_bytes)
@@ -74,7 +75,7 @@ class Sessions:
         identity = None
         try:
             with pending.cancel_scope:
-                identity = await _handshake.accept(connection, node.config, node.identity, node._seed,
+                identity = await _handshake.accept(connection, node.config, node.identity, self._seed,
                                                    on_hello=lambda claimed: self._admission.identify(pending, claimed))
         except CONNECTION_ERRORS as error:
             self._count_failure("connection-refused", error, connection.peer)
