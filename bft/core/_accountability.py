@@ -8,6 +8,8 @@ from ``ClusterConfig.operator_keys``).  Its action is a command document::
     {"command": "quarantine", "replica": 3, "note": "..."}       operators only
     {"command": "release", "replica": 3, "note": "..."}          operators only
     {"command": "blocklist-endorse", "pattern": "...", "ttl_ms": 3600000}   replicas only
+    {"command": "config-change", ...}                             operators only, at CRITICAL risk
+                                                                  (see ``_reconfiguration``)
 
 (B64 is the base64 of ``encode(message)``.)  Commands are ordered by consensus
 like verdicts, and their effect is decided when they *execute*, from the
@@ -51,9 +53,10 @@ from ._config import OPERATOR_SIGNER_PREFIX, REPLICA_SIGNER_PREFIX, RESERVED_SIG
 from ._crypto import Verifier
 from ._errors import RemoteProtocolError
 from ._messages import MAX_REASON_BYTES, Commit, Decision, PrePrepare, Prepare, Request, Risk
+from ._reconfiguration import CONFIG_CHANGE, CONFIG_CHANGE_FIELDS, ChangeError, ConfigChange, parse_change
 
 EVIDENCE, QUARANTINE, RELEASE, BLOCKLIST_ENDORSE = "evidence", "quarantine", "release", "blocklist-endorse"
-COMMANDS = (EVIDENCE, QUARANTINE, RELEASE, BLOCKLIST_ENDORSE)
+COMMANDS = (EVIDENCE, QUARANTINE, RELEASE, BLOCKLIST_ENDORSE, CONFIG_CHANGE)
 PHASE_OF = {PrePrepare: "pre-prepare", Prepare: "prepare", Commit: "commit"}
 NOTE_BYTES_MAX = 200
 PATTERN_CHARS_MIN = 6
@@ -197,6 +200,7 @@ class Command:
     pattern: str = ""
     ttl_ms: int = 0
     proof: EquivocationProof | None = None
+    change: ConfigChange | None = None
 
 
 def _int_field(document: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
@@ -214,7 +218,7 @@ def _note(document: dict[str, Any]) -> str:
 
 
 _ALLOWED_FIELDS = {EVIDENCE: {"first", "second"}, QUARANTINE: {"replica", "note"}, RELEASE: {"replica", "note"},
-                   BLOCKLIST_ENDORSE: {"pattern", "ttl_ms"}}
+                   BLOCKLIST_ENDORSE: {"pattern", "ttl_ms"}, CONFIG_CHANGE: CONFIG_CHANGE_FIELDS}
 
 
 def parse_command(client_id: str, action: str, risk: Risk) -> Command:
@@ -225,22 +229,28 @@ def parse_command(client_id: str, action: str, risk: Risk) -> Command:
     """
     if not is_command_request(client_id):
         raise CommandError(f"{client_id!r} is not a command signer")
-    if risk is not Risk.LOW:
-        raise CommandError("commands are ordered at low risk")
     document = json.loads(action)
     kind = document.get("command")
     if kind not in COMMANDS:
         raise CommandError(f"unknown command {str(kind)[:40]!r}; the commands are {', '.join(COMMANDS)}")
+    required_risk = Risk.CRITICAL if kind == CONFIG_CHANGE else Risk.LOW  # A change needs every replica's vote.
+    if risk is not required_risk:
+        raise CommandError(f"{kind} commands are ordered at {required_risk.value} risk")
     unknown = set(document) - _ALLOWED_FIELDS[kind] - {"command"}
     if unknown:
         raise CommandError(f"unknown fields for {kind}: {', '.join(sorted(unknown))[:80]}")
     is_operator = client_id.startswith(OPERATOR_SIGNER_PREFIX)
-    if kind in (QUARANTINE, RELEASE) and not is_operator:
+    if kind in (QUARANTINE, RELEASE, CONFIG_CHANGE) and not is_operator:
         raise CommandError(f"only an operator may {kind} a replica")
     if kind == BLOCKLIST_ENDORSE and not client_id.startswith(REPLICA_SIGNER_PREFIX):
         raise CommandError("only replicas endorse blocklist patterns")
     if kind == EVIDENCE:
         return Command(kind, client_id, proof=_proof_from_document(document))
+    if kind == CONFIG_CHANGE:
+        try:
+            return Command(kind, client_id, change=parse_change(document))
+        except ChangeError as error:
+            raise CommandError(str(error)) from None
     if kind in (QUARANTINE, RELEASE):
         return Command(kind, client_id, replica=_int_field(document, "replica", 0, 2**16), note=_note(document))
     raw_pattern = document.get("pattern")

@@ -21,13 +21,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._accountability import (BLOCKLIST_ENDORSE, EVIDENCE, QUARANTINE, RELEASE, Command, CommandError,
+from ._accountability import (BLOCKLIST_ENDORSE, CONFIG_CHANGE, EVIDENCE, QUARANTINE, RELEASE, Command, CommandError,
                               action_texts, canonical_json, fit_reason, is_command_request, parse_command,
                               voters_of, voters_text)
 from ._codec import digest, pack
 from ._config import REPLICA_SIGNER_PREFIX, ClusterConfig
 from ._crypto import Verifier
 from ._messages import Decision, Request, Risk, Vote
+from ._reconfiguration import ChangeError, EpochChain
 from ._vote_statistics import VoteRates, VoteStatistics, lower_median, vote_masks
 from ._verdict import (BLOCKLISTED_PREFIX, COMMAND_REJECTED_PREFIX, VerdictRule, counted_votes, decide,
                        effective_rule, is_settled)
@@ -113,6 +114,33 @@ class AccountabilityState:
         self.endorsements: dict[str, dict[int, int]] = {}  # pattern -> endorsing replica -> expires at (ms)
         self.statistics = VoteStatistics(replica_count, self._options.suspicion_window_entries,
                                          self._options.suspicion_min_votes)
+        self.epochs = EpochChain(config)
+        self.epoch = 0  # The epoch whose configuration ``_config`` is: the one of the next seq to execute.
+
+    def enter_epoch_of(self, seq: int) -> None:
+        """Make the configuration of the epoch that orders ``seq`` the one that applies (idempotent, monotone).
+
+        Every replica calls this at the same points of the log (before each
+        entry, after each executed seq), so the switch is part of the replicated
+        state.  Quarantine, suspicion and endorsements of replicas that are not
+        in the new epoch with the same key are dropped: a replaced replica's
+        record does not follow its successor; the suspicion window restarts.
+        """
+        epoch = self.epochs.epoch_of_seq(seq)
+        if epoch.number == self.epoch:
+            return
+        assert epoch.number > self.epoch, (epoch.number, self.epoch)
+        old_keys, self._config, self.epoch = self._config.replica_keys, epoch.config, epoch.number
+        new_keys = epoch.config.replica_keys
+        kept = {r for r in range(len(new_keys)) if r < len(old_keys) and old_keys[r] == new_keys[r]}
+        self.quarantined = {r: record for r, record in self.quarantined.items() if r in kept}
+        self.suspects = {r: suspicion for r, suspicion in self.suspects.items() if r in kept}
+        self.endorsements = {pattern: {r: t for r, t in holders.items() if r in kept}
+                             for pattern, holders in self.endorsements.items()}
+        self.endorsements = {pattern: holders for pattern, holders in self.endorsements.items() if holders}
+        self.statistics = VoteStatistics(len(new_keys), self._options.suspicion_window_entries,
+                                         self._options.suspicion_min_votes)
+        self._check_bounds()
 
     @property
     def uncounted(self) -> frozenset[int]:
@@ -140,12 +168,14 @@ class AccountabilityState:
 
     # ------------------------------------------------------------------ one entry, live and replayed
 
-    def execute(self, request: Request, votes: tuple[Vote, ...], timestamp_ms: int, position: int) -> EntryOutcome:
+    def execute(self, request: Request, votes: tuple[Vote, ...], timestamp_ms: int, position: int,
+                seq: int) -> EntryOutcome:
+        self.enter_epoch_of(seq)
         before = self.active_patterns()
         events = self._expire(timestamp_ms)
         uncounted = self.uncounted
         if is_command_request(request.client_id):
-            decision, reason, effect = self._execute_command(request, votes, timestamp_ms, position, uncounted)
+            decision, reason, effect = self._execute_command(request, votes, timestamp_ms, position, seq, uncounted)
         else:
             decision, reason = self._decide(request, votes, timestamp_ms, uncounted)
             effect = self._observe(*vote_masks(votes), decision is Decision.ALLOW, position)
@@ -168,6 +198,7 @@ class AccountabilityState:
         this configuration differs from the ones that wrote it, and the replica
         must not run on (an assertion fails, naming the position).
         """
+        self.enter_epoch_of(entry.seq)
         before = self.active_patterns()
         events = self._expire(entry.timestamp_ms)
         assert voters_text(self.uncounted) == entry.uncounted_voters, (entry.position, "quarantine set diverged")
@@ -175,7 +206,7 @@ class AccountabilityState:
         if is_command_request(entry.client_id) and entry.decision is Decision.ALLOW:
             try:
                 command = parse_command(entry.client_id, entry.command, entry.risk)
-                effect = self._apply(command, entry.timestamp_ms, entry.position)
+                effect = self._apply(command, entry.timestamp_ms, entry.position, entry.seq)
             except CommandError as error:
                 raise AssertionError(f"replaying position {entry.position}: the command no longer applies ({error})")
         elif not is_command_request(entry.client_id):
@@ -203,21 +234,27 @@ class AccountabilityState:
         return next((p for p in sorted(active) if any(p in text for text in texts)), None)
 
     def _execute_command(self, request: Request, votes: tuple[Vote, ...], timestamp_ms: int, position: int,
-                         uncounted: frozenset[int]) -> tuple[Decision, str, list[dict[str, Any]]]:
+                         seq: int, uncounted: frozenset[int]) -> tuple[Decision, str, list[dict[str, Any]]]:
         """A command needs the votes' approval (a quorum found it well formed) and a valid effect."""
         rule = self.rule_for(request.risk)
         decision, reason = decide(rule, counted_votes(votes, uncounted), timestamp_ms, request.deadline_ms)
         if decision is Decision.DENY:
             return decision, reason, []
         try:
-            effect = self._apply(parse_command(request.client_id, request.action, request.risk), timestamp_ms, position)
+            command = parse_command(request.client_id, request.action, request.risk)
+            effect = self._apply(command, timestamp_ms, position, seq)
         except CommandError as error:
             return Decision.DENY, fit_reason(f"{COMMAND_REJECTED_PREFIX}{error}"), []
         return decision, reason, effect
 
     # ------------------------------------------------------------------ command effects (validate, then mutate)
 
-    def _apply(self, command: Command, timestamp_ms: int, position: int) -> list[dict[str, Any]]:
+    def _apply(self, command: Command, timestamp_ms: int, position: int, seq: int) -> list[dict[str, Any]]:
+        if command.kind == CONFIG_CHANGE:
+            try:
+                return self.epochs.record(command.change, seq)
+            except ChangeError as error:
+                raise CommandError(f"configuration change refused: {error}") from None
         if command.kind == EVIDENCE:
             return self._apply_evidence(command, position)
         if command.kind == QUARANTINE:

@@ -154,12 +154,15 @@ class ClusterConfig:
     limits: Limits = field(default_factory=Limits)
     operator_keys: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
     accountability: AccountabilityOptions = field(default_factory=AccountabilityOptions)
+    # How many operators of this epoch must sign a configuration change (``_reconfiguration``).
+    operator_threshold: int = 1
 
     @staticmethod
     def create(cluster_id: str, replica_keys: tuple[bytes, ...], client_keys: Mapping[str, bytes],
                faulty_max: int | None = None, rules: Mapping[Risk, VerdictRule] | None = None,
                limits: Limits | None = None, operator_keys: Mapping[str, bytes] | None = None,
-               accountability: AccountabilityOptions | None = None) -> "ClusterConfig":
+               accountability: AccountabilityOptions | None = None,
+               operator_threshold: int = 1) -> "ClusterConfig":
         """A validated configuration.
 
         ``client_keys`` of the result also holds the reserved command signers
@@ -182,7 +185,8 @@ class ClusterConfig:
                                   f"{' or '.join(map(repr, RESERVED_SIGNER_PREFIXES))} name replicas and operators")
         config = ClusterConfig(cluster_id, tuple(replica_keys), MappingProxyType({**clients, **signers}),
                                faulty, MappingProxyType(chosen_rules), limits or Limits(),
-                               MappingProxyType(operators), accountability or AccountabilityOptions())
+                               MappingProxyType(operators), accountability or AccountabilityOptions(),
+                               operator_threshold)
         problem = config.problem()
         if problem:
             raise ConfigError(problem)
@@ -227,6 +231,8 @@ class ClusterConfig:
         return self.accountability.problem() or self.limits.problem()
 
     def _operator_problem(self) -> str | None:
+        if not 1 <= self.operator_threshold <= max(1, len(self.operator_keys)):
+            return f"operator_threshold must be in [1, max(1, operators)], got {self.operator_threshold}"
         for name, key in self.operator_keys.items():
             signer_id = operator_signer_id(name)
             if not name or not name.isprintable() or name != name.strip() or len(signer_id.encode()) > MAX_ID_BYTES:

@@ -142,7 +142,7 @@ class ExecutionState:
         assert self.log_length == 0 and self.last_executed_seq == 0
         for entry in log:
             self._append_restored(entry)
-        self.last_executed_seq = max(last_executed_seq, log[-1].seq if log else 0)
+        self._set_last_executed(max(last_executed_seq, log[-1].seq if log else 0))
 
     def agreed_history(self, client_id: str) -> tuple[AgreedVerdict, ...]:
         """The client's latest finalized verdicts (at most ``client_window``), by request number.
@@ -172,13 +172,19 @@ class ExecutionState:
             if self.cached_reply(*request.key) or self.is_stale(*request.key):
                 continue  # Exactly-once: a request ordered twice takes effect the first time only.
             executed.append(self._apply(seq, batch.timestamp_ms, request, request_digest, entry.votes, sign_reply))
-        self.last_executed_seq = seq
+        self._set_last_executed(seq)
         return executed
+
+    def _set_last_executed(self, seq: int) -> None:
+        """Executed through ``seq``: the next seq's epoch applies from now on (``enter_epoch_of``)."""
+        self.last_executed_seq = seq
+        if self.accountability is not None:
+            self.accountability.enter_epoch_of(seq + 1)
 
     def _apply(self, seq: int, timestamp_ms: int, request: Request, request_digest: bytes,
                votes: tuple[Vote, ...], sign_reply: Callable[[Reply], Reply]) -> tuple[LogEntry, Reply]:
         votes = tuple(sorted(votes, key=lambda vote: vote.replica_id))
-        outcome = self._outcome(request, votes, timestamp_ms)
+        outcome = self._outcome(request, votes, timestamp_ms, seq)
         is_command = self.accountability is not None and is_command_request(request.client_id)
         unhashed = LogEntry(self.log_length + 1, seq, request.client_id, request.request_number,
                             request_digest, request.risk, outcome.decision, outcome.reason, timestamp_ms,
@@ -196,9 +202,9 @@ class ExecutionState:
         self._remember(reply)
         return log_entry, reply
 
-    def _outcome(self, request: Request, votes: tuple[Vote, ...], timestamp_ms: int) -> EntryOutcome:
+    def _outcome(self, request: Request, votes: tuple[Vote, ...], timestamp_ms: int, seq: int) -> EntryOutcome:
         if self.accountability is not None:
-            return self.accountability.execute(request, votes, timestamp_ms, self.log_length + 1)
+            return self.accountability.execute(request, votes, timestamp_ms, self.log_length + 1, seq)
         decision, reason = decide(self._rules[request.risk], votes, timestamp_ms, request.deadline_ms)
         return EntryOutcome(decision, reason, frozenset(), ())
 
@@ -237,7 +243,11 @@ class ExecutionState:
                    for client_id, record in sorted(self.clients.items())]
         # The accountability state is a function of the log too (replayed in _append_restored).
         accountability = self.accountability.to_wire() if self.accountability is not None else []
-        return pack([self.last_executed_seq, self.log_length, self.head_hash, clients, accountability])
+        fields = [self.last_executed_seq, self.log_length, self.head_hash, clients, accountability]
+        # The epochs after the genesis one (``_reconfiguration``); the genesis epoch is the configuration every
+        # replica starts from, so a cluster that never reconfigured exports exactly what it did before.
+        later_epochs = self.accountability.epochs.to_wire()[1:] if self.accountability is not None else []
+        return pack(fields + [later_epochs] if later_epochs else fields)
 
     def adopt_transferred(self, state: bytes, entries: tuple[LogEntry, ...]) -> None:
         """Become ``state`` by appending ``entries`` to the log, as a state transfer.
@@ -253,7 +263,7 @@ class ExecutionState:
         assert header.log_length == self.log_length + len(entries), (header, self.log_length, len(entries))
         for entry in entries:
             self._append_restored(entry)
-        self.last_executed_seq = header.last_executed_seq
+        self._set_last_executed(header.last_executed_seq)
         assert self.head_hash == header.head_hash
         assert self.export_state() == state, "replaying the certified log did not reproduce the certified state"
 
