@@ -196,7 +196,7 @@ def _accept_preprepare_from_non_primary() -> list[ContextManager]:
 
 
 def _skip_new_view_validation() -> list[ContextManager]:
-    def check_new_view(new_view, config, verifier):
+    def check_new_view(new_view, config, verifier, keys_for_seq=None):
         # Trusts the new primary: its re-proposals are installed as sent, proofs unchecked.
         stable_seq = max((view_change.stable_seq for view_change in new_view.view_changes), default=0)
         return stable_seq, tuple(preprepare.batch for preprepare in new_view.preprepares)

@@ -108,7 +108,8 @@ def batch_digest_of(preprepare: PrePrepare) -> bytes:
 
 # Attributes that are configuration, crypto plumbing, a component's link back to its replica or counters of
 # rejections, not protocol state.
-_NOT_STATE = {"config", "limits", "replica_id", "replica", "_signer", "_verifier", "_out", "_handlers", "rejected_counts"}
+_NOT_STATE = {"config", "limits", "replica_id", "replica", "_signer", "_verifier", "_verifiers", "_out", "_handlers",
+              "rejected_counts"}
 
 
 def freeze(value: Any) -> Any:

@@ -59,6 +59,10 @@ class CatchUp:
     def check_bounds(self) -> None:
         assert len(self._answered_tick) <= self.replica.config.replica_count
 
+    def forget_peers_outside(self, members: frozenset[int]) -> None:
+        """A new epoch: peers that left it are no longer answered or remembered."""
+        self._answered_tick = {r: tick for r, tick in self._answered_tick.items() if r in members}
+
     @property
     def probe_due(self) -> bool:
         return self._probe_due

@@ -143,6 +143,7 @@ class Checkpoints:
             del self.checkpoint_states[old_seq]
         for old_seq in [s for s in self.checkpoints if s <= seq]:
             del self.checkpoints[old_seq]
+        replica.epochs.enter_if_due()  # Before anything is proposed above ``seq``: it may be a new epoch's.
         replica.normal.forget_up_to(seq)
 
     # ------------------------------------------------------------- noticing that we are behind
@@ -270,8 +271,8 @@ class Checkpoints:
         if reply.checkpoint_seq < session.target_seq:
             raise _bad("bad-state", f"a snapshot at {reply.checkpoint_seq}, asked for {session.target_seq} or later")
         try:
-            check_stable_proof(reply.checkpoint_seq, reply.stable_proof, replica.config,
-                               replica._verifier)
+            config, verifier = replica.epochs.keys_for_seq(reply.checkpoint_seq)  # The epoch that certified it.
+            check_stable_proof(reply.checkpoint_seq, reply.stable_proof, config, verifier)
         except RemoteProtocolError as error:
             raise _bad("bad-state-proof", error.detail) from None
         if reply.checkpoint_seq == 0 or not state_matches_proof(reply.state, reply.stable_proof):

@@ -171,6 +171,10 @@ class NormalCase:
 
     def check_window(self, seq: int) -> None:
         replica = self.replica
+        ceiling = replica.epochs.ceiling()
+        if ceiling is not None and seq > ceiling:
+            raise RemoteProtocolError("wrong-epoch", f"seq {seq} is ordered by the next epoch, after seq "
+                                                     f"{ceiling} (specs/RECONFIGURATION.md section 3)")
         if not replica.low_water < seq <= replica.high_water:
             raise RemoteProtocolError("outside-window",
                                       f"seq {seq} outside ({replica.low_water}, {replica.high_water}]")

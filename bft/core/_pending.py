@@ -210,6 +210,18 @@ class PendingPool:
         self._voted_unproposed.pop(entry.serial, None)
         entry.awaits_order = entry.is_candidate = entry.awaits_proposal_here = False
 
+    def retain_votes(self, keep, has_quorum, tick: int) -> None:
+        """A new epoch: drop the votes of replicas ``keep`` rejects and judge each entry's quorum afresh
+        (``has_quorum``), since the quorum size may have changed; vote-created entries left without votes go."""
+        for entry in list(self._entries.values()):
+            entry.votes = {replica_id: vote for replica_id, vote in entry.votes.items() if keep(replica_id)}
+            if entry.request is None and not entry.votes:
+                self.discard(entry.digest)
+                continue
+            entry._quorum_tick = (tick if entry.quorum_tick is None else entry.quorum_tick) \
+                if has_quorum(entry) else None
+            self._reindex(entry)
+
     def remove_where(self, should_remove) -> list[PendingRequest]:
         """Remove and return every entry ``should_remove`` accepts."""
         doomed = [entry for entry in self._entries.values() if should_remove(entry)]

@@ -22,7 +22,8 @@ another's only by calling it (etcd raft's structure; see ../shared/STYLE.md):
 - ``checkpointing`` (``_checkpoints``): checkpoints, the low water mark and state transfer;
 - ``executor`` (``_replica_execution``): executing committed slots in order against the verdict log;
 - ``catch_up`` (``_catch_up``): learning what committed elsewhere from proofs;
-- ``accuser`` (``_replica_accountability``): turning equivocation proofs and endorsements into commands.
+- ``accuser`` (``_replica_accountability``): turning equivocation proofs and endorsements into commands;
+- ``epochs`` (``_replica_epochs``): the configuration epoch it works in, and the switch to the next one.
 
 The replica itself routes inputs to them (``_handlers``), owns the clock, the
 keys and the outbox of the input being handled (``_out``, with ``_sign``,
@@ -51,6 +52,7 @@ from ._normal_case import NormalCase, sender_of
 from ._quorum import primary_of
 from ._ready import LogRead, ReadyBuilder, Ready, Rejection
 from ._replica_accountability import Accountability
+from ._replica_epochs import Epochs
 from ._replica_execution import Execution
 from ._replica_views import ViewChanges
 from ._requests import Requests
@@ -100,7 +102,7 @@ class Replica:
         self.config = config
         self.replica_id = replica_id
         self.limits = config.limits
-        self._quorum = config.quorum  # Asked on most inputs; the configuration is frozen.
+        self._quorum = config.quorum  # Asked on most inputs; it changes only with the epoch (``install_configuration``).
         self._signer = Signer(config.cluster_id, seed)
         self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
         self.now_ms = 0
@@ -114,6 +116,7 @@ class Replica:
         self.views = ViewChanges(self)
         self.catch_up = CatchUp(self)
         self.accuser = Accountability(self)
+        self.epochs = Epochs(self, KeyPair.from_seed(seed).public_key)
         self._handlers = self._handler_table()
 
     def _handler_table(self) -> dict[type, Callable]:
@@ -146,6 +149,7 @@ class Replica:
         own = [m for m in signed if getattr(m, "replica_id", None) == replica_id]
         replica.execution.restore(tuple(log), max((m.seq for m in own if isinstance(m, Checkpoint)), default=0))
         replica.checkpointing.restore(signed, own)
+        replica.epochs.enter_if_due()
         replica.views.restore(own)
         replica.normal.restore(signed, own)
         replica.executor.restore_replies(signed)
@@ -208,7 +212,12 @@ class Replica:
 
     @property
     def is_primary(self) -> bool:
-        return self.primary_id == self.replica_id
+        return self.primary_id == self.replica_id and not self.epochs.retired
+
+    def install_configuration(self, config: ClusterConfig, verifier: Verifier) -> None:
+        """The next epoch's configuration and keys (``_replica_epochs``); the limits never change."""
+        assert config.cluster_id == self.config.cluster_id and config.limits == self.limits
+        self.config, self._quorum, self._verifier = config, config.quorum, verifier
 
     @property
     def accountability(self) -> AccountabilityState:
@@ -281,7 +290,10 @@ class Replica:
 
     @property
     def high_water(self) -> int:
-        return self.low_water + self.limits.log_window
+        """The top of the window, which never passes the activation seq of a pending epoch."""
+        ceiling = self.epochs.ceiling()
+        window_top = self.low_water + self.limits.log_window
+        return window_top if ceiling is None else min(window_top, ceiling)
 
     @property
     def last_executed(self) -> int:
@@ -311,6 +323,9 @@ class Replica:
         self._out = ReadyBuilder()
         self._out.dead_votes.extend(self.requests.take_dead_votes_backlog())
         try:
+            if self.epochs.retired:  # Not in the current epoch: it takes no part any more.
+                self.rejected_counts["retired"] += handler == self._receive
+                return self._out.build()
             handler(*arguments)
             return self._out.build()
         finally:
@@ -329,7 +344,7 @@ class Replica:
             if isinstance(message, (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)):
                 self.catch_up.note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
         except RemoteProtocolError as error:
-            self._reject(error.from_sender(sender_of(message)))
+            self._reject(self.epochs.classify(error, message).from_sender(sender_of(message)))
 
     def _count_rejected(self, reason: str) -> None:
         """A remote input refused without a Rejection (kept for what it proves, not acted on)."""
@@ -376,6 +391,7 @@ class Replica:
         self.catch_up.check_bounds()
         self.accuser.check_bounds()
         self.views.check_bounds()
+        self.epochs.check_bounds()
 
     # ----------------------------------------------------------------- time
 

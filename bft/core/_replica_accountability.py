@@ -41,6 +41,10 @@ class Accountability:
         assert len(self._reported_proofs) <= REPORTED_PROOFS_MAX
         assert len(self._evidence_in_flight) <= self.replica.config.replica_count
 
+    def forget_peers_outside(self, members: frozenset[int]) -> None:
+        """A new epoch: evidence in flight against replicas that left it is moot."""
+        self._evidence_in_flight = {r: d for r, d in self._evidence_in_flight.items() if r in members}
+
     def report_equivocation(self, proof: EquivocationProof) -> None:
         """Submit ``proof`` (from ``Rejection.evidence``) as an evidence command, once per proof."""
         replica = self.replica

@@ -260,7 +260,8 @@ class ViewChanges:
             if existing.new_view == view_change.new_view and existing != view_change:
                 raise RemoteProtocolError("equivocation", f"two VIEW-CHANGEs for view {view_change.new_view}")
             return
-        check_view_change(view_change, replica.config, replica._verifier)
+        replica.epochs.check_view_change(view_change)
+        check_view_change(view_change, replica.config, replica._verifier, replica.epochs.keys_for_seq)
         self.view_change_by_replica[view_change.replica_id] = view_change
         self._maybe_join_view_change()
         self._maybe_send_new_view()
@@ -308,8 +309,25 @@ class ViewChanges:
         replica = self.replica
         if new_view.view < self.view or (new_view.view == self.view and self.view_active):
             return  # Already in that view (or later): a re-sent NEW-VIEW is harmless.
-        stable_seq, batches = check_new_view(new_view, replica.config, replica._verifier)
+        for view_change in new_view.view_changes:
+            replica.epochs.check_view_change(view_change)
+        stable_seq, batches = check_new_view(new_view, replica.config, replica._verifier, replica.epochs.keys_for_seq)
         self._enter_view(new_view, stable_seq, batches)
+
+    def enter_epoch(self, staying: frozenset[int]) -> None:
+        """A new epoch starts in the next view, without a NEW-VIEW: nothing above the activation seq was
+        prepared in the old epoch, so there is nothing to re-propose (specs/RECONFIGURATION.md section 3).
+        A replica waiting for a view it asked for starts the epoch in that view instead; the view-change
+        messages of the old epoch are dropped, and what peers that left it said is forgotten."""
+        replica = self.replica
+        self.view = max(self.view + self.view_active, self.vote_floor_view)
+        self.view_active, self.vote_floor_view, self.new_view_message = True, self.view, None
+        self.view_change_by_replica = {}
+        self.view_seen_by_replica = {r: v for r, v in self.view_seen_by_replica.items() if r in staying and v > self.view}
+        self.active_view_by_replica = {r: v for r, v in self.active_view_by_replica.items() if r in staying}
+        self._waiting_since, self._view_change_attempts = replica.ticks, 0
+        replica.normal.forget_views_below(self.view)
+        replica.requests.unmark_proposed_except(set())
 
     def _enter_view(self, new_view: NewView, stable_seq: int, batches: tuple[Batch, ...]) -> None:
         # The view stays inactive until its re-proposals are accepted and next_seq is

@@ -198,6 +198,12 @@ class Requests:
             self.pending.note_quorum(pending, replica.ticks)
         replica.role_steps.propose(replica)
 
+    def keep_votes_of(self, members: frozenset[int]) -> None:
+        """A new epoch (``_replica_epochs``): only its members' votes count, with its quorum."""
+        replica = self.replica
+        self.pending.retain_votes(members.__contains__,
+                                  lambda pending: self._counted_vote_count(pending) >= replica.quorum, replica.ticks)
+
     def _counted_vote_count(self, pending: PendingRequest) -> int:
         accountability = self.replica.execution.accountability
         uncounted = accountability.uncounted if accountability is not None else frozenset()

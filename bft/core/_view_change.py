@@ -11,6 +11,8 @@ the signed VIEW-CHANGE messages inside NEW-VIEW and accepts nothing else.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ._codec import record_digest
 from ._config import ClusterConfig
 from ._crypto import Verifier
@@ -57,9 +59,17 @@ def check_prepared_proof(proof: PreparedProof, config: ClusterConfig, verifier: 
         verifier.verify(prepare)
 
 
-def check_view_change(view_change: ViewChange, config: ClusterConfig, verifier: Verifier) -> None:
+# The configuration and verifier of the epoch that ordered a seq (``Epochs.keys_for_seq``): a stable checkpoint
+# certificate is checked with its own epoch's keys and quorum, which differ from the current ones at the first
+# checkpoint of an epoch (specs/RECONFIGURATION.md section 3).
+KeysForSeq = Callable[[int], tuple[ClusterConfig, Verifier]]
+
+
+def check_view_change(view_change: ViewChange, config: ClusterConfig, verifier: Verifier,
+                      keys_for_seq: KeysForSeq | None = None) -> None:
     """Validate every proof a VIEW-CHANGE carries (its own signature is checked by the caller)."""
-    check_stable_proof(view_change.stable_seq, view_change.stable_proof, config, verifier)
+    stable_config, stable_verifier = keys_for_seq(view_change.stable_seq) if keys_for_seq else (config, verifier)
+    check_stable_proof(view_change.stable_seq, view_change.stable_proof, stable_config, stable_verifier)
     window_top = view_change.stable_seq + config.limits.log_window
     seen: set[int] = set()
     for proof in view_change.prepared:
@@ -93,7 +103,8 @@ def choose_reproposals(view_changes: tuple[ViewChange, ...]) -> tuple[int, tuple
     return stable_seq, tuple(best[seq][2] if seq in best else NULL_BATCH for seq in range(stable_seq + 1, top + 1))
 
 
-def check_new_view(new_view: NewView, config: ClusterConfig, verifier: Verifier) -> tuple[int, tuple[Batch, ...]]:
+def check_new_view(new_view: NewView, config: ClusterConfig, verifier: Verifier,
+                   keys_for_seq: KeysForSeq | None = None) -> tuple[int, tuple[Batch, ...]]:
     """Validate NEW-VIEW fully and return the (stable seq, batches) it must re-propose."""
     if new_view.replica_id != primary_of(new_view.view, config.replica_count):
         raise _invalid(f"NEW-VIEW for view {new_view.view} not from its primary")
@@ -102,7 +113,7 @@ def check_new_view(new_view: NewView, config: ClusterConfig, verifier: Verifier)
         if view_change.new_view != new_view.view:
             raise _invalid(f"VIEW-CHANGE from replica {view_change.replica_id} is for another view")
         verifier.verify(view_change)
-        check_view_change(view_change, config, verifier)
+        check_view_change(view_change, config, verifier, keys_for_seq)
     stable_seq, batches = choose_reproposals(new_view.view_changes)
     expected = [(stable_seq + offset + 1, batch) for offset, batch in enumerate(batches)]
     actual = [(pp.seq, pp.batch) for pp in new_view.preprepares]
