@@ -133,7 +133,7 @@ class Checkpoints:
 
     def advance_low_water(self, seq: int, proof: tuple[Checkpoint, ...]) -> None:
         replica = self.replica
-        assert seq > self.low_water and len(proof) >= replica.quorum
+        assert seq > self.low_water and len(proof) >= replica.epochs.keys_for_seq(seq)[0].quorum
         # Durable with the water mark, so that a restart resumes from this stable checkpoint.
         replica._out.persist.extend(checkpoint for checkpoint in proof if checkpoint.replica_id != replica.replica_id)
         self.low_water = seq
@@ -352,10 +352,11 @@ class Checkpoints:
         replica._out.finalized.extend(entries)
         replica.execution.adopt_transferred(session.state, entries)
         replica.requests.forget_transferred(entries)
-        checkpoint = replica._sign(Checkpoint(seq, digest(session.state), replica.replica_id, bytes(64)))
-        replica._broadcast(checkpoint)
+        state_digest = digest(session.state)
+        if seq > replica.epochs.starts_after:  # A joining replica signs nothing for its predecessors' epoch.
+            replica._broadcast(replica._sign(Checkpoint(seq, state_digest, replica.replica_id, bytes(64))))
         self.checkpoint_states[seq] = session.state
-        self.state_adoptions.append(StateAdoption(seq, checkpoint.state_digest, session.proof,
+        self.state_adoptions.append(StateAdoption(seq, state_digest, session.proof,
                                                   session.header.log_length, session.header.head_hash, len(entries)))
         self.transfer = None
         self.transfer_counts["adopted"] += 1

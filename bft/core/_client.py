@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from ._certificate import VerdictCertificate
 from ._codec import request_digest
 from ._config import ClusterConfig
-from ._crypto import Signer, Verifier
+from ._crypto import KeyPair, Signer, Verifier
 from ._errors import ActionShapeError, CertificateError, LocalProtocolError, RemoteProtocolError
 from ._json_shape import value_shape_problem
 from ._messages import MAX_ACTION_BYTES, MAX_ACTION_DEPTH, Refusal, Reply, Request, Risk, action_shape_problem
@@ -75,9 +75,33 @@ class ClientCore:
         self.client_id = client_id
         self._signer = Signer(config.cluster_id, seed)
         self._verifier = Verifier(config.cluster_id, config.replica_keys, dict(config.client_keys))
+        # The configuration epochs this client knows (specs/RECONFIGURATION.md): (seq after which it governs,
+        # configuration, verifier).  A reply is judged by the epoch of its seq.
+        self._epochs: list[tuple[int, ClusterConfig, Verifier]] = [(0, config, self._verifier)]
         self._next_number = first_request_number
         self._outstanding: dict[int, _Outstanding] = {}
         self.rejected_replies = 0
+
+    def learn_epoch(self, starts_after: int, config: ClusterConfig) -> None:
+        """A later epoch of the configuration chain: replies for seqs above ``starts_after`` are judged by its
+        keys and f."""
+        if starts_after <= self._epochs[-1][0] or config.cluster_id != self.config.cluster_id:
+            raise LocalProtocolError("epochs are learned in order, for this cluster")
+        if self.client_id not in config.client_keys:
+            raise LocalProtocolError(f"client {self.client_id!r} is not in the new configuration")
+        self._epochs.append((starts_after, config, Verifier(config.cluster_id, config.replica_keys,
+                                                            dict(config.client_keys))))
+
+    def rotate_key(self, seed: bytes) -> None:
+        """Sign with ``seed`` from now on: this client's key in an epoch that is now active."""
+        _, config, _ = self._epochs[-1]
+        if config.client_keys.get(self.client_id) != KeyPair.from_seed(seed).public_key:
+            raise LocalProtocolError("the newest known epoch does not list this key for this client")
+        self._signer = Signer(config.cluster_id, seed)
+
+    def _epoch_of_seq(self, seq: int) -> tuple[ClusterConfig, Verifier]:
+        _, config, verifier = next(epoch for epoch in reversed(self._epochs) if epoch[0] < max(seq, 1))
+        return config, verifier
 
     @property
     def outstanding(self) -> tuple[Request, ...]:
@@ -97,18 +121,19 @@ class ClientCore:
         entry = self._outstanding.get(reply.request_number)
         if entry is None or reply.client_id != self.client_id or reply.request_digest != entry.digest:
             return None
+        config, verifier = self._epoch_of_seq(reply.seq)
         try:
-            self._verifier.verify(reply)
+            verifier.verify(reply)
         except RemoteProtocolError:
             self.rejected_replies += 1
             return None
         entry.replies.setdefault(reply.replica_id, reply)
         matching = tuple(r for _, r in sorted(entry.replies.items()) if r.outcome() == reply.outcome())
-        if len(matching) < self.config.reply_quorum:
+        if len(matching) < config.reply_quorum:
             return None
         certificate = VerdictCertificate(entry.request, matching)
         try:
-            certificate.verify(self.config, verifier=self._verifier)  # The replies were checked just above.
+            certificate.verify(config, verifier=verifier)  # The replies were checked just above.
         except CertificateError:
             self.rejected_replies += len(matching)
             return None
@@ -125,13 +150,14 @@ class ClientCore:
         entry = self._outstanding.get(refusal.request_number)
         if entry is None or refusal.client_id != self.client_id or refusal.request_digest != entry.digest:
             return False
+        _, config, verifier = self._epochs[-1]  # A refusal names no seq: the newest known epoch judges it.
         try:
-            self._verifier.verify(refusal)
+            verifier.verify(refusal)
         except RemoteProtocolError:
             self.rejected_replies += 1
             return False
         entry.refused_by.add(refusal.replica_id)
-        if len(entry.refused_by) < self.config.reply_quorum:
+        if len(entry.refused_by) < config.reply_quorum:
             return False
         del self._outstanding[refusal.request_number]
         return True

@@ -148,9 +148,9 @@ class NormalCase:
         in_flight_max = replica.limits.max_in_flight_batches
         while self.next_seq - 1 - replica.last_executed < in_flight_max and self.next_seq <= replica.high_water:
             entries = replica.requests.proposable()
-            if not entries:
+            if not entries and replica.epochs.ceiling() is None:
                 return
-            self._propose(entries)
+            self._propose(entries)  # With a change pending, empty batches carry the log to its activation seq.
 
     def _propose(self, entries: list[PendingRequest]) -> None:
         replica = self.replica

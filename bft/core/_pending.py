@@ -210,12 +210,14 @@ class PendingPool:
         self._voted_unproposed.pop(entry.serial, None)
         entry.awaits_order = entry.is_candidate = entry.awaits_proposal_here = False
 
-    def retain_votes(self, keep, has_quorum, tick: int) -> None:
+    def retain_votes(self, keep, has_quorum, request_valid, tick: int) -> None:
         """A new epoch: drop the votes of replicas ``keep`` rejects and judge each entry's quorum afresh
-        (``has_quorum``), since the quorum size may have changed; vote-created entries left without votes go."""
+        (``has_quorum``), since the quorum size may have changed; vote-created entries left without votes,
+        and requests the new epoch does not accept (``request_valid``: a client removed or re-keyed), go."""
         for entry in list(self._entries.values()):
             entry.votes = {replica_id: vote for replica_id, vote in entry.votes.items() if keep(replica_id)}
-            if entry.request is None and not entry.votes:
+            if (entry.request is None and not entry.votes) or (entry.request is not None
+                                                               and not request_valid(entry.request)):
                 self.discard(entry.digest)
                 continue
             entry._quorum_tick = (tick if entry.quorum_tick is None else entry.quorum_tick) \

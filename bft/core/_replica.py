@@ -94,10 +94,16 @@ ROLE_STEPS: dict[Role, RoleSteps] = {
 
 
 class Replica:
-    def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes) -> None:
-        if not 0 <= replica_id < config.replica_count:
-            raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {config.replica_count}")
-        if KeyPair.from_seed(seed).public_key != config.replica_keys[replica_id]:
+    def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes,
+                 later_epochs: tuple[tuple[int, ClusterConfig], ...] = ()) -> None:
+        """``config`` is the genesis configuration.  A replica that joins a later epoch also gets the chain
+        after the genesis as ``later_epochs``, (activation seq, configuration) pairs from the epoch
+        certificates (specs/RECONFIGURATION.md section 3.5); it works in the last one and fetches the state
+        by state transfer, checking it against the certificate of the epoch that ordered it."""
+        working = later_epochs[-1][1] if later_epochs else config
+        if not 0 <= replica_id < working.replica_count:
+            raise LocalProtocolError(f"replica id {replica_id} is not in a cluster of {working.replica_count}")
+        if KeyPair.from_seed(seed).public_key != working.replica_keys[replica_id]:
             raise LocalProtocolError(f"the private key does not match replica {replica_id}'s configured public key")
         self.config = config
         self.replica_id = replica_id
@@ -116,7 +122,7 @@ class Replica:
         self.views = ViewChanges(self)
         self.catch_up = CatchUp(self)
         self.accuser = Accountability(self)
-        self.epochs = Epochs(self, KeyPair.from_seed(seed).public_key)
+        self.epochs = Epochs(self, KeyPair.from_seed(seed).public_key, later_epochs)
         self._handlers = self._handler_table()
 
     def _handler_table(self) -> dict[type, Callable]:
@@ -214,10 +220,18 @@ class Replica:
     def is_primary(self) -> bool:
         return self.primary_id == self.replica_id and not self.epochs.retired
 
-    def install_configuration(self, config: ClusterConfig, verifier: Verifier) -> None:
-        """The next epoch's configuration and keys (``_replica_epochs``); the limits never change."""
+    def install_configuration(self, config: ClusterConfig, verifier: Verifier, seed: bytes | None = None) -> None:
+        """The next epoch's configuration and keys (``_replica_epochs``); the limits never change.  ``seed``:
+        this replica's own new key, when the epoch rotates it."""
         assert config.cluster_id == self.config.cluster_id and config.limits == self.limits
         self.config, self._quorum, self._verifier = config, config.quorum, verifier
+        if seed is not None:
+            self._signer = Signer(config.cluster_id, seed)
+
+    def stage_next_key(self, seed: bytes) -> None:
+        """Keep ``seed`` for a key rotation: if an epoch that lists its public key at this replica's id
+        activates, the replica signs with it from then on and stays a member (it is never sent anywhere)."""
+        self.epochs.stage_key(seed)
 
     @property
     def accountability(self) -> AccountabilityState:

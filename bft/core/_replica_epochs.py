@@ -25,10 +25,10 @@ and applies it to the protocol (specs/RECONFIGURATION.md section 3):
 from __future__ import annotations
 
 from ._config import ClusterConfig
-from ._crypto import Verifier
+from ._crypto import KeyPair, Verifier
 from ._errors import RemoteProtocolError
 from ._messages import Message, Request, ViewChange
-from ._reconfiguration import Epoch, EpochChain
+from ._reconfiguration import Epoch, configuration_digest
 
 WRONG_EPOCH = "wrong-epoch"
 
@@ -38,21 +38,40 @@ def member_of(config: ClusterConfig, replica_id: int, public_key: bytes) -> bool
 
 
 class Epochs:
-    def __init__(self, replica, public_key: bytes) -> None:
+    def __init__(self, replica, public_key: bytes, later_epochs: tuple[tuple[int, ClusterConfig], ...]) -> None:
         self.replica = replica
-        self.number = 0
-        self.starts_after = 0  # The activation seq of the epoch this replica works in (0 for the genesis).
         self.retired = False
         self._public_key = public_key
+        self._staged_seed: bytes | None = None
         self._verifiers: dict[int, Verifier] = {0: replica._verifier}
+        # The chain a joining replica was given, until the state it fetches holds it (then they must agree).
+        genesis = self.chain.epochs[0]
+        self._given = [genesis] + [Epoch(number, config, configuration_digest(config), starts_after)
+                                   for number, (starts_after, config) in enumerate(later_epochs, start=1)]
+        self.number = 0
+        self.starts_after = 0  # The activation seq of the epoch this replica works in (0 for the genesis).
+        if later_epochs:
+            working = self._given[-1]
+            replica.install_configuration(working.config, self._verifier_of(working))
+            self.number, self.starts_after = working.number, working.starts_after
 
     @property
-    def chain(self) -> EpochChain:
+    def chain(self):
+        """The replicated chain (``_reconfiguration.EpochChain``), rebuilt from the verdict log."""
         return self.replica.execution.accountability.epochs
 
+    def known_epochs(self) -> list[Epoch]:
+        """The longest chain this replica knows: the replicated one, or the one it was given to join with."""
+        replicated = self.chain.epochs
+        if len(replicated) < len(self._given):
+            return self._given
+        assert all(mine.config_digest == given.config_digest for mine, given in zip(replicated, self._given)), \
+            "the certified log's epoch chain differs from the chain this replica was given to join with"
+        return replicated
+
     def check_bounds(self) -> None:
-        assert len(self._verifiers) <= len(self.chain.epochs)
-        assert self.starts_after <= self.replica.low_water or self.number == 0
+        assert len(self._verifiers) <= len(self.known_epochs())
+        assert self.number < len(self.known_epochs())
 
     def ceiling(self) -> int | None:
         """The activation seq of the next epoch, once known here: nothing above it is ordered in this one."""
@@ -60,8 +79,11 @@ class Epochs:
 
     def keys_for_seq(self, seq: int) -> tuple[ClusterConfig, Verifier]:
         """The configuration and verifier of the epoch that orders ``seq``, as far as this replica knows."""
-        epoch = self.chain.epoch_of_seq(max(seq, 1))
+        epoch = next(e for e in reversed(self.known_epochs()) if e.starts_after < max(seq, 1))
         return epoch.config, self._verifier_of(epoch)
+
+    def stage_key(self, seed: bytes) -> None:
+        self._staged_seed = seed
 
     def _verifier_of(self, epoch: Epoch) -> Verifier:
         verifier = self._verifiers.get(epoch.number)
@@ -85,7 +107,7 @@ class Epochs:
         ``wrong-epoch`` (a removed replica, or a replaced key), not a forgery; anything else is unchanged."""
         if error.reason not in ("unknown-signer", "bad-signature") or isinstance(message, Request):
             return error
-        for epoch in self.chain.epochs:
+        for epoch in self.known_epochs():
             if epoch.number == self.number or message.replica_id >= epoch.config.replica_count:
                 continue
             try:
@@ -102,19 +124,21 @@ class Epochs:
         """The low water mark moved: install the epoch that orders the next seq, if it is a later one."""
         replica = self.replica
         epoch = self.chain.epoch_of_seq(replica.low_water + 1)
-        if epoch.number == self.number:
-            return
-        assert epoch.number > self.number and epoch.starts_after <= replica.low_water, (epoch.number, self.number)
+        if epoch.number <= self.number:
+            return  # The same epoch, or a joining replica whose fetched state has not reached its epoch yet.
+        assert epoch.starts_after <= replica.low_water, (epoch.number, self.number)
         old_keys, new_keys = replica.config.replica_keys, epoch.config.replica_keys
         staying = frozenset(r for r in range(min(len(old_keys), len(new_keys))) if old_keys[r] == new_keys[r])
-        replica.install_configuration(epoch.config, self._verifier_of(epoch))
+        rotated = self._staged_seed is not None and not member_of(epoch.config, replica.replica_id, self._public_key) \
+            and member_of(epoch.config, replica.replica_id, KeyPair.from_seed(self._staged_seed).public_key)
+        replica.install_configuration(epoch.config, self._verifier_of(epoch), self._staged_seed if rotated else None)
+        if rotated:
+            self._public_key, self._staged_seed = KeyPair.from_seed(self._staged_seed).public_key, None
         self.number, self.starts_after = epoch.number, epoch.starts_after
-        self._verifiers = {number: v for number, v in self._verifiers.items() if number >= epoch.number - 1}
-        if not member_of(epoch.config, replica.replica_id, self._public_key):
-            self.retired = True  # Removed or replaced: it stops, so its key counts for nothing above the switch.
-            return
-        # Joining replicas (new ids, new keys) have nothing to forget; what the others said in the old epoch
-        # is kept only for replicas that stay with the same key.
+        # Removed or replaced: it stops, so its key counts for nothing above the switch.  It still forgets what
+        # the old epoch's peers said below, so that its state keeps within the new epoch's bounds.
+        self.retired = not member_of(epoch.config, replica.replica_id, self._public_key)
+        # What the others said in the old epoch is kept only for replicas that stay with the same key.
         replica.requests.keep_votes_of(staying)
         replica.catch_up.forget_peers_outside(staying)
         replica.accuser.forget_peers_outside(staying)

@@ -201,8 +201,17 @@ class Requests:
     def keep_votes_of(self, members: frozenset[int]) -> None:
         """A new epoch (``_replica_epochs``): only its members' votes count, with its quorum."""
         replica = self.replica
+
+        def request_valid(request: Request) -> bool:
+            try:
+                replica._verifier.verify(request)
+            except RemoteProtocolError:
+                return False
+            return True
+
         self.pending.retain_votes(members.__contains__,
-                                  lambda pending: self._counted_vote_count(pending) >= replica.quorum, replica.ticks)
+                                  lambda pending: self._counted_vote_count(pending) >= replica.quorum,
+                                  request_valid, replica.ticks)
 
     def _counted_vote_count(self, pending: PendingRequest) -> int:
         accountability = self.replica.execution.accountability

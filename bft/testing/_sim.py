@@ -161,6 +161,25 @@ class SimCluster:
         self.finalized[replica_id] = list(recovered.log) if self.record_history else []
         self.crashed.discard(replica_id)
 
+    def put_replica(self, replica: Replica, seed: bytes) -> None:
+        """A replica joining through a configuration change (``harness._reconfiguration``): a new id is
+        appended, an existing id (a replacement) gets the new replica, a fresh store and no history."""
+        replica_id = replica.replica_id
+        assert replica_id <= len(self.replicas) and replica_id not in self.twins
+        fresh = self.store_factory(replica_id) if self.store_factory else MemoryStore()
+        if replica_id == len(self.replicas):
+            self.replicas.append(replica)
+            self.replica_seeds.append(seed)
+            self.stores.append(fresh)
+            self.pruners.append(StorePruner() if self.pruners[0] is not None else None)
+            self.finalized.append([])
+            self.policies.setdefault(replica_id, AllowAll())
+        else:
+            self.replicas[replica_id], self.replica_seeds[replica_id] = replica, seed
+            self.stores[replica_id], self.finalized[replica_id] = fresh, []
+        self.crashed.discard(replica_id)
+        self._handle_ready(replica_id, replica.tick(self.now_ms))
+
     def add_twin(self, replica_id: int) -> tuple:
         """Twins: a second, correct copy of ``replica_id`` with the same key, reachable as ("twin", id).
 
@@ -238,6 +257,8 @@ class SimCluster:
         if isinstance(destination, str):
             self._deliver_to_client(destination, message)
             return
+        if isinstance(destination, int) and destination >= len(self.replicas):
+            return  # An id of a later epoch whose replica has not joined yet: nobody listens there.
         replica = self.twins[destination[1]] if isinstance(destination, tuple) else self.replicas[destination]
         from_client = isinstance(source, str) and isinstance(message, Request)
         ready = replica.submit(message) if from_client else replica.step(message)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Iterable
 from bft.core import LogEntry, PrePrepare, VerdictCertificate
 
 from ._common import Evidence, Violation
+from ._epochs import check_all_epochs
 from ._logs import check_stability
 from ._together import check_all
 
@@ -42,6 +43,14 @@ def gather_sim_evidence(cluster: "SimCluster", correct: Iterable[int], evidence:
     return evidence
 
 
+def sim_epochs(cluster: "SimCluster", correct: Iterable[int]) -> list[tuple[int, object]]:
+    """The longest epoch chain a correct replica executed, as (starts_after, config) pairs (the chains of
+    correct replicas are prefixes of each other, by S1)."""
+    chains = [cluster.replicas[r].execution.accountability.epochs.epochs for r in correct]
+    longest = max(chains, key=len, default=())
+    return [(epoch.starts_after, epoch.config) for epoch in longest] or [(0, cluster.config)]
+
+
 def check_sim(cluster: "SimCluster", correct: set[int], evidence: Evidence | None = None) -> list[Violation]:
     """S1..S5, S7 and S8 over a simulation, treating the replicas in ``correct`` as correct.
 
@@ -57,6 +66,14 @@ def check_sim(cluster: "SimCluster", correct: set[int], evidence: Evidence | Non
     violations = [Violation("S3", f"replica {replica_id}'s persisted log differs from what it finalized")
                   for replica_id in sorted(correct)
                   if cluster.record_history and list(logs[replica_id]) != cluster.finalized[replica_id]]
+    epochs = sim_epochs(cluster, correct)
+    if len(epochs) > 1:  # Reconfigured: every seq is judged under its own epoch's configuration.
+        return violations + check_all_epochs(
+            logs, epochs, sim_certificates(cluster), evidence=evidence,
+            signed={replica_id: state.signed for replica_id, state in durable.items()},
+            stable_proofs={replica_id: cluster.replicas[replica_id].stable_proof for replica_id in correct},
+            adoptions={replica_id: tuple(cluster.replicas[replica_id].state_adoptions) for replica_id in correct},
+            require_evidence=True)
     return violations + check_all(
         logs, cluster.config, sim_certificates(cluster), evidence=evidence,
         signed={replica_id: state.signed for replica_id, state in durable.items()},
@@ -87,6 +104,11 @@ class SimMonitor:
         self._previous = current
         self.checks += 1
         return violations
+
+    def replica_joined(self, replica_id: int) -> None:
+        """A replica joined (a new id, or a replacement with a fresh store and no history) and is correct."""
+        self.correct.add(replica_id)
+        self._previous[replica_id] = ()
 
     def assert_ok(self, context: str = "") -> None:
         violations = self.check()
