@@ -21,6 +21,8 @@ from bft.testing import SimCluster, lying_state_transfer
 from bft.testing._interactions import Interactions, replay
 from specs.invariants import SimMonitor, check_all
 
+from ._reconfiguration import run_reconfiguration
+
 # Tiny windows so a short partition leaves a replica several stable checkpoints behind.
 _TRANSFER_LIMITS = Limits(max_batch_requests=2, max_in_flight_batches=3, log_window=4, checkpoint_interval=2,
                           state_transfer_chunk_entries=3, state_transfer_wait_ticks=3, state_transfer_retry_ticks=10)
@@ -139,6 +141,7 @@ def equivocating_primary_then_crash() -> list[str]:
 
 # Replica 0 is the first peer the laggard asks; the lie seed picks which lie it tells first.
 SCENARIOS: dict[str, Callable[[], list[str]]] = {
+    "reconfiguration": run_reconfiguration,
     "conflicting-certificates-from-two-views": conflicting_certificates_from_two_views,
     "equivocating-primary-then-crash": equivocating_primary_then_crash,
 } | {
@@ -153,6 +156,7 @@ PREPARE_QUORUM_SCENARIOS = ("equivocating-primary-then-crash",)
 STATE_TRANSFER_SCENARIOS = tuple(name for name in SCENARIOS if name.startswith("lagging-replica"))
 GOLDEN_NORMAL_CASE = ("golden:normal_low",)
 GOLDEN_VIEW_CHANGE = ("golden:view_change_conflicting_certificates",)
+RECONFIGURATION_SCENARIOS = ("reconfiguration",)
 
 
 def run_scenario(name: str) -> list[str]:

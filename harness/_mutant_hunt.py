@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from ._hunt_scenarios import (GOLDEN_NORMAL_CASE, GOLDEN_VIEW_CHANGE, PREPARE_QUORUM_SCENARIOS,
-                              STATE_TRANSFER_SCENARIOS, VIEW_CHANGE_SCENARIOS, run_scenario)
+                              RECONFIGURATION_SCENARIOS, STATE_TRANSFER_SCENARIOS, VIEW_CHANGE_SCENARIOS,
+                              run_scenario)
 from ._linearizability import Validity
 from ._modelcheck import MENU, ModelCheckResult, ModelCheckSettings, run_model_check
 from ._mutants import MUTANTS
@@ -124,6 +125,8 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "stable-checkpoint-from-f-plus-1": _MENU_DEFAULT_SCHEDULE,
     "state-transfer-skips-digest-check": ScenarioPlan(STATE_TRANSFER_SCENARIOS),
     "execute-out-of-order": _MENU_DEFAULT_SCHEDULE,
+    # Needs a configuration change under load: the simulated n=4 -> 7 -> 4 run with replacement and rotation.
+    "old-epoch-orders-past-activation": ScenarioPlan(RECONFIGURATION_SCENARIOS),
 }
 # A second checker that catches the same bug (run by the self-test too).
 CROSS_CHECKS: dict[str, SwarmPlan | ModelCheckPlan | ScenarioPlan] = {

@@ -109,6 +109,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "execution-execute": PatchPoint("bft.core._execution:ExecutionState.execute", "applying one batch at a seq"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
                               "the configuration a client checks replies with"),
+    "epoch-ceiling": PatchPoint("bft.core._replica_epochs:Epochs.ceiling",
+                                "where the old epoch's window ends once a configuration change executed"),
 }
 
 
@@ -427,6 +429,10 @@ def _execute_out_of_order() -> list[ContextManager]:
     return [PATCH_POINTS["execute-committed"].patch(execute_committed), _wrap("execution-execute", make_execute)]
 
 
+def _old_epoch_orders_past_activation() -> list[ContextManager]:
+    return [PATCH_POINTS["epoch-ceiling"].patch(lambda self: None)]  # No ceiling: the window runs on past a.
+
+
 MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("quorum-one-smaller", "quorums of q-1: two quorums may share no correct replica (S1)",
            ("replica-init",), _quorum_one_smaller),
@@ -473,6 +479,9 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            "(S9, S1)", ("snapshot-digest",), _state_transfer_skips_digest_check),
     Mutant("execute-out-of-order", "a committed slot executes before a lower one has committed (S1)",
            ("execute-committed", "execution-execute"), _execute_out_of_order),
+    Mutant("old-epoch-orders-past-activation", "the old epoch keeps ordering above the activation seq a, as if the "
+           "change took effect at once (specs/RECONFIGURATION.md section 6; S11)",
+           ("epoch-ceiling",), _old_epoch_orders_past_activation),
 )}
 
 assert all(key in PATCH_POINTS for mutant in MUTANTS.values() for key in mutant.patch_points)
