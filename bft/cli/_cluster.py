@@ -252,23 +252,36 @@ def _add_verify(subcommands) -> None:
                                                  "1 with the reason if not.")
     command.add_argument("certificate", type=Path, metavar="CERT.json")
     command.add_argument("--config", type=_cluster_path, required=True, metavar="CLUSTER.toml")
+    command.add_argument("--chain", type=Path, metavar="CHAIN.json",
+                         help="the epoch certificates after the genesis configuration of CLUSTER.toml: a JSON list "
+                              "of the config-change certificates, in order (specs/RECONFIGURATION.md section 5); "
+                              "the certificate is checked under the epoch of its seq")
     command.set_defaults(handler=_run_verify)
 
 
 def _run_verify(arguments: argparse.Namespace) -> int:
+    from ..core._epoch_chain import verify_in_chain
     cluster = load_cluster_file(arguments.config)
     text = _read_certificate_text(arguments.certificate)
     try:
         certificate = certificate_in_document(load_json_document(text))
-        certificate.verify(cluster.config)
+        links = _chain_links(arguments.chain) if arguments.chain else []
+        epoch = verify_in_chain(certificate, cluster.config, links)
     except CertificateError as error:
         print(f"invalid: {error}", file=sys.stderr)
         return EXIT_FAILED
     signers = [reply.replica_id for reply in certificate.replies]
     print(f"valid: {certificate.decision.value} for {certificate.request.client_id} request "
           f"#{certificate.request.request_number} ({certificate.request.risk.value} risk) at seq {certificate.seq}, "
-          f"signed by replicas {signers} of cluster {cluster.config.cluster_id}")
+          f"signed by replicas {signers} of cluster {cluster.config.cluster_id}, epoch {epoch}")
     return EXIT_OK
+
+
+def _chain_links(path: Path) -> list[VerdictCertificate]:
+    document = load_json_document(_read_certificate_text(path))
+    if not isinstance(document, list):
+        raise CertificateError("the chain must be a JSON list of epoch certificates")
+    return [certificate_in_document(link) for link in document]
 
 
 def _read_certificate_text(path: Path) -> str:
