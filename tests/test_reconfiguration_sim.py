@@ -89,3 +89,22 @@ def test_the_old_epoch_ordering_past_activation_is_caught_by_s11() -> None:
     with MUTANTS["old-epoch-orders-past-activation"].activate():
         findings = run_reconfiguration(seed=0)
     assert any(finding.startswith("S11:") for finding in findings), findings[:5]
+
+
+@pytest.mark.slow
+def test_a_member_restarted_after_an_activation_resumes_in_the_new_epoch() -> None:
+    run = Reconfiguration(seed=2)
+    run.settle("genesis")
+    grown = run.config.replica_keys + tuple(_key(f"joiner-{i}").public_key for i in (4, 5, 6))
+    run.change(grown)
+    for replica_id in (4, 5, 6):
+        run.join(replica_id, f"joiner-{replica_id}")
+    assert run.run_until(lambda: run.activated(range(7)), "growing to n=7")
+    run.settle("n=7")
+    run.cluster.crash(0)
+    run.cluster.run(200)
+    run.cluster.restart(0)  # From its store: the log rebuilds the chain, the stable proof is epoch 1's quorum.
+    restarted = run.cluster.replicas[0]
+    assert restarted.epochs.number == 1 and restarted.quorum == 5
+    run.settle("after the restart")
+    assert run.findings == []

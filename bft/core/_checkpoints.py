@@ -52,7 +52,8 @@ class Checkpoints:
     def restore(self, signed: list[Message], own: list[Message]) -> None:
         """After a restart: the latest stable checkpoint we persisted a proof of, and our own checkpoints above it."""
         replica = self.replica
-        proof = latest_stable_proof(signed, replica.quorum, replica.last_executed)
+        proof = latest_stable_proof(signed, lambda seq: replica.epochs.keys_for_seq(seq)[0].quorum,
+                                    replica.last_executed)
         if proof:
             self.low_water, self.stable_proof = proof[0].seq, proof
         for checkpoint in own:

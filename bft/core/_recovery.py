@@ -21,24 +21,26 @@ written by this replica itself) and return what to restore.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ._codec import record_digest
 from ._messages import Checkpoint, Message, NewView, PrePrepare, Prepare, PreparedProof
 from ._quorum import primary_of
 
 
-def latest_stable_proof(signed: Iterable[Message], quorum: int, executed_through: int) -> tuple[Checkpoint, ...]:
-    """The quorum of matching stored checkpoints at the highest seq this replica executed, or ()."""
+def latest_stable_proof(signed: Iterable[Message], quorum_at: Callable[[int], int],
+                        executed_through: int) -> tuple[Checkpoint, ...]:
+    """The quorum of matching stored checkpoints at the highest seq this replica executed, or ().
+    ``quorum_at(seq)`` is the quorum of the epoch that ordered ``seq``."""
     signers: dict[tuple[int, bytes], dict[int, Checkpoint]] = defaultdict(dict)
     for message in signed:
         if isinstance(message, Checkpoint) and message.seq <= executed_through:
             signers[(message.seq, message.state_digest)][message.replica_id] = message
-    proven = [key for key, by_replica in signers.items() if len(by_replica) >= quorum]
+    proven = [key for key, by_replica in signers.items() if len(by_replica) >= quorum_at(key[0])]
     if not proven:
         return ()
     best = max(proven)
-    return tuple(checkpoint for _, checkpoint in sorted(signers[best].items())[:quorum])
+    return tuple(checkpoint for _, checkpoint in sorted(signers[best].items())[:quorum_at(best[0])])
 
 
 def stored_preprepares(signed: Iterable[Message], replica_count: int) -> list[PrePrepare]:
