@@ -42,6 +42,10 @@ S9  state transfer    each adoption a correct replica recorded (its proof, its s
 S10 vote floor        ``signed`` in the order each replica persisted it (a repeated
                       message counts where it first appears): after a VIEW-CHANGE
                       for view w, no PRE-PREPARE, PREPARE or COMMIT of a view below w.
+S11 epochs            ``signed`` and the epoch chain: no correct replica signs for a
+                      seq of an epoch it is not a member of (with that key), and no
+                      view spans two epochs at a replica (``_epochs``, which also
+                      judges S1-S10 per epoch: ``check_all_epochs``).
 ==  ================  ===========================================================
 
 Predicates return violations and never raise on bad data: a checker that
@@ -56,6 +60,7 @@ public name is re-exported here.
 from __future__ import annotations
 
 from ._common import Evidence, Logs, MAX_REQUEST_CANDIDATES, SignedByReplica, Violation
+from ._epochs import check_all_epochs, check_epoch_membership, check_epoch_views
 from ._logs import (allow_problem, certificate_problem, check_agreement, check_deadline, check_exactly_once,
                     check_integrity, check_stability, check_validity)
 from ._signed import (check_checkpoints, check_log_prefixes, check_no_equivocation, check_state_transfers,
@@ -64,7 +69,8 @@ from ._sim import SimMonitor, check_sim, gather_sim_evidence, sim_certificates
 from ._together import check_all
 
 __all__ = ["Evidence", "Logs", "MAX_REQUEST_CANDIDATES", "SignedByReplica", "SimMonitor", "Violation",
-           "allow_problem", "certificate_problem", "check_agreement", "check_all", "check_checkpoints",
+           "allow_problem", "certificate_problem", "check_agreement", "check_all", "check_all_epochs",
+           "check_checkpoints", "check_epoch_membership", "check_epoch_views",
            "check_deadline", "check_exactly_once", "check_integrity", "check_log_prefixes", "check_no_equivocation",
            "check_sim", "check_stability", "check_state_transfers", "check_validity", "check_vote_floor",
            "gather_sim_evidence", "sim_certificates"]
