@@ -107,7 +107,8 @@ class Epochs:
         ``wrong-epoch`` (a removed replica, or a replaced key), not a forgery; anything else is unchanged."""
         if error.reason not in ("unknown-signer", "bad-signature") or isinstance(message, Request):
             return error
-        for epoch in self.known_epochs():
+        # Only the neighbouring epochs: a bad signature must not cost a check per epoch of a long chain.
+        for epoch in self.known_epochs()[max(self.number - 1, 0):self.number + 2]:
             if epoch.number == self.number or message.replica_id >= epoch.config.replica_count:
                 continue
             try:
