@@ -430,3 +430,16 @@ def test_verify_refuses_look_alike_values_and_repeated_fields(submitted, verify_
     repeated = submitted["DENY"].replace('"status": "DENY"', '"status": "ALLOW", "status": "DENY"', 1)
     code, _, err = verify_text(capsys, verify_directory, tmp_path, repeated)
     assert code == EXIT_FAILED and err == "invalid: status does not match the signed content (it appears twice)\n"
+
+
+def test_verify_with_a_chain_names_the_epoch_and_refuses_a_link_that_is_no_configuration_change(
+        submitted, verify_directory, tmp_path, capsys):
+    certificate = tmp_path / "allow.json"
+    certificate.write_text(submitted["ALLOW"])
+    chain = tmp_path / "chain.json"
+    chain.write_text("[]")  # The genesis epoch alone.
+    code, out, err = run(capsys, "verify", certificate, "--config", verify_directory, "--chain", chain)
+    assert code == EXIT_OK and out.startswith("valid: ALLOW") and out.rstrip().endswith("epoch 0"), err
+    chain.write_text(f"[{submitted['DENY']}]")  # A verdict, not a config-change: the chain does not hold.
+    code, out, err = run(capsys, "verify", certificate, "--config", verify_directory, "--chain", chain)
+    assert (code, out) == (EXIT_FAILED, "") and "epoch 1's certificate" in err, err
