@@ -31,6 +31,7 @@ PHASE_MS_MAX = 30_000
 LOAD_EVERY_MS = 20
 LOAD_BURST = 2  # Requests per burst: enough to keep batches in flight across every activation.
 LOAD_DEADLINE_MS = 5_000
+CHANGE_ATTEMPTS = 3
 
 
 def _key(name: str):
@@ -61,15 +62,16 @@ class Reconfiguration:
 
     # ------------------------------------------------------------- running under load
 
-    def run_until(self, condition: Callable[[], bool], what: str) -> bool:
-        """Run, submitting a load request every ``LOAD_EVERY_MS``, until ``condition`` or the phase limit."""
+    def run_until(self, condition: Callable[[], bool], what: str, load: bool = True) -> bool:
+        """Run, submitting ``LOAD_BURST`` requests every ``LOAD_EVERY_MS`` (with ``load``), until ``condition``
+        or the phase limit."""
         cluster = self.cluster
         end = cluster.now_ms + PHASE_MS_MAX
         while not condition():
             if cluster.now_ms >= end:
                 self.findings.append(f"progress: {what} did not happen within {PHASE_MS_MAX} ms")
                 return False
-            for _ in range(LOAD_BURST):
+            for _ in range(LOAD_BURST if load else 0):
                 cluster.submit(CLIENT, {"tool": "read", "n": self.load_submitted}, Risk.LOW,
                                deadline_ms=cluster.now_ms + LOAD_DEADLINE_MS)
                 self.load_submitted += 1
@@ -82,27 +84,33 @@ class Reconfiguration:
     def settle(self, context: str) -> None:
         """Let the load finish: every load request must end with a certificate (refusals are counted)."""
         self.run_until(lambda: all(r.certificate or r.refused for r in self.cluster.operations.values()),
-                       f"{context}: every request finishing")
+                       f"{context}: every request finishing", load=False)
         self.check(context)
 
     # ------------------------------------------------------------- changes
 
     def change(self, replica_keys: tuple[bytes, ...], client_keys: dict[str, bytes] | None = None) -> int:
-        """Order a change to ``replica_keys`` (and clients); return its activation seq (0 if it failed)."""
+        """Order a change to ``replica_keys`` (and clients); return its activation seq (0 if it failed).
+
+        A change needs every replica's ALLOW (CRITICAL risk); on a lossy network one vote may miss the batch,
+        and the operator then submits it again, at most ``CHANGE_ATTEMPTS`` times."""
         current, cluster = self.config, self.cluster
         clients = client_keys or {c: current.client_keys[c] for c in current.ordinary_client_ids}
         new = ClusterConfig.create(current.cluster_id, replica_keys, {**clients, OPERATOR: _key(OPERATOR).public_key},
                                    limits=current.limits, operator_keys=dict(current.operator_keys))
         document = sign_document(current.cluster_id, change_document(new, len(self.chain), current),
                                  {"alice": _key(OPERATOR).seed})
-        request = cluster.submit(OPERATOR, document, Risk.CRITICAL)
-        if not self.run_until(lambda: cluster.operations[request.key].certificate is not None,
-                              f"epoch {len(self.chain)}'s change executing"):
-            return 0
-        if cluster.verdict(request) is not Decision.ALLOW:
-            self.findings.append(f"epoch {len(self.chain)}'s change was denied: "
-                                 f"{cluster.operations[request.key].certificate.reason}")
-            return 0
+        for attempt in range(1, CHANGE_ATTEMPTS + 1):
+            request = cluster.submit(OPERATOR, document, Risk.CRITICAL)
+            if not self.run_until(lambda: cluster.operations[request.key].certificate is not None,
+                                  f"epoch {len(self.chain)}'s change executing"):
+                return 0
+            reason = cluster.operations[request.key].certificate.reason
+            if cluster.verdict(request) is Decision.ALLOW:
+                break
+            if attempt == CHANGE_ATTEMPTS or not reason.startswith("insufficient approvals"):
+                self.findings.append(f"epoch {len(self.chain)}'s change was denied: {reason}")
+                return 0
         members = [r for r in self.monitor.correct if r < len(cluster.replicas)]
         epochs = max((cluster.replicas[r].execution.accountability.epochs.epochs for r in members), key=len)
         activation = epochs[len(self.chain)].starts_after
