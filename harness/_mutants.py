@@ -77,8 +77,10 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "check-new-view": PatchPoint("bft.core._replica_views:check_new_view", "NEW-VIEW proof validation"),
     "check-prepared": PatchPoint("bft.core._normal_case:NormalCase._check_prepared",
                                  "what happens once a slot is prepared"),
-    "broadcast": PatchPoint("bft.core._replica:Replica._broadcast",
-                            "persist-then-send of a replica's own signed messages"),
+    "send-own": PatchPoint("bft.core._replica:Replica._send_own",
+                           "persist-then-send of a replica's own signed messages"),
+    "receive-bundle": PatchPoint("bft.core._replica:Replica._receive_bundle",
+                                 "how a backup takes in the quorum its primary forwards"),
     "tick-input": PatchPoint("bft.core._replica:Replica._tick", "what a replica does when its clock ticks"),
     "validate-votes": PatchPoint("bft.core._normal_case:NormalCase._validate_votes",
                                  "which vote sets a batch entry may carry"),
@@ -219,8 +221,8 @@ _UNPERSISTED = "_mutant_unpersisted"
 
 def _send_before_persist() -> list[ContextManager]:
     """Own signed messages go out at once and become durable at the next tick, like a timer-driven sync."""
-    def broadcast(self, message):
-        self._send_to_others(message)
+    def send_own(self, message, destinations):
+        self._out.to_replicas.extend((replica_id, message) for replica_id in destinations)
         self.__dict__.setdefault(_UNPERSISTED, []).append(message)
 
     def make_tick(original):
@@ -228,7 +230,7 @@ def _send_before_persist() -> list[ContextManager]:
             self._out.persist.extend(self.__dict__.pop(_UNPERSISTED, []))
             return original(self, now_ms)
         return tick
-    return [PATCH_POINTS["broadcast"].patch(broadcast), _wrap("tick-input", make_tick)]
+    return [PATCH_POINTS["send-own"].patch(send_own), _wrap("tick-input", make_tick)]
 
 
 def _vote_not_bound_to_request() -> list[ContextManager]:
@@ -304,6 +306,18 @@ def _backup_never_shares_overdue_votes() -> list[ContextManager]:
     return [PATCH_POINTS["share-overdue-votes"].patch(share_overdue_votes)]
 
 
+def _bundle_trusts_its_forwarder() -> list[ContextManager]:
+    """A backup takes the PREPAREs and COMMITs its primary forwards on the primary's word: the bundle came
+    over an authenticated link from the primary, so its parts go straight to their handlers, unverified."""
+    def receive_bundle(self, bundle):
+        for part in (*bundle.prepares, *bundle.commits):
+            try:
+                self._handlers[type(part)](part)
+            except RemoteProtocolError as error:
+                self._reject(error.from_sender(f"replica {bundle.replica_id}"))
+    return [PATCH_POINTS["receive-bundle"].patch(receive_bundle)]
+
+
 def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
     """The superfluous-message filter judges a slot by its PRE-PREPARE instead of its quorum: the PREPAREs
     and COMMITs a slot still needs are dropped unverified, and the slot never prepares."""
@@ -357,10 +371,11 @@ def _prepared_with_one_prepare_too_few() -> list[ContextManager]:
         proof = self.prepared_proofs[slot.seq] = PreparedProof(slot.preprepare, slot.matching_prepares()[:quorum])
         replica._out.persist.extend(message for message in (proof.preprepare, *proof.prepares)
                                     if message.replica_id != replica.replica_id)
+        self._forward_quorum(prepares=proof.prepares)
         if not self.may_sign("commit", slot.seq, slot.batch_digest):
             return
         commit = replica._sign(Commit(replica.view, slot.seq, slot.batch_digest, replica.replica_id, bytes(64)))
-        replica._broadcast(commit)
+        replica._send_to_primary(commit)
         slot.commits[replica.replica_id] = commit
         self._check_committed(slot)
 
@@ -441,7 +456,7 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("execute-before-commit", "a prepared batch executes without a commit quorum (S1 after a view change)",
            ("check-prepared",), _execute_before_commit),
     Mutant("send-before-persist", "own signed messages are sent before they are durable (S7 after a restart)",
-           ("broadcast", "tick-input"), _send_before_persist),
+           ("send-own", "tick-input"), _send_before_persist),
     Mutant("vote-not-bound-to-request", "a vote signed for one request justifies another (S2)",
            ("validate-votes",), _vote_not_bound_to_request),
     Mutant("count-duplicate-votes", "one replica's vote counted several times (S2)",
@@ -456,6 +471,9 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("client-init",), _certificate_accepts_f_replies),
     Mutant("backup-never-shares-overdue-votes", "a primary that withholds proposals is never replaced (liveness)",
            ("share-overdue-votes",), _backup_never_shares_overdue_votes),
+    Mutant("bundle-trusts-forwarder", "a backup counts the PREPAREs and COMMITs its primary forwards without "
+           "checking their signatures: a Byzantine primary forges a quorum (S1)",
+           ("receive-bundle",), _bundle_trusts_its_forwarder),
     Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
            ("adds-nothing",), _drop_phase_votes_before_their_quorum),
     Mutant("reproposal-ignores-highest-view", "a new view re-proposes the lowest view's prepared certificate, "
