@@ -10,7 +10,8 @@ it performs:
 
 - receiving a message: its decode, plus one verification for each signature
   the replica has not checked before (a pre-prepare's request and votes are
-  usually already known from their own broadcast);
+  usually already known from their own broadcast; a bundle's parts each
+  count as a message of their own);
 - what the input produced: a signature per message it signed, one encode per
   distinct message sent (a broadcast is encoded once, as the runtime does),
   a policy evaluation per request to judge, and, with durable storage, one
@@ -33,8 +34,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from bft.core import (ClientCore, ClusterConfig, KeyPair, LogEntry, LogRead, Message, PrePrepare, Ready, Rejection,
-                      Replica, Reply, Request, apply_ready, decode, encode, max_faulty, request_digest)
+from bft.core import (Bundle, ClientCore, ClusterConfig, KeyPair, LogEntry, LogRead, Message, PrePrepare, Ready,
+                      Rejection, Replica, Reply, Request, apply_ready, decode, encode, max_faulty, request_digest)
 from bft.policy import evaluate_fail_safe
 from bft.storage import MemoryStore
 
@@ -144,7 +145,7 @@ class CostedSimulation:
 
     def _replica_receives(self, replica_id: int, message: Message) -> None:
         costs = self.costs
-        cost_us = costs.decode_us[_kind(message)] + costs.verify_us * self._new_signatures(replica_id, message)
+        cost_us = _decode_us(costs, message) + costs.verify_us * self._new_signatures(replica_id, message)
         start_ms = max(self.now_ms, self.cpu_free_ms[replica_id])
         replica = self.replicas[replica_id]
         ready = replica.submit(message) if isinstance(message, Request) else replica.step(message)
@@ -152,7 +153,10 @@ class CostedSimulation:
 
     def _new_signatures(self, replica_id: int, message: Message) -> int:
         """Signatures in ``message`` this replica has not checked before (its verifier caches the rest)."""
-        signatures = [message.signature]
+        if isinstance(message, Bundle):  # It signs nothing; its parts are checked one by one.
+            signatures = [part.signature for part in (*message.prepares, *message.commits)]
+        else:
+            signatures = [message.signature]
         if isinstance(message, PrePrepare):
             for entry in message.batch.entries:
                 signatures += [entry.request.signature, *(vote.signature for vote in entry.votes)]
@@ -216,6 +220,12 @@ class CostedSimulation:
     @property
     def highest_view(self) -> int:
         return max(replica.view for replica in self.replicas)
+
+
+def _decode_us(costs: UnitCosts, message: Message) -> float:
+    if isinstance(message, Bundle):  # The parts are PREPAREs or COMMITs, the same size.
+        return costs.decode_us["prepare"] * len((*message.prepares, *message.commits))
+    return costs.decode_us[_kind(message)]
 
 
 def _kind(message: Message) -> str:

@@ -31,7 +31,7 @@ from typing import Callable, TextIO
 
 from bft.cluster import (ConfigFileError, NodeFactory, ReplicaStartError, ReplicaUsageError, load_cluster_file,
                          run_replica)
-from bft.core import LocalProtocolError, Message, Prepare, Signer, decode, encode
+from bft.core import Bundle, LocalProtocolError, Message, Prepare, Signer, decode, encode
 from bft.runtime import ReplicaNode
 from bft.runtime._framing import HEADER_BYTES, encode_frame
 from bft.testing import STRATEGIES, Interceptor
@@ -48,12 +48,20 @@ CLIENT_ONLY_STRATEGIES = frozenset({"lying-replies"})
 
 def equivocating_prepares() -> Interceptor:
     """Every PREPARE goes out twice on the same link: as the core made it, then re-signed for a batch digest
-    nobody proposed.  Each peer thus holds two validly signed, conflicting PREPAREs from this replica for one
-    (view, seq): the proof the accountability code turns into a quarantine."""
+    nobody proposed.  The receiver (the primary, or every backup when this replica is the primary and its
+    PREPARE travels in the bundles it forwards) thus holds two validly signed, conflicting PREPAREs from this
+    replica for one (view, seq): the proof the accountability code turns into a quarantine."""
+
+    def phantom(prepare: Prepare, signer: Signer) -> Prepare:
+        return signer.sign(dataclasses.replace(prepare, batch_digest=PHANTOM_BATCH_DIGEST))
 
     def intercept(destination, message: Message, signer: Signer) -> list[Message]:
         if isinstance(message, Prepare) and message.batch_digest != PHANTOM_BATCH_DIGEST:
-            return [message, signer.sign(dataclasses.replace(message, batch_digest=PHANTOM_BATCH_DIGEST))]
+            return [message, phantom(message, signer)]
+        if isinstance(message, Bundle):
+            own = [part for part in message.prepares if part.replica_id == message.replica_id]
+            return [message, *(dataclasses.replace(message, prepares=(phantom(part, signer),), commits=())
+                               for part in own)]
         return [message]
 
     return intercept

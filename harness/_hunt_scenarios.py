@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from bft.core import Commit, Limits, PrePrepare, Prepare, Risk
+from bft.core import Bundle, Limits, PrePrepare, Risk
 from bft.core._codec import record_digest
 from bft.testing import SimCluster, lying_state_transfer
 from bft.testing._interactions import Interactions, replay
@@ -59,18 +59,20 @@ def lagging_replica_fetches_from_a_liar(liar: int, lie_seed: int) -> list[str]:
     return findings + [str(violation) for violation in monitor.check()]
 
 
-# Interaction-driver commands (the golden scripts' language, tests/interactions/README.md).  View 0: only r3
-# prepares batch A at seq 1, then is cut off.  View 1 (primary r1) forms without any certificate, and its new
-# batch B for the same request prepares at r0, r1, r2 but commits and executes at r1 alone, which then
-# crashes.  View 2 (primary r2) forms from the VIEW-CHANGEs of r0 and r2 (B, view 1) and r3 (A, view 0): it
-# must re-propose B, the batch that may have committed (it did, at r1).
+# Interaction-driver commands (the golden scripts' language, tests/interactions/README.md), the story of
+# tests/interactions/view_change_conflicting_certificates.txt.  n=7.  View 0: the primary r0 prepares batch A
+# at seq 1 and forwards the PREPARE quorum to r6 alone; r0 and r6 are cut off.  View 1 (primary r1) forms
+# without any certificate, and its new batch B for the same request prepares at r1-r5 but commits and
+# executes at r1 alone, which then crashes.  View 2 (primary r2) forms from VIEW-CHANGEs holding A (view 0)
+# and B (view 1): it must re-propose B, the batch that may have committed (it did, at r1).
 CONFLICTING_CERTIFICATES = (
-    "cluster n=4 view_change_timeout_ticks=4", "propose client=client-0 risk=low action=pay",
-    "deliver type=REQUEST", "deliver type=VOTE", "drop type=PRE-PREPARE to=r1", "deliver type=PRE-PREPARE",
-    "deliver type=PREPARE to=r3", "drop type=PREPARE", "drop type=COMMIT", "partition 0,1,2 | 3", "tick 5",
+    "cluster n=7 view_change_timeout_ticks=4", "propose client=client-0 risk=low action=pay", "deliver type=REQUEST",
+    "deliver type=VOTE", "drop type=PRE-PREPARE to=r1", "deliver type=PRE-PREPARE", "deliver type=PREPARE",
+    "deliver type=BUNDLE to=r6", "drop type=BUNDLE", "drop type=COMMIT", "partition 0,6 | 1,2,3,4,5", "tick 5",
     "deliver type=VIEW-CHANGE", "deliver type=NEW-VIEW", "deliver type=VOTE to=r1", "deliver type=PRE-PREPARE",
-    "deliver type=PREPARE", "deliver type=COMMIT to=r1", "drop type=COMMIT", "drop type=STATE-REQUEST",
-    "crash r=1", "heal", "tick 9", "stabilize",
+    "deliver type=PREPARE", "deliver type=BUNDLE", "deliver type=COMMIT to=r1", "drop type=BUNDLE",
+    "drop type=COMMIT", "drop type=STATE-REQUEST", "crash r=1", "heal", "tick 9", "deliver type=VIEW-CHANGE from=r0",
+    "deliver type=VIEW-CHANGE from=r6", "stabilize",
 )
 
 
@@ -83,7 +85,7 @@ def conflicting_certificates_from_two_views() -> list[str]:
     durable = {replica_id: cluster.stores[replica_id].load() for replica_id in range(cluster.replica_count)}
     violations = check_all({r: state.log for r, state in durable.items()}, cluster.config,
                            signed={r: state.signed for r, state in durable.items()})
-    executed = [cluster.replicas[replica_id].last_executed for replica_id in (0, 2, 3)]  # r1 is down.
+    executed = [cluster.replicas[replica_id].last_executed for replica_id in (0, 2, 3, 4, 5, 6)]  # r1 is down.
     progress = [] if min(executed) >= 1 else [f"progress: the request did not execute everywhere ({executed})"]
     return progress + [str(violation) for violation in violations]
 
@@ -100,8 +102,9 @@ def golden_script(name: str) -> list[str]:
 
 def _tie_winning_equivocator(victim: int):
     """As primary, sends ``victim`` another batch for each seq, one chosen to rank above the real one in the
-    new view's tie-break (equal views: the larger digest), with a PREPARE for it and no COMMIT: the victim
-    holds a PREPARE from the primary and its own for a batch nobody else saw."""
+    new view's tie-break (equal views: the larger digest), with its own PREPARE for it in place of the PREPARE
+    bundle, and no COMMIT bundle: the victim holds a PREPARE from the primary and its own for a batch nobody
+    else saw."""
     other_digest: dict[int, bytes] = {}
 
     def intercept(destination, message, signer):
@@ -114,9 +117,11 @@ def _tie_winning_equivocator(victim: int):
             batch = next(other for other in others if record_digest(other) > real)
             other_digest[message.seq] = record_digest(batch)
             return [signer.sign(dataclasses.replace(message, batch=batch))]
-        if isinstance(message, Prepare) and message.seq in other_digest:
-            return [signer.sign(dataclasses.replace(message, batch_digest=other_digest[message.seq]))]
-        return [] if isinstance(message, Commit) else [message]
+        if isinstance(message, Bundle) and message.prepares and message.prepares[0].seq in other_digest:
+            own = next(part for part in message.prepares if part.replica_id == message.replica_id)
+            lie = signer.sign(dataclasses.replace(own, batch_digest=other_digest[own.seq]))
+            return [dataclasses.replace(message, prepares=(lie,))]
+        return [] if isinstance(message, Bundle) and message.commits else [message]
 
     return intercept
 

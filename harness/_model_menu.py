@@ -16,8 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from bft.core import (Batch, BatchEntry, Decision, Message, NewView, PrePrepare, Replica, Signer, Vote,
-                      request_digest)
+from bft.core import (Batch, BatchEntry, Commit, Decision, Message, NewView, PrePrepare, Prepare, Replica, Signer,
+                      Vote, request_digest)
 from bft.core._messages import NULL_BATCH
 from bft.core._normal_case import NormalCase
 from bft.policy import PolicyDecision
@@ -146,6 +146,19 @@ class UsurpingNormalCase(NormalCase):
             super()._propose(entries)
 
 
+class RelayingPrimary(Replica):
+    """A Byzantine primary's (or would-be primary's) core that relays every PREPARE and COMMIT it receives to every other replica at
+    once, whatever its own slot holds.  PREPAREs and COMMITs go to the primary alone, so the quorums backups
+    see are the ones it chooses to pass on; an honest core would pass on only those matching its own batch,
+    which would hide the splits a lying primary aims for."""
+
+    def _receive(self, message, handler=None, forwarder=None) -> None:
+        super()._receive(message, handler, forwarder)
+        if isinstance(message, (Prepare, Commit)) and message.replica_id != self.replica_id:
+            self._out.to_replicas.extend((other, message) for other in range(self.config.replica_count)
+                                         if other not in (self.replica_id, message.replica_id))
+
+
 class UsurpingReplica(Replica):
     """A backup that runs the proposer's code as if it were primary, signing PRE-PREPAREs in its own name."""
 
@@ -168,16 +181,16 @@ def _usurping_backup(core, destination, message, signer) -> list[Message]:
 
 MENU: dict[str, Adversary] = {adversary.name: adversary for adversary in (
     Adversary("equivocating-primary", 0, _from_interceptor(equivocating_primary({2, 3})),
-              "the primary sends replicas 2 and 3 a different batch for each seq"),
+              "the primary sends replicas 2 and 3 a different batch for each seq", RelayingPrimary),
     Adversary("double-preprepare", 0, _double_preprepare,
-              "the primary sends every backup two different batches for each seq"),
+              "the primary sends every backup two different batches for each seq", RelayingPrimary),
     Adversary("transplanting-primary", 0, _transplanting_primary,
-              "the primary justifies each request with another request's ALLOW votes"),
+              "the primary justifies each request with another request's ALLOW votes", RelayingPrimary),
     Adversary("stuffing-primary", 0, _stuffing_primary,
-              "the primary justifies each request with its own ALLOW vote, repeated"),
+              "the primary justifies each request with its own ALLOW vote, repeated", RelayingPrimary),
     Adversary("forging-voter", 1, _forging_voter, "a backup sends ALLOW votes in the other replicas' names"),
     Adversary("usurping-backup", 1, _usurping_backup, "a backup proposes batches as if it were primary",
               UsurpingReplica),
     Adversary("lying-new-primary", 1, _lying_new_primary,
-              "the primary of view 1 re-proposes no-ops in its NEW-VIEW"),
+              "the primary of view 1 re-proposes no-ops in its NEW-VIEW", RelayingPrimary),
 )}

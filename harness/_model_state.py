@@ -17,14 +17,14 @@ import pickle
 import weakref
 from types import MappingProxyType
 
-from bft.core import (Batch, BatchEntry, Checkpoint, ClusterConfig, Commit, Limits, LogEntry, NewView, PrePrepare,
-                      Prepare, PreparedProof, Reply, Request, Signer, VerdictCertificate, VerdictRule, Verifier,
-                      ViewChange, Vote)
+from bft.core import (Batch, BatchEntry, Bundle, Checkpoint, ClusterConfig, Commit, Limits, LogEntry, NewView,
+                      PrePrepare, Prepare, PreparedProof, Reply, Request, Signer, VerdictCertificate, VerdictRule,
+                      Verifier, ViewChange, Vote)
 
 # Frozen records never change, so states share them.  Configuration, keys and verifiers are shared too (a
 # verifier's cache holds only facts about signatures).
-_IMMUTABLE_TYPES = frozenset({Request, Vote, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
-                              Batch, BatchEntry, PreparedProof, LogEntry, VerdictCertificate})
+_IMMUTABLE_TYPES = frozenset({Request, Vote, PrePrepare, Prepare, Commit, Bundle, Reply, Checkpoint, ViewChange,
+                              NewView, Batch, BatchEntry, PreparedProof, LogEntry, VerdictCertificate})
 _SHARED_TYPES = (ClusterConfig, Limits, MappingProxyType, Signer, Verifier, VerdictRule)
 _PLAIN_TYPES = frozenset({int, str, bytes, tuple, list, dict, bool, type(None)})
 
@@ -105,3 +105,24 @@ class StateCodec:
         buffer = io.BytesIO()
         _FingerprintPickler(buffer, self).dump(obj)
         return hashlib.blake2b(buffer.getvalue(), digest_size=16).digest()
+
+
+def describe_message(message: Message) -> str:
+    """One message in a counterexample trace: who sent what for which slot, without its bytes."""
+    if isinstance(message, Request):
+        return f"{message.client_id}#{message.request_number}"
+    if isinstance(message, Vote):
+        return f"{message.decision.value} by {message.replica_id} on {message.request_digest.hex()[:8]}"
+    if isinstance(message, (PrePrepare, Prepare, Commit)):
+        digest = message.batch.timestamp_ms if isinstance(message, PrePrepare) else message.batch_digest.hex()[:8]
+        return f"view {message.view} seq {message.seq} ({digest}) by {message.replica_id}"
+    if isinstance(message, Bundle):
+        parts = (*message.prepares, *message.commits)
+        return f"{len(parts)} of {describe_message(parts[0])} forwarded by {message.replica_id}" if parts else "empty"
+    if isinstance(message, ViewChange):
+        return f"to view {message.new_view} by {message.replica_id} with {len(message.prepared)} proofs"
+    if isinstance(message, NewView):
+        return f"view {message.view} by {message.replica_id} re-proposing {len(message.preprepares)}"
+    if isinstance(message, Checkpoint):
+        return f"seq {message.seq} by {message.replica_id}"
+    return ""

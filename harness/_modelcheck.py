@@ -40,21 +40,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from bft.core import (Checkpoint, ClientCore, ClusterConfig, Commit, KeyPair, Limits, LogEntry, Message, NewView,
-                      PrePrepare, Prepare, Ready, Replica, Reply, Request, Risk, Signer, VerdictCertificate, ViewChange,
-                      Vote, apply_ready)
+from bft.core import (Bundle, Checkpoint, ClientCore, ClusterConfig, Commit, KeyPair, Limits, LogEntry, Message,
+                      NewView, PrePrepare, Prepare, Ready, Replica, Reply, Request, Risk, Signer, VerdictCertificate,
+                      ViewChange, Vote, apply_ready)
 from bft.storage import MemoryStore
 from specs.invariants import Evidence, Violation, check_all, check_stability
 
 from ._model_io import ModelIO
 from ._model_menu import MENU, REPLICA_COUNT, Adversary
-from ._model_state import StateCodec
+from ._model_state import StateCodec, describe_message
 
 # Counted per sender, so their order of arrival at one replica does not matter (see ``_Model.actions``).
 _ORDER_INSENSITIVE = (Prepare, Commit, Checkpoint)
 # The default schedule delivers messages phase by phase, in this order; any other choice is a deviation.
 _PHASE_RANK = {kind: rank for rank, kind in enumerate(
-    (Request, Vote, PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView))}
+    (Request, Vote, PrePrepare, Prepare, Commit, Bundle, Checkpoint, ViewChange, NewView))}
 CLIENT_ID = "client-0"
 START_MS = 1_000_000
 TICK_MS = 10
@@ -236,7 +236,7 @@ class _Model:
             child.deviations += 1
         if action.kind == "deliver":
             _, source, destination, message = child.network.pop(action.index)
-            description = f"deliver {type(message).__name__} {_summary(message)} from {source} to {destination}"
+            description = f"deliver {type(message).__name__} {describe_message(message)} from {source} to {destination}"
             replica = child.replicas[destination]
             from_client = isinstance(source, str) and isinstance(message, Request)
             ready = replica.submit(message) if from_client else replica.step(message)
@@ -330,23 +330,6 @@ class _Model:
         return [Violation("progress", f"quiescent with a correct primary, but correct replica {replica_id} "
                                       f"executed {sorted(entry.key for entry in log)} of {sorted(wanted)}")
                 for replica_id, log in self.logs(world).items() if {entry.key for entry in log} != wanted]
-
-
-def _summary(message: Message) -> str:
-    if isinstance(message, Request):
-        return f"{message.client_id}#{message.request_number}"
-    if isinstance(message, Vote):
-        return f"{message.decision.value} by {message.replica_id} on {message.request_digest.hex()[:8]}"
-    if isinstance(message, (PrePrepare, Prepare, Commit)):
-        digest = message.batch.timestamp_ms if isinstance(message, PrePrepare) else message.batch_digest.hex()[:8]
-        return f"view {message.view} seq {message.seq} ({digest}) by {message.replica_id}"
-    if isinstance(message, ViewChange):
-        return f"to view {message.new_view} by {message.replica_id} with {len(message.prepared)} proofs"
-    if isinstance(message, NewView):
-        return f"view {message.view} by {message.replica_id} re-proposing {len(message.preprepares)}"
-    if isinstance(message, Checkpoint):
-        return f"seq {message.seq} by {message.replica_id}"
-    return ""
 
 
 def _world_fingerprint(codec: StateCodec, world: _World) -> bytes:

@@ -19,51 +19,16 @@ because the mutant is no longer caught.  Either way the break is loud.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
 import types
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
-from unittest import mock
+from typing import Callable, ContextManager
 
 from bft.core import ClusterConfig, Commit, Decision, PreparedProof, RemoteProtocolError, Vote
 from bft.core._codec import record_digest
 from bft.core._messages import NULL_BATCH
 
-
-@dataclass(frozen=True, slots=True)
-class PatchPoint:
-    """One seam of the core that mutants patch, as ``"module:Owner.attribute"``, and what it decides.
-
-    Targets are resolved when a mutant is switched on, so a seam that a
-    refactor removed fails then, loudly, and importing this module never does.
-    """
-
-    target: str
-    role: str
-
-    def resolve(self) -> tuple[object, str]:
-        module_name, _, path = self.target.partition(":")
-        owner: object = importlib.import_module(module_name)
-        *owners, attribute = path.split(".")
-        for name in owners:
-            owner = getattr(owner, name)
-        if not hasattr(owner, attribute):
-            raise AttributeError(f"patch point {self.target} no longer exists; update PATCH_POINTS")
-        return owner, attribute
-
-    def original(self):
-        owner, attribute = self.resolve()
-        return getattr(owner, attribute)
-
-    def patch(self, replacement) -> ContextManager:
-        owner, attribute = self.resolve()
-        if isinstance(replacement, types.FunctionType):
-            # Keep the patched name, so bound methods still pickle (the model checker clones replicas).
-            replacement.__name__ = attribute
-            replacement.__qualname__ = f"{getattr(owner, '__qualname__', '')}.{attribute}".lstrip(".")
-        return mock.patch.object(owner, attribute, replacement)
+from ._mutant_kinds import Mutant, PatchPoint
+from ._mutants_epochs import EPOCH_MUTANTS, EPOCH_PATCH_POINTS
 
 
 # Every seam in one table.  Keep targets narrow: a method, or a name a core module looks up at call time.
@@ -77,8 +42,10 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "check-new-view": PatchPoint("bft.core._replica_views:check_new_view", "NEW-VIEW proof validation"),
     "check-prepared": PatchPoint("bft.core._normal_case:NormalCase._check_prepared",
                                  "what happens once a slot is prepared"),
-    "broadcast": PatchPoint("bft.core._replica:Replica._broadcast",
-                            "persist-then-send of a replica's own signed messages"),
+    "send-own": PatchPoint("bft.core._replica:Replica._send_own",
+                           "persist-then-send of a replica's own signed messages"),
+    "receive-bundle": PatchPoint("bft.core._replica:Replica._receive_bundle",
+                                 "how a backup takes in the quorum its primary forwards"),
     "tick-input": PatchPoint("bft.core._replica:Replica._tick", "what a replica does when its clock ticks"),
     "validate-votes": PatchPoint("bft.core._normal_case:NormalCase._validate_votes",
                                  "which vote sets a batch entry may carry"),
@@ -109,26 +76,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
     "execution-execute": PatchPoint("bft.core._execution:ExecutionState.execute", "applying one batch at a seq"),
     "client-init": PatchPoint("bft.core._client:ClientCore.__init__",
                               "the configuration a client checks replies with"),
-    "epoch-ceiling": PatchPoint("bft.core._replica_epochs:Epochs.ceiling",
-                                "where the old epoch's window ends once a configuration change executed"),
+    **EPOCH_PATCH_POINTS,  # Reconfiguration's seams and mutants are in ``_mutants_epochs``.
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Mutant:
-    """A named planted bug: what it breaks, and how it is switched on (``activate()`` is a context manager)."""
-
-    name: str
-    breaks: str
-    patch_points: tuple[str, ...]
-    build: Callable[[], list[ContextManager]]
-
-    @contextlib.contextmanager
-    def activate(self) -> Iterator["Mutant"]:
-        with contextlib.ExitStack() as stack:
-            for patcher in self.build():
-                stack.enter_context(patcher)
-            yield self
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -221,8 +170,8 @@ _UNPERSISTED = "_mutant_unpersisted"
 
 def _send_before_persist() -> list[ContextManager]:
     """Own signed messages go out at once and become durable at the next tick, like a timer-driven sync."""
-    def broadcast(self, message):
-        self._send_to_others(message)
+    def send_own(self, message, destinations):
+        self._out.to_replicas.extend((replica_id, message) for replica_id in destinations)
         self.__dict__.setdefault(_UNPERSISTED, []).append(message)
 
     def make_tick(original):
@@ -230,7 +179,7 @@ def _send_before_persist() -> list[ContextManager]:
             self._out.persist.extend(self.__dict__.pop(_UNPERSISTED, []))
             return original(self, now_ms)
         return tick
-    return [PATCH_POINTS["broadcast"].patch(broadcast), _wrap("tick-input", make_tick)]
+    return [PATCH_POINTS["send-own"].patch(send_own), _wrap("tick-input", make_tick)]
 
 
 def _vote_not_bound_to_request() -> list[ContextManager]:
@@ -306,6 +255,18 @@ def _backup_never_shares_overdue_votes() -> list[ContextManager]:
     return [PATCH_POINTS["share-overdue-votes"].patch(share_overdue_votes)]
 
 
+def _bundle_trusts_its_forwarder() -> list[ContextManager]:
+    """A backup takes the PREPAREs and COMMITs its primary forwards on the primary's word: the bundle came
+    over an authenticated link from the primary, so its parts go straight to their handlers, unverified."""
+    def receive_bundle(self, bundle):
+        for part in (*bundle.prepares, *bundle.commits):
+            try:
+                self._handlers[type(part)](part)
+            except RemoteProtocolError as error:
+                self._reject(error.from_sender(f"replica {bundle.replica_id}"))
+    return [PATCH_POINTS["receive-bundle"].patch(receive_bundle)]
+
+
 def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
     """The superfluous-message filter judges a slot by its PRE-PREPARE instead of its quorum: the PREPAREs
     and COMMITs a slot still needs are dropped unverified, and the slot never prepares."""
@@ -359,10 +320,11 @@ def _prepared_with_one_prepare_too_few() -> list[ContextManager]:
         proof = self.prepared_proofs[slot.seq] = PreparedProof(slot.preprepare, slot.matching_prepares()[:quorum])
         replica._out.persist.extend(message for message in (proof.preprepare, *proof.prepares)
                                     if message.replica_id != replica.replica_id)
+        self._forward_quorum(prepares=proof.prepares)
         if not self.may_sign("commit", slot.seq, slot.batch_digest):
             return
         commit = replica._sign(Commit(replica.view, slot.seq, slot.batch_digest, replica.replica_id, bytes(64)))
-        replica._broadcast(commit)
+        replica._send_to_primary(commit)
         slot.commits[replica.replica_id] = commit
         self._check_committed(slot)
 
@@ -429,10 +391,6 @@ def _execute_out_of_order() -> list[ContextManager]:
     return [PATCH_POINTS["execute-committed"].patch(execute_committed), _wrap("execution-execute", make_execute)]
 
 
-def _old_epoch_orders_past_activation() -> list[ContextManager]:
-    return [PATCH_POINTS["epoch-ceiling"].patch(lambda self: None)]  # No ceiling: the window runs on past a.
-
-
 MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("quorum-one-smaller", "quorums of q-1: two quorums may share no correct replica (S1)",
            ("replica-init",), _quorum_one_smaller),
@@ -447,7 +405,7 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("execute-before-commit", "a prepared batch executes without a commit quorum (S1 after a view change)",
            ("check-prepared",), _execute_before_commit),
     Mutant("send-before-persist", "own signed messages are sent before they are durable (S7 after a restart)",
-           ("broadcast", "tick-input"), _send_before_persist),
+           ("send-own", "tick-input"), _send_before_persist),
     Mutant("vote-not-bound-to-request", "a vote signed for one request justifies another (S2)",
            ("validate-votes",), _vote_not_bound_to_request),
     Mutant("count-duplicate-votes", "one replica's vote counted several times (S2)",
@@ -462,6 +420,9 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("client-init",), _certificate_accepts_f_replies),
     Mutant("backup-never-shares-overdue-votes", "a primary that withholds proposals is never replaced (liveness)",
            ("share-overdue-votes",), _backup_never_shares_overdue_votes),
+    Mutant("bundle-trusts-forwarder", "a backup counts the PREPAREs and COMMITs its primary forwards without "
+           "checking their signatures: a Byzantine primary forges a quorum (S1)",
+           ("receive-bundle",), _bundle_trusts_its_forwarder),
     Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
            ("adds-nothing",), _drop_phase_votes_before_their_quorum),
     Mutant("reproposal-ignores-highest-view", "a new view re-proposes the lowest view's prepared certificate, "
@@ -479,10 +440,7 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            "(S9, S1)", ("snapshot-digest",), _state_transfer_skips_digest_check),
     Mutant("execute-out-of-order", "a committed slot executes before a lower one has committed (S1)",
            ("execute-committed", "execution-execute"), _execute_out_of_order),
-    Mutant("old-epoch-orders-past-activation", "the old epoch keeps ordering above the activation seq a, as if the "
-           "change took effect at once (specs/RECONFIGURATION.md section 6; S11)",
-           ("epoch-ceiling",), _old_epoch_orders_past_activation),
-)}
+)} | EPOCH_MUTANTS
 
 assert all(key in PATCH_POINTS for mutant in MUTANTS.values() for key in mutant.patch_points)
 assert {key for mutant in MUTANTS.values() for key in mutant.patch_points} == set(PATCH_POINTS), \

@@ -35,7 +35,7 @@ PROCESS_KINDS = ("crash", "byzantine")
 FAULT_KINDS = PARTITION_KINDS + NETWORK_KINDS + PROCESS_KINDS
 
 POLICY_STRATEGIES = ("approve-everything", "deny-everything")
-PRIMARY_STRATEGIES = ("equivocating-primary", "veto-dropping-primary")
+PRIMARY_STRATEGIES = ("equivocating-primary", "forging-collector", "veto-dropping-primary")
 WINDOWS_PER_KIND_MAX = 2
 WINDOW_MS_MIN, WINDOW_MS_MAX = 150, 900
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bft.core import LogEntry, LogRead, Ready, Rejection, Request
+from bft.core import Bundle, LogEntry, LogRead, Ready, Rejection, Request
 from bft.core import apply_ready, persist_then_send, react
 from bft.core._driving import HANDLED_FIELDS
 
@@ -221,7 +221,12 @@ def test_real_replicas_never_send_a_signed_message_or_reply_before_it_is_durable
         if ready.persist:
             assert kinds[0] == "persist" and "persist" not in kinds[1:], kinds
         for event in mine:
-            if event[0] == "send" and not isinstance(event[2], Request):
+            if event[0] == "send" and isinstance(event[2], Bundle):
+                # A bundle is the primary's forward of others' messages: their authors made them durable.
+                assert event[2].replica_id == replica_id and all(
+                    part in stored[replica_id] for part in (*event[2].prepares, *event[2].commits)
+                    if part.replica_id == replica_id), "an own part of a bundle left before it was durable"
+            elif event[0] == "send" and not isinstance(event[2], Request):
                 assert event[2] in stored[replica_id], "a signed message left before it was durable"
             if event[0] == "reply":
                 entries = [item for item in stored[replica_id] if isinstance(item, LogEntry)]

@@ -52,7 +52,9 @@ def test_the_primary_proposes_once_it_holds_a_quorum_of_votes(kit) -> None:
     assert [entry.request for entry in proposal.batch.entries] == [request]
     assert [vote.replica_id for vote in proposal.batch.entries[0].votes] == list(range(kit.config.quorum))
     assert proposal.batch.timestamp_ms == primary.now_ms
-    assert proposal in ready.persist and len(sent(ready, Prepare)) == kit.n - 1  # It prepares its own proposal.
+    # It prepares its own proposal, durably, and keeps that PREPARE: PREPAREs come to the primary.
+    own_prepares = [item for item in ready.persist if isinstance(item, Prepare)]
+    assert proposal in ready.persist and len(own_prepares) == 1 and sent(ready, Prepare) == []
     assert primary.next_seq == 2
 
 
@@ -101,12 +103,14 @@ def test_a_backup_prepares_commits_and_executes_in_order(kit, batch_digest) -> N
     preprepare = kit.preprepare(1, (kit.entry(request),))
     digest = batch_digest(preprepare)
     ready = backup.step(preprepare)
-    assert [message for message in sent(ready, Prepare)] == [kit.prepare(1, 1, digest)] * (kit.n - 1)
+    # PREPAREs and COMMITs go to the primary alone (replica 0 in view 0), durable first.
+    assert ready.to_replicas == ((0, kit.prepare(1, 1, digest)),)
     assert ready.persist == (kit.prepare(1, 1, digest),)
     # The primary's own prepare plus ours is two; the quorum of three needs one more.
     assert sent(backup.step(kit.prepare(0, 1, digest)), Commit) == []
     ready = backup.step(kit.prepare(2, 1, digest))
-    assert sent(ready, Commit) == [kit.commit(1, 1, digest)] * (kit.n - 1)
+    assert [(to, message) for to, message in ready.to_replicas if isinstance(message, Commit)] == [
+        (0, kit.commit(1, 1, digest))]
     assert backup.slots[1].prepared and not backup.slots[1].committed
     assert backup.step(kit.commit(0, 1, digest)).finalized == ()
     ready = backup.step(kit.commit(3, 1, digest))

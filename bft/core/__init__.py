@@ -11,7 +11,7 @@ from ._config import ClusterConfig, ConfigError, Limits
 from ._crypto import KeyPair, Signer, Verifier
 from ._errors import ActionShapeError, CertificateError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._execution import GENESIS_HASH, AgreedVerdict, LogEntry, votes_digest
-from ._messages import (Batch, BatchEntry, Checkpoint, Commit, Decision, Message, NewView, PrePrepare,
+from ._messages import (Batch, BatchEntry, Bundle, Checkpoint, Commit, Decision, Message, NewView, PrePrepare,
                         Prepare, PreparedProof, Refusal, Reply, Request, Risk, ViewChange, Vote)
 from ._messages import NO_QUORUM, REFUSAL_REASONS
 from ._quorum import max_faulty, primary_of, quorum_size, reply_quorum
@@ -22,7 +22,8 @@ from ._replica import Replica
 from ._verdict import VerdictRule, decide, default_rules, is_settled
 
 __all__ = [
-    "ActionShapeError", "AgreedVerdict", "Batch", "BatchEntry", "CertificateError", "Checkpoint", "ClientCore", "ClusterConfig", "Commit",
+    "ActionShapeError", "AgreedVerdict", "Batch", "BatchEntry", "Bundle", "CertificateError", "Checkpoint",
+    "ClientCore", "ClusterConfig", "Commit",
     "ConfigError", "Decision", "GENESIS_HASH", "KeyPair", "Limits", "LocalProtocolError", "LogEntry",
     "MAX_WIRE_BYTES", "Message", "NewView", "PrePrepare", "Prepare", "PreparedProof", "ProtocolError",
     "NO_QUORUM", "REFUSAL_REASONS", "Ready", "Refusal", "Rejection", "RemoteProtocolError", "Replica", "Reply", "Request", "Risk", "Signer",

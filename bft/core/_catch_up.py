@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ._errors import RemoteProtocolError
-from ._messages import Batch, Commit, StateRequest
+from ._messages import Batch, Bundle, Commit, StateRequest
 
 SLOTS_PER_ANSWER_MAX = 32
 # A correct replica asks at most every ``state_transfer_retry_ticks``; answering the same peer more often than
@@ -197,8 +197,7 @@ class CatchUp:
         for seq in replica.slots.irange(above + 1, request.last_position):
             slot = replica.slots[seq]
             if slot.committed and slot.preprepare is not None:
-                matching = [c for _, c in sorted(slot.commits.items()) if c.batch_digest == slot.batch_digest]
-                sent += [slot.preprepare, *matching[:replica.quorum]]
+                sent += [slot.preprepare, Bundle((), slot.matching_commits()[:replica.quorum], replica.replica_id)]
         if request.view < replica.view and replica.view_active and replica.new_view_message is not None \
                 and replica.new_view_message.view == replica.view:
             sent.append(replica.new_view_message)  # It missed our view change; nothing else would tell it.

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from ._errors import RemoteProtocolError
-from ._messages import MESSAGE_TYPE_BY_TAG, SIGNATURE_BYTES, SIGNED_MESSAGE_TYPES, Message
+from ._messages import MESSAGE_TYPE_BY_TAG, MESSAGE_TYPES, SIGNATURE_BYTES, SIGNED_MESSAGE_TYPES, Message
 from ._schema import on_decode, pack, record_from_wire, record_to_wire
 
 DOMAIN = b"bft-verdict/v1"
@@ -69,7 +69,7 @@ def decode(data: bytes, max_bytes: int = MAX_WIRE_BYTES) -> Message:
 
 
 def _keep_encoding(message: Message, plain: list) -> None:
-    """Every signed message the schema decodes, nested ones included, keeps its canonical encoding.
+    """Every message the schema decodes, nested ones included, keeps its canonical encoding.
 
     The schema passed, so ``plain`` is exactly what ``record_to_wire(message)``
     returns (each kind's ``to_wire`` inverts its check): packing it is the
@@ -78,7 +78,7 @@ def _keep_encoding(message: Message, plain: list) -> None:
     object.__setattr__(message, "_wire", pack([message.TAG, *plain]))
 
 
-for _message_type in SIGNED_MESSAGE_TYPES:
+for _message_type in MESSAGE_TYPES:
     on_decode(_message_type, _keep_encoding)
 
 

@@ -325,6 +325,26 @@ class NewView(CodecMemo):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Bundle(CodecMemo):
+    """A primary's forward of one phase's quorum: the signed PREPAREs or COMMITs of one slot, as their
+    authors sent them (SPEC.md section 5, steps 6-7).
+
+    It has no signature of its own: it asserts nothing but what its parts do, and every part is checked
+    as if it came from its author.  ``replica_id`` names the forwarder, for logs and blame only.
+    """
+
+    prepares: tuple[Prepare, ...]
+    commits: tuple[Commit, ...]
+    replica_id: int
+    TAG: ClassVar[int] = 13
+    SCHEMA: ClassVar = (
+        ("prepares", ListOf(Nested(Prepare), MAX_REPLICAS)),
+        ("commits", ListOf(Nested(Commit), MAX_REPLICAS)),
+        ("replica_id", REPLICA_ID),
+    )
+
+
 # Why a replica may refuse a request instead of ordering it.  A fixed set, checked on decode, so that
 # a peer cannot put free text into a client's answer or grow a metric's label set.
 NO_QUORUM = "no quorum"
@@ -432,13 +452,17 @@ class StateReply(CodecMemo):
 
 SIGNED_MESSAGE_TYPES = (Request, Vote, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, Refusal,
                         StateRequest, StateReply)
-MESSAGE_TYPE_BY_TAG = {message_type.TAG: message_type for message_type in SIGNED_MESSAGE_TYPES}
+# Messages that carry only other signed messages and sign nothing themselves.
+UNSIGNED_MESSAGE_TYPES = (Bundle,)
+MESSAGE_TYPES = SIGNED_MESSAGE_TYPES + UNSIGNED_MESSAGE_TYPES
+MESSAGE_TYPE_BY_TAG = {message_type.TAG: message_type for message_type in MESSAGE_TYPES}
 Message = (Request | Vote | PrePrepare | Prepare | Commit | Reply | Checkpoint | ViewChange | NewView | Refusal
-           | StateRequest | StateReply)
-ReplicaMessage = Vote | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | StateRequest | StateReply
+           | StateRequest | StateReply | Bundle)
+ReplicaMessage = (Vote | PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | StateRequest | StateReply
+                  | Bundle)
 
-assert len(MESSAGE_TYPE_BY_TAG) == len(SIGNED_MESSAGE_TYPES), "message tags must be unique"
-for _record_type in (*SIGNED_MESSAGE_TYPES, BatchEntry, Batch, PreparedProof):
+assert len(MESSAGE_TYPE_BY_TAG) == len(MESSAGE_TYPES), "message tags must be unique"
+for _record_type in (*MESSAGE_TYPES, BatchEntry, Batch, PreparedProof):
     check_schema_matches_fields(_record_type)
 for _signed_type in SIGNED_MESSAGE_TYPES:
     assert _signed_type.SCHEMA[-1][0] == "signature", _signed_type

@@ -22,17 +22,19 @@ from sortedcontainers import SortedDict
 from ._accountability import EquivocationProof
 from ._codec import record_digest, request_digest
 from ._errors import RemoteProtocolError
-from ._messages import (Batch, BatchEntry, Commit, Message, NewView, PrePrepare, Prepare, PreparedProof, Request,
-                        Vote)
+from ._messages import (Batch, BatchEntry, Bundle, Commit, Message, NewView, PrePrepare, Prepare, PreparedProof,
+                        Request, Vote)
 from ._pending import PendingRequest
 from ._quorum import primary_of
 from ._recovery import latest_prepared_proofs, stored_preprepares, view_of
 from ._slots import Slot
 
 
-def sender_of(message: Message) -> str:
+def sender_of(message: Message, forwarder: int | None = None) -> str:
     if isinstance(message, Request):
         return f"client {message.client_id}"
+    if forwarder is not None and forwarder != message.replica_id:
+        return f"replica {message.replica_id} (forwarded by replica {forwarder})"
     return f"replica {message.replica_id}"
 
 
@@ -275,7 +277,7 @@ class NormalCase:
         if vote and self.may_sign("prepare", preprepare.seq, slot.batch_digest):
             prepare = replica._sign(Prepare(replica.view, preprepare.seq, slot.batch_digest, replica.replica_id,
                                             bytes(64)))
-            replica._broadcast(prepare)
+            replica._send_to_primary(prepare)
             slot.prepares[replica.replica_id] = prepare
         self._check_prepared(slot)
         self._check_committed(slot)  # Commits may have overtaken the pre-prepare.
@@ -328,10 +330,11 @@ class NormalCase:
         # Durable before our COMMIT leaves, so that after a restart our VIEW-CHANGE still reports it.
         replica._out.persist.extend(message for message in (proof.preprepare, *proof.prepares)
                                     if message.replica_id != replica.replica_id)
+        self._forward_quorum(prepares=proof.prepares)
         if not self.may_sign("commit", slot.seq, slot.batch_digest):
             return
         commit = replica._sign(Commit(replica.view, slot.seq, slot.batch_digest, replica.replica_id, bytes(64)))
-        replica._broadcast(commit)
+        replica._send_to_primary(commit)
         slot.commits[replica.replica_id] = commit
         self._check_committed(slot)
 
@@ -343,7 +346,23 @@ class NormalCase:
         if slot.committed or slot.preprepare is None or slot.matching_commit_count() < replica.quorum:
             return
         slot.committed = True
+        self._forward_quorum(commits=slot.matching_commits()[:replica.quorum])
         replica.executor.execute_committed()
+
+    def _forward_quorum(self, prepares: tuple[Prepare, ...] = (), commits: tuple[Commit, ...] = ()) -> None:
+        """The primary's part in steps 6-7: PREPAREs and COMMITs come to it alone, and it forwards the
+        quorum it collected, once, as one bundle to every backup.  A backup forwards nothing."""
+        replica = self.replica
+        if replica.is_primary:
+            replica._send_to_others(Bundle(prepares, commits, replica.replica_id))
+
+    def check_bundle(self, bundle: Bundle) -> None:
+        """A bundle holds at most one phase message per replica of the configuration (the schema's
+        bound is the protocol maximum); its parts are checked one by one, as if sent by their authors."""
+        replica_count = self.replica.config.replica_count
+        if len(bundle.prepares) > replica_count or len(bundle.commits) > replica_count:
+            raise RemoteProtocolError("bad-bundle", f"{len(bundle.prepares)} prepares and {len(bundle.commits)}"
+                                      f" commits, at most {replica_count} of each")
 
     def forget_views_below(self, view: int) -> None:
         """A new view is installed: what we signed in earlier views can no longer conflict with anything."""

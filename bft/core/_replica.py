@@ -27,8 +27,9 @@ another's only by calling it (etcd raft's structure; see ../shared/STYLE.md):
 
 The replica itself routes inputs to them (``_handlers``), owns the clock, the
 keys and the outbox of the input being handled (``_out``, with ``_sign``,
-``_broadcast``, ``_send_to_others`` and ``_reject`` as the components' way
-out), and dispatches what differs by role through ``ROLE_STEPS``.
+``_broadcast``, ``_send_to_primary``, ``_send_to_others`` and ``_reject`` as
+the components' way out), and dispatches what differs by role through
+``ROLE_STEPS``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from ._config import ClusterConfig
 from ._crypto import KeyPair, Signer, Verifier
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._execution import LogEntry
-from ._messages import (Checkpoint, Commit, Decision, Message, NewView, PrePrepare, Prepare, Request, StateReply,
-                        StateRequest, ViewChange, Vote)
+from ._messages import (Bundle, Checkpoint, Commit, Decision, Message, NewView, PrePrepare, Prepare, Request,
+                        StateReply, StateRequest, ViewChange, Vote)
 from ._normal_case import NormalCase, sender_of
 from ._quorum import primary_of
 from ._ready import LogRead, ReadyBuilder, Ready, Rejection
@@ -346,8 +347,11 @@ class Replica:
             self._out = None
             self._check_bounds()
 
-    def _receive(self, message: Message, handler: Callable | None = None) -> None:
+    def _receive(self, message: Message, handler: Callable | None = None, forwarder: int | None = None) -> None:
         try:
+            if type(message) is Bundle:
+                self._receive_bundle(message)
+                return
             handler = handler or self._handlers.get(type(message))
             if handler is None:
                 raise RemoteProtocolError("unexpected-type", f"replicas do not accept {type(message).__name__}")
@@ -358,7 +362,14 @@ class Replica:
             if isinstance(message, (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)):
                 self.catch_up.note_heard()  # The cluster's own traffic, accepted (a rejected message changes nothing).
         except RemoteProtocolError as error:
-            self._reject(self.epochs.classify(error, message).from_sender(sender_of(message)))
+            self._reject(self.epochs.classify(error, message).from_sender(sender_of(message, forwarder)))
+
+    def _receive_bundle(self, bundle: Bundle) -> None:
+        """Each part of a primary's forwarded quorum is taken as if its author had sent it: the bundle
+        itself is signed by no one and proves nothing beyond its parts (SPEC.md section 5, step 6)."""
+        self.normal.check_bundle(bundle)
+        for part in (*bundle.prepares, *bundle.commits):
+            self._receive(part, forwarder=bundle.replica_id)
 
     def _count_rejected(self, reason: str) -> None:
         """A remote input refused without a Rejection (kept for what it proves, not acted on)."""
@@ -373,8 +384,18 @@ class Replica:
 
     def _broadcast(self, message: Message) -> None:
         """Persist our own signed message, then queue it for every other replica."""
+        self._send_own(message, [replica_id for replica_id in range(self.config.replica_count)
+                                 if replica_id != self.replica_id])
+
+    def _send_to_primary(self, message: Message) -> None:
+        """Persist our own signed PREPARE or COMMIT, then queue it for the primary of the view, which
+        forwards each quorum to everyone (SPEC.md section 5, steps 6-7); the primary keeps its own."""
+        self._send_own(message, [] if self.is_primary else [self.primary_id])
+
+    def _send_own(self, message: Message, destinations: list[int]) -> None:
+        """Persist-then-send, the S7 guard: our signed message is durable before any peer sees it."""
         self._out.persist.append(message)
-        self._send_to_others(message)
+        self._out.to_replicas.extend((replica_id, message) for replica_id in destinations)
 
     def _send_to_others(self, message: Message) -> None:
         """Queue ``message`` for every other replica, without persisting it (it is already durable or not ours)."""

@@ -136,6 +136,9 @@ class ViewChanges:
         waited = replica.ticks - self._waiting_since
         if waited >= self._current_timeout() // 2:
             replica.requests.forward_unordered_requests()
+            # A primary's bundle may have been lost on the way to us alone: a peer's commit certificate fills
+            # the slot without a view change (SPEC.md section 5, step 7).
+            replica.catch_up.probe_soon()
         if waited >= self._current_timeout():
             self.start_view_change(self.view + 1)
 

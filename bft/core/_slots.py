@@ -35,6 +35,9 @@ class Slot:
     def matching_prepare_count(self) -> int:
         return sum(1 for prepare in self.prepares.values() if prepare.batch_digest == self.batch_digest)
 
+    def matching_commits(self) -> tuple[Commit, ...]:
+        return tuple(c for _, c in sorted(self.commits.items()) if c.batch_digest == self.batch_digest)
+
     def matching_commit_count(self) -> int:
         return sum(1 for commit in self.commits.values() if commit.batch_digest == self.batch_digest)
 

@@ -22,12 +22,12 @@ import random
 from collections import deque
 from typing import Callable, Collection
 
-from ..core import (Batch, Checkpoint, Commit, Decision, Message, PrePrepare, Prepare, Reply, Signer, StateReply,
-                    ViewChange, Vote, max_faulty, quorum_size)
-from ..core._codec import digest
+from ..core import (Batch, Bundle, Checkpoint, Commit, Decision, Message, PrePrepare, Prepare, Reply, Signer,
+                    StateReply, ViewChange, Vote, max_faulty, quorum_size)
+from ..core._codec import digest, record_digest
 from ..core._state_transfer import pack_log_chunk, parse_log_chunk
 from ..policy import PolicyDecision
-from ._sim import Interceptor
+from ._sim import Interceptor, relays_phase_votes
 
 MAX_REPLAY_HISTORY = 64
 
@@ -120,12 +120,22 @@ def forged_signatures(seed: int, probability: float = 1.0) -> Interceptor:
     assert 0.0 <= probability <= 1.0
     chooser = random.Random(seed)
 
+    def forge(message: Message) -> Message:
+        if isinstance(message, Bundle):  # A forwarder can forge only its parts: the bundle signs nothing.
+            return _with_parts(message, forge)
+        return dataclasses.replace(message, signature=chooser.randbytes(len(message.signature)))
+
     def intercept(destination, message: Message, signer: Signer) -> list[Message]:
         if chooser.random() >= probability:
             return [message]
-        return [dataclasses.replace(message, signature=chooser.randbytes(len(message.signature)))]
+        return [forge(message)]
 
     return intercept
+
+
+def _with_parts(bundle: Bundle, change: Callable[[Message], Message]) -> Bundle:
+    return dataclasses.replace(bundle, prepares=tuple(change(part) for part in bundle.prepares),
+                               commits=tuple(change(part) for part in bundle.commits))
 
 
 def _flip_first_byte(data: bytes) -> bytes:
@@ -148,6 +158,8 @@ def _mangle(message: Message, chooser: random.Random) -> Message:
         return dataclasses.replace(message, decision=Decision.ALLOW, reason="mangled")
     if isinstance(message, Checkpoint):
         return dataclasses.replace(message, state_digest=_flip_first_byte(message.state_digest))
+    if isinstance(message, Bundle):
+        return _with_parts(message, lambda part: _mangle(part, chooser))
     return dataclasses.replace(message, replica_id=message.replica_id ^ 1) if hasattr(message, "replica_id") \
         else message
 
@@ -170,13 +182,51 @@ def _other_batch(batch: Batch) -> Batch:
     return dataclasses.replace(batch, timestamp_ms=batch.timestamp_ms + 1)
 
 
+def relaying(interceptor: Interceptor) -> Interceptor:
+    """The same behaviour, and every PREPARE and COMMIT the replica receives is relayed to every other replica
+    at once (``SimCluster`` does the relaying).  PREPAREs and COMMITs go to the primary alone, so a lying
+    primary decides which quorums backups see; relaying all of them is the most it can do with them."""
+    interceptor.relays_phase_votes = True
+    return interceptor
+
+
 def equivocating_primary(targets: Collection[int]) -> Interceptor:
-    """As primary, sends the replicas in ``targets`` a different (re-signed) batch for the same seq."""
+    """As primary, sends the replicas in ``targets`` a different (re-signed) batch for the same seq, and relays
+    every PREPARE and COMMIT it gets, so that each side can assemble a quorum for its own batch."""
     chosen = frozenset(targets)
 
     def intercept(destination, message: Message, signer: Signer) -> list[Message]:
         if isinstance(message, PrePrepare) and destination in chosen:
             return [signer.sign(dataclasses.replace(message, batch=_other_batch(message.batch)))]
+        return [message]
+
+    return relaying(intercept)
+
+
+def forging_collector(targets: Collection[int], replica_count: int) -> Interceptor:
+    """As primary, sends the replicas in ``targets`` another (re-signed) batch for the seq and, at once, a
+    bundle of PREPAREs and COMMITs for it in every other replica's name, with forged signatures; the real
+    bundles never reach them.  Only a replica that trusts a bundle's forwarder would execute that batch."""
+    chosen = frozenset(targets)
+    chooser = random.Random(replica_count)
+
+    def forged_quorum(preprepare: PrePrepare, destination: int, signer: Signer) -> Bundle:
+        batch_digest = record_digest(preprepare.batch)
+        parts = {phase: tuple(signer.sign(phase(preprepare.view, preprepare.seq, batch_digest, author, bytes(64)))
+                              if author == preprepare.replica_id else
+                              phase(preprepare.view, preprepare.seq, batch_digest, author, chooser.randbytes(64))
+                              for author in range(replica_count) if author != destination)
+                 for phase in (Prepare, Commit)}
+        return Bundle(parts[Prepare], parts[Commit], preprepare.replica_id)
+
+    def intercept(destination, message: Message, signer: Signer) -> list[Message]:
+        if destination not in chosen:
+            return [message]
+        if isinstance(message, Bundle):
+            return []
+        if isinstance(message, PrePrepare):
+            other = signer.sign(dataclasses.replace(message, batch=_other_batch(message.batch)))
+            return [other, forged_quorum(other, destination, signer)]
         return [message]
 
     return intercept
@@ -269,7 +319,7 @@ def compose(*interceptors: Interceptor) -> Interceptor:
             messages = [produced for current in messages for produced in stage(destination, current, signer)]
         return messages
 
-    return intercept
+    return relaying(intercept) if any(relays_phase_votes(stage) for stage in interceptors) else intercept
 
 
 # A registry for randomized tests: name -> factory(seed, replica_count) -> interceptor.
@@ -281,6 +331,8 @@ STRATEGIES: dict[str, Callable[[int, int], Interceptor]] = {
     "mangled-messages": lambda seed, replica_count: mangled_messages(seed, 0.5),
     "equivocating-primary": lambda seed, replica_count: equivocating_primary(
         random.Random(seed).sample(range(replica_count), replica_count // 2)),
+    "forging-collector": lambda seed, replica_count: forging_collector(
+        random.Random(seed).sample(range(replica_count), max_faulty(replica_count)), replica_count),
     "veto-dropping-primary": lambda seed, replica_count: veto_dropping_primary(
         quorum_size(replica_count, max_faulty(replica_count))),
     "replaying": lambda seed, replica_count: replaying(seed),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..core import (Batch, Checkpoint, Commit, LogEntry, Message, NewView, PrePrepare, Prepare, Refusal, Reply,
+from ..core import (Batch, Bundle, Checkpoint, Commit, LogEntry, Message, NewView, PrePrepare, Prepare, Refusal, Reply,
                     Request, StateReply, StateRequest, ViewChange, Vote, request_digest)
 from ..core._codec import record_digest
 
@@ -91,6 +91,15 @@ def _phase(name: str):
     return describe
 
 
+def _bundle(names: RequestNames, bundle: Bundle) -> str:
+    def of(name: str, parts: tuple[Prepare, ...] | tuple[Commit, ...]) -> str:
+        slots = sorted({(part.view, part.seq, short(part.batch_digest)) for part in parts})
+        authors = ",".join(f"r{part.replica_id}" for part in parts)
+        return f"{name} " + " ".join(f"v={v} seq={s} digest={d}" for v, s, d in slots) + f" from={authors}"
+    phases = [of(name, parts) for name, parts in (("PREPAREs", bundle.prepares), ("COMMITs", bundle.commits)) if parts]
+    return "BUNDLE " + " + ".join(phases or ["empty"])
+
+
 def _checkpoint(names: RequestNames, checkpoint: Checkpoint) -> str:
     return f"CHECKPOINT seq={checkpoint.seq} state={short(checkpoint.state_digest)}"
 
@@ -145,11 +154,12 @@ _DESCRIBERS = {
     Request: _request, Vote: _vote, PrePrepare: _preprepare, Prepare: _phase("PREPARE"),
     Commit: _phase("COMMIT"), Checkpoint: _checkpoint, ViewChange: _view_change, NewView: _new_view,
     Reply: _reply, Refusal: _refusal, StateRequest: _state_request, StateReply: _state_reply, LogEntry: _log_entry,
+    Bundle: _bundle,
 }
 
 TYPE_NAMES = {Request: "REQUEST", Vote: "VOTE", PrePrepare: "PRE-PREPARE", Prepare: "PREPARE", Commit: "COMMIT",
               Checkpoint: "CHECKPOINT", ViewChange: "VIEW-CHANGE", NewView: "NEW-VIEW", Reply: "REPLY",
-              Refusal: "REFUSAL", StateRequest: "STATE-REQUEST", StateReply: "STATE-REPLY"}
+              Refusal: "REFUSAL", StateRequest: "STATE-REQUEST", StateReply: "STATE-REPLY", Bundle: "BUNDLE"}
 
 
 def final_line(entry: LogEntry) -> str:

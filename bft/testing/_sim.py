@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
-from ..core import (ClientCore, ClusterConfig, Decision, KeyPair, Limits, LogEntry, LogRead, Message, Ready,
-                    Rejection, RemoteProtocolError, Replica, Reply, Request, Risk, Signer, VerdictCertificate,
-                    apply_ready, decode, encode, request_digest)
+from ..core import (ClientCore, ClusterConfig, Commit, Decision, KeyPair, Limits, LogEntry, LogRead, Message,
+                    Prepare, Ready, Rejection, RemoteProtocolError, Replica, Reply, Request, Risk, Signer,
+                    VerdictCertificate, apply_ready, decode, encode, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore, Store, StorePruner
 
@@ -263,6 +263,10 @@ class SimCluster:
         from_client = isinstance(source, str) and isinstance(message, Request)
         ready = replica.submit(message) if from_client else replica.step(message)
         self._handle_ready(destination, ready)
+        if isinstance(message, (Prepare, Commit)) and relays_phase_votes(self.interceptors.get(destination)):
+            for other in range(len(self.replicas)):
+                if other not in (destination, message.replica_id):
+                    self._send_from_replica(destination, other, message)
 
     def _deliver_to_client(self, client_id: str, message: Message) -> None:
         if not isinstance(message, Reply):
@@ -313,6 +317,11 @@ class SimCluster:
         digest = request_digest(self.config.cluster_id, request)
         self._handle_ready(endpoint, replica.record_decision(digest, decision.decision, decision.reason))
 
+
+
+def relays_phase_votes(interceptor: Interceptor | None) -> bool:
+    """Whether a Byzantine replica relays every PREPARE and COMMIT it receives (``_byzantine.relaying``)."""
+    return getattr(interceptor, "relays_phase_votes", False)
 
 
 class _SimIO:
