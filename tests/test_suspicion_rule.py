@@ -57,7 +57,7 @@ def run(policies: list[Policy], seed: int, entries: int = ENTRIES, dangerous_per
         request = Request("agent", position, Risk.LOW, "{}", START_MS + 10**9, ZERO_SIGNATURE)
         votes = tuple(Vote(bytes(32), policy(dangerous, chooser), "v", replica_id, ZERO_SIGNATURE)
                       for replica_id, policy in enumerate(policies))
-        outcome = state.execute(request, votes, START_MS + position, position)
+        outcome = state.execute(request, votes, START_MS + position, position, seq=position)
         events += [(position, event) for event in outcome.events]
     return state, events
 

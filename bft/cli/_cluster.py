@@ -273,7 +273,8 @@ def _run_verify(arguments: argparse.Namespace) -> int:
     signers = [reply.replica_id for reply in certificate.replies]
     print(f"valid: {certificate.decision.value} for {certificate.request.client_id} request "
           f"#{certificate.request.request_number} ({certificate.request.risk.value} risk) at seq {certificate.seq}, "
-          f"signed by replicas {signers} of cluster {cluster.config.cluster_id}, epoch {epoch}")
+          f"signed by replicas {signers} of cluster {cluster.config.cluster_id}"
+          + (f", epoch {epoch}" if arguments.chain else ""))
     return EXIT_OK
 
 
