@@ -32,6 +32,7 @@ LOAD_EVERY_MS = 20
 LOAD_BURST = 2  # Requests per burst: enough to keep batches in flight across every activation.
 LOAD_DEADLINE_MS = 5_000
 CHANGE_ATTEMPTS = 3
+LOAD_AFTER_SWITCH_MS = 300
 
 
 def _key(name: str):
@@ -49,6 +50,10 @@ class Reconfiguration:
     chain: list[tuple[int, ClusterConfig]] = field(init=False)
     findings: list[str] = field(default_factory=list)
     load_submitted: int = 0
+    # (from, to) in simulated ms: from a change's submission to the end of its activation.  Refusals are
+    # expected only for requests submitted within one (the issue: "refusals only during the epoch switch").
+    switch_windows: list[tuple[int, int]] = field(default_factory=list)
+    _switch_started_ms: int | None = None
 
     def __post_init__(self) -> None:
         self.cluster = SimCluster(4, seed=self.seed, limits=LIMITS, client_ids=(CLIENT, OPERATOR), faults=self.faults,
@@ -82,7 +87,13 @@ class Reconfiguration:
         self.findings += [f"{v.invariant}: {context}: {v.message}" for v in self.monitor.check()]
 
     def settle(self, context: str) -> None:
-        """Let the load finish: every load request must end with a certificate (refusals are counted)."""
+        """Some more load in the epoch now active, then let it finish: every request must end with a
+        certificate or a refusal (refusals are counted)."""
+        if self._switch_started_ms is not None:
+            self.switch_windows.append((self._switch_started_ms, self.cluster.now_ms))
+            self._switch_started_ms = None
+        loaded_until = self.cluster.now_ms + LOAD_AFTER_SWITCH_MS
+        self.run_until(lambda: self.cluster.now_ms >= loaded_until, f"{context}: load")
         self.run_until(lambda: all(r.certificate or r.refused for r in self.cluster.operations.values()),
                        f"{context}: every request finishing", load=False)
         self.check(context)
@@ -100,6 +111,7 @@ class Reconfiguration:
                                    limits=current.limits, operator_keys=dict(current.operator_keys))
         document = sign_document(current.cluster_id, change_document(new, len(self.chain), current),
                                  {"alice": _key(OPERATOR).seed})
+        self._switch_started_ms = cluster.now_ms
         for attempt in range(1, CHANGE_ATTEMPTS + 1):
             request = cluster.submit(OPERATOR, document, Risk.CRITICAL)
             if not self.run_until(lambda: cluster.operations[request.key].certificate is not None,
