@@ -90,7 +90,12 @@ class Reconfiguration:
         """Some more load in the epoch now active, then let it finish: every request must end with a
         certificate or a refusal (refusals are counted)."""
         if self._switch_started_ms is not None:
-            self.switch_windows.append((self._switch_started_ms, self.cluster.now_ms))
+            # The switch ends once the new epoch orders again: a request submitted now is certified.
+            cluster = self.cluster
+            probe = cluster.submit(CLIENT, {"tool": "probe"}, Risk.LOW, deadline_ms=cluster.now_ms + LOAD_DEADLINE_MS)
+            self.run_until(lambda: cluster.operations[probe.key].certificate is not None,
+                           f"{context}: the new epoch ordering")
+            self.switch_windows.append((self._switch_started_ms, cluster.now_ms))
             self._switch_started_ms = None
         loaded_until = self.cluster.now_ms + LOAD_AFTER_SWITCH_MS
         self.run_until(lambda: self.cluster.now_ms >= loaded_until, f"{context}: load")

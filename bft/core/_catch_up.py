@@ -100,9 +100,12 @@ class CatchUp:
         A batch whose time is too far from our clock (ours jumped after a pause, or the primary's is off), or an
         empty one (only a NEW-VIEW re-proposes those), is not prepared here.  It is still kept in its slot: a
         quorum of commits for it is proof that it committed, and we execute it then (``_check_committed``).
+        While a configuration change is pending, empty batches are prepared: they carry the log to the
+        activation seq when no request does (specs/RECONFIGURATION.md section 7), and the window's ceiling
+        bounds how many a primary can propose.
         """
         replica = self.replica
-        if not batch.entries:
+        if not batch.entries and replica.epochs.ceiling() is None:
             self.catch_up_counts["empty-batch-kept"] += 1
             return False
         if abs(batch.timestamp_ms - replica.now_ms) > replica.limits.max_clock_skew_ms:
