@@ -33,6 +33,7 @@ LOAD_BURST = 2  # Requests per burst: enough to keep batches in flight across ev
 LOAD_DEADLINE_MS = 5_000
 CHANGE_ATTEMPTS = 3
 LOAD_AFTER_SWITCH_MS = 300
+PROBES_MAX = 3
 
 
 def _key(name: str):
@@ -90,11 +91,16 @@ class Reconfiguration:
         """Some more load in the epoch now active, then let it finish: every request must end with a
         certificate or a refusal (refusals are counted)."""
         if self._switch_started_ms is not None:
-            # The switch ends once the new epoch orders again: a request submitted now is certified.
+            # The switch ends once the new epoch orders again: a request submitted now is certified (a probe
+            # refused on a lossy network, as the simulated client never retries, is followed by another).
             cluster = self.cluster
-            probe = cluster.submit(CLIENT, {"tool": "probe"}, Risk.LOW, deadline_ms=cluster.now_ms + LOAD_DEADLINE_MS)
-            self.run_until(lambda: cluster.operations[probe.key].certificate is not None,
-                           f"{context}: the new epoch ordering")
+            for _ in range(PROBES_MAX):
+                probe = cluster.operations[cluster.submit(CLIENT, {"tool": "probe"}, Risk.LOW,
+                                                          deadline_ms=cluster.now_ms + LOAD_DEADLINE_MS).key]
+                self.run_until(lambda: probe.certificate is not None or probe.refused,
+                               f"{context}: the new epoch ordering")
+                if probe.certificate is not None:
+                    break
             self.switch_windows.append((self._switch_started_ms, cluster.now_ms))
             self._switch_started_ms = None
         loaded_until = self.cluster.now_ms + LOAD_AFTER_SWITCH_MS

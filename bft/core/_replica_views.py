@@ -158,7 +158,9 @@ class ViewChanges:
 
     def note_peer_view(self, replica_id: int, view: int) -> None:
         """``replica_id`` signed a PRE-PREPARE, PREPARE or COMMIT in ``view``: it was ordering there."""
-        if replica_id != self.replica.replica_id and view > self.active_view_by_replica.get(replica_id, -1):
+        # An id past n: a message verified just before this same input switched to a smaller epoch.
+        is_peer = replica_id != self.replica.replica_id and replica_id < self.replica.config.replica_count
+        if is_peer and view > self.active_view_by_replica.get(replica_id, -1):
             self.active_view_by_replica[replica_id] = view
         self._maybe_follow_lower_view()
 
@@ -213,8 +215,8 @@ class ViewChanges:
         primary re-send the NEW-VIEW (``resend_new_view``).
         """
         replica = self.replica
-        if view <= self.view or replica_id == replica.replica_id:
-            return
+        if view <= self.view or replica_id == replica.replica_id or replica_id >= replica.config.replica_count:
+            return  # (An id past n: a message verified just before this same input switched to a smaller epoch.)
         self.view_seen_by_replica[replica_id] = max(view, self.view_seen_by_replica.get(replica_id, 0))
         higher = sorted((v for v in self.view_seen_by_replica.values() if v > self.view), reverse=True)
         if len(higher) >= replica.config.faulty_max + 1:
