@@ -141,8 +141,8 @@ def test_messages_and_verifications_per_verdict_are_counted_by_type_at_4_and_7(q
         assert parties["replicas"] + parties["clients"] == pytest.approx(row["verifications_per_verdict"], abs=0.1)
     assert counts[0]["messages_per_verdict"] < counts[1]["messages_per_verdict"]
     assert counts[0]["verifications_per_verdict"] < counts[1]["verifications_per_verdict"]
-    for row in counts:  # Every replica writes its vote, prepare, commit and verdict: n writes per phase at least.
-        assert row["persisting_rounds_per_verdict"] >= 3 * row["replica_count"]
+    for row in counts:  # Every replica writes its vote on every request; a batch shares its phases' writes.
+        assert row["persisting_rounds_per_verdict"] >= row["replica_count"]
 
 
 def test_the_runtime_floor_adds_messages_and_commits_to_the_model_and_stays_below_the_measured_cpu(quick_run):
