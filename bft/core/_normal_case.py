@@ -150,8 +150,11 @@ class NormalCase:
         in_flight_max = replica.limits.max_in_flight_batches
         while (in_flight := self.next_seq - 1 - replica.last_executed) < in_flight_max \
                 and self.next_seq <= replica.high_water:
+            fill_target = self._batch_fill_target(in_flight)
+            if replica.pending.candidate_count < fill_target:
+                return  # Not enough candidates to fill the batch: no need to look at each of them.
             entries = replica.requests.proposable()
-            if len(entries) < self._batch_fill_target(in_flight):
+            if len(entries) < fill_target:
                 return
             self._propose(entries)
 
