@@ -162,7 +162,8 @@ def test_the_summary_has_every_headline_figure_for_each_n(quick_run):
     summary = {row["replica_count"]: row for row in quick_run[0]["summary_by_n"]}
     assert set(summary) == {4, 7}
     measured_at_4 = ("floor_ms", "p50_ms", "p99_ms", "p50_over_floor", "p99_over_floor", "cpu_ms_per_verdict",
-                     "model_cpu_ms_per_verdict", "saturation_per_s", "p99_ms_at_90_percent", "messages_per_verdict",
+                     "model_cpu_ms_per_verdict", "saturation_per_s", "p99_ms_at_90_percent",
+                     "cpu_ms_per_verdict_at_90_percent", "messages_per_verdict",
                      "verifications_per_verdict", "idle_cpu_ms_per_s_per_replica", "idle_percent_of_core_per_replica")
     assert all(_number(summary[4][field]) for field in measured_at_4)
     assert summary[4]["latency_storage"] == "durable" and summary[4]["latency_risk"] == "low"
