@@ -115,6 +115,7 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "certificate-accepts-f-replies": _SWARM_N4,
     "backup-never-shares-overdue-votes": _SWARM_N4,
     "drop-phase-votes-before-quorum": _SWARM_N4,
+    "batch-waits-for-a-full-batch": _SWARM_N4,
     # Needs a primary forging bundle parts: the swarm's forging-collector strategy, steered to the primary.
     "bundle-trusts-forwarder": ScenarioPlan(BUNDLE_SCENARIOS),
     # Issue 18's classic PBFT bugs.  A dropped re-proposal shows only where a view change meets a slot that
