@@ -88,7 +88,8 @@ def throughput_ratios(floor_by_n: dict, throughput_runs: list[dict]) -> list[dic
                      "ceiling_per_s": ceiling, "saturation_per_s": run["saturation_per_s"],
                      "throughput_over_ceiling": round(run["saturation_per_s"] / ceiling, 4),
                      "p50_ms_at_50_percent": run["at_50_percent"]["latency"].get("p50_ms"),
-                     "p99_ms_at_90_percent": run["at_90_percent"]["latency"].get("p99_ms")})
+                     "p99_ms_at_90_percent": run["at_90_percent"]["latency"].get("p99_ms"),
+                     "cpu_ms_per_verdict_at_90_percent": run["at_90_percent"]["cpu_ms_per_verdict"]})
     return rows
 
 
@@ -113,6 +114,7 @@ def summary_by_n(latency_rows: list[dict], throughput_rows: list[dict], latency_
                                                          "model_cpu_ms_per_verdict")},
             "saturation_per_s": throughput and throughput["saturation_per_s"],
             "p99_ms_at_90_percent": throughput and throughput["p99_ms_at_90_percent"],
+            "cpu_ms_per_verdict_at_90_percent": throughput and throughput["cpu_ms_per_verdict_at_90_percent"],
             "messages_per_verdict": messages and messages["messages_per_verdict"],
             "verifications_per_verdict": messages and messages["verifications_per_verdict"],
             "persisting_rounds_per_verdict": messages and messages["persisting_rounds_per_verdict"],
@@ -216,7 +218,8 @@ def _print_summary(summary: list[dict], out: TextIO) -> None:
     print(f"\nsummary ({HEADLINE_STORAGE} storage, {HEADLINE_RISK} risk, one closed-loop client; saturation with "
           "open-loop clients; messages and verifications counted in the simulator; - = not measured):", file=out)
     print(f"  {'n':>3} {'p50 ms':>8} {'p99 ms':>8} {'floor ms':>9} {'p50/floor':>10} {'p99/floor':>10} "
-          f"{'CPU ms/verdict (model)':>23} {'saturation/s':>13} {'p99 @90% ms':>12} {'msgs/verdict':>13} "
+          f"{'CPU ms/verdict (model)':>23} {'saturation/s':>13} {'p99 @90% ms':>12} {'CPU @90% ms':>12} "
+          f"{'msgs/verdict':>13} "
           f"{'verifs/verdict':>15} {'idle ms/s/replica':>18}", file=out)
     for row in summary:
         cpu = "-" if row["cpu_ms_per_verdict"] is None else \
@@ -225,6 +228,7 @@ def _print_summary(summary: list[dict], out: TextIO) -> None:
               f"{_number(row['floor_ms']):>9} {_number(row['p50_over_floor']):>10} "
               f"{_number(row['p99_over_floor']):>10} "
               f"{cpu:>23} {_number(row['saturation_per_s']):>13} {_number(row['p99_ms_at_90_percent']):>12} "
+              f"{_number(row['cpu_ms_per_verdict_at_90_percent']):>12} "
               f"{_number(row['messages_per_verdict']):>13} {_number(row['verifications_per_verdict']):>15} "
               f"{_number(row['idle_cpu_ms_per_s_per_replica']):>18}", file=out)
 

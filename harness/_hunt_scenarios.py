@@ -17,7 +17,7 @@ from typing import Callable
 
 from bft.core import Bundle, Limits, PrePrepare, Risk
 from bft.core._codec import record_digest
-from bft.testing import SimCluster, lying_state_transfer
+from bft.testing import SimCluster, forging_collector, lying_state_transfer
 from bft.testing._interactions import Interactions, replay
 from specs.invariants import SimMonitor, check_all
 
@@ -144,11 +144,23 @@ def equivocating_primary_then_crash() -> list[str]:
     return findings + [str(violation) for violation in monitor.check()]
 
 
+def forging_primary(seed: int) -> list[str]:
+    """Replica 0, the first primary, sends replica 3 another batch for each seq with a bundle of PREPAREs and
+    COMMITs for it forged in every other replica's name (``forging_collector``); a few requests run."""
+    cluster = SimCluster(4, seed=seed, interceptors={0: forging_collector([3], 4)})
+    monitor = SimMonitor(cluster, correct={1, 2, 3})
+    requests = _submit(cluster, 4, 0)
+    findings = [] if cluster.run_until(lambda: _finalized(cluster, requests), _RUN_MS_MAX) else \
+        ["progress: the requests did not finalize"]
+    return findings + [str(violation) for violation in monitor.check()]
+
+
 # Replica 0 is the first peer the laggard asks; the lie seed picks which lie it tells first.
 SCENARIOS: dict[str, Callable[[], list[str]]] = {
     "reconfiguration": run_reconfiguration,
     "conflicting-certificates-from-two-views": conflicting_certificates_from_two_views,
     "equivocating-primary-then-crash": equivocating_primary_then_crash,
+    "forging-primary": lambda: forging_primary(0),
 } | {
     f"lagging-replica-fetches-from-liar-lies-{lie_seed}":
         (lambda lie_seed=lie_seed: lagging_replica_fetches_from_a_liar(0, lie_seed))
@@ -158,6 +170,7 @@ SCENARIOS: dict[str, Callable[[], list[str]]] = {
 }
 VIEW_CHANGE_SCENARIOS = ("conflicting-certificates-from-two-views",)
 PREPARE_QUORUM_SCENARIOS = ("equivocating-primary-then-crash",)
+BUNDLE_SCENARIOS = ("forging-primary",)
 STATE_TRANSFER_SCENARIOS = tuple(name for name in SCENARIOS if name.startswith("lagging-replica"))
 GOLDEN_NORMAL_CASE = ("golden:normal_low",)
 GOLDEN_VIEW_CHANGE = ("golden:view_change_conflicting_certificates",)

@@ -60,7 +60,10 @@ START_MS = 1_000_000
 TICK_MS = 10
 DEADLINE_MS = START_MS + 10**9
 # Small scope: checkpoints every two sequence numbers, so two requests already reach one.
-LIMITS = Limits(checkpoint_interval=2, log_window=8, max_in_flight_batches=4, vote_wait_ticks=2)
+# One request per batch, so the two requests take two seqs that can be in flight together (with larger
+# batches the second would wait for the first, and seqs could never execute or commit out of order).
+LIMITS = Limits(checkpoint_interval=2, log_window=8, max_in_flight_batches=4, max_batch_requests=1,
+                vote_wait_ticks=2)
 ACTIONS = ({"tool": "read_file", "path": "README"}, Risk.LOW), ({"tool": "send_email", "to": "x"}, Risk.HIGH)
 TRACE_SHOWN_MAX = 200
 DEPTH_MAX = 500  # The search recurses once per step; this stays well inside Python's recursion limit.

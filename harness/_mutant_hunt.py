@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ._hunt_scenarios import (GOLDEN_NORMAL_CASE, GOLDEN_VIEW_CHANGE, PREPARE_QUORUM_SCENARIOS,
+from ._hunt_scenarios import (BUNDLE_SCENARIOS, GOLDEN_NORMAL_CASE, GOLDEN_VIEW_CHANGE, PREPARE_QUORUM_SCENARIOS,
                               RECONFIGURATION_SCENARIOS, STATE_TRANSFER_SCENARIOS, VIEW_CHANGE_SCENARIOS,
                               run_scenario)
 from ._linearizability import Validity
@@ -116,8 +116,9 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "certificate-accepts-f-replies": _SWARM_N4,
     "backup-never-shares-overdue-votes": _SWARM_N4,
     "drop-phase-votes-before-quorum": _SWARM_N4,
-    # Needs the swarm's forging-collector primary (a Byzantine primary forging bundle parts).
-    "bundle-trusts-forwarder": SwarmPlan(4, 10, 100),
+    "batch-waits-for-a-full-batch": _SWARM_N4,
+    # Needs a primary forging bundle parts: the swarm's forging-collector strategy, steered to the primary.
+    "bundle-trusts-forwarder": ScenarioPlan(BUNDLE_SCENARIOS),
     # Issue 18's classic PBFT bugs.  A dropped re-proposal shows only where a view change meets a slot that
     # committed at some replicas and not others; with COMMITs collected by the primary (SPEC.md 11c), the
     # primary commits a step before its backups, so short runs reach it.

@@ -46,6 +46,8 @@ PATCH_POINTS: dict[str, PatchPoint] = {
                            "persist-then-send of a replica's own signed messages"),
     "receive-bundle": PatchPoint("bft.core._replica:Replica._receive_bundle",
                                  "how a backup takes in the quorum its primary forwards"),
+    "batch-fill-target": PatchPoint("bft.core._normal_case:NormalCase._batch_fill_target",
+                                    "how many ready requests the primary waits for before a batch"),
     "tick-input": PatchPoint("bft.core._replica:Replica._tick", "what a replica does when its clock ticks"),
     "validate-votes": PatchPoint("bft.core._normal_case:NormalCase._validate_votes",
                                  "which vote sets a batch entry may carry"),
@@ -267,6 +269,14 @@ def _bundle_trusts_its_forwarder() -> list[ContextManager]:
     return [PATCH_POINTS["receive-bundle"].patch(receive_bundle)]
 
 
+def _batch_waits_for_a_full_batch() -> list[ContextManager]:
+    """The fill target forgets that it should fall with the batches in flight: a batch waits until it is
+    full, so requests that arrive slowly are never proposed."""
+    def batch_fill_target(self, in_flight):
+        return self.replica.limits.max_batch_requests
+    return [PATCH_POINTS["batch-fill-target"].patch(batch_fill_target)]
+
+
 def _drop_phase_votes_before_their_quorum() -> list[ContextManager]:
     """The superfluous-message filter judges a slot by its PRE-PREPARE instead of its quorum: the PREPAREs
     and COMMITs a slot still needs are dropped unverified, and the slot never prepares."""
@@ -423,6 +433,8 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
     Mutant("bundle-trusts-forwarder", "a backup counts the PREPAREs and COMMITs its primary forwards without "
            "checking their signatures: a Byzantine primary forges a quorum (S1)",
            ("receive-bundle",), _bundle_trusts_its_forwarder),
+    Mutant("batch-waits-for-a-full-batch", "a batch is proposed only once full: slow requests wait forever "
+           "(liveness; they end REFUSED at their deadlines)", ("batch-fill-target",), _batch_waits_for_a_full_batch),
     Mutant("drop-phase-votes-before-quorum", "PREPAREs and COMMITs a slot still needs are dropped (liveness)",
            ("adds-nothing",), _drop_phase_votes_before_their_quorum),
     Mutant("reproposal-ignores-highest-view", "a new view re-proposes the lowest view's prepared certificate, "

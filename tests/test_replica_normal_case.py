@@ -346,7 +346,9 @@ def test_a_cluster_with_every_message_delivered_twice_agrees(kit, make_net) -> N
         net.submit(kit.request("alice", number))
     net.deliver_all()
     assert net.rejections() == []
-    assert {replica.last_executed for replica in net.replicas} == {3}
+    # Every replica executed the same seqs (requests ready while a batch is in flight share the next one).
+    assert len({replica.last_executed for replica in net.replicas}) == 1
+    assert all(replica.execution.log_length == 3 for replica in net.replicas)
     assert len({replica.execution.state_digest() for replica in net.replicas}) == 1
     per_replica = {}
     for replica_id, _, in net.replies:

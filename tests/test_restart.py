@@ -7,6 +7,7 @@ and a retried request is answered again without executing twice."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,9 @@ def hold_commits(cluster: SimCluster) -> None:
 
 
 def test_a_whole_cluster_restart_finalizes_batches_that_were_prepared_but_not_committed(tmp_path: Path) -> None:
-    cluster = sqlite_cluster(tmp_path, seed=11, limits=SMALL)
+    # One request per batch, so all three are proposed at once and all three slots prepare: a request still
+    # waiting in the primary's pool at the crash lives in no store, and only its client's retry brings it back.
+    cluster = sqlite_cluster(tmp_path, seed=11, limits=dataclasses.replace(SMALL, max_batch_requests=1))
     monitor = SimMonitor(cluster, correct={0, 1, 2, 3})
     hold_commits(cluster)
     requests = submit_many(cluster, 3)

@@ -96,11 +96,14 @@ class ClientRecord:
     still gets f+1 replies from the other replicas).
     """
 
-    __slots__ = ("stale_below", "replies")
+    __slots__ = ("stale_below", "replies", "verdicts")
 
     def __init__(self) -> None:
         self.stale_below = 1
         self.replies: SortedDict[int, Reply | LogEntry] = SortedDict()
+        # The same requests' verdicts as policies see them, made once per request rather than once per
+        # evaluation: every request's evaluation reads the whole window (``agreed_history``).
+        self.verdicts: dict[int, AgreedVerdict] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,7 @@ class ExecutionState:
         record = self.clients.get(client_id)
         if record is None:
             return ()
-        return tuple(AgreedVerdict(number, outcome.seq, outcome.decision) for number, outcome in record.replies.items())
+        return tuple(map(record.verdicts.__getitem__, record.replies))
 
     def is_stale(self, client_id: str, request_number: int) -> bool:
         """True for a number that may have executed but whose reply was evicted from the window."""
@@ -217,10 +220,12 @@ class ExecutionState:
     def _remember(self, reply: Reply | LogEntry) -> None:
         record = self.clients.setdefault(reply.client_id, ClientRecord())
         record.replies[reply.request_number] = reply
+        record.verdicts[reply.request_number] = AgreedVerdict(reply.request_number, reply.seq, reply.decision)
         while len(record.replies) > self._client_window:
             evicted_number, _ = record.replies.popitem(0)
+            del record.verdicts[evicted_number]
             record.stale_below = max(record.stale_below, evicted_number + 1)
-        assert len(record.replies) <= self._client_window
+        assert len(record.replies) == len(record.verdicts) <= self._client_window
 
     def state_digest(self) -> bytes:
         """Digest of the replicated state; equal on every correct replica at the same seq."""

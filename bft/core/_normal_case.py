@@ -148,11 +148,30 @@ class NormalCase:
         if not replica.view_active or replica.view < replica.vote_floor_view:
             return  # A follower of a view it asked to leave proposes nothing there (section 11a).
         in_flight_max = replica.limits.max_in_flight_batches
-        while self.next_seq - 1 - replica.last_executed < in_flight_max and self.next_seq <= replica.high_water:
+        while (in_flight := self.next_seq - 1 - replica.last_executed) < in_flight_max \
+                and self.next_seq <= replica.high_water:
+            fill_target = self._batch_fill_target(in_flight)
+            # With a change pending, batches (empty ones too) carry the log to its activation seq at once.
+            filling = replica.epochs.ceiling() is not None
+            if replica.pending.candidate_count < fill_target and not filling:
+                return  # Not enough candidates to fill the batch: no need to look at each of them.
             entries = replica.requests.proposable()
-            if not entries and replica.epochs.ceiling() is None:
+            if len(entries) < fill_target and not filling:
                 return
-            self._propose(entries)  # With a change pending, empty batches carry the log to its activation seq.
+            self._propose(entries)
+
+    def _batch_fill_target(self, in_flight: int) -> int:
+        """How many ready requests a new batch needs while ``in_flight`` batches are unexecuted.
+
+        With none in flight, one: a lone request is proposed at once.  Each batch in flight raises the
+        bar by an equal share of ``max_batch_requests``, so under load requests gather into fewer,
+        fuller batches instead of one batch each, and every batch's fixed cost (PRE-PREPARE, two
+        phases, their fsyncs) is shared.  Nothing waits forever: a batch in flight executes (or its
+        view changes), which lowers the bar, and execution proposes again (SPEC.md section 5, step 4).
+        """
+        limits = self.replica.limits
+        share = -(-limits.max_batch_requests // limits.max_in_flight_batches)  # Rounded up.
+        return max(1, min(limits.max_batch_requests, in_flight * share))
 
     def _propose(self, entries: list[PendingRequest]) -> None:
         replica = self.replica

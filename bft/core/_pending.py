@@ -233,6 +233,11 @@ class PendingPool:
 
     # ------------------------------------------------------------- indexes
 
+    @property
+    def candidate_count(self) -> int:
+        """How many entries ``proposal_candidates`` holds (O(1))."""
+        return len(self._candidates)
+
     def proposal_candidates(self) -> Iterable[PendingRequest]:
         """Entries with their request and a quorum of votes, not in an accepted pre-prepare, in arrival order."""
         return self._candidates.values()
