@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 from bft.core import Checkpoint, ClusterConfig, Commit, PrePrepare, Prepare, VerdictCertificate
 
 from ._common import Evidence, Logs, SignedByReplica, Violation, _signature_ok, _verifier
-from ._logs import (certificate_problem, check_agreement, check_deadline, check_exactly_once, check_integrity,
+from ._logs import (certificate_violations, check_agreement, check_deadline, check_exactly_once, check_integrity,
                     check_validity, _request_problems)
 from ._signed import check_checkpoints, check_log_prefixes, check_no_equivocation, check_state_transfers, \
     check_vote_floor
@@ -104,10 +104,7 @@ def check_all_epochs(logs: Logs, epochs: Epochs, certificates: Sequence[VerdictC
         violations += check_validity(epoch_logs, config, merged, epoch_certificates, require_evidence=require_evidence)
         for replica_id in sorted(epoch_logs):
             violations += _request_problems(replica_id, epoch_logs[replica_id], config, merged, require_evidence)
-        for certificate in epoch_certificates:
-            problem = certificate_problem(certificate, config)
-            if problem:
-                violations.append(Violation("S3", f"certificate for {certificate.request.key}: {problem}"))
+        violations += certificate_violations(epoch_certificates, config)
         if signed is None:
             continue
         epoch_signed = {r: [m for m in messages if isinstance(m, Checkpoint) and _in_epoch(epochs, index, m.seq)]

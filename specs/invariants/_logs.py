@@ -153,11 +153,13 @@ def check_integrity(logs: Logs, config: ClusterConfig | None = None, evidence: E
         return violations
     for replica_id in sorted(logs):
         violations += _request_problems(replica_id, logs[replica_id], config, evidence, require_evidence)
-    for certificate in certificates:
-        problem = certificate_problem(certificate, config)
-        if problem:
-            violations.append(Violation("S3", f"certificate for {certificate.request.key}: {problem}"))
-    return violations
+    return violations + certificate_violations(certificates, config)
+
+
+def certificate_violations(certificates, config) -> list[Violation]:
+    """S3 for each certificate judged under ``config``: one violation per certificate that does not verify."""
+    return [Violation("S3", f"certificate for {certificate.request.key}: {problem}")
+            for certificate in certificates if (problem := certificate_problem(certificate, config))]
 
 
 def _chain_problems(replica_id: int, log: Sequence[LogEntry]) -> list[Violation]:
