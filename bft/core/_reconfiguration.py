@@ -227,10 +227,11 @@ class EpochChain:
         return next(epoch for epoch in reversed(self.epochs) if epoch.starts_after < seq)
 
     def activation_after(self, seq: int) -> int | None:
-        """The activation seq of an epoch that starts after ``seq`` is ordered (at most one is ever pending)."""
-        later = [epoch.starts_after for epoch in self.epochs if epoch.starts_after >= seq]
-        assert len(later) <= 1, later
-        return later[0] if later else None
+        """The activation seq of an epoch that starts after ``seq`` is ordered.  At most one is ever pending,
+        and it is the latest (``record`` appends only growing activation seqs), so only the latest is looked
+        at: the window's top asks this on every input."""
+        starts_after = self.latest.starts_after
+        return starts_after if starts_after >= seq else None
 
     def record(self, change: ConfigChange, seq: int) -> list[dict[str, Any]]:
         """Execute a config-change at ``seq``: validate it against the epoch of ``seq``, then append the epoch.
@@ -254,6 +255,7 @@ class EpochChain:
         limits = config.limits
         activation = activation_seq(seq, limits.checkpoint_interval, limits.log_window)
         config_digest = configuration_digest(config)
+        assert activation > current.starts_after, (activation, current.starts_after)
         self.epochs.append(Epoch(change.epoch, config, config_digest, activation))
         return [{"event": "epoch-change", "epoch": change.epoch, "configuration": config_digest.hex(),
                  "activation_seq": activation, "replicas": config.replica_count, "faulty_max": config.faulty_max}]

@@ -384,8 +384,7 @@ class Replica:
 
     def _broadcast(self, message: Message) -> None:
         """Persist our own signed message, then queue it for every other replica."""
-        self._send_own(message, [replica_id for replica_id in range(self.config.replica_count)
-                                 if replica_id != self.replica_id])
+        self._send_own(message, self._other_replicas())
 
     def _send_to_primary(self, message: Message) -> None:
         """Persist our own signed PREPARE or COMMIT, then queue it for the primary of the view, which
@@ -399,8 +398,10 @@ class Replica:
 
     def _send_to_others(self, message: Message) -> None:
         """Queue ``message`` for every other replica, without persisting it (it is already durable or not ours)."""
-        self._out.to_replicas.extend((replica_id, message) for replica_id in range(self.config.replica_count)
-                                     if replica_id != self.replica_id)
+        self._out.to_replicas.extend((replica_id, message) for replica_id in self._other_replicas())
+
+    def _other_replicas(self) -> list[int]:
+        return [replica_id for replica_id in range(self.config.replica_count) if replica_id != self.replica_id]
 
     def check_invariants(self) -> None:
         """Every structural invariant; a failure is a bug in the core.
