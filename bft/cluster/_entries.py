@@ -96,6 +96,10 @@ class ClusterFile:
     clients: tuple[ClientEntry, ...] = ()
     operators: tuple[OperatorEntry, ...] = ()
     node_options: NodeOptions = field(default_factory=NodeOptions)
+    # A later epoch's file names the genesis cluster file and the chain of epoch certificates from it
+    # (both or neither; ``bft.cluster._epochs`` checks that the chain leads to this file's configuration).
+    genesis_file: Path | None = None
+    chain_file: Path | None = None
 
     def __post_init__(self) -> None:
         assert [entry.replica_id for entry in self.replicas] == list(range(self.config.replica_count))

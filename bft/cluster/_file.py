@@ -11,6 +11,9 @@ needs the cluster file and its own key file, nothing else.  The format::
     format = 1
     cluster_id = "demo"
     faulty_max = 1                      # optional; default: the most n tolerates
+    genesis = "genesis.toml"            # optional, with chain: this file describes a later epoch of the
+    chain = "chain.json"                # cluster born as genesis.toml, proved by the epoch certificates in
+                                        # chain.json (bft operator reconfigure appends them; bft.cluster._epochs)
 
     [limits]                            # optional overrides of bft.core.Limits
     view_change_timeout_ticks = 50
@@ -84,7 +87,7 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_ID_BYTES = 64  # The wire limit on a client id (bft.core checks the same bound on every request).
 
 TOP_LEVEL_KEYS = {"format", "cluster_id", "faulty_max", "limits", "rules", "accountability", "node", "replicas",
-                  "clients", "operators"}
+                  "clients", "operators", "genesis", "chain"}
 REPLICA_KEYS = {"id", "host", "port", "bind", "public_key", "key_file", "database", "metrics", "policy",
                 "policy_options"}
 CLIENT_KEYS = {"id", "public_key", "key_file"}
@@ -119,7 +122,12 @@ def cluster_from_document(path: Path, document: dict[str, Any]) -> ClusterFile:
                          *(entry.metrics_address for entry in replicas if entry.metrics_address)], "address")
     config = reader.cluster_config(document, cluster_id, replicas, clients, operators)
     node_options = reader.node_options(document.get("node", {}))
-    return ClusterFile(path.absolute(), config, replicas, clients, operators, node_options)
+    genesis_file = reader.file_path(document, "genesis", "the top level", required=False)
+    chain_file = reader.file_path(document, "chain", "the top level", required=False)
+    if (genesis_file is None) != (chain_file is None):
+        reader.fail("'genesis' and 'chain' go together: a later epoch's file names both its genesis file and "
+                    "the epoch certificates that lead from it")
+    return ClusterFile(path.absolute(), config, replicas, clients, operators, node_options, genesis_file, chain_file)
 
 
 def check_draft_document(path: Path, document: dict[str, Any]) -> str:
@@ -388,6 +396,9 @@ def dump_cluster_file(cluster: ClusterFile, directory: str | os.PathLike | None 
     base = Path(directory) if directory is not None else cluster.path.parent
     config = cluster.config
     document: dict[str, Any] = {"format": FORMAT_VERSION, "cluster_id": config.cluster_id}
+    if cluster.genesis_file is not None and cluster.chain_file is not None:
+        document["genesis"] = _relative(cluster.genesis_file, base)
+        document["chain"] = _relative(cluster.chain_file, base)
     if config.faulty_max != max_faulty(config.replica_count):
         document["faulty_max"] = config.faulty_max
     defaults = default_rules(config.replica_count, config.faulty_max, config.quorum)

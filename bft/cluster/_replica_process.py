@@ -14,6 +14,13 @@ serves Prometheus metrics on the configured address, and logs JSON lines to stde
 it cleanly: the node's tasks are cancelled, the store is closed, and the exit
 code is 0.
 
+A replica of a later epoch (one that joins the cluster through a configuration
+change) runs from that epoch's cluster file, whose ``genesis`` and ``chain`` keys
+lead to it (``bft.cluster._epochs``): it starts in that epoch and fetches the
+state by state transfer.  A replica that the core retires (removed, or its key
+replaced, by a change) stops once what it produced is durable, logs that it
+retired and exits with code 0.
+
 ``--listen`` and ``--peer`` override addresses without editing the shared
 cluster file, so a test harness can put a fault-injecting proxy between
 replicas: replica 1 listens where it is configured, the proxy listens
@@ -42,10 +49,11 @@ from typing import Callable, Mapping
 
 import trio
 
+from ._epochs import ClusterEpochs, cluster_epochs
 from ._file import Address, ClusterFile, ConfigFileError, format_address, load_cluster_file
 from ._keys import read_key_file
 from ._ports import listen_problem, port_in_use_sentence
-from ..core import KeyPair
+from ..core import KeyPair, LocalProtocolError
 from ..policy import Policy
 from ..runtime import MetricsServer, ReplicaMetrics, ReplicaNode, configure_json_logging, serve_metrics
 from ..storage import SqliteStore, StorageError, Store
@@ -75,6 +83,7 @@ class ReplicaLaunch:
     policy: Policy
     listen_address: Address
     addresses: Mapping[int, Address]
+    epochs: ClusterEpochs | None = None  # None: the cluster file's configuration is the genesis.
 
     @property
     def database(self) -> Path:
@@ -110,7 +119,8 @@ def prepare_launch(cluster_path: str | os.PathLike, replica_id: int | None, list
     except ValueError as error:
         raise ConfigFileError(cluster.path, f"replica {replica_id}'s policy cannot be built: {error}") from None
     addresses = {**cluster.addresses, **peers}
-    return ReplicaLaunch(cluster, replica_id, seed, policy, listen_address or entry.listen_address, addresses)
+    return ReplicaLaunch(cluster, replica_id, seed, policy, listen_address or entry.listen_address, addresses,
+                         cluster_epochs(cluster))
 
 
 def replica_of_key_file(cluster: ClusterFile, key_file: str | os.PathLike, replica_id: int | None) -> tuple[int, bytes]:
@@ -170,11 +180,15 @@ async def _serve(launch: ReplicaLaunch, store: Store, signals, task_status: trio
                  node_factory: NodeFactory) -> None:
     cluster = launch.cluster
     metrics = ReplicaMetrics()
+    epochs = launch.epochs or ClusterEpochs(cluster.config, ())
+    joining = {"later_epochs": epochs.later} if epochs.later else {}
     try:
-        node = node_factory(cluster.config, launch.replica_id, launch.seed, launch.policy, launch.addresses,
-                            store=store, options=cluster.node_options, metrics=metrics)
+        node = node_factory(epochs.genesis, launch.replica_id, launch.seed, launch.policy, launch.addresses,
+                            store=store, options=cluster.node_options, metrics=metrics, **joining)
     except StorageError as error:
         raise ReplicaStartError(f"{launch.database}: the stored state cannot be recovered ({error})") from None
+    except (LocalProtocolError, ValueError) as error:  # The key is not this epoch's, an address is unknown.
+        raise ReplicaStartError(f"replica {launch.replica_id} cannot start in this configuration: {error}") from None
     # Metrics first: once the replica's port accepts, ``bft up`` reports it up, and both its ports
     # must then be taken (a second cluster's check would otherwise find the metrics port free).
     metrics_server = _start_metrics(launch, metrics)
@@ -205,12 +219,22 @@ async def _run_until_signalled(launch: ReplicaLaunch, node: ReplicaNode, listene
         logger.info("replica %d of cluster %s is serving on %s", launch.replica_id, launch.cluster.config.cluster_id,
                     format_address((launch.listen_address[0], port)))
         task_status.started(port)
+        nursery.start_soon(_stop_when_retired, launch, node, nursery.cancel_scope)
         if signals is None:
             await trio.sleep_forever()  # Until the caller cancels.
         async for received in signals:
             logger.info("replica %d received %s; shutting down", launch.replica_id, signal.Signals(received).name)
             nursery.cancel_scope.cancel()
             break
+
+
+async def _stop_when_retired(launch: ReplicaLaunch, node: ReplicaNode, cancel_scope: trio.CancelScope) -> None:
+    """A replica the configuration no longer lists stops, once what it produced is durable (its verdict log
+    stays for audit)."""
+    await node.epoch_follower.retired.wait()
+    await node.wait_durable()
+    logger.info("replica %d retired in epoch %d; stopping", launch.replica_id, node.epoch_follower.number)
+    cancel_scope.cancel()
 
 
 def _start_metrics(launch: ReplicaLaunch, metrics: ReplicaMetrics) -> MetricsServer | None:

@@ -7,7 +7,14 @@ signatures of the current epoch over it::
 
     {"command": "config-change", "epoch": 1, "previous": HEX, "replicas": [B64, ...], "faulty_max": 1,
      "clients": {"client-0": B64}, "operators": {"alice": B64}, "operator_threshold": 1,
-     "signatures": {"alice": B64}}
+     "signatures": {"alice": B64}, "addresses": ["10.0.0.1:7000", ...]}
+
+``addresses`` is optional: where each replica of the next configuration is
+reached, "HOST:PORT" in the order of ``replicas``.  It is signed with the rest
+(operators sign everything but the signatures) but is not part of the
+configuration digest nor of ``ClusterConfig``: an address only tells a replica
+process where to dial, and every link authenticates the configured key, so a
+wrong address costs liveness, never safety (specs/RECONFIGURATION.md section 7).
 
 Replica ids are positions in ``replicas``: a replica keeps its id across epochs,
 a replacement puts a new key at an existing id, growth appends ids and shrinking
@@ -41,9 +48,10 @@ from ._verdict import default_rules
 
 CONFIG_CHANGE = "config-change"
 CONFIG_CHANGE_FIELDS = frozenset({"epoch", "previous", "replicas", "faulty_max", "clients", "operators",
-                                  "operator_threshold", "signatures"})
+                                  "operator_threshold", "signatures", "addresses"})
 SIGNING_DOMAIN = b"bft/config-change/v1\x00"
 EPOCHS_MAX = 1_000  # A bound on the chain a replica keeps; a deployment reconfigures far less often.
+HOST_BYTES_MAX = 253  # The longest DNS name.
 
 
 class ChangeError(ValueError):
@@ -63,6 +71,7 @@ class ConfigChange:
     operator_threshold: int
     signatures: Mapping[str, bytes]
     unsigned_text: bytes  # The canonical document without its signatures (``signing_text`` binds the cluster).
+    addresses: tuple[tuple[str, int], ...] = ()  # (host, port) per replica, or () when the change names none.
 
 
 def configuration_digest(config: ClusterConfig) -> bytes:
@@ -77,13 +86,41 @@ def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
 
-def change_document(config: ClusterConfig, epoch: int, previous: ClusterConfig) -> dict[str, Any]:
-    """The unsigned document that turns ``previous`` (epoch ``epoch - 1``) into ``config``."""
-    return {"command": CONFIG_CHANGE, "epoch": epoch, "previous": configuration_digest(previous).hex(),
+def change_document(config: ClusterConfig, epoch: int, previous: ClusterConfig,
+                    addresses: tuple[tuple[str, int], ...] = ()) -> dict[str, Any]:
+    """The unsigned document that turns ``previous`` (epoch ``epoch - 1``) into ``config``; ``addresses``, if
+    given, says where each replica of ``config`` is reached."""
+    assert not addresses or len(addresses) == config.replica_count
+    where = {"addresses": [_address_text(address) for address in addresses]} if addresses else {}
+    return {**where, "command": CONFIG_CHANGE, "epoch": epoch, "previous": configuration_digest(previous).hex(),
             "replicas": [_b64(key) for key in config.replica_keys], "faulty_max": config.faulty_max,
             "clients": {c: _b64(config.client_keys[c]) for c in config.ordinary_client_ids},
             "operators": {name: _b64(key) for name, key in sorted(config.operator_keys.items())},
             "operator_threshold": config.operator_threshold}
+
+
+def _address_text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _addresses(value: Any, replica_count: int) -> tuple[tuple[str, int], ...]:
+    """The optional ``addresses``: one distinct "HOST:PORT" per replica, in the order of ``replicas``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) != replica_count:
+        raise ChangeError(f"'addresses' must list one HOST:PORT per replica ({replica_count})")
+    parsed = []
+    for index, text in enumerate(value):
+        host, separator, port = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+        host = host.removeprefix("[").removesuffix("]")
+        if not (separator and host and host.isprintable() and len(host.encode()) <= HOST_BYTES_MAX
+                and " " not in host and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+            raise ChangeError(f"replica {index}'s address must be HOST:PORT with a port in [1, 65535]")
+        parsed.append((host, int(port)))
+    if len(set(parsed)) != len(parsed):
+        raise ChangeError("'addresses' names one address for two replicas")
+    return tuple(parsed)
 
 
 def _unsigned_text(document: Mapping[str, Any]) -> bytes:
@@ -152,7 +189,7 @@ def parse_change(document: Mapping[str, Any]) -> ConfigChange:
         operator_keys=MappingProxyType(_keys_by_name(document.get("operators"), "operators")),
         operator_threshold=_small_int(document, "operator_threshold", 1, 128),
         signatures=MappingProxyType(_keys_by_name(document.get("signatures"), "signatures", 64)),
-        unsigned_text=_unsigned_text(document))
+        unsigned_text=_unsigned_text(document), addresses=_addresses(document.get("addresses"), len(replicas)))
 
 
 def _signature_problem(change: ConfigChange, current: ClusterConfig) -> str | None:
@@ -209,6 +246,9 @@ class Epoch:
     config: ClusterConfig
     config_digest: bytes
     starts_after: int
+    # Where the replicas are reached, as the change said ((host, port) per replica), or () if it did not say:
+    # for the runtime only (the digest, the checkpoints and the quorums never look at it).
+    addresses: tuple[tuple[str, int], ...] = ()
 
 
 class EpochChain:
@@ -256,7 +296,7 @@ class EpochChain:
         activation = activation_seq(seq, limits.checkpoint_interval, limits.log_window)
         config_digest = configuration_digest(config)
         assert activation > current.starts_after, (activation, current.starts_after)
-        self.epochs.append(Epoch(change.epoch, config, config_digest, activation))
+        self.epochs.append(Epoch(change.epoch, config, config_digest, activation, change.addresses))
         return [{"event": "epoch-change", "epoch": change.epoch, "configuration": config_digest.hex(),
                  "activation_seq": activation, "replicas": config.replica_count, "faulty_max": config.faulty_max}]
 

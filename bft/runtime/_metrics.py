@@ -75,6 +75,9 @@ class ReplicaMetrics:
             "bft_consensus_latency_seconds", "From a request's arrival at this replica to its durable finalization.",
             buckets=LATENCY_BUCKETS_S, registry=registry)
         self.view = Gauge("bft_view", "The view this replica is in.", registry=registry)
+        self.epoch = Gauge("bft_epoch", "The configuration epoch this replica works in.", registry=registry)
+        self.retired = Gauge("bft_retired", "1 once this replica is not a member of the current epoch, else 0.",
+                             registry=registry)
         self.view_changes = Counter("bft_view_changes", "New views this replica installed.", registry=registry)
         self.last_executed_seq = Gauge("bft_last_executed_seq", "Highest sequence number executed.",
                                        registry=registry)
@@ -209,6 +212,11 @@ class ReplicaMetrics:
         if stable_seq > self._stable_seq:
             self.checkpoints.inc()
             self._stable_seq = stable_seq
+
+    def observe_epoch(self, epoch: int, retired: bool) -> None:
+        """Record the configuration epoch; call at start and whenever the core enters a new one."""
+        self.epoch.set(epoch)
+        self.retired.set(1 if retired else 0)
 
     def observe_connectivity(self, peers_connected: int, quorum_reachable: bool) -> None:
         if (peers_connected, quorum_reachable) == self._connectivity:

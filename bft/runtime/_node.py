@@ -40,6 +40,7 @@ from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
 from ._admission import Admission
 from ._durability import Durable, Persister, Released
+from ._epochs import EpochFollower, starting_addresses
 from ._framing import encode_frame
 from ._handshake import Identity
 from ._logging import log_accountability_events
@@ -62,16 +63,19 @@ class ReplicaNode:
     def __init__(self, config: ClusterConfig, replica_id: int, seed: bytes, policy: Policy,
                  addresses: Mapping[int, Address], *, store: Store | None = None,
                  options: NodeOptions | None = None, clock: RuntimeClock | None = None,
-                 metrics: ReplicaMetrics | None = None) -> None:
+                 metrics: ReplicaMetrics | None = None,
+                 later_epochs: tuple[tuple[int, ClusterConfig], ...] = ()) -> None:
+        """``config`` is the genesis configuration; a replica joining a later epoch also gets the epochs after
+        it (``bft.core.Replica``).  The node works in the configuration of its core's current epoch."""
         self.options = (options or NodeOptions()).check()
-        assert set(addresses) == set(range(config.replica_count)), "every replica needs an address"
-        self.config = config
         self.store = store if store is not None else MemoryStore()
-        self.replica = self._start_replica(replica_id, seed)
+        self.replica = self._start_replica(config, replica_id, seed, later_epochs)
+        self.config = config = self.replica.config  # The working epoch's: it changes with the epoch (``_epochs``).
+        self.addresses = starting_addresses(self.replica, addresses)
+        assert set(self.addresses) == set(range(config.replica_count)), "every replica needs an address"
         self.replica_id = replica_id
         self.identity = Identity("replica", replica_id)
         self.policy = policy
-        self.addresses = dict(addresses)
         self.clock = clock or RuntimeClock()
         self.counters: Counter[str] = Counter()
         self.metrics = metrics if metrics is not None else ReplicaMetrics()
@@ -102,16 +106,32 @@ class ReplicaNode:
         self._ticker_sleep: trio.CancelScope | None = None  # The ticker's wait for the next tick, if it waits.
         self._peers_connected_seen = 0
         self._inline_decisions: deque[tuple[bytes, PolicyDecision]] = deque()
+        self.epoch_follower = EpochFollower(self)
 
-    def _start_replica(self, replica_id: int, seed: bytes) -> Replica:
+    def _start_replica(self, genesis: ClusterConfig, replica_id: int, seed: bytes,
+                       later_epochs: tuple[tuple[int, ClusterConfig], ...]) -> Replica:
         """A fresh replica, or, if the store holds anything, the replica it remembers (so a restarted
         node never signs anything that contradicts what it signed before)."""
         recovered = self.store.load()
         if not (recovered.signed or recovered.log):
-            return Replica(self.config, replica_id, seed)
+            return Replica(genesis, replica_id, seed, later_epochs=later_epochs)
         logger.info("replica %d recovers %d signed messages and %d verdicts from its store", replica_id,
                     len(recovered.signed), len(recovered.log), extra={"replica_id": replica_id})
-        return Replica.recover(self.config, replica_id, seed, recovered.signed, recovered.log)
+        return Replica.recover(genesis, replica_id, seed, recovered.signed, recovered.log)
+
+    @property
+    def seed(self) -> bytes:
+        return self._seed
+
+    def start_task(self, function) -> None:
+        """Run ``function`` in the node's nursery (a link to a member of a new epoch)."""
+        assert self._nursery is not None, "the node is running"
+        self._nursery.start_soon(function)
+
+    def quorum_changed(self) -> None:
+        """The epoch changed n and the quorum: the CP-mode watch counts against the new quorum."""
+        if self._quorum_watch is not None:
+            self._quorum_watch.quorum = self.config.quorum
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -155,7 +175,8 @@ class ReplicaNode:
         return {"replica_id": self.replica_id, "view": replica.view, "last_executed": replica.last_executed,
                 "low_water": replica.low_water, "finalized": self.finalized_count,
                 "peers_connected": self.peers_connected, "clients_connected": clients_connected,
-                "accepting_requests": self.accepting_requests, "counters": dict(self.counters)}
+                "accepting_requests": self.accepting_requests, "epoch": replica.epochs.number,
+                "retired": replica.epochs.retired, "counters": dict(self.counters)}
 
     # ----------------------------------------------------------------- the core's one task
 
@@ -261,6 +282,8 @@ class ReplicaNode:
             # Only execution changes the accountability state; the gauges then match bft_last_executed_seq.
             self._accountability_observed_seq = replica.last_executed
             self.metrics.observe_accountability(replica.accountability, self.config.replica_count)
+        if replica.epochs.number != self.epoch_follower.number:
+            self.epoch_follower.follow()  # Before this round's output is sent: it may go to the new epoch's members.
         prune_signed_below_seq, prune_views_below = self._prune_marks()
         if self._round_readies or prune_signed_below_seq is not None or prune_views_below is not None:
             self._persister.put(Durable(tuple(self._round_readies), prune_signed_below_seq,
@@ -351,7 +374,11 @@ class ReplicaNode:
             for peer, message in released.to_replicas:
                 link = held.get(peer)
                 if link is None:
-                    link = held[peer] = self.links[peer]
+                    link = self.links.get(peer)
+                    if link is None:  # It left the configuration since the core produced this (``_epochs``).
+                        self.counters["send-to-non-member"] += 1
+                        continue
+                    held[peer] = link
                     link.hold()  # All of this batch for one peer leaves in one write.
                 link.send(frame_of(message))
         finally:

@@ -67,6 +67,14 @@ class Sessions:
         write_queued(session.connection, session.queue)
         return True
 
+    def close_replicas_outside(self, staying: set[int]) -> None:
+        """End the sessions of replicas that are not in ``staying`` (they left the configuration, or their key
+        changed): the epoch changed (``_epochs``)."""
+        for identity, session in list(self._by_identity.items()):
+            if identity.role == "replica" and identity.name not in staying:
+                self._node.counters["connection-closed:left-epoch"] += 1
+                session.cancel_scope.cancel()
+
     async def serve_connection(self, stream: trio.SocketStream) -> None:
         """Admit, authenticate and serve one accepted connection until it ends."""
         node = self._node

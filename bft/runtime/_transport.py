@@ -151,6 +151,7 @@ class Link:
         self._on_payloads = on_payloads
         self._on_connect = on_connect
         self._on_rejected = on_rejected
+        self._cancel_scope = trio.CancelScope()  # ``close`` ends ``run`` (the peer left the configuration).
 
     def send(self, frame: bytes) -> None:
         """Send ``frame`` now if the connection takes it, else queue it (bounded: see ``SendQueue``).
@@ -170,14 +171,21 @@ class Link:
         write_queued(self._connection, self.queue)
 
     async def run(self) -> None:
-        """Stay connected until cancelled; the delay between attempts is capped, so the loop never spins."""
+        """Stay connected until cancelled or closed; the delay between attempts is capped, so the loop never
+        spins."""
         backoff = Backoff(self.limits.reconnect_delay_s_min, self.limits.reconnect_delay_s_max)
-        while True:
-            try:
-                await self._connect_and_serve(backoff)
-            except CONNECTION_ERRORS as error:
-                self._log_failure(error)
-            await trio.sleep(backoff.next_delay_s())
+        with self._cancel_scope:
+            while True:
+                try:
+                    await self._connect_and_serve(backoff)
+                except CONNECTION_ERRORS as error:
+                    self._log_failure(error)
+                await trio.sleep(backoff.next_delay_s())
+
+    def close(self) -> None:
+        """Stop for good: ``run`` returns, whether it started yet or not, and nothing queued is sent."""
+        self._cancel_scope.cancel()
+        self.queue.clear()
 
     async def _connect_and_serve(self, backoff: Backoff) -> None:
         self._authenticated = False
