@@ -34,6 +34,7 @@ for more than half a second (by a stopped or stuck process) is reported as a
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import os
@@ -47,6 +48,7 @@ from typing import Any, AsyncIterator, Mapping
 import trio
 
 from .cluster import Address, ClusterFile, ConfigFileError, load_cluster_file
+from .cluster._epochs import ClusterEpochs, cluster_epochs
 from .core import ClusterConfig, Risk
 from .runtime import AsyncClient, Outcome, open_client
 
@@ -155,6 +157,7 @@ class ClientSetup:
     seed: bytes = field(repr=False)
     addresses: Mapping[int, Address]
     counter: RequestCounter
+    epochs: ClusterEpochs  # The genesis and the epochs that lead to the cluster file's configuration.
 
 
 def prepare_client(cluster: ClusterFile | str | os.PathLike, client_id: str, *,
@@ -168,7 +171,7 @@ def prepare_client(cluster: ClusterFile | str | os.PathLike, client_id: str, *,
     assert key_path is not None  # client_seed raised otherwise.
     counter_path = Path(counter_file) if counter_file is not None else key_path.with_name(key_path.stem + COUNTER_SUFFIX)
     chosen = {**loaded.addresses, **(addresses or {})}
-    return ClientSetup(loaded, client_id, seed, chosen, RequestCounter(counter_path))
+    return ClientSetup(loaded, client_id, seed, chosen, RequestCounter(counter_path), cluster_epochs(loaded))
 
 
 class Client:
@@ -203,7 +206,24 @@ class Client:
 
     @property
     def config(self) -> ClusterConfig:
-        return self.setup.cluster.config
+        """The configuration of the newest epoch this client knows."""
+        return self._runtime_client.config
+
+    def follow(self, cluster: ClusterFile | str | os.PathLike) -> int:
+        """Learn the epochs of ``cluster`` (a later epoch's cluster file, whose chain leads from this client's
+        genesis) that this client does not know yet; its links follow the newest one's members.  Returns how
+        many epochs it learned.  ``ConfigFileError`` for a file or chain that does not hold or does not extend
+        this client's."""
+        loaded = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
+        epochs = cluster_epochs(loaded)
+        known = self.setup.epochs
+        if epochs.genesis != known.genesis or epochs.later[:len(known.later)] != known.later:
+            raise ConfigFileError(loaded.path, "its chain does not extend the chain this client follows")
+        new = epochs.later[len(known.later):]
+        for index, (starts_after, config) in enumerate(new):
+            self._runtime_client.learn_epoch(starts_after, config, loaded.addresses if index == len(new) - 1 else None)
+        self.setup = dataclasses.replace(self.setup, cluster=loaded, addresses=loaded.addresses, epochs=epochs)
+        return len(new)
 
     @property
     def client_id(self) -> str:
@@ -247,9 +267,10 @@ async def _open_client(setup: ClientSetup, timeout_ms: int, max_outstanding: int
     first = setup.counter.reserve(RESERVE_BLOCK)
     client: Client | None = None
     try:
-        async with open_client(setup.cluster.config, setup.client_id, setup.seed, setup.addresses,
+        async with open_client(setup.epochs.genesis, setup.client_id, setup.seed, setup.addresses,
                                limits=setup.cluster.node_options.transport, timeout_ms=timeout_ms,
-                               max_outstanding=max_outstanding, first_request_number=first) as runtime_client:
+                               max_outstanding=max_outstanding, first_request_number=first,
+                               later_epochs=setup.epochs.later) as runtime_client:
             client = Client(setup, runtime_client, first)
             yield client
     finally:
@@ -311,6 +332,11 @@ class BlockingClient:
             raise RuntimeError("this client is closed")
         call = functools.partial(self._client.submit, action, risk, timeout_ms=timeout_ms)
         return trio.from_thread.run(call, trio_token=self._token)
+
+    def follow(self, cluster: ClusterFile | str | os.PathLike) -> int:
+        """Like ``Client.follow``."""
+        assert self._client is not None
+        return trio.from_thread.run_sync(self._client.follow, cluster, trio_token=self._token)
 
     def wait_connected(self, replica_count: int | None = None, timeout_s: float = 10.0) -> bool:
         assert self._client is not None

@@ -65,11 +65,13 @@ def add_commands(subcommands) -> None:
         command.add_argument("--timeout-ms", type=_bounded_int(1, 60_000), default=2000,
                              help="how long to wait for each replica's metrics (2000)")
         command.set_defaults(handler=_run_evidence if kind == "evidence" else _run_blocklist)
+    from . import _reconfigure
+    _reconfigure.add_command(actions)
     operator.set_defaults(handler=_needs_action)
 
 
 def _needs_action(arguments: argparse.Namespace) -> int:
-    raise UsageError("bft operator: choose an action (quarantine, release, evidence or blocklist)")
+    raise UsageError("bft operator: choose an action (quarantine, release, evidence, blocklist or reconfigure)")
 
 
 def _run_command(arguments: argparse.Namespace) -> int:

@@ -73,7 +73,9 @@ class AsyncClient:
     def __init__(self, config: ClusterConfig, client_id: str, seed: bytes, addresses: Mapping[int, Address], *,
                  clock: RuntimeClock | None = None, limits: TransportLimits | None = None,
                  timeout_ms: int = 5000, max_outstanding: int = 16, reply_grace_ms: int = 200,
-                 first_request_number: int = 1) -> None:
+                 first_request_number: int = 1, later_epochs: tuple[tuple[int, ClusterConfig], ...] = ()) -> None:
+        """``config`` is the genesis configuration; ``later_epochs`` the epochs after it, as (seq after which it
+        governs, configuration), and ``addresses`` where the newest epoch's replicas are reached."""
         self.limits = limits or TransportLimits()
         problem = self.limits.problem()
         if problem:
@@ -83,8 +85,6 @@ class AsyncClient:
                               "so that replies stay in the replicas' reply window")
         if timeout_ms < 1 or reply_grace_ms < 0:
             raise ConfigError("timeout_ms must be positive and reply_grace_ms non-negative")
-        assert set(addresses) == set(range(config.replica_count)), "every replica needs an address"
-        self.config = config
         self.client_id = client_id
         self.clock = clock or RuntimeClock()
         self.timeout_ms = timeout_ms
@@ -93,29 +93,67 @@ class AsyncClient:
         # A client that restarts must continue past the numbers it used before: the replicas
         # remember them (exactly-once) and refuse a different action under an old number.
         self._core = ClientCore(config, client_id, seed, first_request_number)
-        own = Identity("client", client_id)
-        self.links = [Link(config, own, seed, replica_id, addresses[replica_id], self.limits, self.counters,
-                           on_payloads=self._payload_handler(replica_id), on_connect=self._resend_outstanding)
-                      for replica_id in range(config.replica_count)]
+        for starts_after, later in later_epochs:
+            self._core.learn_epoch(starts_after, later)
+        self.config = config = later_epochs[-1][1] if later_epochs else config  # The newest epoch's.
+        assert set(addresses) == set(range(config.replica_count)), "every replica needs an address"
+        self._own = Identity("client", client_id)
+        self._seed = seed
+        self.links = {replica_id: self._new_link(config, replica_id, addresses[replica_id])
+                      for replica_id in range(config.replica_count)}
+        self._nursery: trio.Nursery | None = None
         self._waiters: dict[int, _Waiter] = {}
         self.max_outstanding = max_outstanding
         self._slots = trio.Semaphore(max_outstanding)
         self._running = False
 
+    def _new_link(self, config: ClusterConfig, replica_id: int, address: Address) -> Link:
+        return Link(config, self._own, self._seed, replica_id, address, self.limits, self.counters,
+                    on_payloads=self._payload_handler(replica_id), on_connect=self._resend_outstanding)
+
     @property
     def replicas_connected(self) -> int:
-        return sum(1 for link in self.links if link.connected)
+        return sum(1 for link in self.links.values() if link.connected)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for link in self.links:
+            for link in self.links.values():
                 nursery.start_soon(link.run)
+            self._nursery = nursery
             self._running = True
             try:
                 task_status.started()
                 await trio.sleep_forever()
             finally:
                 self._running = False
+                self._nursery = None
+
+    def learn_epoch(self, starts_after: int, config: ClusterConfig,
+                    addresses: Mapping[int, Address] | None) -> None:
+        """A later epoch of the chain (seq after which it governs, its configuration, where its replicas are):
+        replies for later seqs are judged by it, and the links follow its members.  A replica that stays
+        with the same key and address keeps its link; the others' links are closed, new members' opened.
+        ``addresses`` None: an epoch the chain passed through, learned for judging replies only (a later
+        one follows).  Raises ``LocalProtocolError`` for an epoch out of order or of another cluster."""
+        if addresses is not None and set(addresses) != set(range(config.replica_count)):
+            raise ConfigError("every replica of the new epoch needs an address")
+        self._core.learn_epoch(starts_after, config)
+        self.config = config
+        if addresses is None:
+            return
+        for replica_id in sorted(self.links):
+            link = self.links[replica_id]
+            staying = replica_id < config.replica_count and link.address == addresses[replica_id] \
+                and link.config.replica_keys[replica_id] == config.replica_keys[replica_id]
+            if staying:
+                self.links[replica_id].config = config
+            else:
+                self.links.pop(replica_id).close()
+        for replica_id in range(config.replica_count):
+            if replica_id not in self.links:
+                link = self.links[replica_id] = self._new_link(config, replica_id, addresses[replica_id])
+                if self._nursery is not None:
+                    self._nursery.start_soon(link.run)
 
     async def wait_connected(self, replica_count: int | None = None, timeout_s: float = 10.0) -> bool:
         """Wait until ``replica_count`` replicas (default: all) are connected; False on timeout."""
@@ -169,7 +207,7 @@ class AsyncClient:
         request = self._core.new_request(action, risk, deadline_ms)
         waiter = self._waiters[request.request_number] = _Waiter()
         frame = encode_frame(encode(request), self.limits.max_frame_bytes)
-        for link in self.links:
+        for link in self.links.values():
             link.send(frame)
         try:
             with trio.move_on_at(self.clock.trio_time_at(deadline_ms + self.reply_grace_ms + 1)):
@@ -235,7 +273,7 @@ class AsyncClient:
 @asynccontextmanager
 async def open_client(config: ClusterConfig, client_id: str, seed: bytes, addresses: Mapping[int, Address],
                       **options: Any) -> AsyncIterator[AsyncClient]:
-    """A running ``AsyncClient``, stopped when the block exits."""
+    """A running ``AsyncClient``, stopped when the block exits (``config`` the genesis, see ``AsyncClient``)."""
     client = AsyncClient(config, client_id, seed, addresses, **options)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
