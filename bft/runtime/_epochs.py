@@ -5,9 +5,11 @@ seq, ``bft.core._replica_epochs``); the node only notices it at the end of a
 round (``ReplicaNode._end_round`` compares epoch numbers, one integer per
 round) and then brings its I/O in line with the new configuration:
 
-- links to replicas that stay with the same key are kept; links to replicas
-  removed or re-keyed are closed (their queued frames dropped: nothing said in
-  the old epoch is of use to the new one), and links to new members are opened,
+- once everything produced up to the switch has been sent, links to replicas
+  that stay with the same key are kept, links to replicas removed or re-keyed
+  are closed, and links to new members are opened (a message for a new member
+  produced before its link exists is dropped and counted, as to any
+  unreachable peer: the new member catches up by state transfer anyway),
   at the addresses the ``config-change`` named (signed by the operators and
   ordered with the change), else at the address the id had before;
 - incoming connections of replicas that left are closed, and the handshake
@@ -65,32 +67,42 @@ class EpochFollower:
         node.metrics.observe_epoch(self.number, node.replica.epochs.retired)
 
     def follow(self) -> None:
-        """The core entered a later epoch in the round that just ended: follow it."""
+        """The core entered a later epoch in the round that just ended: follow it.
+
+        The handshake checks the new keys at once (a joiner may connect now), but the links change only
+        once everything produced so far, this round's output included, has been sent (``_switch_links``):
+        what the old epoch's replicas said up to the switch (the CHECKPOINTs at the activation seq above
+        all) must reach the replicas that leave, or they never see the switch and never retire."""
         node, replica = self._node, self._node.replica
         assert replica.epochs.number > self.number, (replica.epochs.number, self.number)
         self.number = replica.epochs.number
         node.metrics.observe_epoch(self.number, replica.epochs.retired)
         if replica.epochs.retired:
-            self._retire()
+            node.start_task(self._retire)
             return
         old, new = node.config, replica.config
         staying = {peer for peer in range(min(old.replica_count, new.replica_count))
                    if old.replica_keys[peer] == new.replica_keys[peer]}
-        node.addresses = self._next_addresses(new, staying)
+        node.addresses = self._next_addresses(new)
         node.config = new
-        closed = self._close_links_outside(staying)
+        node.quorum_changed()
+        node.start_task(self._switch_links, new, staying)
+
+    async def _switch_links(self, new: ClusterConfig, staying: set[int]) -> None:
+        node = self._node
+        await node.wait_durable()
+        closed = self._close_links_outside(new)
         opened = [peer for peer in range(new.replica_count) if peer not in node.links and peer != node.replica_id]
         for peer in opened:
             self._open_link(new, peer)
         for link in node.links.values():
             link.config = new
         node.sessions.close_replicas_outside(staying)
-        node.quorum_changed()
         logger.info("replica %d works in epoch %d: %d replicas, quorum %d; links closed to %s, opened to %s",
                     node.replica_id, self.number, new.replica_count, new.quorum, closed or "none", opened or "none",
                     extra={"replica_id": node.replica_id, "epoch": self.number, "event": "epoch-entered"})
 
-    def _next_addresses(self, new: ClusterConfig, staying: set[int]) -> dict[int, Address]:
+    def _next_addresses(self, new: ClusterConfig) -> dict[int, Address]:
         node = self._node
         named = epoch_addresses(node.replica)
         addresses = {}
@@ -104,9 +116,13 @@ class EpochFollower:
             addresses[peer] = address
         return addresses
 
-    def _close_links_outside(self, staying: set[int]) -> list[int]:
+    def _close_links_outside(self, new: ClusterConfig) -> list[int]:
+        """Close the links that do not reach a member of ``new`` with the key and address it has there (each
+        link judges by the configuration it was opened or last kept with, so switches may follow quickly)."""
         node = self._node
-        closed = sorted(peer for peer in node.links if peer not in staying)
+        closed = sorted(peer for peer, link in node.links.items()
+                        if peer >= new.replica_count or link.config.replica_keys[peer] != new.replica_keys[peer]
+                        or link.address != node.addresses.get(peer))
         for peer in closed:
             node.links.pop(peer).close()
         return closed
@@ -121,8 +137,9 @@ class EpochFollower:
         node.links[peer] = link
         node.start_task(link.run)
 
-    def _retire(self) -> None:
+    async def _retire(self) -> None:
         node = self._node
+        await node.wait_durable()  # What it said up to the switch still goes out (the others may need it).
         for peer in sorted(node.links):
             node.links.pop(peer).close()
         node.sessions.close_replicas_outside(set())

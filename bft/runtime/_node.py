@@ -123,10 +123,10 @@ class ReplicaNode:
     def seed(self) -> bytes:
         return self._seed
 
-    def start_task(self, function) -> None:
-        """Run ``function`` in the node's nursery (a link to a member of a new epoch)."""
+    def start_task(self, function, *arguments) -> None:
+        """Run ``function(*arguments)`` in the node's nursery (the switch to a new epoch's links)."""
         assert self._nursery is not None, "the node is running"
-        self._nursery.start_soon(function)
+        self._nursery.start_soon(function, *arguments)
 
     def quorum_changed(self) -> None:
         """The epoch changed n and the quorum: the CP-mode watch counts against the new quorum."""
