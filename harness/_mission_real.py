@@ -15,7 +15,10 @@ from a shadow evaluation of the honest policies in the harness, in invocation
 order (each replica's real vote is inside its process); a stateful policy
 (``rate``) may differ from its replica in order, but one policy cannot flip an
 honest majority.  The invariants S1-S5 are checked over every honest
-replica's SQLite log once the processes have stopped.  A failover counts as
+replica's SQLite log once the processes have stopped.  After the episodes, on
+a cluster of its own, the operator quarantines the approve-everything replica
+and replaces it through a configuration change under load (the check
+``replacement``, ``_mission_replacement``).  A failover counts as
 recovered at the first verdict certified after the fault.  Wall-clock latency
 on a loaded machine is what it is: a busy CI box can miss a bound that the
 protocol meets, and the report says which.
@@ -47,6 +50,7 @@ from specs.invariants import check_all
 from ._history import build_history
 from ._host_cpu import HostCpu, HostCpuMonitor
 from ._linearizability import Validity, check_keys, check_real_time_order
+from ._mission_replacement import replacement_check
 from ._mission_plan import (DEADLINES_MS, DEFAULT_ARRIVALS, REPLICA_COUNTS, SLOW_LINK_MS, WARM_UP_MS, ArrivalGaps,
                             EpisodeSpec, compromised_replica, plan_episodes)
 from ._mission_results import (EXIT_USAGE, ConfigurationResult, EpisodeResult, MissionResult, check_detection,
@@ -58,6 +62,7 @@ from ._report import vote_statistics
 from ._run_checks import CheckOutcome, check_certificates, outcome_of
 
 HEALED_MS = 1_000
+REPLACEMENT = "replacement"  # The step after the episodes: the quarantined replica replaced (_mission_replacement).
 WARM_UP_REQUESTS = 6
 WARM_UP_TIMEOUT_S = 10.0
 HEALED_TIMEOUT_MS = 10_000  # Requests after the heal must finalize within this (the real-time liveness bound).
@@ -273,6 +278,8 @@ async def run_real_configuration(seed: int, replica_count: int, directory: Path,
                 for spec in specs]
     votes = vote_statistics([episode.history for episode in episodes], replica_count)
     checks = {"latency_bounds": check_latency_bounds(episodes), "detection": check_detection(votes, compromised)}
+    if episode_names is None or REPLACEMENT in episode_names:
+        checks[REPLACEMENT] = await replacement_check(seed, replica_count, compromised, directory, gaps)
     names = [name for name, _ in mission_policy_specs(replica_count, compromised)]
     return ConfigurationResult(replica_count, compromised, names, episodes, votes, checks)
 
