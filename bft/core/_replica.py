@@ -137,7 +137,8 @@ class Replica:
 
     @classmethod
     def recover(cls, config: ClusterConfig, replica_id: int, seed: bytes,
-                signed: tuple[Message, ...], log: tuple) -> "Replica":
+                signed: tuple[Message, ...], log: tuple,
+                later_epochs: tuple[tuple[int, ClusterConfig], ...] = ()) -> "Replica":
         """A replica restarted from durable storage: the signed messages it persisted and its verdict log.
 
         It remembers every digest it signed (S7 holds across the restart), and
@@ -149,9 +150,10 @@ class Replica:
         NEW-VIEW with its own VIEW-CHANGE ready to send again.  Replies to the
         requests it executed above its stable checkpoint are signed again from
         the stored batches, so a client retrying after a restart of the whole
-        cluster still gets f+1 replies.
+        cluster still gets f+1 replies.  A replica that joined in a later epoch is given the chain again
+        (``later_epochs``, as when it joined); the chain rebuilt from its log must agree with it.
         """
-        replica = cls(config, replica_id, seed)
+        replica = cls(config, replica_id, seed, later_epochs)
         signed = list(signed)
         own = [m for m in signed if getattr(m, "replica_id", None) == replica_id]
         replica.execution.restore(tuple(log), max((m.seq for m in own if isinstance(m, Checkpoint)), default=0))

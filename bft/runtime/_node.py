@@ -34,8 +34,8 @@ from typing import Any, Mapping
 
 import trio
 
-from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, Message, Ready, Refusal, Replica, Request,
-                    Signer, encode, react, request_digest)
+from ..core import (NO_QUORUM, AgreedVerdict, ClusterConfig, Decision, KeyPair, Message, Ready, Refusal, Replica,
+                    Request, Signer, encode, react, request_digest)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe, runs_inline
 from ..storage import MemoryStore, Store
 from ._admission import Admission
@@ -117,7 +117,11 @@ class ReplicaNode:
             return Replica(genesis, replica_id, seed, later_epochs=later_epochs)
         logger.info("replica %d recovers %d signed messages and %d verdicts from its store", replica_id,
                     len(recovered.signed), len(recovered.log), extra={"replica_id": replica_id})
-        return Replica.recover(genesis, replica_id, seed, recovered.signed, recovered.log)
+        # A genesis member recovers its epochs from its log; one that joined later needs the chain it joined with.
+        genesis_member = replica_id < genesis.replica_count and \
+            genesis.replica_keys[replica_id] == KeyPair.from_seed(seed).public_key
+        return Replica.recover(genesis, replica_id, seed, recovered.signed, recovered.log,
+                               () if genesis_member else later_epochs)
 
     @property
     def seed(self) -> bytes:
