@@ -279,7 +279,8 @@ async def run_real_configuration(seed: int, replica_count: int, directory: Path,
     votes = vote_statistics([episode.history for episode in episodes], replica_count)
     checks = {"latency_bounds": check_latency_bounds(episodes), "detection": check_detection(votes, compromised)}
     if episode_names is None or REPLACEMENT in episode_names:
-        checks[REPLACEMENT] = await replacement_check(seed, replica_count, compromised, directory, gaps)
+        cluster_file = write_real_cluster(directory / f"n{replica_count}-{REPLACEMENT}", replica_count, compromised)
+        checks[REPLACEMENT] = await replacement_check(seed, cluster_file, compromised, gaps)
     names = [name for name, _ in mission_policy_specs(replica_count, compromised)]
     return ConfigurationResult(replica_count, compromised, names, episodes, votes, checks)
 

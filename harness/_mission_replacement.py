@@ -35,7 +35,7 @@ import tomli_w
 import trio
 
 from bft.client import Client
-from bft.cluster import (LocalProcessCluster, cluster_status, create_key_file, free_loopback_ports,
+from bft.cluster import (ClusterFile, LocalProcessCluster, cluster_status, create_key_file, free_loopback_ports,
                          load_cluster_file)
 from bft.cluster._epochs import ClusterEpochs, append_epoch_certificate, change_for_next_file
 from bft.core import Request, Risk, VerdictCertificate, operator_document, operator_signer_id
@@ -70,13 +70,11 @@ class _Operation:
 
 
 class _Replacement:
-    def __init__(self, seed: int, replica_count: int, compromised: int, directory: Path, gaps: ArrivalGaps) -> None:
-        from ._mission_real import write_real_cluster  # That module runs this one; imported late to avoid a cycle.
-        self.replica_count = replica_count
+    def __init__(self, seed: int, cluster_file: ClusterFile, compromised: int, gaps: ArrivalGaps) -> None:
+        self.replica_count = cluster_file.config.replica_count
         self.compromised = compromised
         self.gaps = gaps
-        self.directory = directory
-        self.cluster_file = write_real_cluster(directory, replica_count, compromised)
+        self.cluster_file = cluster_file
         self.stream = ActionStream(random.Random(f"mission-replacement-actions/{seed}"))
         self.arrivals = random.Random(f"mission-replacement-arrivals/{seed}")
         self.operations: list[_Operation] = []
@@ -237,8 +235,8 @@ class _Replacement:
             return store.load()
 
 
-async def replacement_check(seed: int, replica_count: int, compromised: int, directory: Path,
+async def replacement_check(seed: int, cluster_file: ClusterFile, compromised: int,
                             gaps: ArrivalGaps) -> CheckOutcome:
-    """The replacement step as one of the real mission's checks, on a cluster of its own under ``directory``."""
-    return await _Replacement(seed, replica_count, compromised, directory / f"n{replica_count}-replacement",
-                              gaps).run()
+    """The replacement step as one of the real mission's checks, on a fresh cluster of its own (the mission's
+    replicas and policies, as ``_mission_real.write_real_cluster`` writes them)."""
+    return await _Replacement(seed, cluster_file, compromised, gaps).run()
