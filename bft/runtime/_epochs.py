@@ -12,8 +12,9 @@ round) and then brings its I/O in line with the new configuration:
   unreachable peer: the new member catches up by state transfer anyway),
   at the addresses the ``config-change`` named (signed by the operators and
   ordered with the change), else at the address the id had before;
-- incoming connections of replicas that left are closed, and the handshake
-  from now on checks the new epoch's keys (``Sessions`` reads ``node.config``);
+- incoming connections of replicas that left are closed at once, and the
+  handshake from now on checks the new epoch's keys (``Sessions`` reads
+  ``node.config``);
 - the CP-mode quorum watch and the metrics use the new n and quorum;
 - a replica that is not a member of the new epoch retires: it closes every
   link and sets ``retired``, which the replica process waits on to stop with a
@@ -86,9 +87,12 @@ class EpochFollower:
         node.addresses = self._next_addresses(new)
         node.config = new
         node.quorum_changed()
-        node.start_task(self._switch_links, new, staying)
+        # What a leaving replica sends now is of no use (the core rejects it), and a joiner that connects from
+        # now on is authenticated with the new keys: its session must not be closed with the old ones.
+        node.sessions.close_replicas_outside(staying)
+        node.start_task(self._switch_links, new)
 
-    async def _switch_links(self, new: ClusterConfig, staying: set[int]) -> None:
+    async def _switch_links(self, new: ClusterConfig) -> None:
         node = self._node
         await node.wait_durable()
         closed = self._close_links_outside(new)
@@ -97,7 +101,6 @@ class EpochFollower:
             self._open_link(new, peer)
         for link in node.links.values():
             link.config = new
-        node.sessions.close_replicas_outside(staying)
         logger.info("replica %d works in epoch %d: %d replicas, quorum %d; links closed to %s, opened to %s",
                     node.replica_id, self.number, new.replica_count, new.quorum, closed or "none", opened or "none",
                     extra={"replica_id": node.replica_id, "epoch": self.number, "event": "epoch-entered"})

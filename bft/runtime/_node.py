@@ -282,12 +282,12 @@ class ReplicaNode:
         replica = self.replica
         self.metrics.observe_replica(replica.view, replica.view_active, replica.last_executed, replica.low_water)
         self.metrics.observe_progress(replica.progress_summary())
+        if replica.epochs.number != self.epoch_follower.number:
+            self.epoch_follower.follow()  # First: the gauges below and this round's output are the new epoch's.
         if replica.last_executed != self._accountability_observed_seq:
             # Only execution changes the accountability state; the gauges then match bft_last_executed_seq.
             self._accountability_observed_seq = replica.last_executed
             self.metrics.observe_accountability(replica.accountability, self.config.replica_count)
-        if replica.epochs.number != self.epoch_follower.number:
-            self.epoch_follower.follow()  # Before this round's output is sent: it may go to the new epoch's members.
         prune_signed_below_seq, prune_views_below = self._prune_marks()
         if self._round_readies or prune_signed_below_seq is not None or prune_views_below is not None:
             self._persister.put(Durable(tuple(self._round_readies), prune_signed_below_seq,
