@@ -91,26 +91,45 @@ class Load:
             time.sleep(LOAD_PAUSE_S)
 
 
-def wait_until(condition, what: str, timeout_s: float = WAIT_S) -> None:
+def wait_until(condition, what: str, timeout_s: float = WAIT_S, describe=lambda: "") -> None:
     give_up_s = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < give_up_s, f"{what} did not happen within {timeout_s} s"
+        assert time.monotonic() < give_up_s, f"{what} did not happen within {timeout_s} s {describe()}"
         time.sleep(POLL_S)
 
 
-def write_next_epoch_file(directory: Path) -> Path:
-    """The next epoch's cluster file: replica 2 replaced by a fresh key at a fresh address and database."""
-    document = tomllib.loads((directory / "cluster.toml").read_text())
-    joiner_key = create_key_file(directory / "keys" / "replica-2-epoch-1.key")
+def fresh_replica(directory: Path, replica_id: int, name: str) -> dict:
+    """A replica table with a fresh key, address, metrics port and database (as its own host would give)."""
+    key = create_key_file(directory / "keys" / f"{name}.key")
     port, metrics_port = free_loopback_ports(2)
-    table = document["replicas"][REPLACED]
-    assert table["id"] == REPLACED
-    table.update(public_key=joiner_key.public_key.hex(), port=port, metrics=f"127.0.0.1:{metrics_port}",
-                 key_file="keys/replica-2-epoch-1.key", database="data/replica-2-epoch-1.db")
-    document.update(genesis="genesis.toml", chain="chain.json")
-    path = directory / "next.toml"
+    return {"id": replica_id, "host": "127.0.0.1", "port": port, "public_key": key.public_key.hex(),
+            "key_file": f"keys/{name}.key", "database": f"data/{name}.db", "metrics": f"127.0.0.1:{metrics_port}",
+            "policy": "deny-list"}
+
+
+def write_epoch_file(directory: Path, name: str, replicas: list[dict]) -> Path:
+    """A later epoch's cluster file: the genesis file's settings, clients and operators, with ``replicas``."""
+    document = tomllib.loads((directory / "genesis.toml").read_text())
+    document.update(replicas=replicas, genesis="genesis.toml", chain="chain.json")
+    path = directory / f"{name}.toml"
     path.write_text(tomli_w.dumps(document))
     return path
+
+
+def genesis_replicas(directory: Path) -> list[dict]:
+    return tomllib.loads((directory / "genesis.toml").read_text())["replicas"]
+
+
+def reconfigure(config: Path, next_file: Path, epoch: int) -> int:
+    """Order the change to ``next_file`` with the operator's tool; its activation seq."""
+    result = json.loads(bft("operator", "reconfigure", "--config", config, "--next", next_file,
+                            "--operator", "operator-0").stdout)
+    assert result["status"] == "ALLOW" and result["epoch"]["number"] == epoch, result
+    return result["epoch"]["starts_after_seq"]
+
+
+def executed(config: Path, replica_id: int) -> int:
+    return cluster_status(load_cluster_file(config), timeout_s=1.0)[replica_id].last_executed_seq or 0
 
 
 def stored(database: Path):
@@ -128,9 +147,8 @@ def cluster_directory(tmp_path) -> Path:
     document["limits"] = TEST_LIMITS
     config.write_text(tomli_w.dumps(document))
     yield directory
-    for cluster_file in (directory / "cluster.toml", directory / "genesis.toml"):
-        if cluster_file.exists():
-            LocalProcessCluster(cluster_file).stop_all(timeout_s=5)  # Whatever the test left running.
+    for cluster_file in sorted(directory.glob("*.toml")):  # Every epoch's file: whatever the test left running.
+        LocalProcessCluster(cluster_file).stop_all(timeout_s=5)
 
 
 def test_a_replica_is_replaced_under_load_and_both_epochs_verify(cluster_directory, tmp_path):
@@ -139,28 +157,25 @@ def test_a_replica_is_replaced_under_load_and_both_epochs_verify(cluster_directo
     assert bft("up", directory).stdout.count(": started, pid ") == 4
     genesis_processes = LocalProcessCluster(config)
     shutil.copy(config, directory / "genesis.toml")  # The genesis file the next epoch's file names.
-    next_file = write_next_epoch_file(directory)
+    next_file = write_epoch_file(directory, "epoch-1", [table if table["id"] != REPLACED else
+                                                        fresh_replica(directory, REPLACED, "replica-2-epoch-1")
+                                                        for table in genesis_replicas(directory)])
 
     with BlockingClient(config, "client-0", timeout_ms=LOAD_TIMEOUT_MS) as client, Load(client) as load:
         wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes) >= 5, "verdicts in the genesis epoch")
         switch_started_s = time.monotonic()
-        changed = bft("operator", "reconfigure", "--config", config, "--next", next_file,
-                      "--operator", "operator-0")
-        result = json.loads(changed.stdout)
-        assert result["status"] == "ALLOW" and result["epoch"]["number"] == 1, result
-        activation = result["epoch"]["starts_after_seq"]
+        activation = reconfigure(config, next_file, 1)
 
         # The replaced replica retires by itself once the new epoch is active, and says so.
         wait_until(lambda: not genesis_processes.is_running(REPLACED), "the replaced replica retiring")
         assert "retired in epoch 1" in genesis_processes.log_path(REPLACED).read_text()
 
         # The next epoch's file becomes the cluster file; `bft up` starts only the joiner.
-        os.replace(next_file, config)
+        shutil.copy(next_file, config)
         up = bft("up", directory)
         assert up.stdout.count("already running") == 3 and f"replica {REPLACED}: started" in up.stdout, up.stdout
         assert client.follow(config) == 1
-        wait_until(lambda: (cluster_status(load_cluster_file(config), timeout_s=1.0)[REPLACED].last_executed_seq
-                            or 0) > activation, "the joiner catching up past the activation seq")
+        wait_until(lambda: executed(config, REPLACED) > activation, "the joiner catching up past the activation seq")
         switch_ended_s = time.monotonic()
 
         # The joiner takes part: with another member stopped, verdicts need its votes.
@@ -176,13 +191,11 @@ def test_a_replica_is_replaced_under_load_and_both_epochs_verify(cluster_directo
         processes.wait_listening([stopped], timeout_s=30)
 
         # The joiner restarts from its own store: it joined in epoch 1, so it is given the chain again.
-        def joiner_executed() -> int:
-            return cluster_status(load_cluster_file(config), timeout_s=1.0)[REPLACED].last_executed_seq or 0
-        before_restart = joiner_executed()
+        before_restart = executed(config, REPLACED)
         assert processes.stop(REPLACED).outcome == "terminated"
         assert processes.start(REPLACED).already_running is False
         processes.wait_listening([REPLACED], timeout_s=30)
-        wait_until(lambda: joiner_executed() > before_restart, "the restarted joiner executing again")
+        wait_until(lambda: executed(config, REPLACED) > before_restart, "the restarted joiner executing again")
     outcomes = [outcome for _, outcome in load.outcomes]
     refused_outside_switch = [o.reason for submitted_s, o in load.outcomes if o.status == "REFUSED"
                               and not switch_started_s - LOAD_TIMEOUT_MS / 1000 <= submitted_s <= switch_ended_s]
@@ -217,3 +230,69 @@ def test_a_replica_is_replaced_under_load_and_both_epochs_verify(cluster_directo
         assert not violations, [str(v) for v in violations[:5]]
     joiner_log = stored(directory / "data" / "replica-2-epoch-1.db").log
     assert joiner_log and max(entry.seq for entry in joiner_log) > activation
+
+
+def test_a_cluster_grows_to_five_and_shrinks_back_with_the_added_replica_retiring(cluster_directory, tmp_path):
+    """n=4 -> 5 -> 4 under load: the running replicas open a link to the new id at the address the change
+    carries, the CP-mode watch and the quorum follow n, the added replica votes in epoch 1 and, after a view
+    change, is part of every quorum; the change that removes it makes its process retire; certificates of the
+    three epochs verify against the chain."""
+    directory = cluster_directory
+    config = directory / "cluster.toml"
+    assert bft("up", directory).stdout.count(": started, pid ") == 4
+    shutil.copy(config, directory / "genesis.toml")
+    grown = write_epoch_file(directory, "epoch-1", genesis_replicas(directory) + [fresh_replica(directory, 4, "r4")])
+    with BlockingClient(config, "client-0", timeout_ms=LOAD_TIMEOUT_MS) as client, Load(client) as load:
+        wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes) >= 3, "verdicts in the genesis epoch")
+        first_activation = reconfigure(config, grown, 1)
+        shutil.copy(grown, config)
+        up = bft("up", directory)
+        assert up.stdout.count("already running") == 4 and "replica 4: started" in up.stdout, up.stdout
+        assert client.follow(config) == 1 and client.config.replica_count == 5
+        wait_until(lambda: executed(config, 4) > first_activation, "replica 4 catching up")
+        # A joiner takes part in the phases only from the next view change on (RECONFIGURATION.md section 7),
+        # and a replica removed while it lags never sees the switch (nobody answers it any more).  So the
+        # primary is stopped: the view change that follows makes replica 4 a full member, needed for every
+        # quorum of four while the primary is away.
+        statuses: list = []
+        view = max(status.view for status in cluster_status(load_cluster_file(config), timeout_s=1.0)
+                   if status.view is not None)
+        at_five = LocalProcessCluster(config)
+        primary = next(r for r in (primary_of(view, 5), primary_of(view + 1, 5)) if r != 4)
+        assert at_five.stop(primary).outcome == "terminated"
+        wait_until(lambda: statuses.append(cluster_status(load_cluster_file(config), timeout_s=1.0)) or
+                   statuses[-1][4].health == "ok", "replica 4 voting in a new view", describe=lambda: statuses[-1])
+        assert at_five.start(primary).already_running is False
+        at_five.wait_listening([primary], timeout_s=30)
+        count = len(load.outcomes)
+        wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes[count:]) >= 3, "verdicts at n=5")
+
+        shrunk = write_epoch_file(directory, "epoch-2", genesis_replicas(directory))
+        second_activation = reconfigure(config, shrunk, 2)
+        wait_until(lambda: not at_five.is_running(4), "the removed replica retiring")
+        assert "retired in epoch 2" in at_five.log_path(4).read_text()
+        shutil.copy(shrunk, config)
+        assert client.follow(config) == 1 and client.config.replica_count == 4
+        count = len(load.outcomes)
+        wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes[count:]) >= 3, "verdicts back at n=4")
+    assert not any(o.status == "DENY" for _, o in load.outcomes)
+    assert bft("down", directory).stdout.count("stopped (pid") == 4
+
+    certified = [o.certificate for _, o in load.outcomes if o.certificate is not None]
+    by_epoch = {0: [c for c in certified if c.seq <= first_activation],
+                1: [c for c in certified if first_activation < c.seq <= second_activation],
+                2: [c for c in certified if c.seq > second_activation]}
+    assert any(v.replica_id == 4 for c in by_epoch[1] for v in c.votes), "replica 4 voted in no verdict of epoch 1"
+    for epoch, certificates in by_epoch.items():
+        assert certificates, f"no verdict certified in epoch {epoch}"
+        path = tmp_path / f"epoch-{epoch}.json"
+        path.write_text(certificates[-1].to_json())
+        code, output, errors = bft_here("verify", path, "--config", directory / "genesis.toml",
+                                        "--chain", directory / "chain.json")
+        assert code == 0 and output.endswith(f"epoch {epoch}\n"), (output, errors)
+    epochs = cluster_epochs(load_cluster_file(config))
+    members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
+    members[4] = stored(directory / "data" / "r4.db")
+    violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
+                                  certified, signed={r: list(s.signed) for r, s in members.items()})
+    assert not violations, [str(v) for v in violations[:5]]

@@ -38,6 +38,11 @@ if TYPE_CHECKING:  # The node imports this module; the name is only an annotatio
 
 logger = logging.getLogger("bft.runtime")
 
+# How long a link to a replica that left may take to send what it still holds: the last CHECKPOINTs and COMMITs
+# of the old epoch, without which a leaving replica that is a few seqs behind never sees the switch.
+LEAVING_LINK_LINGER_S = 5.0
+LEAVING_LINK_POLL_S = 0.01
+
 
 def epoch_addresses(replica: Replica) -> dict[int, Address]:
     """Where the members of the replica's current epoch are reached, as its config-change said ({} if it did
@@ -120,14 +125,15 @@ class EpochFollower:
         return addresses
 
     def _close_links_outside(self, new: ClusterConfig) -> list[int]:
-        """Close the links that do not reach a member of ``new`` with the key and address it has there (each
-        link judges by the configuration it was opened or last kept with, so switches may follow quickly)."""
+        """Take out the links that do not reach a member of ``new`` with the key and address it has there (each
+        link judges by the configuration it was opened or last kept with, so switches may follow quickly); each
+        is closed once what it still holds has left (``_close_when_drained``)."""
         node = self._node
         closed = sorted(peer for peer, link in node.links.items()
                         if peer >= new.replica_count or link.config.replica_keys[peer] != new.replica_keys[peer]
                         or link.address != node.addresses.get(peer))
         for peer in closed:
-            node.links.pop(peer).close()
+            node.start_task(_close_when_drained, node.links.pop(peer))
         return closed
 
     def _open_link(self, config: ClusterConfig, peer: int) -> None:
@@ -144,9 +150,18 @@ class EpochFollower:
         node = self._node
         await node.wait_durable()  # What it said up to the switch still goes out (the others may need it).
         for peer in sorted(node.links):
-            node.links.pop(peer).close()
+            node.start_task(_close_when_drained, node.links.pop(peer))
         node.sessions.close_replicas_outside(set())
         logger.warning("replica %d retired: it is not a member of epoch %d (removed, or its key replaced)",
                        node.replica_id, self.number,
                        extra={"replica_id": node.replica_id, "epoch": self.number, "event": "retired"})
         self.retired.set()
+
+
+async def _close_when_drained(link: Link) -> None:
+    """Close ``link`` once its queue is empty, or after ``LEAVING_LINK_LINGER_S`` (bounded: a dead peer's
+    queue never empties).  Nothing new is queued on it: it is no longer among the node's links."""
+    with trio.move_on_after(LEAVING_LINK_LINGER_S):
+        while not link.queue.is_empty:
+            await trio.sleep(LEAVING_LINK_POLL_S)
+    link.close()

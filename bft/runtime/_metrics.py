@@ -240,7 +240,8 @@ class ReplicaMetrics:
         self.blocklist_patterns_active.set(summary["blocklist_active"])
         evidence_by_replica = [0] * replica_count
         for record in state.evidence:
-            evidence_by_replica[record.accused] += 1
+            if record.accused < replica_count:  # Evidence against a replica an epoch just removed is not shown.
+                evidence_by_replica[record.accused] += 1
         for replica_id, (quarantined, suspected, evidence) in enumerate(self._replica_series(replica_count)):
             quarantined.set(1 if replica_id in state.quarantined else 0)
             suspected.set(1 if replica_id in state.suspects else 0)
@@ -255,12 +256,17 @@ class ReplicaMetrics:
 
     def _replica_series(self, replica_count: int) -> list[tuple]:
         """The per-replica accountability series, looked up once (a label lookup costs more than a set)."""
+        gauges = (self.replica_quarantined, self.replica_suspected, self.replica_evidence_records)
+        if self._replica_series_cache is not None and len(self._replica_series_cache) != replica_count:
+            # A configuration epoch changed n: the series of replicas beyond the new n go (``_epochs``).
+            for replica_id in range(replica_count, len(self._replica_series_cache)):
+                for gauge in gauges:
+                    gauge.remove(str(replica_id))
+            self._replica_series_cache = None
         if self._replica_series_cache is None:
-            self._replica_series_cache = [
-                tuple(gauge.labels(replica=str(replica_id))
-                      for gauge in (self.replica_quarantined, self.replica_suspected, self.replica_evidence_records))
-                for replica_id in range(replica_count)]
-        assert len(self._replica_series_cache) == replica_count, "one replica count per cluster"
+            self._replica_series_cache = [tuple(gauge.labels(replica=str(replica_id)) for gauge in gauges)
+                                          for replica_id in range(replica_count)]
+        assert len(self._replica_series_cache) == replica_count
         return self._replica_series_cache
 
     def exposition(self) -> bytes:
