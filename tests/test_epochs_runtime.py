@@ -2,8 +2,8 @@
 are parsed strictly (a malformed list is a ChangeError naming it, a valid one lands in the chain's epoch and not in
 the configuration digest); a later epoch's cluster file must name its genesis and chain together and must be the
 configuration its chain ends in; the operator's change is refused before submission when the next file changes
-the limits or names another genesis; and a runtime client that learns an epoch keeps the links of replicas that
-stay, closes the replaced one's and opens the new member's."""
+the limits, names another genesis or no chain (`bft operator reconfigure` then exits 2 with one sentence); and a runtime client that learns an epoch keeps the links of replicas that
+stay, closes the replaced one's and opens the new member's; and a replica's metrics tell its epoch."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import tomllib
 import pytest
 import tomli_w
 
-from bft.cluster import ConfigFileError, create_cluster_directory, load_cluster_file
+from bft.cluster import ConfigFileError, create_cluster_directory, load_cluster_file, parse_metrics
 from bft.cluster._epochs import change_for_next_file, cluster_epochs, read_chain_links
 from bft.core import ClusterConfig, KeyPair, Limits
 from bft.core._reconfiguration import (ChangeError, EpochChain, change_document, configuration_digest, parse_change,
                                        sign_document)
-from bft.runtime import AsyncClient
+from bft.cli import main as bft_main
+from bft.runtime import AsyncClient, ReplicaMetrics
 
 
 def seed_for(name: str) -> bytes:
@@ -123,3 +124,23 @@ def test_a_client_learning_an_epoch_keeps_staying_links_and_replaces_the_others(
     assert all(client.links[r] is link for r, link in kept.items())
     assert client.links[2] is not replaced and client.links[2].address == ("127.0.0.1", 9102)
     assert replaced.queue.is_empty
+
+
+def test_a_replicas_metrics_tell_its_epoch_and_status_reads_it():
+    metrics = ReplicaMetrics()
+    metrics.observe_epoch(2, retired=False)
+    gauges, _ = parse_metrics(metrics.exposition().decode())
+    assert gauges["epoch"] == 2
+    metrics.observe_epoch(3, retired=True)
+    assert "bft_retired 1.0" in metrics.exposition().decode()
+
+
+def test_bft_operator_reconfigure_names_a_mistake_in_one_sentence_before_sending_anything(cluster, capsys):
+    no_chain = next_file(cluster)  # Neither 'genesis' nor 'chain': not a later epoch's file.
+    code = bft_main(["operator", "reconfigure", "--config", str(cluster.path), "--next", str(no_chain),
+                     "--operator", "operator-0"])
+    error = capsys.readouterr().err
+    assert code == 2 and "must name its 'genesis' file and its 'chain' file" in error and "Traceback" not in error
+    code = bft_main(["operator", "reconfigure", "--config", str(cluster.path), "--next", str(no_chain),
+                     "--operator", "nobody"])
+    assert code == 2 and "there is no operator 'nobody'" in capsys.readouterr().err

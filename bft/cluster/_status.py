@@ -36,7 +36,7 @@ MAX_SCRAPE_BYTES = 4 * 1024 * 1024
 GAUGES = {"bft_view": "view", "bft_last_executed_seq": "last_executed_seq",
           "bft_stable_checkpoint_seq": "stable_checkpoint_seq", "bft_peers_connected": "peers_connected"}
 # The core's own account of keeping up (optional: a replica of an older version does not expose them).
-PROGRESS_GAUGES = {"bft_lag_seq": "lag_seq", "bft_highest_seq_known": "highest_seq_known"}
+PROGRESS_GAUGES = {"bft_lag_seq": "lag_seq", "bft_highest_seq_known": "highest_seq_known", "bft_epoch": "epoch"}
 REPLICA_STATE = "bft_replica_state"
 HEALTH_STATES = ("ok", "catching-up", "view-change", "isolated", "listening", "down", "unknown")
 # The accountability gauges (bft.runtime metrics): counts, and per-replica or per-pattern series.
@@ -93,6 +93,7 @@ class ReplicaStatus:
     lag_seq: int | None = None
     highest_seq_known: int | None = None
     core_state: str | None = None  # What the replica says of itself: ok, catching-up or view-change.
+    epoch: int | None = None  # The configuration epoch it works in (specs/RECONFIGURATION.md).
     accountability: AccountabilityView | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ class ReplicaStatus:
                 "health": self.health, "detail": self.detail, "view": self.view,
                 "last_executed_seq": self.last_executed_seq, "stable_checkpoint_seq": self.stable_checkpoint_seq,
                 "peers_connected": self.peers_connected, "lag_seq": self.lag_seq,
-                "highest_seq_known": self.highest_seq_known, "accountability": self.accountability.as_dict() if self.accountability else None}
+                "highest_seq_known": self.highest_seq_known, "epoch": self.epoch, "accountability": self.accountability.as_dict() if self.accountability else None}
 
 
 def parse_gauges(text: str) -> dict[str, int]:
