@@ -1,9 +1,11 @@
-"""With four real replica processes on loopback under a light load, one replica is replaced through a configuration
-change: `bft operator reconfigure` orders it, the replaced process retires and exits by itself, the joiner started
-by `bft up` on the next epoch's cluster file catches up by state transfer and takes part (verdicts continue with
-another member stopped) and restarts from its own store, the load client follows the epoch, certificates of both epochs verify with `bft verify
---chain` (one the joiner voted in does not verify under the genesis keys alone), and the invariants of
-specs/ (S1-S11, judged per epoch) hold over every correct replica's SQLite store."""
+"""With real replica processes on loopback under a light load, configuration changes ordered by `bft operator
+reconfigure` take effect: (1) replacing one of four replicas, the replaced process retires and exits by itself, the
+joiner started by `bft up` on the next epoch's cluster file catches up by state transfer, votes, and restarts from
+its own store, the load client follows the epoch, refusals come only during the switch, certificates of both epochs
+verify with `bft verify --chain` (one the joiner signed does not verify under the genesis keys alone); (2) growing to
+five and shrinking back, the added replica becomes part of every quorum and retires when removed; (3) rotating a
+replica's key, its old-key process retires and restarts from its store under the new key.  In each, the invariants
+of specs/ (S1-S11, each seq judged under its own epoch) hold over every correct replica's SQLite store."""
 
 from __future__ import annotations
 
@@ -293,6 +295,49 @@ def test_a_cluster_grows_to_five_and_shrinks_back_with_the_added_replica_retirin
     epochs = cluster_epochs(load_cluster_file(config))
     members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
     members[4] = stored(directory / "data" / "r4.db")
+    violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
+                                  certified, signed={r: list(s.signed) for r, s in members.items()})
+    assert not violations, [str(v) for v in violations[:5]]
+
+
+def test_a_replicas_key_is_rotated_by_retiring_it_and_restarting_it_on_its_store_with_the_new_key(
+        cluster_directory, tmp_path):
+    """Key rotation as an operator does it with processes: the change lists replica 1 with a key made on its
+    host; at the switch the running process, whose key the new epoch no longer lists, retires; `bft up` on the
+    next epoch's file restarts it from the same database with the new key, and it signs in epoch 1 with it."""
+    directory = cluster_directory
+    config = directory / "cluster.toml"
+    assert bft("up", directory).stdout.count(": started, pid ") == 4
+    shutil.copy(config, directory / "genesis.toml")
+    new_key = create_key_file(directory / "keys" / "replica-1-rotated.key")
+    replicas = genesis_replicas(directory)
+    replicas[1].update(public_key=new_key.public_key.hex(), key_file="keys/replica-1-rotated.key")
+    rotated = write_epoch_file(directory, "epoch-1", replicas)
+    with BlockingClient(config, "client-0", timeout_ms=LOAD_TIMEOUT_MS) as client, Load(client) as load:
+        wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes) >= 3, "verdicts in the genesis epoch")
+        activation = reconfigure(config, rotated, 1)
+        genesis_processes = LocalProcessCluster(config)
+        wait_until(lambda: not genesis_processes.is_running(1), "replica 1's old-key process retiring")
+        shutil.copy(rotated, config)
+        up = bft("up", directory)
+        assert up.stdout.count("already running") == 3 and "replica 1: started" in up.stdout, up.stdout
+        assert client.follow(config) == 1
+        wait_until(lambda: executed(config, 1) > activation, "replica 1 working again under its new key")
+        count = len(load.outcomes)
+        wait_until(lambda: any(o.certificate is not None and any(v.replica_id == 1 for v in o.certificate.votes)
+                               for _, o in load.outcomes[count:]), "a verdict with replica 1's new-key vote")
+    assert bft("down", directory).stdout.count("stopped (pid") == 4
+    certified = [o.certificate for _, o in load.outcomes if o.certificate is not None]
+    signed_by_new_key = [c for c in certified if c.seq > activation and any(v.replica_id == 1 for v in c.votes)]
+    path = tmp_path / "rotated.json"
+    path.write_text(signed_by_new_key[-1].to_json())
+    code, output, errors = bft_here("verify", path, "--config", directory / "genesis.toml",
+                                    "--chain", directory / "chain.json")
+    assert code == 0 and output.endswith("epoch 1\n"), (output, errors)
+    code, _, errors = bft_here("verify", path, "--config", directory / "genesis.toml")
+    assert code == 1 and "signature does not verify" in errors, errors
+    epochs = cluster_epochs(load_cluster_file(config))
+    members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
     violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
                                   certified, signed={r: list(s.signed) for r, s in members.items()})
     assert not violations, [str(v) for v in violations[:5]]
