@@ -148,10 +148,11 @@ class EpochFollower:
 
     async def _retire(self) -> None:
         node = self._node
-        await node.wait_durable()  # What it said up to the switch still goes out (the others may need it).
-        for peer in sorted(node.links):
-            node.start_task(_close_when_drained, node.links.pop(peer))
-        node.sessions.close_replicas_outside(set())
+        await node.wait_durable()  # What it said up to the switch still goes out (the others may need it:
+        node.sessions.close_replicas_outside(set())  # its CHECKPOINT at the activation seq may complete a quorum).
+        async with trio.open_nursery() as draining:  # Before ``retired``: the process stops once it is set.
+            for peer in sorted(node.links):
+                draining.start_soon(_close_when_drained, node.links.pop(peer))
         logger.warning("replica %d retired: it is not a member of epoch %d (removed, or its key replaced)",
                        node.replica_id, self.number,
                        extra={"replica_id": node.replica_id, "epoch": self.number, "event": "retired"})
@@ -159,9 +160,10 @@ class EpochFollower:
 
 
 async def _close_when_drained(link: Link) -> None:
-    """Close ``link`` once its queue is empty, or after ``LEAVING_LINK_LINGER_S`` (bounded: a dead peer's
-    queue never empties).  Nothing new is queued on it: it is no longer among the node's links."""
+    """Close ``link`` once its queue is empty or its peer no longer takes it (disconnected: a peer of the new
+    epoch refuses a replica that left), or after ``LEAVING_LINK_LINGER_S`` at most.  Nothing new is queued on
+    it: it is no longer among the node's links."""
     with trio.move_on_after(LEAVING_LINK_LINGER_S):
-        while not link.queue.is_empty:
+        while link.connected and not link.queue.is_empty:
             await trio.sleep(LEAVING_LINK_POLL_S)
     link.close()
