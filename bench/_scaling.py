@@ -169,7 +169,7 @@ class CostedSimulation:
         """Charge the input and what it produced to the replica's CPU, then send at the end of that work."""
         costs = self.costs
         signed = [item for item in ready.persist if not isinstance(item, LogEntry)] + [r for _, r in ready.to_clients]
-        distinct = {id(message): message for _, message in (*ready.to_replicas, *ready.to_clients)}
+        distinct = {id(message): message for _, message in (*ready.to_replicas, *ready.forwards, *ready.to_clients)}
         encodes_us = sum(costs.encode_us[_kind(message)] for message in distinct.values())
         cost_us = (input_cost_us + costs.sign_us * len(signed) + encodes_us
                    + (costs.sqlite_commit_us if self.durable and ready.persist else 0.0))

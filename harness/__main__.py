@@ -53,11 +53,11 @@ def parser() -> argparse.ArgumentParser:
     scenario.add_argument("--rate", type=float, metavar="PER_S",
                           help="mission only: requests a second the agents offer together (default 12.5); a host "
                                "too small for the cluster at that rate misses latency bounds, see README")
-    from . import _byzantine_replica, _modelcheck, _mutant_hunt
+    from . import _byzantine_replica, _modelcheck_cli, _mutant_hunt
     from .linearizability import _cli as check_cli
     check_cli.add_parser(commands)
     _mutant_hunt.add_parser(commands)
-    _modelcheck.add_parser(commands)
+    _modelcheck_cli.add_parser(commands)
     _byzantine_replica.add_parser(commands)
     return root
 
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         from ._byzantine_replica import main as main_byzantine_replica
         return main_byzantine_replica(arguments, out)
     if arguments.command in ("mutants", "modelcheck"):
-        from . import _modelcheck, _mutant_hunt
-        return (_mutant_hunt if arguments.command == "mutants" else _modelcheck).main(arguments, out)
+        from . import _modelcheck_cli, _mutant_hunt
+        return (_mutant_hunt if arguments.command == "mutants" else _modelcheck_cli).main(arguments, out)
     if arguments.requests is not None and not 0 <= arguments.requests <= 10_000:
         parser().error("--requests must be in [0, 10000]")
     liveness_required = arguments.liveness == "require"

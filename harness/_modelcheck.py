@@ -8,7 +8,11 @@ driver, in one thread, and explores the choices a scheduler has:
 - "time passes": every replica's clock moves by one view-change timeout, so
   progress timers fire and view changes start;
 - "crash-restart r": a correct replica loses its memory and restarts from what
-  its store made durable.
+  its store made durable;
+- "cut r": the next message is delivered to a correct replica r, which dies
+  once that input's forwards and replies left (``send_unguarded``), before
+  its store wrote anything of it, and restarts: the latest a runtime may send
+  them ahead of the disk.
 
 and, as the root choice, which Byzantine behaviour replica ``b`` shows, from
 ``MENU``.  Every reachable state is checked against ``specs.invariants``
@@ -42,7 +46,7 @@ from typing import Iterator
 
 from bft.core import (Bundle, Checkpoint, ClientCore, ClusterConfig, Commit, KeyPair, Limits, LogEntry, Message,
                       NewView, PrePrepare, Prepare, Ready, Replica, Reply, Request, Risk, Signer, VerdictCertificate,
-                      ViewChange, Vote, apply_ready)
+                      ViewChange, Vote, apply_ready, send_unguarded)
 from bft.storage import MemoryStore
 from specs.invariants import Evidence, Violation, check_all, check_stability
 
@@ -162,7 +166,7 @@ class _World:
 
 @dataclass(frozen=True)
 class _Action:
-    kind: str  # "deliver", "time" or "restart"
+    kind: str  # "deliver", "time", "restart" or "cut"
     index: int = 0  # The network position to deliver, or the replica to restart.
 
 
@@ -217,6 +221,8 @@ class _Model:
         may_deviate = world.deviations < settings.deviations
         if may_deviate and world.crashes < settings.crashes_max:
             yield from (_Action("restart", replica_id) for replica_id in self.correct if replica_id in world.acted)
+            if world.network and world.network[0][2] in self.correct:
+                yield _Action("cut", 0)
         if world.network:
             yield _Action("deliver", 0)
         if may_deviate and settings.reorders and world.network:
@@ -232,7 +238,7 @@ class _Model:
 
         A timeout that makes no replica send anything is not a step worth exploring: None.
         """
-        touched = [world.network[action.index][2]] if action.kind == "deliver" else range(REPLICA_COUNT)
+        touched = [world.network[action.index][2]] if action.kind in ("deliver", "cut") else range(REPLICA_COUNT)
         child = self._copy(world, touched)
         child.acted = ()
         if action.kind != "deliver" or action.index != 0:
@@ -246,6 +252,8 @@ class _Model:
             self._handle(child, destination, ready)
             rejected = [f"{r.reason}" for r in ready.rejected]
             return child, description + (f" (rejected: {', '.join(rejected)})" if rejected else "")
+        if action.kind == "cut":
+            return self._cut(child, action.index)
         if action.kind == "time":
             child.time_steps += 1
             sent_before = self.messages_sent
@@ -255,6 +263,22 @@ class _Model:
         child.crashes += 1
         self._restart(child, action.index)
         return child, f"replica {action.index} crashes and restarts from its store"
+
+    def _cut(self, world: _World, index: int) -> tuple[_World | None, str]:
+        """Deliver, then crash the receiver between its Ready's unguarded sends and its persist.  A Ready
+        that sends nothing ahead of the disk, or persists nothing, makes this an ordinary crash: None."""
+        world.crashes += 1
+        _, source, destination, message = world.network.pop(index)
+        replica = world.replicas[destination]
+        from_client = isinstance(source, str) and isinstance(message, Request)
+        ready = replica.submit(message) if from_client else replica.step(message)
+        if not ready.persist or not (ready.forwards or ready.to_clients):
+            return None, "cut with nothing sent ahead of the disk"
+        send_unguarded(ready, ModelIO(self, world, destination))
+        self._restart(world, destination)
+        return world, (f"deliver {type(message).__name__} {describe_message(message)} from {source} to {destination}"
+                       f"; replica {destination} crashes once its forwards and replies left, before its store "
+                       "wrote anything, and restarts")
 
     def _copy(self, world: _World, touched) -> _World:
         """Copy on write: the replicas a step touches (and their stores) are cloned, the rest shared."""
@@ -442,44 +466,3 @@ def run_model_check(settings: ModelCheckSettings) -> ModelCheckResult:
             break
     result.wall_seconds = time.perf_counter() - started
     return result
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_parser(commands) -> None:
-    check = commands.add_parser("modelcheck", help="small-scope model checking of the real core (n=4, 2 requests)")
-    check.add_argument("--depth", type=int, required=True, help=f"steps per run, at most {DEPTH_MAX}")
-    check.add_argument("--max-states", type=int, default=ModelCheckSettings.max_states,
-                       help="stop after exploring this many distinct states")
-    check.add_argument("--deviations", type=int, default=ModelCheckSettings.deviations,
-                       help="departures from the default schedule per run (default 1)")
-    check.add_argument("--crashes", type=int, default=ModelCheckSettings.crashes_max,
-                       help="crash-restarts of a correct replica per run (default 1)")
-    check.add_argument("--timeouts", type=int, default=ModelCheckSettings.time_steps_max,
-                       help="times a view-change timeout elapses per run (default 1)")
-    check.add_argument("--no-reorders", action="store_true", help="do not reorder a replica's inbox")
-    check.add_argument("--adversary", action="append", metavar="NAME",
-                       help=f"Byzantine behaviour to explore, repeatable (default all: {', '.join(MENU)})")
-    check.add_argument("--mutant", help="explore with this planted bug active (see: python -m harness mutants)")
-
-
-def main(arguments, out) -> int:
-    """Exit status 0 when no invariant breaks within the bounds, 1 with a counterexample, 2 on bad usage."""
-    import sys
-    from contextlib import nullcontext
-
-    from ._mutants import MUTANTS
-    settings = ModelCheckSettings(depth=arguments.depth, max_states=arguments.max_states,
-                                  deviations=arguments.deviations, crashes_max=arguments.crashes,
-                                  time_steps_max=arguments.timeouts, reorders=not arguments.no_reorders,
-                                  adversaries=tuple(arguments.adversary or MENU))
-    problem = settings.problem() or (f"unknown mutant {arguments.mutant!r}; choose from {', '.join(MUTANTS)}"
-                                     if arguments.mutant and arguments.mutant not in MUTANTS else None)
-    if problem:
-        print(f"python -m harness modelcheck: error: {problem}", file=sys.stderr)
-        return 2
-    with MUTANTS[arguments.mutant].activate() if arguments.mutant else nullcontext():
-        result = run_model_check(settings)
-    print("\n".join(result.describe()), file=out)
-    return 1 if result.counterexample else 0

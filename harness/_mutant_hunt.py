@@ -107,6 +107,7 @@ HUNT_PLANS: dict[str, SwarmPlan | ModelCheckPlan] = {
     "skip-new-view-validation": _targeted("lying-new-primary", 2_000, timeouts=1),
     "execute-before-commit": _SWARM_N4,
     "send-before-persist": _targeted("double-preprepare", 2_000, crashes=1),
+    "own-messages-ahead-of-the-disk": _targeted("double-preprepare", 2_000, crashes=1),
     "vote-not-bound-to-request": _MENU_DEFAULT_SCHEDULE,
     "count-duplicate-votes": _MENU_DEFAULT_SCHEDULE,
     "ignore-deadline": _SWARM_N4,

@@ -184,6 +184,14 @@ def _send_before_persist() -> list[ContextManager]:
     return [PATCH_POINTS["send-own"].patch(send_own), _wrap("tick-input", make_tick)]
 
 
+def _own_messages_ahead_of_the_disk() -> list[ContextManager]:
+    """Own signed messages are persisted in the same Ready but sent with the forwards, ahead of the disk."""
+    def send_own(self, message, destinations):
+        self._out.persist.append(message)
+        self._out.forwards.extend((replica_id, message) for replica_id in destinations)
+    return [PATCH_POINTS["send-own"].patch(send_own)]
+
+
 def _vote_not_bound_to_request() -> list[ContextManager]:
     def validate_votes(self, votes, digest):
         replica_ids = [vote.replica_id for vote in votes]
@@ -416,6 +424,8 @@ MUTANTS: dict[str, Mutant] = {mutant.name: mutant for mutant in (
            ("check-prepared",), _execute_before_commit),
     Mutant("send-before-persist", "own signed messages are sent before they are durable (S7 after a restart)",
            ("send-own", "tick-input"), _send_before_persist),
+    Mutant("own-messages-ahead-of-the-disk", "own signed messages leave with the forwards, before the store "
+           "wrote them (S7 after a crash between the two)", ("send-own",), _own_messages_ahead_of_the_disk),
     Mutant("vote-not-bound-to-request", "a vote signed for one request justifies another (S2)",
            ("validate-votes",), _vote_not_bound_to_request),
     Mutant("count-duplicate-votes", "one replica's vote counted several times (S2)",

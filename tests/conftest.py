@@ -171,7 +171,7 @@ class LocalNet:
     def handle(self, replica_id: int, ready: Ready) -> Ready:
         self.replicas[replica_id].check_invariants()  # In full: the core checks only its bounds per input.
         self.readies.append((replica_id, ready))
-        for destination, message in ready.to_replicas:
+        for destination, message in ready.messages_to_replicas:
             if not self.hold(replica_id, destination, message):
                 self.queue.append((destination, message))
         self.replies.extend((replica_id, reply) for _, reply in ready.to_clients)

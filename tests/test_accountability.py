@@ -250,7 +250,7 @@ def test_a_conflicting_phase_message_is_rejected_with_its_proof_attached() -> No
     ready = replica.report_equivocation(rejection.evidence)
     [command] = ready.evaluate
     assert command.client_id == "replica:1" and json.loads(command.action)["command"] == "evidence"
-    assert {destination for destination, _ in ready.to_replicas} == {0, 2, 3}
+    assert {destination for destination, _ in ready.messages_to_replicas} == {0, 2, 3}
     assert replica.report_equivocation(rejection.evidence).is_empty(), "one report per proof"
     with pytest.raises(LocalProtocolError):
         replica.report_equivocation(dataclasses.replace(rejection.evidence, second=dataclasses.replace(
@@ -354,7 +354,7 @@ def test_a_replica_proposes_an_endorsement_as_its_own_signed_command_and_refuses
     ready = replica.endorse_blocklist_pattern("exfiltrate the database", 1000)
     [request] = ready.evaluate
     assert (request.client_id, json.loads(request.action)["pattern"]) == ("replica:2", "exfiltrate the database")
-    assert {destination for destination, _ in ready.to_replicas} == {0, 1, 3}
+    assert {destination for destination, _ in ready.messages_to_replicas} == {0, 1, 3}
     later = replica.endorse_blocklist_pattern("another phrase here", 1000).evaluate[0]
     assert later.request_number > request.request_number
 
@@ -377,10 +377,10 @@ def test_a_quarantined_replicas_fast_vote_does_not_start_the_primarys_wait_for_s
     for _ in range(3 * ledger.config.limits.vote_wait_ticks):
         now_ms += 10
         sent.append(primary.tick(now_ms))
-    assert not [m for ready in sent for _, m in ready.to_replicas if isinstance(m, PrePrepare)], \
+    assert not [m for ready in sent for _, m in ready.messages_to_replicas if isinstance(m, PrePrepare)], \
         "two counted votes and a quarantined one are not a quorum: the primary keeps waiting"
     after = [primary.step(ledger.vote(2, request, ALLOW)), primary.tick(now_ms + 10)]
-    [preprepare] = {m for ready in after for _, m in ready.to_replicas if isinstance(m, PrePrepare)}
+    [preprepare] = {m for ready in after for _, m in ready.messages_to_replicas if isinstance(m, PrePrepare)}
     [entry] = preprepare.batch.entries
     assert {vote.replica_id for vote in entry.votes if vote.decision is ALLOW} >= {0, 1, 2}
 

@@ -10,7 +10,7 @@ LIMITS = Limits(max_batch_requests=4, max_in_flight_batches=2)  # Each batch in 
 
 
 def proposals(ready: Ready) -> list[PrePrepare]:
-    return list({message for _, message in ready.to_replicas if isinstance(message, PrePrepare)})
+    return list({message for _, message in ready.messages_to_replicas if isinstance(message, PrePrepare)})
 
 
 def numbers(preprepare: PrePrepare) -> list[int]:

@@ -18,7 +18,7 @@ CLIENTS = ("client-0", "client-1")
 
 
 def sent(ready: Ready, message_type: type) -> list[tuple[int, object]]:
-    return [(to, message) for to, message in ready.to_replicas if isinstance(message, message_type)]
+    return [(to, message) for to, message in ready.messages_to_replicas if isinstance(message, message_type)]
 
 
 def proposed(kit, primary):
@@ -54,7 +54,7 @@ def test_a_backup_prepares_from_a_bundle_commits_to_the_primary_and_executes_on_
     backup = kit.replica(1)
     preprepare = kit.preprepare(1, (kit.entry(kit.request()),))
     digest = batch_digest(preprepare)
-    own_prepare = backup.step(preprepare).to_replicas[0][1]
+    own_prepare = backup.step(preprepare).messages_to_replicas[0][1]
     ready = backup.step(Bundle((kit.prepare(0, 1, digest), own_prepare, kit.prepare(2, 1, digest)), (), 0))
     assert ready.rejected == () and sent(ready, Commit) == [(0, kit.commit(1, 1, digest))]
     assert backup.slots[1].prepared and not backup.slots[1].committed
@@ -92,7 +92,7 @@ def test_a_bundle_with_more_parts_than_replicas_is_rejected_whole_and_changes_no
     backup.step(preprepare)
     parts = tuple(kit.prepare(replica_id % kit.n, 1, digest) for replica_id in range(kit.n + 1))
     ready = backup.step(Bundle(parts, (), 0))
-    assert [r.reason for r in ready.rejected] == ["bad-bundle"] and ready.to_replicas == ()
+    assert [r.reason for r in ready.rejected] == ["bad-bundle"] and ready.messages_to_replicas == ()
     assert backup.slots[1].prepares.keys() == {1}
 
 

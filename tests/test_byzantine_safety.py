@@ -245,7 +245,7 @@ def test_a_batch_needs_a_quorum_of_votes(bench: Bench) -> None:
     request = bench.request(Risk.LOW)
     short = bench.kit.entry(request, replica_ids=range(bench.kit.config.quorum - 1))
     ready = bench.offer([short])
-    assert rejection_reasons(ready) == ["bad-votes"] and not ready.to_replicas
+    assert rejection_reasons(ready) == ["bad-votes"] and not ready.messages_to_replicas
 
 
 def test_votes_must_be_validly_signed_by_the_replica_they_name(bench: Bench) -> None:
@@ -254,20 +254,20 @@ def test_votes_must_be_validly_signed_by_the_replica_they_name(bench: Bench) -> 
     # The primary signs replica 2's ALLOW with its own key: the signature cannot verify as replica 2's.
     votes[2] = bench.kit.replica_signers[0].sign(votes[2])
     ready = bench.offer([BatchEntry(request, tuple(votes))])
-    assert rejection_reasons(ready) == ["bad-signature"] and not ready.to_replicas
+    assert rejection_reasons(ready) == ["bad-signature"] and not ready.messages_to_replicas
 
 
 def test_votes_cannot_be_moved_from_another_request(bench: Bench) -> None:
     approved, target = bench.request(Risk.HIGH), bench.request(Risk.HIGH)
     ready = bench.offer([BatchEntry(target, bench.kit.votes(approved, replica_ids=range(4)))])
-    assert rejection_reasons(ready) == ["bad-votes"] and not ready.to_replicas
+    assert rejection_reasons(ready) == ["bad-votes"] and not ready.messages_to_replicas
 
 
 def test_a_voter_cannot_count_twice(bench: Bench) -> None:
     request = bench.request(Risk.LOW)
     votes = bench.kit.votes(request, replica_ids=range(3))
     ready = bench.offer([BatchEntry(request, (votes[0], votes[1], votes[1], votes[2]))])
-    assert rejection_reasons(ready) == ["bad-votes"] and not ready.to_replicas
+    assert rejection_reasons(ready) == ["bad-votes"] and not ready.messages_to_replicas
 
 
 @pytest.mark.parametrize("replica_count", [4, 5, 7])
@@ -401,5 +401,5 @@ def test_a_primary_cannot_backdate_a_batch_beyond_the_clock_skew(bench: Bench) -
     request = bench.request(Risk.LOW, deadline_ms=bench.now_ms - 5_000)
     skew = kit.config.limits.max_clock_skew_ms
     ready = bench.offer([kit.entry(request, range(4))], timestamp_ms=bench.now_ms - skew - 1)
-    assert not ready.to_replicas and not ready.finalized, "no PREPARE for a backdated batch"
+    assert not ready.messages_to_replicas and not ready.finalized, "no PREPARE for a backdated batch"
     assert bench.replica.rejected_counts["bad-timestamp"] == 1

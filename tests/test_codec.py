@@ -428,7 +428,7 @@ class GarbageTarget:
         ready = self.replica.submit(message) if isinstance(message, Request) else self.replica.step(message)
         if ready.rejected:
             assert len(ready.rejected) == 1
-            assert ready.persist == ready.to_replicas == ready.to_clients == ready.finalized == ready.evaluate == ()
+            assert ready.persist == ready.messages_to_replicas == ready.to_clients == ready.finalized == ready.evaluate == ()
             after = snapshot(self.replica)
             assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after.get(k)}
         else:

@@ -16,7 +16,7 @@ def test_a_forwarded_request_that_already_finalized_is_not_answered_again(kit, m
 
     for replica in net.replicas:
         forwarded = replica.step(request)
-        assert forwarded.to_clients == () and forwarded.rejected == () and forwarded.to_replicas == ()
+        assert forwarded.to_clients == () and forwarded.rejected == () and forwarded.messages_to_replicas == ()
         retransmitted = replica.submit(request)
         assert [reply.replica_id for _, reply in retransmitted.to_clients] == [replica.replica_id]
 

@@ -52,7 +52,7 @@ def test_ticks_of_a_quiescent_replica_change_nothing_but_its_clock(kit):
         for tick in range(1, 401):
             ready = replica.tick(START_MS + 10_000 + 10 * tick)
             assert not (ready.persist or ready.to_clients or ready.finalized or ready.evaluate or ready.rejected)
-            probes += [message for _, message in ready.to_replicas]
+            probes += [message for _, message in ready.messages_to_replicas]
         assert all(isinstance(probe, StateRequest) for probe in probes)
         assert len(probes) <= 400 // kit.config.limits.view_change_timeout_ticks + 1
         assert state_without_clock(replica) == before
@@ -98,5 +98,5 @@ def test_a_reconnected_peer_wakes_a_quiescent_replica_to_probe_at_its_next_tick(
     assert replica.peer_reconnected().is_empty()
     assert not replica.is_quiescent, "a probe is due: the driver must tick at its busy pace"
     ready = replica.tick(START_MS + 2)
-    assert [type(message) for _, message in ready.to_replicas] == [StateRequest]
+    assert [type(message) for _, message in ready.messages_to_replicas] == [StateRequest]
     assert replica.is_quiescent

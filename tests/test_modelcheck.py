@@ -40,6 +40,8 @@ def test_the_default_schedule_of_every_adversary_is_explored_completely_and_dete
     ("vote-not-bound-to-request", ModelCheckSettings(depth=200, max_states=2_000, deviations=0), "S2"),
     ("send-before-persist", ModelCheckSettings(depth=200, max_states=2_000, deviations=1, time_steps_max=0,
                                                reorders=False, adversaries=("double-preprepare",)), "S7"),
+    ("own-messages-ahead-of-the-disk", ModelCheckSettings(depth=200, max_states=2_000, deviations=1, time_steps_max=0,
+                                                          reorders=False, adversaries=("double-preprepare",)), "S7"),
 ])
 def test_the_model_checker_finds_mutants_with_a_trace(mutant, settings, invariant):
     with MUTANTS[mutant].activate():

@@ -2,7 +2,7 @@
 
 A Ready with one item in every field goes through ``apply_ready`` against a
 recording driver: each item must reach the driver, persist must come before any
-send, and whatever the core answers (evidence, log reads) must come back to the
+send but the forwards and replies (which stand on nothing it persists), and whatever the core answers (evidence, log reads) must come back to the
 driver.  The sample table is keyed by ``dataclasses.fields(Ready)``, so a field
 added to ``Ready`` fails these tests until the contract handles it.
 """
@@ -26,6 +26,7 @@ FOLLOW_UP_TO_LOG_READ = Ready(to_replicas=((2, "signed log chunk"),))
 
 # One item per Ready field.  A new field needs a sample here, and a step in bft.core._driving.
 SAMPLES = {
+    "forwards": ((2, "bundle"),),
     "persist": ("vote",),
     "to_replicas": ((1, "prepare"),),
     "to_clients": (("client-0", "reply"),),
@@ -105,16 +106,12 @@ def test_every_ready_field_has_a_step_in_the_contract() -> None:
 def test_every_item_of_every_field_reaches_the_driver_in_the_contract_order() -> None:
     driver, replica = RecordingDriver(), AnsweringReplica()
     apply_ready(full_ready(), replica, driver)
-    assert driver.kinds() == ["persist", "send_to_replica", "send_to_client", "finalized", "forget_votes",
-                              "rejected", "feed", "read_log", "feed", "evaluate"]
-    handed = dict(driver.calls[:6])
-    assert handed["persist"] == SAMPLES["persist"]
-    assert handed["send_to_replica"] == SAMPLES["to_replicas"][0]
-    assert handed["send_to_client"] == SAMPLES["to_clients"][0]
-    assert handed["finalized"] == SAMPLES["finalized"]
-    assert handed["forget_votes"] == SAMPLES["dead_votes"]
-    assert handed["rejected"] == SAMPLES["rejected"][0]
-    assert driver.calls[7] == ("read_log", LOG_READ) and driver.calls[9] == ("evaluate", "request")
+    assert driver.calls[:7] == [("send_to_replica", SAMPLES["forwards"][0]), ("send_to_client", SAMPLES["to_clients"][0]),
+                                ("persist", SAMPLES["persist"]), ("send_to_replica", SAMPLES["to_replicas"][0]),
+                                ("finalized", SAMPLES["finalized"]), ("forget_votes", SAMPLES["dead_votes"]),
+                                ("rejected", SAMPLES["rejected"][0])]
+    assert driver.kinds()[7:] == ["feed", "read_log", "feed", "evaluate"]
+    assert driver.calls[8] == ("read_log", LOG_READ) and driver.calls[10] == ("evaluate", "request")
 
 
 def test_evidence_and_stored_log_entries_go_back_to_the_core_and_its_answers_to_the_driver() -> None:
@@ -138,7 +135,7 @@ def test_the_store_returning_entries_outside_the_read_is_a_broken_invariant() ->
         apply_ready(Ready(log_reads=(LOG_READ,)), AnsweringReplica(), driver)
 
 
-def test_nothing_is_sent_when_the_store_fails_or_does_not_acknowledge_everything() -> None:
+def test_nothing_the_store_guards_is_sent_when_it_fails_or_does_not_acknowledge_everything() -> None:
     def failing(items):
         raise OSError("disk full")
 
@@ -146,7 +143,9 @@ def test_nothing_is_sent_when_the_store_fails_or_does_not_acknowledge_everything
         driver = RecordingDriver(acknowledge)
         with pytest.raises(error):
             apply_ready(full_ready(), AnsweringReplica(), driver)
-        assert driver.kinds() == ["persist"]
+        assert driver.calls[:2] == [("send_to_replica", SAMPLES["forwards"][0]),
+                                    ("send_to_client", SAMPLES["to_clients"][0])]
+        assert driver.kinds()[2:] == ["persist"]
 
 
 def test_an_empty_ready_still_marks_the_point_for_pruning_and_does_nothing_else() -> None:
@@ -161,9 +160,10 @@ def test_the_split_for_batching_drivers_covers_every_field_but_the_log_reads_the
     output, reactions, replica = RecordingDriver(), RecordingDriver(), AnsweringReplica()
     persist_then_send(ready, output)
     react(ready, replica, reactions)
-    assert output.kinds() == ["persist", "send_to_replica", "send_to_client", "finalized", "forget_votes"]
+    assert output.kinds() == ["send_to_replica", "send_to_client", "persist", "send_to_replica", "finalized",
+                              "forget_votes"]
     assert reactions.kinds() == ["rejected", "feed", "evaluate"]
-    steps_run = {"persist_then_send": {"persist", "to_replicas", "to_clients", "finalized", "dead_votes"},
+    steps_run = {"persist_then_send": {"forwards", "to_clients", "persist", "to_replicas", "finalized", "dead_votes"},
                  "react": {"rejected", "evaluate"}, "the driver's own log reads": {"log_reads"}}
     assert set().union(*steps_run.values()) == set(HANDLED_FIELDS)
 
@@ -207,29 +207,33 @@ class RecordingOutput:
         self.events.append(("forget_votes", request_digests))
 
 
-def test_real_replicas_never_send_a_signed_message_or_reply_before_it_is_durable(kit, make_net) -> None:
+def test_real_replicas_send_a_signed_message_only_once_durable_and_a_reply_only_for_an_executed_request(
+        kit, make_net) -> None:
+    """Own signed messages (bundled ones too) are durable before they leave; a reply may leave before its
+    log entry is durable, but never before the replica executed the request (its entry is in the Ready)."""
     net = make_net(kit)
     events: list = []
     stored: list[list] = [[] for _ in range(kit.n)]
     original_handle = net.handle
 
     def handle_through_the_contract(replica_id: int, ready: Ready) -> Ready:
-        start = len(events)
+        start, durable_before = len(events), list(stored[replica_id])
         persist_then_send(ready, RecordingOutput(events, stored[replica_id]))
         mine = events[start:]
         kinds = [event[0] for event in mine]
         if ready.persist:
-            assert kinds[0] == "persist" and "persist" not in kinds[1:], kinds
-        for event in mine:
+            assert kinds.count("persist") == 1, kinds
+        for position, event in enumerate(mine):
+            durable_then = stored[replica_id] if "persist" in kinds[:position] else durable_before
             if event[0] == "send" and isinstance(event[2], Bundle):
                 # A bundle is the primary's forward of others' messages: their authors made them durable.
                 assert event[2].replica_id == replica_id and all(
-                    part in stored[replica_id] for part in (*event[2].prepares, *event[2].commits)
+                    part in durable_then for part in (*event[2].prepares, *event[2].commits)
                     if part.replica_id == replica_id), "an own part of a bundle left before it was durable"
             elif event[0] == "send" and not isinstance(event[2], Request):
-                assert event[2] in stored[replica_id], "a signed message left before it was durable"
+                assert event[2] in durable_then, "a signed message left before it was durable"
             if event[0] == "reply":
-                entries = [item for item in stored[replica_id] if isinstance(item, LogEntry)]
+                entries = [item for item in (*durable_before, *ready.persist) if isinstance(item, LogEntry)]
                 assert any(entry.request_digest == event[2].request_digest for entry in entries)
         return original_handle(replica_id, ready)
 

@@ -44,7 +44,10 @@ def test_a_replacement_joins_by_state_transfer_and_the_old_key_is_rejected() -> 
     survivor = run.cluster.replicas[0]
     assert survivor.low_water >= activation and survivor.epochs.starts_after == activation
     assert survivor.view > 0  # The new epoch started in a later view.
-    old_key_prepare = old_replica._sign(Prepare(survivor.view, survivor.low_water + 1, bytes(32), 3, bytes(64)))
+    # A seq the survivor holds no slot for: a PREPARE for a slot already prepared is held unverified (step 7).
+    free_seq = next(seq for seq in range(survivor.low_water + 1, survivor.low_water + 9)
+                    if survivor.normal.current_slot(seq) is None)
+    old_key_prepare = old_replica._sign(Prepare(survivor.view, free_seq, bytes(32), 3, bytes(64)))
     counted = survivor.rejected_counts["wrong-epoch"]
     assert [r.reason for r in survivor.step(old_key_prepare).rejected] == ["wrong-epoch"]
     assert survivor.rejected_counts["wrong-epoch"] == counted + 1

@@ -187,7 +187,7 @@ def test_a_catch_up_answer_is_bounded_rate_limited_and_made_of_messages_signed_b
     too_wide = asker.sign(StateRequest(0, 0, 33, 0, 3, bytes(64)))
     assert [r.reason for r in peer.step(too_wide).rejected] == ["bad-state-request"]
     ready = peer.step(asker.sign(StateRequest(0, 0, 32, 0, 3, bytes(64))))
-    answer = [message for destination, message in ready.to_replicas if destination == 3]
+    answer = [message for destination, message in ready.messages_to_replicas if destination == 3]
     # A slot's commits travel as one bundle of the originals, each signed by its author.
     sent = [part for message in answer for part in
             ((*message.prepares, *message.commits) if isinstance(message, Bundle) else (message,))]

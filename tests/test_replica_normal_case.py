@@ -17,7 +17,7 @@ ALLOW, DENY = Decision.ALLOW, Decision.DENY
 
 
 def sent(ready: Ready, message_type: type) -> list:
-    return [message for _, message in ready.to_replicas if isinstance(message, message_type)]
+    return [message for _, message in ready.messages_to_replicas if isinstance(message, message_type)]
 
 
 def only_rejection(ready: Ready) -> str:
@@ -37,7 +37,7 @@ def test_the_primary_proposes_once_it_holds_a_quorum_of_votes(kit) -> None:
     primary = kit.replica(0)
     request = kit.request(risk=Risk.LOW)
     ready = primary.submit(request)
-    assert ready.evaluate == (request,) and ready.to_replicas == ()
+    assert ready.evaluate == (request,) and ready.messages_to_replicas == ()
     ready = primary.record_decision(kit.digest(request), ALLOW, "fine")
     # The primary keeps its own vote (votes go to the primary alone) and persists it.
     assert sent(ready, Vote) == [] and [type(item) for item in ready.persist] == [Vote]
@@ -104,12 +104,12 @@ def test_a_backup_prepares_commits_and_executes_in_order(kit, batch_digest) -> N
     digest = batch_digest(preprepare)
     ready = backup.step(preprepare)
     # PREPAREs and COMMITs go to the primary alone (replica 0 in view 0), durable first.
-    assert ready.to_replicas == ((0, kit.prepare(1, 1, digest)),)
+    assert ready.messages_to_replicas == ((0, kit.prepare(1, 1, digest)),)
     assert ready.persist == (kit.prepare(1, 1, digest),)
     # The primary's own prepare plus ours is two; the quorum of three needs one more.
     assert sent(backup.step(kit.prepare(0, 1, digest)), Commit) == []
     ready = backup.step(kit.prepare(2, 1, digest))
-    assert [(to, message) for to, message in ready.to_replicas if isinstance(message, Commit)] == [
+    assert [(to, message) for to, message in ready.messages_to_replicas if isinstance(message, Commit)] == [
         (0, kit.commit(1, 1, digest))]
     assert backup.slots[1].prepared and not backup.slots[1].committed
     assert backup.step(kit.commit(0, 1, digest)).finalized == ()
@@ -337,7 +337,7 @@ def test_a_cluster_with_every_message_delivered_twice_agrees(kit, make_net) -> N
 
     def handle_twice(replica_id, ready):
         result = original_handle(replica_id, ready)
-        for destination, message in ready.to_replicas:
+        for destination, message in ready.messages_to_replicas:
             net.queue.append((destination, message))
         return result
 
@@ -366,7 +366,7 @@ def test_replay_of_an_executed_request_returns_the_cached_reply(kit, make_net) -
         before_digest = replica.execution.state_digest()
         ready = replica.submit(request)
         assert ready.to_clients == (("alice", replies[replica.replica_id]),)
-        assert ready.evaluate == () and ready.persist == () and ready.to_replicas == ()
+        assert ready.evaluate == () and ready.persist == () and ready.messages_to_replicas == ()
         assert replica.execution.state_digest() == before_digest
         rival = kit.request(action={"op": "something else"})
         assert rival.key == request.key
@@ -450,7 +450,7 @@ def test_a_backup_persists_its_vote_and_sends_it_to_the_primary_alone(kit) -> No
     backup.submit(request)
     ready = backup.record_decision(kit.digest(request), ALLOW, "ok")
     [vote] = [item for item in ready.persist if isinstance(item, Vote)]
-    assert ready.to_replicas == ((backup.primary_id, vote),)
+    assert ready.messages_to_replicas == ((backup.primary_id, vote),)
 
 
 # ---------------------------------------------------------------- API misuse is local and loud

@@ -1,5 +1,6 @@
 """Proves restarts from durable storage (real SQLite files where it matters) lose and change nothing: a
-replica killed at any point, including right after a persist and before anything was sent, restarts without
+replica killed at any point, right after a persist and before the rest was sent, or once its forwards and
+replies left ahead of the disk and before its store wrote anything, restarts without
 contradicting what it signed (S7), keeps every finalized verdict and catches up; when every replica is
 killed with work in flight, the prepared proofs they persisted let the restarted cluster re-propose the
 in-flight batches by itself, no finalized verdict is lost or changed, every in-flight request finalizes,
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bft.core import Commit, Decision, Limits, Replica, Reply, Risk, Vote, request_digest
+from bft.core import Commit, Decision, Limits, LogEntry, Ready, Replica, Reply, Risk, Vote, request_digest
 from bft.storage import SqliteStore
 from bft.testing import DenyEverything, NetworkFaults, SimCluster
 from specs.invariants import SimMonitor
@@ -61,12 +62,19 @@ def test_backup_killed_at_any_point_restarts_without_contradicting_itself(seed: 
     monitor.assert_ok()
 
 
+# Where an armed crash strikes inside an output: after its store write (before the guarded sends), or
+# before it (once the forwards and replies left ahead of the disk).
+CRASH_POINTS = ("arm_crash_after_persist", "arm_crash_before_persist")
+
+
+@pytest.mark.parametrize("crash_point", CRASH_POINTS)
 @pytest.mark.parametrize("seed", range(4))
-def test_a_replica_killed_between_persist_and_send_recovers_from_its_sqlite_file(tmp_path: Path, seed: int) -> None:
+def test_a_replica_killed_around_its_store_write_recovers_from_its_sqlite_file(
+        tmp_path: Path, seed: int, crash_point: str) -> None:
     cluster = sqlite_cluster(tmp_path, seed, limits=SMALL, prune_stores=True)
     monitor = SimMonitor(cluster, correct={0, 1, 2, 3})
     victim = seed % 4  # The primary too.
-    cluster.arm_crash_after_persist(victim, outputs_to_skip=cluster.random.randint(0, 15))
+    getattr(cluster, crash_point)(victim, outputs_to_skip=cluster.random.randint(0, 15))
     requests = submit_many(cluster, 8)
     assert cluster.run_until(lambda: victim in cluster.crashed, 5_000), "the victim never persisted anything"
     before = cluster.stores[victim].load().log
@@ -121,17 +129,20 @@ def test_a_whole_cluster_restart_finalizes_batches_that_were_prepared_but_not_co
         store.close()
 
 
+@pytest.mark.parametrize("crash_point", CRASH_POINTS)
 @pytest.mark.parametrize("seed", range(4))
 def test_killing_every_replica_mid_flight_loses_no_verdict_and_in_flight_requests_finalize(
-        tmp_path: Path, seed: int) -> None:
+        tmp_path: Path, seed: int, crash_point: str) -> None:
+    """With ``arm_crash_before_persist`` clients may hold certificates for verdicts no store wrote yet: the
+    restarted cluster must finalize exactly those verdicts again (S3, S4 against the certificates)."""
     cluster = sqlite_cluster(tmp_path, seed, limits=SMALL, faults=NetworkFaults(delay_ms_min=1, delay_ms_max=15))
     monitor = SimMonitor(cluster, correct={0, 1, 2, 3})
     requests: list = []
     kill_wave = cluster.random.randint(2, 8)
     for wave in range(10):  # A steady trickle of requests, so the kill finds every phase under way.
         if wave == kill_wave:
-            for replica_id in range(4):  # Each dies right after one of its next persists, before sending it.
-                cluster.arm_crash_after_persist(replica_id, outputs_to_skip=cluster.random.randint(0, 4))
+            for replica_id in range(4):  # Each dies inside one of its next persisting outputs.
+                getattr(cluster, crash_point)(replica_id, outputs_to_skip=cluster.random.randint(0, 4))
         requests += submit_many(cluster, 2, start=10 * wave)
         cluster.run(15)
     cluster.run_until(lambda: len(cluster.crashed) == 4, 2_000)
@@ -147,9 +158,42 @@ def test_killing_every_replica_mid_flight_loses_no_verdict_and_in_flight_request
         cluster.resend(request)  # Clients retry what they have no certificate for.
     assert cluster.run_until(lambda: finalized_all(cluster, requests), 30_000), \
         f"in flight and never finalized: {[r.key for r in in_flight if not cluster.operations[r.key].certificate]}"
+    certificates = {r.key: cluster.operations[r.key].certificate for r in requests}
+    assert cluster.run_until(lambda: all(set(certificates) <= {entry.key for entry in log}
+                                         for log in durable_logs(cluster)), 30_000), "a certified verdict is in no log"
     for replica_id, log in enumerate(durable_logs(cluster)):
         assert_prefix(before[replica_id], log, replica_id)
         assert sorted(entry.key for entry in log) == sorted({entry.key for entry in log}), "executed twice"
+        for entry in log:  # A verdict a client certified before the kill is the one every log holds after it.
+            certificate = certificates.get(entry.key)
+            assert certificate is None or (entry.seq, entry.decision) == (certificate.seq, certificate.decision)
+    monitor.assert_ok()
+    for store in cluster.stores:
+        store.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_verdict_certified_before_any_store_wrote_it_is_the_verdict_every_log_holds_after_a_whole_restart(
+        tmp_path: Path, seed: int) -> None:
+    """Replies leave ahead of the disk: every replica dies once its reply left and before its store wrote
+    the log entry, so the client holds a certificate no store backs.  The prepared proofs and COMMITs the
+    replicas persisted earlier make the restarted cluster execute that batch again, to the same verdict."""
+    cluster = sqlite_cluster(tmp_path, seed, limits=SMALL)
+    monitor = SimMonitor(cluster, correct={0, 1, 2, 3})
+
+    def executes(ready: Ready) -> bool:
+        return any(isinstance(item, LogEntry) for item in ready.persist)
+    for replica_id in range(4):
+        cluster.arm_crash_before_persist(replica_id, when=executes)
+    [request] = submit_many(cluster, 1)
+    assert cluster.run_until(lambda: len(cluster.crashed) == 4, 5_000)
+    certificate = cluster.operations[request.key].certificate
+    assert certificate is not None and durable_logs(cluster) == [(), (), (), ()], "not the case under test"
+    for replica_id in range(4):
+        cluster.restart(replica_id)
+    assert cluster.run_until(lambda: all(len(log) == 1 for log in durable_logs(cluster)), 30_000)
+    for log in durable_logs(cluster):
+        assert (log[0].key, log[0].seq, log[0].decision) == (request.key, certificate.seq, certificate.decision)
     monitor.assert_ok()
     for store in cluster.stores:
         store.close()

@@ -16,7 +16,7 @@ from ._messages import (Batch, BatchEntry, Bundle, Checkpoint, Commit, Decision,
 from ._messages import NO_QUORUM, REFUSAL_REASONS
 from ._quorum import max_faulty, primary_of, quorum_size, reply_quorum
 from ._driving import (ReadyIO, ReadyOutput, ReadyReactions, apply_ready, persist_then_send,
-                       react)
+                       react, send_unguarded)
 from ._ready import Ready, Rejection
 from ._replica import Replica
 from ._verdict import VerdictRule, decide, default_rules, is_settled
@@ -28,7 +28,7 @@ __all__ = [
     "MAX_WIRE_BYTES", "Message", "NewView", "PrePrepare", "Prepare", "PreparedProof", "ProtocolError",
     "NO_QUORUM", "REFUSAL_REASONS", "Ready", "Refusal", "Rejection", "RemoteProtocolError", "Replica", "Reply", "Request", "Risk", "Signer",
     "VerdictCertificate", "VerdictRule", "Verifier", "ViewChange", "Vote", "apply_ready",
-    "ReadyIO", "ReadyOutput", "ReadyReactions", "persist_then_send", "react",
+    "ReadyIO", "ReadyOutput", "ReadyReactions", "persist_then_send", "react", "send_unguarded",
     "canonical_action", "decide", "decode", "default_rules", "encode", "is_settled", "max_faulty",
     "primary_of", "quorum_size", "reply_quorum", "request_digest", "votes_digest",
 ]

@@ -5,9 +5,13 @@ scripts, the model checker and the benchmark's simulated cluster) applies a
 ``Ready`` through these functions against ``ReadyIO``, a narrow interface to its
 own store, network and policy.  The order is the contract:
 
-1. ``persist`` is made durable, *before* anything is sent, so that a replica
-   restarted at any point never signs something contradicting what it sent;
-2. ``to_replicas``, then ``to_clients``, are sent;
+1. ``forwards``, then ``to_clients``, may be sent at once: they stand on
+   nothing this Ready persists (a forward carries others' signed messages, and
+   ours only once an earlier Ready made them durable; a reply is recomputed
+   alike from its committed batch after any restart).  Then ``persist`` is
+   made durable, *before* anything else is sent, so that a replica restarted
+   at any point never signs something contradicting what it sent;
+2. ``to_replicas`` are sent;
 3. ``finalized`` entries (already among ``persist``) are reported;
 4. ``dead_votes`` are handed to the store, which may forget them when convenient;
 5. each of ``rejected`` is reported, and its evidence of a Byzantine sender, if
@@ -27,7 +31,10 @@ runtime's group commit), cannot run the seven steps in one call: it calls
 and ``persist_then_send`` (steps 1 to 4) in its store thread for the whole
 batch, with sends collected and released once that returns; it reads the
 log for step 6 in the same thread and feeds the entries to ``answer_log_read``
-on the core's thread.  ``HANDLED_FIELDS`` names the step of every field, and
+on the core's thread.  Such a driver may send a Ready's ``forwards`` and
+``to_clients`` (``send_unguarded``) before the store has its batch only
+while every earlier Ready is durable, since a forward may carry our own
+message that an earlier Ready persists; otherwise they go with the batch.  ``HANDLED_FIELDS`` names the step of every field, and
 the module refuses to load if ``Ready`` gains a field no step handles.
 """
 
@@ -44,8 +51,9 @@ from ._ready import LogRead, Ready, Rejection
 # Every field of ``Ready`` and the step of the contract that handles it (see the module docstring).
 HANDLED_FIELDS = {
     "persist": "1 persist",
+    "forwards": "1 send unguarded",
+    "to_clients": "1 send unguarded",
     "to_replicas": "2 send",
-    "to_clients": "2 send",
     "finalized": "3 finalize",
     "dead_votes": "4 forget dead votes",
     "rejected": "5 report rejections and evidence",
@@ -113,17 +121,25 @@ def apply_ready(ready: Ready, replica: CoreFeedback, io: ReadyIO) -> None:
 
 
 def persist_then_send(ready: Ready, io: ReadyOutput) -> None:
-    """Steps 1 to 4: persist, send, report what is final, hand dead votes to the store."""
+    """Steps 1 to 4: send what needs no disk, persist, send the rest, report what is final, hand dead
+    votes to the store."""
+    send_unguarded(ready, io)
     if ready.persist:
         stored = io.persist(ready.persist)
-        assert stored == len(ready.persist), "storage must acknowledge every item before anything is sent"
+        assert stored == len(ready.persist), "storage must acknowledge every item before the rest is sent"
     for replica_id, message in ready.to_replicas:
         io.send_to_replica(replica_id, message)
-    for client_id, reply in ready.to_clients:
-        io.send_to_client(client_id, reply)
     if ready.finalized:
         io.finalized(ready.finalized)
     io.forget_votes(ready.dead_votes)
+
+
+def send_unguarded(ready: Ready, io: ReadyOutput) -> None:
+    """Step 1's first half: the forwards and the replies, which stand on nothing ``ready`` persists."""
+    for replica_id, message in ready.forwards:
+        io.send_to_replica(replica_id, message)
+    for client_id, reply in ready.to_clients:
+        io.send_to_client(client_id, reply)
 
 
 def react(ready: Ready, replica: CoreFeedback, io: ReadyReactions) -> None:

@@ -373,7 +373,7 @@ class NormalCase:
         quorum it collected, once, as one bundle to every backup.  A backup forwards nothing."""
         replica = self.replica
         if replica.is_primary:
-            replica._send_to_others(Bundle(prepares, commits, replica.replica_id))
+            replica._forward_to_others(Bundle(prepares, commits, replica.replica_id))
 
     def check_bundle(self, bundle: Bundle) -> None:
         """A bundle holds at most one phase message per replica of the configuration (the schema's

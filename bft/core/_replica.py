@@ -402,6 +402,14 @@ class Replica:
         """Queue ``message`` for every other replica, without persisting it (it is already durable or not ours)."""
         self._out.to_replicas.extend((replica_id, message) for replica_id in self._other_replicas())
 
+    def _forward_to_others(self, bundle: Bundle) -> None:
+        """Queue the primary's bundle for every other replica, ahead of this input's persist
+        (``Ready.forwards``), unless one of its parts is our own message that this input persists."""
+        own_parts_pending = any(part is item for part in (*bundle.prepares, *bundle.commits)
+                                if part.replica_id == self.replica_id for item in self._out.persist)
+        outbox = self._out.to_replicas if own_parts_pending else self._out.forwards
+        outbox.extend((replica_id, bundle) for replica_id in self._other_replicas())
+
     def _other_replicas(self) -> list[int]:
         return [replica_id for replica_id in range(self.config.replica_count) if replica_id != self.replica_id]
 

@@ -94,6 +94,11 @@ class Persister:
         self._progress = trio.Event()
 
     @property
+    def is_idle(self) -> bool:
+        """Everything put so far is durable: nothing queued, nothing at the store."""
+        return not self._queue and not self._in_flight
+
+    @property
     def has_room(self) -> bool:
         return len(self._queue) < self._capacity
 
@@ -180,12 +185,14 @@ class Persister:
                        to_replicas=tuple(entry for ready in readies for entry in ready.to_replicas),
                        to_clients=tuple(entry for ready in readies for entry in ready.to_clients),
                        finalized=tuple(entry for ready in readies for entry in ready.finalized),
-                       dead_votes=tuple(digest for ready in readies for digest in ready.dead_votes))
+                       dead_votes=tuple(digest for ready in readies for digest in ready.dead_votes),
+                       forwards=tuple(entry for ready in readies for entry in ready.forwards))
         # Steps 1 to 4 of the driving contract; "sending" only collects here, and the collected messages go
         # out on the event loop after this returns, so the contract's order holds end to end.
         output = _BatchOutput(self._store)
         persist_then_send(merged, output)
-        assert len(output.to_replicas) == len(merged.to_replicas) and len(output.to_clients) == len(merged.to_clients)
+        assert len(output.to_replicas) == len(merged.to_replicas) + len(merged.forwards)
+        assert len(output.to_clients) == len(merged.to_clients)
         pruned = output.votes_pruned
         for durable in batch:
             if durable.prune_signed_below_seq is not None:

@@ -108,8 +108,8 @@ class InteractionCluster:
 
     @staticmethod
     def _ready_size(ready: Ready) -> int:
-        return sum(len(part) for part in (ready.persist, ready.to_replicas, ready.to_clients, ready.evaluate,
-                                          ready.rejected, ready.log_reads, ready.dead_votes))
+        return sum(len(part) for part in (ready.persist, ready.to_replicas, ready.forwards, ready.to_clients,
+                                          ready.evaluate, ready.rejected, ready.log_reads, ready.dead_votes))
 
     def _apply(self, replica_id: int, ready: Ready, lines: list[str], indent: str) -> None:
         io = _ScriptIO(self, replica_id, lines, indent)
@@ -281,6 +281,7 @@ class _ScriptIO:
         self.sent.clear()
 
     def persist(self, items: tuple[Message | LogEntry, ...]) -> int:
+        self.write_sent()  # What leaves ahead of the disk (``send_unguarded``) shows before it.
         for item in items:
             author = getattr(item, "replica_id", self.replica_id)  # Others' messages kept as proofs name their author.
             origin = "" if author == self.replica_id else f" (from r{author})"

@@ -16,7 +16,7 @@ from typing import Any, Callable, Collection, Mapping
 
 from ..core import (ClientCore, ClusterConfig, Commit, Decision, KeyPair, Limits, LogEntry, LogRead, Message,
                     Prepare, Ready, Rejection, RemoteProtocolError, Replica, Reply, Request, Risk, Signer,
-                    VerdictCertificate, apply_ready, decode, encode, request_digest)
+                    VerdictCertificate, apply_ready, decode, encode, request_digest, send_unguarded)
 from ..policy import Policy, PolicyDecision, evaluate_fail_safe
 from ..storage import MemoryStore, Store, StorePruner
 
@@ -87,7 +87,9 @@ class SimCluster:
         self.pruners = [StorePruner() if prune_stores else None for _ in range(replica_count)]
         self.record_history = record_history
         self.full_invariant_checks = full_invariant_checks
-        self.crash_after_persist: dict[int, int] = {}  # Replica -> persisting outputs still to let through.
+        # Replica -> (persisting outputs still to let through, whether the crash comes before the store writes,
+        # which outputs count).
+        self.armed_crashes: dict[int, tuple[int, bool, Callable[[Ready], bool]]] = {}
         self.policies: dict[int, Policy] = {i: AllowAll() for i in range(replica_count)}
         self.policies.update(policies or {})
         self.clients = {c: ClientCore(self.config, c, k.seed) for c, k in client_keys.items()}
@@ -140,12 +142,21 @@ class SimCluster:
     def crash(self, replica_id: int) -> None:
         self.crashed.add(replica_id)
 
-    def arm_crash_after_persist(self, replica_id: int, outputs_to_skip: int = 0) -> None:
-        """Crash ``replica_id`` inside an output that persists anything, after letting ``outputs_to_skip``
-        such outputs through: the store makes the items durable, then the replica dies before sending,
-        finalizing or evaluating any of it."""
+    def arm_crash_after_persist(self, replica_id: int, outputs_to_skip: int = 0,
+                                when: Callable[[Ready], bool] = lambda ready: True) -> None:
+        """Crash ``replica_id`` inside an output that persists anything (and satisfies ``when``), after
+        letting ``outputs_to_skip`` such outputs through: what needs no disk leaves (``send_unguarded``),
+        the store makes the items durable, then the replica dies before sending, finalizing or evaluating
+        the rest."""
         assert outputs_to_skip >= 0
-        self.crash_after_persist[replica_id] = outputs_to_skip
+        self.armed_crashes[replica_id] = (outputs_to_skip, False, when)
+
+    def arm_crash_before_persist(self, replica_id: int, outputs_to_skip: int = 0,
+                                 when: Callable[[Ready], bool] = lambda ready: True) -> None:
+        """As ``arm_crash_after_persist``, but the replica dies once what needs no disk left, before the
+        store writes anything of that output: the latest a runtime may send it ahead of the disk."""
+        assert outputs_to_skip >= 0
+        self.armed_crashes[replica_id] = (outputs_to_skip, True, when)
 
     def restart(self, replica_id: int) -> None:
         """Bring a crashed replica back from exactly what its store made durable."""
@@ -290,15 +301,20 @@ class SimCluster:
             return  # Output of a replica that died earlier in this same step never happened.
         if self.full_invariant_checks:
             (self.twins[replica_id] if is_twin else self.replicas[replica_id]).check_invariants()
-        if not is_twin and replica_id in self.crash_after_persist and ready.persist:
-            if self.crash_after_persist[replica_id] == 0:
-                store.persist(ready.persist)  # Durable; then the process dies before anything leaves.
-                del self.crash_after_persist[replica_id]
+        replica = self.twins[replica_id] if is_twin else self.replicas[replica_id]
+        io = _SimIO(self, endpoint, store)
+        armed = None if is_twin else self.armed_crashes.get(replica_id)
+        if armed is not None and ready.persist and armed[2](ready):
+            outputs_to_skip, before_the_store, when = armed
+            if outputs_to_skip == 0:
+                send_unguarded(ready, io)
+                if not before_the_store:
+                    store.persist(ready.persist)  # Durable; then the process dies before the rest leaves.
+                del self.armed_crashes[replica_id]
                 self.crash(replica_id)
                 return
-            self.crash_after_persist[replica_id] -= 1
-        replica = self.twins[replica_id] if is_twin else self.replicas[replica_id]
-        apply_ready(ready, replica, _SimIO(self, endpoint, store))
+            self.armed_crashes[replica_id] = (outputs_to_skip - 1, before_the_store, when)
+        apply_ready(ready, replica, io)
 
     def _send_from_replica(self, replica_id: int, destination: Endpoint, message: Message) -> None:
         interceptor = self.interceptors.get(replica_id)
