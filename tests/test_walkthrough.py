@@ -4,8 +4,9 @@
 copying works); ``bft replica`` lines are started in the background and waited for; a ``bft replica``
 line on a host whose replica is still running waits for that one to retire first.  Placeholders
 ``<HOST's key>`` stand for what the first ``bft keygen`` printed on that host, ``<HOST's NAME key>`` for
-what ``bft keygen --out NAME.key`` printed there.  Skipped, with the reason, where network namespaces
-cannot be made.
+what ``bft keygen --out NAME.key`` printed there.  The namespace run is skipped, with the reason, where
+network namespaces cannot be made; the loopback run (each host a folder, each address moved to a free port of
+127.0.0.1) runs the same commands everywhere.  Both start real processes, so they are marked slow.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from _netns import HostNetwork, namespaces_problem, wait_for_line
+from _netns import HostNetwork, LoopbackHosts, namespaces_problem, wait_for_line
+from bft.cluster import free_loopback_ports
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK_PATTERN = re.compile(r"<!-- walkthrough:begin -->\s*```console\n(.*?)```\s*<!-- walkthrough:end -->", re.S)
@@ -75,9 +78,11 @@ def shown_line_pattern(line: str) -> re.Pattern:
 
 
 class Walkthrough:
-    def __init__(self, network: HostNetwork, root: Path) -> None:
+    def __init__(self, network: HostNetwork | LoopbackHosts, root: Path,
+                 addresses: Callable[[str], str] = lambda line: line) -> None:
         self.network = network
         self.root = root
+        self.addresses = addresses  # Moves the README's addresses where this run has its hosts.
         self.public_keys: dict[tuple[str, str | None], str] = {}  # (host, key name or None for its first key)
         self.replicas: list[tuple[str, subprocess.Popen]] = []
         self.retired: set[int] = set()  # Indexes into ``replicas`` of the processes seen retiring.
@@ -89,7 +94,7 @@ class Walkthrough:
 
     def run(self, step: Step) -> None:
         command = PLACEHOLDER_PATTERN.sub(lambda match: self.public_keys[match.group(1), match.group(2)],
-                                          step.command)
+                                          self.addresses(step.command))
         if command.startswith("scp "):
             self.copy(step.host, command)
         elif command.startswith("bft replica "):
@@ -125,7 +130,7 @@ class Walkthrough:
         assert result.returncode == 0, f"{step.host}$ {command}\nexit {result.returncode}: {result.stderr}"
         printed = (result.stdout + result.stderr).splitlines()
         for shown in step.shown_output:
-            pattern = shown_line_pattern(shown)
+            pattern = shown_line_pattern(self.addresses(shown))
             assert any(pattern.fullmatch(line) for line in printed), f"{step.host}$ {command}: README shows " \
                                                                     f"{shown!r}, the command printed {printed}"
         if command.startswith("bft keygen"):
@@ -134,25 +139,49 @@ class Walkthrough:
             self.public_keys[step.host, key_name] = result.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(PROBLEM is not None, reason=f"no network namespaces here: {PROBLEM}")
 def test_the_readme_walkthrough_runs_as_written_across_namespaces(tmp_path):
     steps = walkthrough_steps(README.read_text())
     hosts = list(dict.fromkeys(step.host for step in steps))
     with HostNetwork(sorted(hosts, key=lambda host: (host == "laptop", host))) as network:
-        for host in hosts:
-            (tmp_path / host).mkdir()
-        walkthrough = Walkthrough(network, tmp_path)
-        for step in steps:
-            walkthrough.run(step)
-        walkthrough.wait_for_retirement("host-2")  # The README replaced it by host-4's replica.
-        assert len(walkthrough.replicas) == 6 and len(walkthrough.retired) == 2  # host-1's old-key one, host-2's.
-        running = [host for index, (host, _) in enumerate(walkthrough.replicas) if index not in walkthrough.retired]
-        assert running == ["host-0", "host-3", "host-1", "host-4"]
-        for index, (host, process) in enumerate(walkthrough.replicas):
-            assert index in walkthrough.retired or process.poll() is None, f"the replica on {host} exited"
-    for verdict in ("verdict.json", "verdict-2.json"):
-        assert '"status": "ALLOW"' in (tmp_path / "laptop" / verdict).read_text()
+        run_walkthrough(Walkthrough(network, tmp_path), steps, hosts)
     assert_each_folder_holds_only_its_own_key(tmp_path, hosts)
+
+
+@pytest.mark.slow
+def test_the_readme_walkthrough_runs_as_written_on_loopback(tmp_path):
+    """The same commands where namespaces cannot be made (CI without root): each host a folder on this machine,
+    each README address ``10.77.0.N:7000`` (and the bind address on its line) moved to a free port of 127.0.0.1."""
+    steps = walkthrough_steps(README.read_text())
+    hosts = list(dict.fromkeys(step.host for step in steps))
+    ports = dict(zip(range(1, len(hosts) + 1), free_loopback_ports(len(hosts))))
+
+    def on_loopback(line: str) -> str:
+        named = re.search(r"10\.77\.0\.(\d+):7000", line)
+        if named is None:
+            return line
+        port = ports[int(named.group(1))]
+        return re.sub(r"10\.77\.0\.\d+:7000", f"127.0.0.1:{port}", line).replace("0.0.0.0:7000", f"127.0.0.1:{port}")
+    with LoopbackHosts() as loopback:
+        run_walkthrough(Walkthrough(loopback, tmp_path, on_loopback), steps, hosts)
+    assert_each_folder_holds_only_its_own_key(tmp_path, hosts)
+
+
+def run_walkthrough(walkthrough: Walkthrough, steps: list[Step], hosts: list[str]) -> None:
+    """Every step in order; then the two replaced processes retired, the four members run, both verdicts ALLOW."""
+    for host in hosts:
+        walkthrough.folder(host).mkdir()
+    for step in steps:
+        walkthrough.run(step)
+    walkthrough.wait_for_retirement("host-2")  # The README replaced it by host-4's replica.
+    assert len(walkthrough.replicas) == 6 and len(walkthrough.retired) == 2  # host-1's old-key one, host-2's.
+    running = [host for index, (host, _) in enumerate(walkthrough.replicas) if index not in walkthrough.retired]
+    assert running == ["host-0", "host-3", "host-1", "host-4"]
+    for index, (host, process) in enumerate(walkthrough.replicas):
+        assert index in walkthrough.retired or process.poll() is None, f"the replica on {host} exited"
+    for verdict in ("verdict.json", "verdict-2.json"):
+        assert '"status": "ALLOW"' in (walkthrough.folder("laptop") / verdict).read_text()
 
 
 def assert_each_folder_holds_only_its_own_key(root: Path, hosts: list[str]) -> None:
