@@ -230,6 +230,13 @@ def test_no_command_outside_init_opens_another_nodes_private_key(tmp_path, capsy
         cluster_file = assemble(capsys, folders["admin"], public_keys, addresses, public_keys["client"])
     assert str(cluster_file.resolve()) in paths, "the recorder saw the cluster file written"
     assert not {str(path.resolve()) for path in key_files.values()} & set(paths), "assembly opened a private key"
+    with opened_files() as paths:  # The next epoch's file: a replica moved to a new host with a new key.
+        next_file = folders["admin"] / "epoch-1.toml"
+        assert run(capsys, "cluster", "next-epoch", cluster_file, next_file)[0] == EXIT_OK
+        assert run(capsys, "cluster", "set-replica", next_file, "--id", 2, "--public-key",
+                   KeyPair.generate().public_key.hex(), "--address", "127.0.0.1:1")[0] == EXIT_OK
+    assert str(next_file.resolve()) in paths, "the recorder saw the next epoch's file written"
+    assert not {str(path.resolve()) for path in key_files.values()} & set(paths), "next-epoch opened a private key"
     for name in (*HOSTS, "client"):
         shutil.copy(cluster_file, folders[name] / "cluster.toml")
     for name in HOSTS:
