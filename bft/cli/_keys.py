@@ -5,7 +5,10 @@ prints its public key (only the key on stdout, so a script can capture it).
 Whoever assembles the cluster then runs ``bft cluster new`` once and
 ``bft cluster add-replica`` / ``add-client`` / ``add-operator`` once per node,
 with the public keys and addresses only, and copies the finished file to every
-machine.  None of these commands reads or writes another node's private key.
+machine.  For a configuration change, ``bft cluster next-epoch`` starts the
+next epoch's file and ``set-replica`` gives a replica a new key (made on its
+host) or a new address, before ``bft operator reconfigure`` orders it.  None of
+these commands reads or writes another node's private key.
 Exit codes and error reporting as in ``bft.cli``.
 """
 

@@ -1,7 +1,9 @@
 """Assemble a cluster file from public keys and addresses, one entry at a time.
 
 This is what ``bft cluster new``, ``add-replica``, ``add-client`` and
-``add-operator`` do, and what ``bft init`` does for a cluster on one machine.
+``add-operator`` do, and what ``bft init`` does for a cluster on one machine;
+``next-epoch`` and ``set-replica`` prepare the file of a later configuration
+epoch the same way (``bft operator reconfigure`` then orders it).
 No step takes a private key: each node makes its own with ``bft keygen`` and
 hands over only the public key it prints.
 
@@ -150,11 +152,12 @@ def next_epoch_file(current: str | os.PathLike, next_path: str | os.PathLike,
     orders it with ``bft operator reconfigure``.  Never replaces a file."""
     current, next_path = Path(current), Path(next_path)
     document = copy.deepcopy(read_cluster_document(current))
-    if "genesis" in document:
+    existing = cluster_from_document(current, document)  # The current file is checked whole first.
+    if existing.genesis_file is not None and existing.chain_file is not None:
         if chain is not None:
             raise ConfigFileError(current, "this later epoch's file already names its chain file; leave out "
                                            "the chain (the change's certificate goes to the same chain)")
-        genesis_path, chain_path = current.parent / document["genesis"], current.parent / document["chain"]
+        genesis_path, chain_path = existing.genesis_file, existing.chain_file
     else:
         genesis_path = current
         chain_path = Path(chain) if chain is not None else current.parent / "chain.json"
