@@ -88,7 +88,7 @@ class Hosts:
 
     def verdict(self, cluster_file: str, action: dict, risk: str) -> dict:
         """A verdict on the laptop (retried a bounded number of times while the cluster recovers)."""
-        for attempt in range(ATTEMPTS_MAX):
+        for _ in range(ATTEMPTS_MAX):
             result = self.bft(LAPTOP, "submit", "--config", cluster_file, "--client", "laptop", "--key-file",
                               "client.key", "--risk", risk, "--action", json.dumps(action), "--timeout-ms",
                               VERDICT_TIMEOUT_MS, expect=None)
@@ -209,8 +209,7 @@ def test_a_replica_is_replaced_by_one_on_a_new_host_through_consensus(tmp_path):
 
 
 def assert_each_folder_holds_only_its_own_key(root: Path) -> None:
-    seeds = {host: (root / host / next(path.name for path in (root / host).glob("*.key"))).read_text().strip()
-             for host in HOSTS}
+    seeds = {host: next((root / host).glob("*.key")).read_text().strip() for host in HOSTS}
     for host in HOSTS:
         files = [path for path in (root / host).rglob("*") if path.is_file()]
         assert len([path for path in files if path.suffix == ".key"]) == 1, files
