@@ -1,4 +1,5 @@
-"""Linux network namespaces standing in for hosts (used by test_netns_cluster.py and test_walkthrough.py).
+"""Linux network namespaces standing in for hosts (used by test_netns_cluster.py, test_netns_reconfiguration.py and
+test_walkthrough.py), and plain folders on loopback where namespaces cannot be made (test_walkthrough.py).
 
 Each host is a namespace with its own loopback and one interface, ``eth0``,
 with its own address on 10.77.0.0/24; the other end of its veth pair sits on
@@ -148,14 +149,45 @@ class HostNetwork:
     def close(self) -> None:
         """Stop every process started here (SIGTERM, then SIGKILL), then delete every namespace."""
         for process in self._processes:
-            _stop(process)
+            stop_process(process)
         self._processes.clear()
         for name in reversed(self._created):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=COMMAND_TIMEOUT_S)
         self._created.clear()
 
 
-def _stop(process: subprocess.Popen) -> None:
+class LoopbackHosts:
+    """The hosts as folders on this machine, for where namespaces cannot be made: the same ``run``, ``start``
+    and ``close`` as ``HostNetwork``, every process on this machine's own network (the caller moves every address
+    to 127.0.0.1)."""
+
+    def __init__(self) -> None:
+        self._processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "LoopbackHosts":
+        return self
+
+    def __exit__(self, *exception_info) -> None:
+        self.close()
+
+    def run(self, host: str, argv: Sequence[str], *, timeout_s: float, **options) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, **options)
+
+    def start(self, host: str, argv: Sequence[str], *, log: Path, **options) -> subprocess.Popen:
+        with open(log, "ab") as output:
+            process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=output,
+                                       stderr=subprocess.STDOUT, start_new_session=True, **options)
+        self._processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in self._processes:
+            stop_process(process)
+        self._processes.clear()
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``STOP_TIMEOUT_S``."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)

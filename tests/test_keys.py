@@ -230,6 +230,13 @@ def test_no_command_outside_init_opens_another_nodes_private_key(tmp_path, capsy
         cluster_file = assemble(capsys, folders["admin"], public_keys, addresses, public_keys["client"])
     assert str(cluster_file.resolve()) in paths, "the recorder saw the cluster file written"
     assert not {str(path.resolve()) for path in key_files.values()} & set(paths), "assembly opened a private key"
+    with opened_files() as paths:  # The next epoch's file: a replica moved to a new host with a new key.
+        next_file = folders["admin"] / "epoch-1.toml"
+        assert run(capsys, "cluster", "next-epoch", cluster_file, next_file)[0] == EXIT_OK
+        assert run(capsys, "cluster", "set-replica", next_file, "--id", 2, "--public-key",
+                   KeyPair.generate().public_key.hex(), "--address", "127.0.0.1:1")[0] == EXIT_OK
+    assert str(next_file.resolve()) in paths, "the recorder saw the next epoch's file written"
+    assert not {str(path.resolve()) for path in key_files.values()} & set(paths), "next-epoch opened a private key"
     for name in (*HOSTS, "client"):
         shutil.copy(cluster_file, folders[name] / "cluster.toml")
     for name in HOSTS:
@@ -274,3 +281,55 @@ def test_a_replica_refuses_its_own_key_file_if_others_can_read_it(hosts, capsys)
     key_file.chmod(0o640)
     code, _, err = run(capsys, "replica", "--config", hosts["folders"]["host-2"], "--key-file", key_file)
     assert code == EXIT_USAGE and "readable by other users (mode 640); run chmod 600 on it" in err, err
+
+
+# ---------------------------------------------------------------------------- the next epoch's file
+
+def test_next_epoch_names_genesis_and_chain_and_set_replica_changes_one_entry(tmp_path, capsys):
+    keys = {host: KeyPair.generate().public_key.hex() for host in HOSTS}
+    cluster_file = assemble(capsys, tmp_path, keys, {host: (f"10.9.0.{i + 1}:7000", "0.0.0.0:7000")
+                                                     for i, host in enumerate(HOSTS)},
+                            KeyPair.generate().public_key.hex())
+    code, out, err = run(capsys, "cluster", "next-epoch", cluster_file, tmp_path / "epoch-1.toml")
+    assert code == EXIT_OK and "genesis cluster.toml, chain chain.json" in out, err
+    fresh = KeyPair.generate().public_key.hex()
+    code, out, err = run(capsys, "cluster", "set-replica", tmp_path / "epoch-1.toml", "--id", 2, "--public-key", fresh,
+                         "--address", "10.9.0.9:7000", "--metrics", "10.9.0.9:9100")
+    assert code == EXIT_OK and out.startswith("replica 2: key ") and "reached at 10.9.0.9:7000" in out, err
+    genesis, following = load_cluster_file(cluster_file), load_cluster_file(tmp_path / "epoch-1.toml")
+    assert (following.genesis_file, following.chain_file) == (cluster_file, tmp_path / "chain.json")
+    changed = following.replica(2)
+    assert changed.public_key.hex() == fresh and changed.address == ("10.9.0.9", 7000)
+    assert changed.listen_address == changed.address, "the old host's bind address is not carried to the new one"
+    assert following.replicas[:2] == genesis.replicas[:2] and following.replicas[3] == genesis.replicas[3]
+    assert following.clients == genesis.clients
+    # A later epoch's file passes its genesis and chain on; the key of replica 1 alone changes.
+    code, out, err = run(capsys, "cluster", "next-epoch", tmp_path / "epoch-1.toml", tmp_path / "epoch-2.toml")
+    assert code == EXIT_OK, err
+    rotated = KeyPair.generate().public_key.hex()
+    assert run(capsys, "cluster", "set-replica", tmp_path / "epoch-2.toml", "--id", 1, "--public-key", rotated)[0] == 0
+    second = load_cluster_file(tmp_path / "epoch-2.toml")
+    assert (second.genesis_file, second.chain_file) == (cluster_file, tmp_path / "chain.json")
+    assert second.replica(1).public_key.hex() == rotated and second.replica(1).address == genesis.replica(1).address
+
+
+@pytest.mark.parametrize("argv, contains", [
+    (("next-epoch", "{genesis}", "{epoch1}"), "never replaces a file"),
+    (("next-epoch", "{epoch1}", "{epoch2}", "--chain", "other.json"), "already names its chain file"),
+    (("set-replica", "{epoch1}", "--id", "4", "--address", "10.9.0.9:7000"), "there is no replica 4"),
+    (("set-replica", "{epoch1}", "--id", "1", "--public-key", "{replica0}"), "appears more than once"),
+    (("set-replica", "{epoch1}", "--id", "1", "--address", "10.9.0.1:7000"), "address 10.9.0.1:7000 appears"),
+    (("set-replica", "{epoch1}", "--id", "1"), "give --public-key, --address or both"),
+])
+def test_bad_next_epoch_input_is_one_sentence_and_writes_nothing(argv, contains, tmp_path, capsys):
+    keys = {host: KeyPair.generate().public_key.hex() for host in HOSTS}
+    cluster_file = assemble(capsys, tmp_path, keys, {host: (f"10.9.0.{i + 1}:7000", None)
+                                                     for i, host in enumerate(HOSTS)},
+                            KeyPair.generate().public_key.hex())
+    assert run(capsys, "cluster", "next-epoch", cluster_file, tmp_path / "epoch-1.toml")[0] == EXIT_OK
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    substitutions = {"genesis": cluster_file, "epoch1": tmp_path / "epoch-1.toml", "epoch2": tmp_path / "epoch-2.toml",
+                     "replica0": keys["host-0"]}
+    code, out, err = run(capsys, "cluster", *[argument.format(**substitutions) for argument in argv])
+    assert code == EXIT_USAGE and out == "" and err.count("\n") == 1 and contains in err, err
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before

@@ -4,7 +4,8 @@ joiner started by `bft up` on the next epoch's cluster file catches up by state 
 its own store, the load client follows the epoch, refusals come only during the switch, certificates of both epochs
 verify with `bft verify --chain` (one the joiner signed does not verify under the genesis keys alone); (2) growing to
 five and shrinking back, the added replica becomes part of every quorum and retires when removed; (3) rotating a
-replica's key, its old-key process retires and restarts from its store under the new key.  In each, the invariants
+replica's key, its old-key process retires and restarts from its store under the new key; (4) growing from four to
+seven and shrinking back to four, the three joiners vote in epoch 1 and retire when removed.  In each, the invariants
 of specs/ (S1-S11, each seq judged under its own epoch) hold over every correct replica's SQLite store."""
 
 from __future__ import annotations
@@ -338,6 +339,79 @@ def test_a_replicas_key_is_rotated_by_retiring_it_and_restarting_it_on_its_store
     assert code == 1 and "signature does not verify" in errors, errors
     epochs = cluster_epochs(load_cluster_file(config))
     members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
+    violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
+                                  certified, signed={r: list(s.signed) for r, s in members.items()})
+    assert not violations, [str(v) for v in violations[:5]]
+
+
+def test_a_cluster_grows_from_four_to_seven_and_shrinks_back_to_four_under_load(cluster_directory, tmp_path):
+    """n=4 -> 7 -> 4 under a light load (issue 20's done-when): three joiners started by `bft up` catch up; the new
+    epoch's quorum of five needs at least one of them, so it waits for the view change in which they take part
+    (specs/RECONFIGURATION.md sections 7 and 8), then all seven are ok and every one votes; the change back to the
+    four genesis replicas makes the three retire.  Refusals come only during the two switches; certificates of the
+    three epochs verify against the chain; the invariants hold over the seven stores, each seq under its epoch."""
+    directory = cluster_directory
+    config = directory / "cluster.toml"
+    assert bft("up", directory).stdout.count(": started, pid ") == 4
+    shutil.copy(config, directory / "genesis.toml")
+    joiners = (4, 5, 6)
+    grown = write_epoch_file(directory, "epoch-1", genesis_replicas(directory) +
+                             [fresh_replica(directory, replica_id, f"r{replica_id}") for replica_id in joiners])
+    switches: list[tuple[float, float]] = []  # (started, ended) on time.monotonic, for each switch
+    statuses: list = []
+    with BlockingClient(config, "client-0", timeout_ms=LOAD_TIMEOUT_MS) as client, Load(client) as load:
+        wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes) >= 3, "verdicts in the genesis epoch")
+        started_s = time.monotonic()
+        first_activation = reconfigure(config, grown, 1)
+        shutil.copy(grown, config)
+        up = bft("up", directory)
+        assert up.stdout.count("already running") == 4 and up.stdout.count(": started, pid ") == 3, up.stdout
+        assert client.follow(config) == 1 and client.config.replica_count == 7
+        wait_until(lambda: statuses.append(cluster_status(load_cluster_file(config), timeout_s=1.0)) or
+                   all(status.health == "ok" for status in statuses[-1]), "all seven replicas ok (voting)",
+                   timeout_s=2 * WAIT_S, describe=lambda: [(s.replica_id, s.health, s.view, s.last_executed_seq)
+                                                          for s in statuses[-1]])
+        assert all(executed(config, replica_id) > first_activation for replica_id in joiners)
+        count = len(load.outcomes)
+        wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes[count:]) >= 3, "verdicts at n=7")
+        switches.append((started_s, time.monotonic()))
+
+        started_s = time.monotonic()
+        at_seven = LocalProcessCluster(config)
+        shrunk = write_epoch_file(directory, "epoch-2", genesis_replicas(directory))
+        second_activation = reconfigure(config, shrunk, 2)
+        for replica_id in joiners:
+            wait_until(lambda: not at_seven.is_running(replica_id), f"replica {replica_id} retiring")
+            assert "retired in epoch 2" in at_seven.log_path(replica_id).read_text()
+        shutil.copy(shrunk, config)
+        assert client.follow(config) == 1 and client.config.replica_count == 4
+        count = len(load.outcomes)
+        wait_until(lambda: sum(o.status == "ALLOW" for _, o in load.outcomes[count:]) >= 3, "verdicts back at n=4")
+        switches.append((started_s, time.monotonic()))
+    assert not any(o.status == "DENY" for _, o in load.outcomes)
+    during_a_switch = [any(start - LOAD_TIMEOUT_MS / 1000 <= submitted_s <= end for start, end in switches)
+                       for submitted_s, _ in load.outcomes]
+    refused_outside = [o.reason for (_, o), during in zip(load.outcomes, during_a_switch)
+                       if o.status == "REFUSED" and not during]
+    assert not refused_outside, refused_outside
+    assert bft("down", directory).stdout.count("stopped (pid") == 4
+
+    certified = [o.certificate for _, o in load.outcomes if o.certificate is not None]
+    by_epoch = {0: [c for c in certified if c.seq <= first_activation],
+                1: [c for c in certified if first_activation < c.seq <= second_activation],
+                2: [c for c in certified if c.seq > second_activation]}
+    voters_in_seven = {v.replica_id for c in by_epoch[1] for v in c.votes}
+    assert set(joiners) <= voters_in_seven, f"joiners that voted in no verdict of epoch 1: {voters_in_seven}"
+    for epoch, certificates in by_epoch.items():
+        assert certificates, f"no verdict certified in epoch {epoch}"
+        path = tmp_path / f"epoch-{epoch}.json"
+        path.write_text(certificates[-1].to_json())
+        code, output, errors = bft_here("verify", path, "--config", directory / "genesis.toml",
+                                        "--chain", directory / "chain.json")
+        assert code == 0 and output.endswith(f"epoch {epoch}\n"), (output, errors)
+    epochs = cluster_epochs(load_cluster_file(config))
+    members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
+    members.update({r: stored(directory / "data" / f"r{r}.db") for r in joiners})
     violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
                                   certified, signed={r: list(s.signed) for r, s in members.items()})
     assert not violations, [str(v) for v in violations[:5]]

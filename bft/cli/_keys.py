@@ -5,7 +5,10 @@ prints its public key (only the key on stdout, so a script can capture it).
 Whoever assembles the cluster then runs ``bft cluster new`` once and
 ``bft cluster add-replica`` / ``add-client`` / ``add-operator`` once per node,
 with the public keys and addresses only, and copies the finished file to every
-machine.  None of these commands reads or writes another node's private key.
+machine.  For a configuration change, ``bft cluster next-epoch`` starts the
+next epoch's file and ``set-replica`` gives a replica a new key (made on its
+host) or a new address, before ``bft operator reconfigure`` orders it.  None of
+these commands reads or writes another node's private key.
 Exit codes and error reporting as in ``bft.cli``.
 """
 
@@ -17,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..cluster import (ClusterFile, add_client, add_operator, add_replica, change_cluster_file, create_cluster_file,
-                       create_key_file, format_address, public_key_problem)
+                       create_key_file, format_address, next_epoch_file, public_key_problem, set_replica)
 from ._cluster import _address, _cluster_path
 from ._common import EXIT_OK, UsageError, _Parser
 
@@ -66,6 +69,7 @@ def _add_cluster(subcommands) -> None:
     new.add_argument("--id", required=True, dest="cluster_id", help="the cluster's name (signed into every message)")
     new.set_defaults(handler=_run_new)
     _add_replica_action(actions)
+    _add_epoch_actions(actions)
     for kind in ("client", "operator"):
         action = actions.add_parser(f"add-{kind}", help=f"add a {kind} by its public key",
                                     description=f"Add a {kind} to the cluster file (after the replicas).")
@@ -95,8 +99,33 @@ def _add_replica_action(actions) -> None:
     action.set_defaults(handler=_run_add_replica)
 
 
+def _add_epoch_actions(actions) -> None:
+    following = actions.add_parser("next-epoch", help="start the next epoch's cluster file from the current one",
+                                   description="Write NEXT.toml (never replacing a file): the current cluster, "
+                                               "naming the genesis file and the chain file, to be changed with "
+                                               "set-replica or add-replica and ordered with bft operator "
+                                               "reconfigure.")
+    following.add_argument("file", type=_cluster_path, metavar="CURRENT.toml")
+    following.add_argument("next_file", type=Path, metavar="NEXT.toml")
+    following.add_argument("--chain", type=Path, metavar="CHAIN.json",
+                           help="the chain file, when CURRENT.toml is the genesis (default: chain.json next to it)")
+    following.set_defaults(handler=_run_next_epoch)
+    changed = actions.add_parser("set-replica", help="give a replica a new key or address (rotate, replace)",
+                                 description="Change one replica's public key (a key rotation) and/or its address "
+                                             "(a replacement on another host) in a next epoch's cluster file.")
+    changed.add_argument("file", type=_cluster_path, metavar="FILE")
+    changed.add_argument("--id", type=int, required=True, dest="replica_id", help="the replica's id")
+    changed.add_argument("--public-key", type=_public_key, metavar="HEX",
+                         help="what bft keygen printed on the replica's (new) machine")
+    changed.add_argument("--address", type=_address, metavar="HOST:PORT", help="where it is reached from now on")
+    changed.add_argument("--bind", type=_address, metavar="HOST:PORT", help="where it listens, if not at --address")
+    changed.add_argument("--metrics", type=_address, metavar="HOST:PORT", help="where it serves Prometheus metrics")
+    changed.set_defaults(handler=_run_set_replica)
+
+
 def _cluster_needs_action(arguments: argparse.Namespace) -> int:
-    raise UsageError("bft cluster: choose an action (new, add-replica, add-client or add-operator)")
+    raise UsageError("bft cluster: choose an action (new, add-replica, add-client, add-operator, next-epoch or "
+                     "set-replica)")
 
 
 def _run_new(arguments: argparse.Namespace) -> int:
@@ -115,6 +144,31 @@ def _run_add_replica(arguments: argparse.Namespace) -> int:
     print(f"added replica {replica_id}: reached at {format_address(entry.address)}{binds}, policy "
           f"{entry.policy.name}, database {os.path.relpath(entry.database, cluster.path.parent)}")
     _print_size(cluster)
+    return EXIT_OK
+
+
+def _run_next_epoch(arguments: argparse.Namespace) -> int:
+    cluster = next_epoch_file(arguments.file, arguments.next_file, arguments.chain)
+    print(f"wrote {arguments.next_file}: the next epoch of cluster {cluster.config.cluster_id}, genesis "
+          f"{cluster.genesis_file.name}, chain {cluster.chain_file.name}; change it (bft cluster set-replica, "
+          f"add-replica), then order it with bft operator reconfigure")
+    return EXIT_OK
+
+
+def _run_set_replica(arguments: argparse.Namespace) -> int:
+    if arguments.public_key is None and arguments.address is None:
+        raise UsageError("bft cluster set-replica: give --public-key, --address or both")
+
+    def change(document: dict) -> None:
+        try:
+            set_replica(document, arguments.replica_id, public_key=arguments.public_key, address=arguments.address,
+                        bind=arguments.bind, metrics=arguments.metrics)
+        except ValueError as error:
+            raise UsageError(f"bft cluster set-replica: {error}") from None
+    cluster, _ = change_cluster_file(arguments.file, change)
+    entry = cluster.replica(arguments.replica_id)
+    print(f"replica {arguments.replica_id}: key {entry.public_key.hex()[:16]}…, reached at "
+          f"{format_address(entry.address)}")
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ _EXPORTS = {
     **dict.fromkeys(("ConfigFileError", "create_key_file", "public_key_problem", "read_key_file", "write_key_file"),
                     "._keys"),
     **dict.fromkeys(("DEFAULT_POLICIES", "add_client", "add_operator", "add_replica", "change_cluster_file",
-                     "create_cluster_file"), "._assembly"),
+                     "create_cluster_file", "next_epoch_file", "set_replica"), "._assembly"),
     **dict.fromkeys(("CLIENTS_MAX", "REPLICAS_MAX", "REPLICAS_MIN", "create_cluster_directory", "free_loopback_ports",
                      "ports_of_sibling_clusters"), "._create"),
     **dict.fromkeys(("NodeFactory", "ReplicaStartError", "ReplicaUsageError", "open_store", "prepare_launch",
@@ -37,7 +37,7 @@ __all__ = sorted(_EXPORTS)
 
 if _typing.TYPE_CHECKING:
     from ._assembly import (DEFAULT_POLICIES, add_client, add_operator, add_replica, change_cluster_file,
-                            create_cluster_file)
+                            create_cluster_file, next_epoch_file, set_replica)
     from ._create import (CLIENTS_MAX, REPLICAS_MAX, REPLICAS_MIN, create_cluster_directory, free_loopback_ports,
                           ports_of_sibling_clusters)
     from ._entries import Address, ClusterFile, PolicySpec, format_address, parse_address

@@ -1,7 +1,9 @@
 """Assemble a cluster file from public keys and addresses, one entry at a time.
 
 This is what ``bft cluster new``, ``add-replica``, ``add-client`` and
-``add-operator`` do, and what ``bft init`` does for a cluster on one machine.
+``add-operator`` do, and what ``bft init`` does for a cluster on one machine;
+``next-epoch`` and ``set-replica`` prepare the file of a later configuration
+epoch the same way (``bft operator reconfigure`` then orders it).
 No step takes a private key: each node makes its own with ``bft keygen`` and
 hands over only the public key it prints.
 
@@ -120,7 +122,7 @@ def _write(path: Path, document: dict[str, Any], *, replace: bool) -> None:
             with open(path, "x", encoding="utf-8") as file:
                 file.write(text)
     except FileExistsError:
-        raise ConfigFileError(path, "a file already exists here; bft cluster new never replaces a file (remove "
+        raise ConfigFileError(path, "a file already exists here; bft cluster never replaces a file (remove "
                                     "it or choose another name)") from None
     except OSError as error:
         raise ConfigFileError(path, f"cannot write the cluster file ({error.strerror or error})") from None
@@ -138,3 +140,55 @@ def _replace_atomically(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- the next epoch's file
+
+def next_epoch_file(current: str | os.PathLike, next_path: str | os.PathLike,
+                    chain: str | os.PathLike | None = None) -> ClusterFile:
+    """Write ``next_path``: ``current``'s cluster as the draft of the next epoch, naming the genesis file and the
+    chain file (``current``'s own if it is a later epoch's file; else ``current`` itself and ``chain``, by
+    default ``chain.json`` next to it).  The operator then changes it (``set_replica``, ``add_replica``) and
+    orders it with ``bft operator reconfigure``.  Never replaces a file."""
+    current, next_path = Path(current), Path(next_path)
+    document = copy.deepcopy(read_cluster_document(current))
+    existing = cluster_from_document(current, document)  # The current file is checked whole first.
+    if existing.genesis_file is not None and existing.chain_file is not None:
+        if chain is not None:
+            raise ConfigFileError(current, "this later epoch's file already names its chain file; leave out "
+                                           "the chain (the change's certificate goes to the same chain)")
+        genesis_path, chain_path = existing.genesis_file, existing.chain_file
+    else:
+        genesis_path = current
+        chain_path = Path(chain) if chain is not None else current.parent / "chain.json"
+    document["genesis"] = os.path.relpath(genesis_path, next_path.parent)
+    document["chain"] = os.path.relpath(chain_path, next_path.parent)
+    cluster_from_document(next_path, document)
+    _write(next_path, document, replace=False)
+    return cluster_from_document(next_path, read_cluster_document(next_path))
+
+
+def set_replica(document: dict[str, Any], replica_id: int, *, public_key: bytes | None = None,
+                address: Address | None = None, bind: Address | None = None,
+                metrics: Address | None = None) -> None:
+    """Give replica ``replica_id`` a new key (a rotation) and/or a new address (a replacement on another host).
+
+    A new key drops the entry's ``key_file`` (it named the old key); a new address drops the old ``bind`` and
+    ``metrics`` (they were the old host's) unless new ones are given.
+    """
+    replicas = document.get("replicas", [])
+    tables = [table for table in replicas if table.get("id") == replica_id]
+    if len(tables) != 1:
+        raise ValueError(f"there is no replica {replica_id} (ids 0 to {len(replicas) - 1})")
+    table = tables[0]
+    if public_key is not None:
+        table["public_key"] = public_key.hex()
+        table.pop("key_file", None)
+    if address is not None:
+        table["host"], table["port"] = address
+        table.pop("bind", None)
+        table.pop("metrics", None)
+    if bind is not None:
+        table["bind"] = format_address(bind)
+    if metrics is not None:
+        table["metrics"] = format_address(metrics)
