@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import io
 import json
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+
+from _bft_command import bft_process
 
 from bft import BlockingClient, Outcome
 from bft.cluster import (LocalProcessCluster, ReplicaProcessError, cluster_status, create_cluster_directory,
@@ -39,14 +42,7 @@ TEST_LIMITS = {"view_change_timeout_ticks": 30, "view_change_timeout_ticks_max":
                "log_window": 16, "max_in_flight_batches": 4}
 
 
-def bft(*arguments: object, check_exit: int | None = 0) -> subprocess.CompletedProcess:
-    completed = subprocess.run([sys.executable, "-m", "bft", *map(str, arguments)], capture_output=True, text=True,
-                               timeout=COMMAND_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert "Traceback" not in completed.stderr, completed.stderr
-    if check_exit is not None:
-        assert completed.returncode == check_exit, (arguments, completed.returncode, completed.stdout,
-                                                    completed.stderr)
-    return completed
+bft = functools.partial(bft_process, timeout_s=COMMAND_TIMEOUT_S)
 
 
 def bft_here(*arguments: object) -> tuple[int, str]:

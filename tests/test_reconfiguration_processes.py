@@ -11,12 +11,10 @@ of specs/ (S1-S11, each seq judged under its own epoch) hold over every correct 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+
+from _bft_command import bft_process
 
 from bft import BlockingClient, Outcome
 from bft.cli import main as bft_main
@@ -49,14 +49,7 @@ WAIT_S = 60
 POLL_S = 0.2
 
 
-def bft(*arguments: object, check_exit: int | None = 0) -> subprocess.CompletedProcess:
-    completed = subprocess.run([sys.executable, "-m", "bft", *map(str, arguments)], capture_output=True, text=True,
-                               timeout=COMMAND_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert "Traceback" not in completed.stderr, completed.stderr
-    if check_exit is not None:
-        assert completed.returncode == check_exit, (arguments, completed.returncode, completed.stdout,
-                                                    completed.stderr)
-    return completed
+bft = functools.partial(bft_process, timeout_s=COMMAND_TIMEOUT_S)
 
 
 def bft_here(*arguments: object) -> tuple[int, str, str]:
@@ -65,6 +58,35 @@ def bft_here(*arguments: object) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
         code = bft_main([str(argument) for argument in arguments])
     return code, output.getvalue(), errors.getvalue()
+
+
+def verify_a_certificate_of_each_epoch(tmp_path: Path, directory: Path, load: "Load", first_activation: int,
+                                       second_activation: int) -> dict[int, list]:
+    """The load's certificates by the epoch of their seq (a cluster that changed twice); the last of each epoch
+    verifies offline against the genesis file and the chain, naming its epoch."""
+    certified = [o.certificate for _, o in load.outcomes if o.certificate is not None]
+    by_epoch = {0: [c for c in certified if c.seq <= first_activation],
+                1: [c for c in certified if first_activation < c.seq <= second_activation],
+                2: [c for c in certified if c.seq > second_activation]}
+    for epoch, certificates in by_epoch.items():
+        assert certificates, f"no verdict certified in epoch {epoch}"
+        path = tmp_path / f"epoch-{epoch}.json"
+        path.write_text(certificates[-1].to_json())
+        code, output, errors = bft_here("verify", path, "--config", directory / "genesis.toml",
+                                        "--chain", directory / "chain.json")
+        assert code == 0 and output.endswith(f"epoch {epoch}\n"), (output, errors)
+    return by_epoch
+
+
+def assert_invariants_per_epoch(directory: Path, config: Path, load: "Load", joiners) -> None:
+    """S1-S11, each seq judged under its own epoch, over the genesis members' and the joiners' stores."""
+    certified = [o.certificate for _, o in load.outcomes if o.certificate is not None]
+    epochs = cluster_epochs(load_cluster_file(config))
+    members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
+    members.update({r: stored(directory / "data" / f"r{r}.db") for r in joiners})
+    violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
+                                  certified, signed={r: list(s.signed) for r, s in members.items()})
+    assert not violations, [str(v) for v in violations[:5]]
 
 
 class Load:
@@ -281,24 +303,9 @@ def test_a_cluster_grows_to_five_and_shrinks_back_with_the_added_replica_retirin
     assert not any(o.status == "DENY" for _, o in load.outcomes)
     assert bft("down", directory).stdout.count("stopped (pid") == 4
 
-    certified = [o.certificate for _, o in load.outcomes if o.certificate is not None]
-    by_epoch = {0: [c for c in certified if c.seq <= first_activation],
-                1: [c for c in certified if first_activation < c.seq <= second_activation],
-                2: [c for c in certified if c.seq > second_activation]}
+    by_epoch = verify_a_certificate_of_each_epoch(tmp_path, directory, load, first_activation, second_activation)
     assert any(v.replica_id == 4 for c in by_epoch[1] for v in c.votes), "replica 4 voted in no verdict of epoch 1"
-    for epoch, certificates in by_epoch.items():
-        assert certificates, f"no verdict certified in epoch {epoch}"
-        path = tmp_path / f"epoch-{epoch}.json"
-        path.write_text(certificates[-1].to_json())
-        code, output, errors = bft_here("verify", path, "--config", directory / "genesis.toml",
-                                        "--chain", directory / "chain.json")
-        assert code == 0 and output.endswith(f"epoch {epoch}\n"), (output, errors)
-    epochs = cluster_epochs(load_cluster_file(config))
-    members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
-    members[4] = stored(directory / "data" / "r4.db")
-    violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
-                                  certified, signed={r: list(s.signed) for r, s in members.items()})
-    assert not violations, [str(v) for v in violations[:5]]
+    assert_invariants_per_epoch(directory, config, load, joiners=(4,))
 
 
 def test_a_replicas_key_is_rotated_by_retiring_it_and_restarting_it_on_its_store_with_the_new_key(
@@ -396,22 +403,7 @@ def test_a_cluster_grows_from_four_to_seven_and_shrinks_back_to_four_under_load(
     assert not refused_outside, refused_outside
     assert bft("down", directory).stdout.count("stopped (pid") == 4
 
-    certified = [o.certificate for _, o in load.outcomes if o.certificate is not None]
-    by_epoch = {0: [c for c in certified if c.seq <= first_activation],
-                1: [c for c in certified if first_activation < c.seq <= second_activation],
-                2: [c for c in certified if c.seq > second_activation]}
+    by_epoch = verify_a_certificate_of_each_epoch(tmp_path, directory, load, first_activation, second_activation)
     voters_in_seven = {v.replica_id for c in by_epoch[1] for v in c.votes}
     assert set(joiners) <= voters_in_seven, f"joiners that voted in no verdict of epoch 1: {voters_in_seven}"
-    for epoch, certificates in by_epoch.items():
-        assert certificates, f"no verdict certified in epoch {epoch}"
-        path = tmp_path / f"epoch-{epoch}.json"
-        path.write_text(certificates[-1].to_json())
-        code, output, errors = bft_here("verify", path, "--config", directory / "genesis.toml",
-                                        "--chain", directory / "chain.json")
-        assert code == 0 and output.endswith(f"epoch {epoch}\n"), (output, errors)
-    epochs = cluster_epochs(load_cluster_file(config))
-    members = {r: stored(directory / "data" / f"replica-{r}.db") for r in range(4)}
-    members.update({r: stored(directory / "data" / f"r{r}.db") for r in joiners})
-    violations = check_all_epochs({r: tuple(s.log) for r, s in members.items()}, [(0, epochs.genesis), *epochs.later],
-                                  certified, signed={r: list(s.signed) for r, s in members.items()})
-    assert not violations, [str(v) for v in violations[:5]]
+    assert_invariants_per_epoch(directory, config, load, joiners=joiners)
