@@ -1,7 +1,8 @@
 """Proves PREPAREs and COMMITs go to the primary alone and come back as one bundle per quorum (SPEC.md section 5,
 steps 6-7): each part of a bundle is checked as if its author sent it, a forged part is rejected and blamed on
 the forwarder, a bundle never makes a replica prepare or commit without a real quorum, and a Byzantine primary
-forging bundles breaks agreement only when backups trust their forwarder (the planted mutant)."""
+forging bundles breaks agreement only when backups trust their forwarder (the planted mutant); a bundle leaves
+ahead of the disk (``Ready.forwards``) unless it carries the primary's own message that the same input persists."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import dataclasses
 import pytest
 
 from bft.core import Bundle, Commit, Decision, PrePrepare, Ready, Risk, decode, encode
+from bft.core._ready import ReadyBuilder
 from bft.testing import SimCluster, forging_collector
 from harness._mutants import MUTANTS
 from specs.invariants import SimMonitor
@@ -30,6 +32,24 @@ def proposed(kit, primary):
         ready = primary.step(kit.vote(voter, request))
     (_, preprepare), *_ = sent(ready, PrePrepare)
     return preprepare, primary.slots[preprepare.seq].batch_digest
+
+
+def test_a_bundle_leaves_ahead_of_the_disk_unless_it_carries_an_own_message_the_same_input_persists(kit) -> None:
+    primary = kit.replica(0)
+    preprepare, digest = proposed(kit, primary)
+    primary.step(kit.prepare(1, 1, digest))
+    ready = primary.step(kit.prepare(2, 1, digest))  # Prepared: its own COMMIT is persisted by this input.
+    [own_commit] = [item for item in ready.persist if isinstance(item, Commit)]
+    assert {to for to, message in ready.forwards if isinstance(message, Bundle)} == {1, 2, 3}
+    assert not [message for _, message in ready.to_replicas if isinstance(message, Bundle)]
+
+    primary._out = ReadyBuilder()  # An input whose own persist holds the COMMIT the bundle carries.
+    primary._out.persist.append(own_commit)
+    commits = (own_commit, kit.commit(1, 1, digest), kit.commit(2, 1, digest))
+    primary._forward_to_others(Bundle((), commits, 0))
+    held_back = primary._out.build()
+    primary._out = None
+    assert held_back.forwards == () and {to for to, _ in held_back.to_replicas} == {1, 2, 3}
 
 
 def test_the_primary_forwards_each_quorum_once_as_one_bundle_to_every_backup(kit) -> None:
