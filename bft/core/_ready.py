@@ -11,6 +11,7 @@ every driver calls it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ._accountability import EquivocationProof
@@ -76,8 +77,7 @@ class Ready:
 
     def without_unguarded_sends(self) -> "Ready":
         """This Ready once a driver sent its ``forwards`` and ``to_clients`` ahead of its persist."""
-        return Ready(self.persist, self.to_replicas, (), self.finalized, self.evaluate, self.rejected,
-                     self.log_reads, self.dead_votes)
+        return dataclasses.replace(self, to_clients=(), forwards=())
 
 
 class ReadyBuilder:
