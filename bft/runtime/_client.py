@@ -143,10 +143,8 @@ class AsyncClient:
             return
         for replica_id in sorted(self.links):
             link = self.links[replica_id]
-            staying = replica_id < config.replica_count and link.address == addresses[replica_id] \
-                and link.config.replica_keys[replica_id] == config.replica_keys[replica_id]
-            if staying:
-                self.links[replica_id].config = config
+            if link.reaches(config, addresses.get(replica_id)):
+                link.config = config
             else:
                 self.links.pop(replica_id).close()
         for replica_id in range(config.replica_count):

@@ -129,9 +129,7 @@ class EpochFollower:
         link judges by the configuration it was opened or last kept with, so switches may follow quickly); each
         is closed once what it still holds has left (``_close_when_drained``)."""
         node = self._node
-        closed = sorted(peer for peer, link in node.links.items()
-                        if peer >= new.replica_count or link.config.replica_keys[peer] != new.replica_keys[peer]
-                        or link.address != node.addresses.get(peer))
+        closed = sorted(peer for peer, link in node.links.items() if not link.reaches(new, node.addresses.get(peer)))
         for peer in closed:
             node.start_task(_close_when_drained, node.links.pop(peer))
         return closed

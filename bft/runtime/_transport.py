@@ -153,6 +153,13 @@ class Link:
         self._on_rejected = on_rejected
         self._cancel_scope = trio.CancelScope()  # ``close`` ends ``run`` (the peer left the configuration).
 
+    def reaches(self, config: ClusterConfig, address: Address | None) -> bool:
+        """Whether this link still reaches its replica as ``config`` lists it at ``address``: the same id, key
+        and address (a later epoch may remove the replica, re-key it or move it)."""
+        peer = self.target.name
+        return (peer < config.replica_count and config.replica_keys[peer] == self.config.replica_keys[peer]
+                and address == self.address)
+
     def send(self, frame: bytes) -> None:
         """Send ``frame`` now if the connection takes it, else queue it (bounded: see ``SendQueue``).
         Between ``hold`` and ``flush`` frames only queue, so that they leave together."""
